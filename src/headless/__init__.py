@@ -1,0 +1,51 @@
+"""headless: pretrain language models without a vocabulary head, with Contrastive Weight Tying.
+
+Godey, de la Clergerie & Sagot, "Headless Language Models: Learning without Predicting with
+Contrastive Weight Tying", ICLR 2024 (arXiv 2309.08351).
+
+The public API is imported lazily so that `import headless` stays cheap (no torch import until a
+function that needs it is touched).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "HeadlessError": "headless.errors",
+    # losses
+    "cwt_loss": "headless.losses",
+    "vanilla_ce_loss": "headless.losses",
+    "LossOutput": "headless.losses",
+    # objectives
+    "mlm_mask": "headless.objectives",
+    "clm_labels": "headless.objectives",
+    # configs and the jobs the CLI runs
+    "TrainConfig": "headless.config",
+    "load_config": "headless.config",
+    "prepare_dataset": "headless.data.prepare",
+    "load_tokenizer": "headless.data.tokenizers",
+    "train_tokenizer": "headless.data.tokenizers",
+    "pretrain": "headless.train.loop",
+    "export": "headless.export",
+    "finetune_head": "headless.finetune",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headless' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,3 @@
+from headless.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The `headless` command.  Each subcommand lives in its own module of this package, parses its
+arguments and calls one library function; nothing here does real work.
+
+A command module exposes `register(subparsers)`, which adds its parser(s) and sets `func` to a
+callable taking the parsed `argparse.Namespace` and returning an exit status (or None for 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from headless.errors import HeadlessError
+
+# Order = order in `headless --help`.  A module that is missing is skipped, so that a partial
+# install (or a command still being written) never breaks the others.
+COMMAND_MODULES = [
+    "headless.cli.data",       # prepare, tokenizer train
+    "headless.cli.train",      # pretrain, finetune-head
+    "headless.cli.export",     # export
+    "headless.cli.eval",       # eval lambada/zeroshot, glue, xnli, analyze
+    "headless.cli.bench",      # bench
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headless",
+        description="Pretrain headless language models with Contrastive Weight Tying (CWT).",
+    )
+    from headless import __version__
+
+    parser.add_argument("--version", action="version", version=f"headless {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        status = args.func(args)
+    except HeadlessError as err:
+        print(f"headless: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("headless: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real data in ../shared/data (skipped cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("HEADLESS_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; tests that need it are skipped with a message when it is missing."""
+    path = _shared_data_dir()
+    if not (path / "MANIFEST.md").is_file():
+        pytest.skip(f"shared data not found at {path} (set HEADLESS_SHARED_DATA to point at it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def neox_tokenizer_file(shared_data: Path) -> Path:
+    return shared_data / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def bert_vocab_file(shared_data: Path) -> Path:
+    return shared_data / "tokenizers" / "bert-base-uncased" / "vocab.txt"
