@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_tokenizer": "headless.data.tokenizers",
     "train_tokenizer": "headless.data.tokenizers",
     "pretrain": "headless.train.loop",
+    "resume_run": "headless.train.loop",
     "export": "headless.export",
     "finetune_head": "headless.finetune",
 }

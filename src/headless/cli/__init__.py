@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "headless.cli.train",      # pretrain, finetune-head
     "headless.cli.export",     # export
     "headless.cli.eval",       # eval lambada/zeroshot, glue, xnli, analyze
+    "headless.cli.classify",   # glue, xnli (encoder fine-tuning)
     "headless.cli.bench",      # bench
 ]
 

@@ -1,0 +1,40 @@
+"""Data pipeline: read documents, tokenise, pack into fixed-length shards, and batch them.
+
+Imported lazily so that `headless prepare` never pays for torch and a worker process spawned to
+tokenise imports only what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "prepare_dataset": "headless.data.prepare",
+    "read_manifest": "headless.data.prepare",
+    "load_tokenizer": "headless.data.tokenizers",
+    "train_tokenizer": "headless.data.tokenizers",
+    "special_token_ids": "headless.data.tokenizers",
+    "tokenizer_hash": "headless.data.tokenizers",
+    "iter_documents": "headless.data.readers",
+    "resolve_inputs": "headless.data.readers",
+    "PackedDataset": "headless.data.loader",
+    "BatchIterator": "headless.data.loader",
+    "DEFAULT_CORPUS": "headless.data.default_corpus",
+    "default_corpus_documents": "headless.data.default_corpus",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headless.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

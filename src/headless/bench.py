@@ -1,0 +1,216 @@
+"""`headless bench`: full training steps of headless and vanilla twins, side by side, in one process.
+
+Each case builds the preset's backbone at a given vocabulary size and micro-batch, feeds it random
+token ids drawn from a Zipf law (so the number of unique in-batch targets is realistic: CWT's cost
+depends on it), and times warm-up + timed steps (CUDA events on GPU, medians).  It reports tokens/s,
+MFU, peak memory and the loss, as a table, JSON and PNG plots (the paper's Fig. 2 / Fig. 6b: latency
+and memory against vocabulary size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from headless.config import load_config
+from headless.errors import HeadlessError
+
+# name -> (flavour, loss, loss implementation)
+OBJECTIVES = {
+    "cwt": ("headless", "cwt", "auto"),              # ours: de-duplicated, fused/chunked
+    "cwt-paper": ("headless", "cwt", "reference"),   # the paper's K x K score matrix
+    "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, our fused/chunked linear CE
+    "ce-hf": ("vanilla", "ce", "reference"),         # vocabulary head, HF-style logits + cross_entropy
+}
+
+
+def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator, exponent: float = 1.1) -> torch.Tensor:
+    ranks = torch.arange(1, vocab + 1, dtype=torch.float64)
+    probs = ranks.pow(-exponent)
+    ids = torch.multinomial(probs / probs.sum(), batch * seq_len, replacement=True, generator=generator)
+    perm = torch.randperm(vocab, generator=generator)  # frequent ids spread over the table
+    return perm[ids].view(batch, seq_len)
+
+
+def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional[int], steps: int, warmup: int,
+          device: torch.device, compile: bool, overrides: list[str]) -> dict:
+    from headless.models import build_model, count_parameters
+    from headless.train.logging import flops_per_token, peak_flops
+    from headless.train.optim import autocast_dtype, build_optimizer
+    from headless.train.step import DataInfo, batch_generator, forward_backward, make_inputs
+
+    flavour, loss, impl = OBJECTIVES[objective]
+    extra = [f"model.vocab_size={vocab}", f"batch_size={batch}", f"objective.loss_implementation={impl}"]
+    if seq_len:
+        extra += [f"data.seq_len={seq_len}"]
+    config = load_config(preset, overrides=extra + overrides, flavour=flavour)
+    seq = config.data.seq_len
+    torch.manual_seed(0)
+    model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
+    if compile:
+        model.backbone.compile()
+    optimizer = build_optimizer(model, config, device)
+    info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
+    gen = torch.Generator().manual_seed(0)
+    batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, batch_generator(0, i, 0, 0))
+               for i in range(4)]
+    dtype = autocast_dtype(config, device)
+    noop = lambda skip: __import__("contextlib").nullcontext()  # noqa: E731
+    identity = lambda t: t  # noqa: E731
+    times, result = [], None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            t0 = time.perf_counter()
+        result = forward_backward(model, [batches[i % len(batches)]], device=device, autocast_dtype=dtype,
+                                  world_size=1, all_reduce=identity, no_sync=noop)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            end.record()
+            torch.cuda.synchronize(device)
+            elapsed = start.elapsed_time(end) / 1000
+        else:
+            elapsed = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(elapsed)
+    step_s = statistics.median(times)
+    tokens = batch * seq
+    params = count_parameters(model)
+    targets = result.num_targets
+    scored = result.unique if loss == "cwt" else vocab
+    fpt = flops_per_token(params["non_embedding"], config.model.num_layers, config.model.hidden_size, seq,
+                          targets / tokens, scored)
+    peak = peak_flops(device)
+    row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch, "seq_len": seq,
+           "tokens_per_s": tokens / step_s, "step_ms": step_s * 1000, "ms_per_1k_tokens": step_s * 1e6 / tokens,
+           "loss": float(result.loss_sum) / max(targets, 1), "targets": targets,
+           "unique_targets": result.unique or None, "parameters": params["total"],
+           "mfu": fpt * tokens / step_s / peak if peak else None,
+           "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def _fits(*args) -> bool:
+    try:
+        _case(*args)
+        return True
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return False
+
+
+def largest_batch(preset, objective, vocab, seq_len, device, compile, overrides, start: int, limit: int = 1024) -> int:
+    """Doubling then bisection on out-of-memory: the largest micro-batch that trains (GPU only)."""
+    good, bad = 0, None
+    batch = start
+    while batch <= limit and _fits(preset, objective, vocab, batch, seq_len, 1, 1, device, compile, overrides):
+        good, batch = batch, batch * 2
+    bad = batch if batch <= limit else None
+    while bad is not None and bad - good > max(1, good // 8):
+        mid = (good + bad) // 2
+        if _fits(preset, objective, vocab, mid, seq_len, 1, 1, device, compile, overrides):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_sizes: list[int] = (8192,),
+          batch_sizes: list[int] = (8,), seq_len: Optional[int] = None, steps: int = 10, warmup: int = 3,
+          device: str = "auto", compile: bool = False, max_batch: bool = False, overrides: list[str] = (),
+          output: Optional[str] = None, progress: bool = True) -> list[dict]:
+    """Run every (objective, vocabulary size, micro-batch) case; write bench.json/.md/.png to `output`."""
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise HeadlessError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    rows = []
+    cases = [(o, v, b) for v in vocab_sizes for b in batch_sizes for o in objectives]
+    from tqdm.auto import tqdm
+
+    for objective, vocab, batch in tqdm(cases, desc="bench", disable=not progress):
+        try:
+            row = _case(preset, objective, vocab, batch, seq_len, steps, warmup, dev, compile, list(overrides))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch, "oom": True}
+        rows.append(row)
+    if max_batch and dev.type == "cuda":
+        for objective in objectives:
+            for vocab in vocab_sizes:
+                rows.append({"preset": preset, "objective": objective, "vocab_size": vocab, "largest_batch":
+                             largest_batch(preset, objective, vocab, seq_len, dev, compile, list(overrides),
+                                           start=min(batch_sizes))})
+    if output:
+        write_report(rows, Path(output), device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = "| objective | V | batch | tokens/s | ms / 1k tok | MFU | peak GiB | unique targets | loss |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        if "largest_batch" in r:
+            continue
+        if r.get("oom"):
+            lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | OOM | | | | | |")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "–"
+        mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "–"
+        uniq = f"{r['unique_targets']:.0f}" if r.get("unique_targets") else "–"
+        lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['ms_per_1k_tokens']:.2f} | {mfu} | {mem} | {uniq} | {r['loss']:.3f} |")
+    largest = [r for r in rows if "largest_batch" in r]
+    if largest:
+        lines += ["", "| objective | V | largest micro-batch |", "|---|---|---|"]
+        lines += [f"| {r['objective']} | {r['vocab_size']} | {r['largest_batch']} |" for r in largest]
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], out: Path, device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    (out / "bench.md").write_text(f"Device: {device}\n\n{format_table(rows)}\n")
+    timed = [r for r in rows if "tokens_per_s" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for objective in dict.fromkeys(r["objective"] for r in timed):
+        for batch in dict.fromkeys(r["batch_size"] for r in timed):
+            sel = sorted((r for r in timed if r["objective"] == objective and r["batch_size"] == batch),
+                         key=lambda r: r["vocab_size"])
+            if not sel:
+                continue
+            label = f"{objective} (batch {batch})"
+            axes[0].plot([r["vocab_size"] for r in sel], [r["ms_per_1k_tokens"] for r in sel], "o-", label=label)
+            if sel[0].get("peak_mem_gib") is not None:
+                axes[1].plot([r["vocab_size"] for r in sel], [r["peak_mem_gib"] for r in sel], "o-", label=label)
+    axes[0].set(xlabel="vocabulary size", ylabel="ms per 1k tokens (train step)", title="latency vs vocabulary")
+    axes[1].set(xlabel="vocabulary size", ylabel="peak GiB", title="memory vs vocabulary")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"headless bench on {device}")
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,40 @@
+"""`headless bench`."""
+
+from __future__ import annotations
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x]
+
+
+def register(subparsers) -> None:
+    from headless.bench import OBJECTIVES
+
+    p = subparsers.add_parser("bench", help="time headless vs vanilla training steps (tokens/s, MFU, memory)",
+                              description="Full training steps of each objective on one backbone, side by side: "
+                              "tokens/s, MFU, peak memory; table + JSON + PNG. Objectives: "
+                              + ", ".join(f"{k} ({v[0]} {v[1]}, {v[2]})" for k, v in OBJECTIVES.items()))
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--objectives", default="cwt,ce", help="comma-separated, from: " + ", ".join(OBJECTIVES))
+    p.add_argument("--vocab-sizes", default="8192", type=_ints, help="comma-separated, e.g. 32768,50304,256000")
+    p.add_argument("--batch-sizes", default="8", type=_ints, help="comma-separated micro-batch sizes")
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--max-batch", action="store_true", help="also search the largest micro-batch that fits (GPU)")
+    p.add_argument("--output", default=None, help="directory for bench.json, bench.md, bench.png")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from headless.bench import bench, format_table
+
+    rows = bench(args.preset, objectives=args.objectives.split(","), vocab_sizes=args.vocab_sizes,
+                 batch_sizes=args.batch_sizes, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
+                 device=args.device, compile=args.compile, max_batch=args.max_batch, overrides=args.overrides,
+                 output=args.output)
+    print(format_table(rows))
+    return 0

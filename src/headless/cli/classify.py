@@ -1,0 +1,111 @@
+"""`headless glue` and `headless xnli`: fine-tune an encoder directory on classification benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from headless.errors import HeadlessError
+
+
+def _common(parser: argparse.ArgumentParser, *, batch_help: str, epochs_help: str, lr_help: str) -> None:
+    parser.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default 0); "
+                        "tables report mean ± std over them")
+    parser.add_argument("--epochs", type=int, help=epochs_help)
+    parser.add_argument("--lr", type=float, help=lr_help)
+    parser.add_argument("--batch-size", type=int, help=batch_help)
+    parser.add_argument("--max-seq-len", type=int, default=128, help="truncate inputs (default 128)")
+    parser.add_argument("--max-train-examples", type=int, help="fine-tune on a fixed random subset")
+    parser.add_argument("--max-eval-examples", type=int, help="evaluate on a fixed random subset")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU only)")
+    parser.add_argument("--output", type=Path, help="results directory (default eval-results/<model name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def register(subparsers) -> None:
+    glue = subparsers.add_parser(
+        "glue", help="fine-tune an encoder on GLUE; or `glue compare A.json B.json`",
+        description="Fine-tune a Hugging Face encoder directory on GLUE tasks (new classification "
+                    "head, several seeds) and write glue.json + glue.md.  `headless glue compare "
+                    "A.json B.json` prints two results side by side.")
+    glue.add_argument("target", nargs="+", metavar="MODEL_DIR", help="model directory, or: compare A.json B.json")
+    glue.add_argument("--tasks", help="comma-separated: cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli "
+                      "(default: every task found in --data-dir)")
+    glue.add_argument("--recipe", choices=("standard", "paper"), default="standard",
+                      help="standard: lr 2e-5, 3 epochs, linear decay, CE, wd 0.01, last epoch; paper: "
+                           "lr 1e-5, 10 epochs, constant LR, balanced CE, wd 0, best epoch")
+    glue.add_argument("--data-dir", type=Path, help="GLUE TSV layout (TASK/train.tsv, TASK/dev.tsv); "
+                      "default: the nyu-mll/glue hub dataset")
+    _common(glue, batch_help="default 32", epochs_help="override the recipe's epochs",
+            lr_help="override the recipe's learning rate")
+    glue.set_defaults(func=_glue)
+
+    xnli = subparsers.add_parser(
+        "xnli", help="fine-tune an encoder on XNLI (cross-lingual transfer or per language)",
+        description="Fine-tune a Hugging Face encoder directory on XNLI and write xnli.json + xnli.md.")
+    xnli.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    xnli.add_argument("--data-dir", type=Path, required=True,
+                      help="dev-<lang>.tsv files (split by line: first half fine-tunes, last half "
+                           "evaluates) or the XNLI-1.0 xnli.dev.tsv + xnli.test.tsv")
+    xnli.add_argument("--mode", choices=("transfer", "target", "both"), default="transfer",
+                      help="transfer: fine-tune on English, evaluate every language; target: "
+                           "fine-tune and evaluate within each language")
+    xnli.add_argument("--languages", help="comma-separated language codes (default: all found)")
+    xnli.add_argument("--train-language", default="en", help="source language of transfer mode")
+    _common(xnli, batch_help="default 128 (the paper's)", epochs_help="default 10",
+            lr_help="default 2e-5")
+    xnli.set_defaults(func=_xnli)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(format="headless: %(message)s")
+    logging.getLogger("headless.eval").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _output(args, model_dir: Path) -> Path:
+    return args.output or Path("eval-results") / (model_dir.resolve().name or "model")
+
+
+def _glue(args: argparse.Namespace) -> int:
+    from headless.eval.glue import compare_glue, run_glue
+
+    _setup_logging(args.quiet)
+    if args.target[0] == "compare" and not Path("compare").is_dir():
+        if len(args.target) != 3:
+            raise HeadlessError("usage: headless glue compare A.json B.json")
+        print(compare_glue(args.target[1], args.target[2], args.output), end="")
+        return 0
+    if len(args.target) != 1:
+        raise HeadlessError("headless glue takes one MODEL_DIR (or: compare A.json B.json)")
+    model_dir = Path(args.target[0])
+    results = run_glue(
+        model_dir, tasks=_split(args.tasks), recipe=args.recipe, seeds=args.seeds, epochs=args.epochs,
+        lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+        device=args.device, bf16=args.bf16, data_dir=args.data_dir, output_dir=_output(args, model_dir),
+        progress=not args.quiet)
+    from headless.eval.glue import glue_markdown
+
+    print(glue_markdown(results), end="")
+    return 0
+
+
+def _xnli(args: argparse.Namespace) -> int:
+    from headless.eval.xnli import run_xnli, xnli_markdown
+
+    _setup_logging(args.quiet)
+    results = run_xnli(
+        args.model_dir, data_dir=args.data_dir, mode=args.mode, languages=_split(args.languages),
+        train_language=args.train_language, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+        device=args.device, bf16=args.bf16, output_dir=_output(args, args.model_dir),
+        progress=not args.quiet)
+    print(xnli_markdown(results), end="")
+    return 0

@@ -1,0 +1,345 @@
+"""Typed run configuration: dataclasses, YAML presets, `key=value` overrides, validation.
+
+A run is fully described by one `TrainConfig`; it is validated once here (so nothing deep inside the
+trainer has to guess) and saved as `config.yaml` in the run directory, which is what `--resume` and
+`export` read back.  Presets live in `headless/presets/*.yaml`; a preset is just a partial config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from headless.errors import HeadlessError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+Architecture = Literal["bert", "roberta", "xlm-roberta", "modernbert", "distilbert", "gpt-neox", "llama", "gpt2"]
+ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "modernbert", "distilbert")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone.  Either built from these shape fields, or loaded from `init_from` (an HF dir)."""
+
+    architecture: Architecture = "bert"
+    init_from: Optional[str] = None
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: Optional[int] = None  # default 4 * hidden_size
+    max_position_embeddings: int = 512
+    vocab_size: Optional[int] = None  # default: the tokenizer's size rounded up to pad_vocab_multiple
+    pad_vocab_multiple: int = 64
+    dropout: float = 0.1
+    rotary_pct: float = 0.25  # gpt-neox only
+    tie_word_embeddings: bool = True  # vanilla flavour: tie the head to the input embeddings
+    attn_implementation: str = "sdpa"
+    extra: dict = field(default_factory=dict)  # passed verbatim to the HF config
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.architecture in ENCODER_ARCHITECTURES
+
+
+@dataclass
+class ObjectiveConfig:
+    """What is predicted (MLM / CLM) and with which loss.
+
+    `loss: auto` follows the run's flavour: headless -> cwt, vanilla -> ce.  The ablations of the
+    paper's Tab. 6 are `ce+cwt` and `nce` (contrastive against a separate, untied target matrix).
+    """
+
+    kind: Literal["auto", "mlm", "clm"] = "auto"  # auto: mlm for encoders, clm for decoders
+    loss: Literal["auto", "cwt", "ce", "ce+cwt", "nce"] = "auto"
+    mask_prob: float = 0.15
+    replace_prob: float = 0.8
+    random_prob: float = 0.1
+    exact_masking: bool = False
+    temperature: float = 1.0
+    negatives: Literal["rank", "global"] = "rank"
+    max_negatives: Optional[int] = None
+    loss_implementation: str = "auto"
+    respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
+
+
+@dataclass
+class DataConfig:
+    """Training data: a directory made by `headless prepare`, or raw inputs prepared on the fly.
+
+    With neither, the embedded default corpus (Python's own documentation) is used, so a fresh
+    install can train without any download.
+    """
+
+    path: Optional[str] = None
+    inputs: list = field(default_factory=list)
+    tokenizer: Optional[str] = None  # None: train a BPE tokenizer of tokenizer_vocab_size on the corpus
+    tokenizer_vocab_size: int = 8192
+    seq_len: int = 128
+    validation_fraction: float = 0.01
+    text_field: str = "text"
+    cache_dir: Optional[str] = None  # where on-the-fly datasets go (default ~/.cache/headless)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """One pretraining run.  `batch_size` is per device and micro-step; the global batch is
+    batch_size * grad_accum * world_size sequences."""
+
+    flavour: Literal["headless", "vanilla"] = "headless"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run_dir: Optional[str] = None  # default runs/<preset>-<flavour>-<timestamp>
+    seed: int = 0
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    distributed: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
+    eval_every: int = 200
+    eval_batches: int = 20
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+    trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
+    max_nan_skips: int = 5  # non-finite losses tolerated (step skipped) before the run stops
+    preset: Optional[str] = None  # informational: the preset this config started from
+
+    # -- derived values: one place that decides them ------------------------------------------
+    @property
+    def objective_kind(self) -> str:
+        if self.objective.kind != "auto":
+            return self.objective.kind
+        return "mlm" if self.model.is_encoder else "clm"
+
+    @property
+    def loss_kind(self) -> str:
+        if self.objective.loss != "auto":
+            return self.objective.loss
+        return "cwt" if self.flavour == "headless" else "ce"
+
+    @property
+    def needs_head(self) -> bool:
+        return self.loss_kind in ("ce", "ce+cwt")
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
+            (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (0 < self.objective.mask_prob < 1, "objective.mask_prob must be in (0, 1)"),
+            (self.objective.replace_prob + self.objective.random_prob <= 1,
+             "objective.replace_prob + objective.random_prob must be <= 1"),
+            (self.objective.temperature > 0, "objective.temperature must be > 0"),
+            (self.model.hidden_size % self.model.num_heads == 0,
+             "model.hidden_size must be a multiple of model.num_heads"),
+            (self.model.num_layers >= 1, "model.num_layers must be >= 1"),
+            (self.eval_every >= 1 and self.log_every >= 1 and self.save_every >= 1,
+             "eval_every, log_every and save_every must be >= 1"),
+            (self.keep_last >= 1, "keep_last must be >= 1"),
+            (self.model.init_from is not None or self.data.seq_len <= self.model.max_position_embeddings,
+             f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
+             f"{self.model.max_position_embeddings}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HeadlessError(f"invalid config: {message}")
+        if self.objective_kind == "mlm" and not self.model.is_encoder:
+            raise HeadlessError(f"invalid config: MLM needs an encoder, got model.architecture={self.model.architecture}")
+        if self.objective_kind == "clm" and self.model.is_encoder:
+            raise HeadlessError(f"invalid config: CLM needs a decoder, got model.architecture={self.model.architecture}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except HeadlessError as err:
+                errors.append(str(err))
+        raise HeadlessError(errors[0] if errors else f"invalid config: {key} must not be null")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise HeadlessError(f"invalid config: {key}={value!r}; choose one of {choices}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise HeadlessError(f"invalid config: {key} must be a mapping, got {value!r}")
+        return _from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise HeadlessError(f"invalid config: {key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise HeadlessError(f"invalid config: {key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise HeadlessError(f"invalid config: {key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise HeadlessError(f"invalid config: {key} must be a string, got {value!r}")
+    if tp in (list, dict) or origin in (list, dict):
+        base = origin or tp
+        if base is list and isinstance(value, str):
+            return [value]
+        if not isinstance(value, base):
+            raise HeadlessError(f"invalid config: {key} must be a {base.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise HeadlessError(f"invalid config: unknown key {prefix}{key}{hint}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "extra":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["optim.lr=1e-3", "model.num_layers=2"]` -> nested dict; values are parsed as YAML."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise HeadlessError(f"invalid override {item!r}: expected key=value, e.g. optim.lr=1e-3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        # YAML reads "1e-3" as a string; numbers written that way are still meant as numbers
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise HeadlessError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise HeadlessError(f"{path}: a config file must hold a mapping at the top level")
+    return data
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict | None = None,
+    flavour: str | None = None,
+) -> TrainConfig:
+    """Preset (by name or path) <- YAML file <- overrides <- flavour, then validated."""
+    data: dict = {}
+    if preset:
+        path = Path(preset)
+        if not path.suffix:
+            path = PRESET_DIR / f"{preset}.yaml"
+            if not path.is_file():
+                raise HeadlessError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
+        elif not path.is_file():
+            raise HeadlessError(f"preset file not found: {path}")
+        data = _read_yaml(path)
+        data.setdefault("preset", Path(preset).stem)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise HeadlessError(f"config file not found: {path}")
+        data = _deep_merge(data, _read_yaml(path))
+    if overrides:
+        update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        data = _deep_merge(data, update)
+    if flavour:
+        data["flavour"] = flavour
+    return _from_dict(TrainConfig, data).validate()
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def config_from_file(path: str | Path) -> TrainConfig:
+    return _from_dict(TrainConfig, _read_yaml(Path(path))).validate()

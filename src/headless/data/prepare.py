@@ -1,0 +1,293 @@
+"""Tokenise a corpus once and pack it into fixed-length sequences on disk.
+
+Each document is followed by the EOS id and the stream is cut into `seq_len` rows; the tail that
+does not fill a row is dropped and counted (the official code's `[:-(n % L)]` dropped *everything*
+when `n % L == 0`, and separated nothing).  Validation is split by whole documents, so no document
+straddles the two splits.  The result is written to a temporary directory beside the output and
+renamed at the end: a crash never leaves a half-written dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from headless.errors import HeadlessError
+
+FORMAT = "headless-packed-v1"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+_CHUNK_DOCS = 256
+logger = logging.getLogger(__name__)
+
+_worker_tokenizer: Any = None
+
+
+def _make_tokenizer(tokenizer_json: str) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    # special-token strings inside a text are encoded as plain text, so the only EOS in the
+    # stream is the one appended after each document
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one process per core already
+    global _worker_tokenizer
+    _worker_tokenizer = _make_tokenizer(tokenizer_json)
+
+
+def _encode(texts: list[str], tokenizer: Any = None) -> list[np.ndarray]:
+    encodings = (tokenizer or _worker_tokenizer).encode_batch(texts, add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
+
+
+def _chunks(docs: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(docs)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _is_validation(seed: int, index: int, fraction: float) -> bool:
+    """Deterministic per-document coin from (seed, index), independent of worker count."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < fraction
+
+
+class _SplitWriter:
+    """Appends documents to one split and writes full rows to shards of at most `shard_rows` rows."""
+
+    def __init__(self, directory: Path, split: str, seq_len: int, dtype: np.dtype, shard_rows: int):
+        self.directory, self.split, self.seq_len, self.dtype = directory, split, seq_len, dtype
+        self.shard_rows = shard_rows
+        self.pending: list[np.ndarray] = []
+        self.pending_len = 0
+        self.shards: list[dict[str, Any]] = []
+        self.handle: BinaryIO | None = None
+        self.num_documents = 0
+
+    def add(self, ids: np.ndarray, eos: int) -> None:
+        self.pending.append(ids)
+        self.pending.append(np.asarray([eos], dtype=np.uint32))
+        self.pending_len += len(ids) + 1
+        self.num_documents += 1
+
+    def flush(self) -> None:
+        if self.pending_len < self.seq_len:
+            return
+        stream = np.concatenate(self.pending)
+        rows = len(stream) // self.seq_len
+        self._write(stream[: rows * self.seq_len].reshape(rows, self.seq_len))
+        rest = stream[rows * self.seq_len:]
+        self.pending, self.pending_len = [rest], len(rest)
+
+    def _write(self, rows: np.ndarray) -> None:
+        while len(rows):
+            if self.handle is None or self.shards[-1]["num_sequences"] == self.shard_rows:
+                if self.handle is not None:
+                    self.handle.close()
+                name = f"{self.split}-{len(self.shards):05d}.bin"
+                self.handle = open(self.directory / name, "wb")
+                self.shards.append({"file": name, "num_sequences": 0})
+            take = min(len(rows), self.shard_rows - self.shards[-1]["num_sequences"])
+            self.handle.write(rows[:take].astype(self.dtype).tobytes())
+            self.shards[-1]["num_sequences"] += take
+            rows = rows[take:]
+
+    def finish(self) -> dict[str, Any]:
+        self.flush()
+        if self.handle is not None:
+            self.handle.close()
+        num_sequences = sum(s["num_sequences"] for s in self.shards)
+        return {"shards": self.shards, "num_sequences": num_sequences,
+                "num_tokens": num_sequences * self.seq_len, "num_documents": self.num_documents,
+                "dropped_tokens": self.pending_len}
+
+
+def _say(message: str, progress: bool) -> None:
+    logger.info(message)
+    if progress:
+        print(f"headless: {message}", file=sys.stderr)
+
+
+def _shards_intact(directory: Path, manifest: dict[str, Any]) -> bool:
+    width = 2 if manifest.get("dtype") == "uint16" else 4
+    for split in manifest.get("splits", {}).values():
+        for shard in split["shards"]:
+            path = directory / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["num_sequences"] * manifest["seq_len"] * width:
+                return False
+    return (directory / "tokenizer").is_dir()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a prepared dataset, or None when there is none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise HeadlessError(f"{path} is not a valid manifest: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise HeadlessError(f"{path} is not a {FORMAT} manifest")
+    return manifest
+
+
+def prepare_dataset(
+    inputs: Any,
+    output_dir: str | os.PathLike,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    validation_fraction: float = 0.01,
+    validation_inputs: Any = None,
+    text_field: str = "text",
+    num_workers: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    max_documents: int | None = None,
+    split_paragraphs: bool = False,
+    shard_tokens: int = 2**28,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenise `inputs` (reader specs; None = the default corpus), pack and write a dataset.
+
+    Returns the manifest.  Re-running with the same settings finds the finished dataset and does
+    nothing; different settings into a prepared directory need `overwrite=True`.  `max_documents`
+    caps the documents read (validation ones from the same inputs included).
+    """
+    from headless.data.readers import iter_documents, resolve_inputs
+    from headless.data.tokenizers import load_tokenizer, tokenizer_info
+
+    if seq_len < 2:
+        raise HeadlessError(f"seq_len must be at least 2, got {seq_len}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise HeadlessError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if max_documents is not None and max_documents < 1:
+        raise HeadlessError(f"max_documents must be positive, got {max_documents}")
+    tok = load_tokenizer(tokenizer)
+    info = tokenizer_info(tok)
+    sources = resolve_inputs(inputs)
+    val_sources = resolve_inputs(validation_inputs) if validation_inputs is not None else None
+    settings = {
+        "sources": [s.describe() for s in sources],
+        "validation_sources": [s.describe() for s in val_sources] if val_sources else None,
+        "tokenizer_sha256": info["sha256"], "seq_len": seq_len,
+        "validation_fraction": None if val_sources else validation_fraction,
+        "text_field": text_field, "seed": seed, "max_documents": max_documents,
+        "split_paragraphs": split_paragraphs,
+    }
+
+    output = Path(output_dir).expanduser()
+    existing = read_manifest(output) if output.is_dir() else None
+    if existing is not None and existing.get("settings") == settings and _shards_intact(output, existing):
+        _say(f"{output} is already prepared with these settings; nothing to do", progress)
+        return existing
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not overwrite:
+            what = "was prepared with different settings" if existing else "is not empty"
+            raise HeadlessError(f"{output} {what}; choose another output or pass --overwrite")
+        if existing is None:
+            raise HeadlessError(f"{output} is not a prepared dataset; refusing to overwrite it")
+
+    dtype = np.dtype("<u2" if info["vocab_size"] <= 2**16 else "<u4")   # little-endian on any host
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        shard_rows = max(1, shard_tokens // seq_len)
+        writers = {s: _SplitWriter(tmp, s, seq_len, dtype, shard_rows) for s in SPLITS}
+        docs = iter_documents(sources=sources, text_field=text_field, split_paragraphs=split_paragraphs)
+        if max_documents is not None:
+            docs = islice(docs, max_documents)
+        if val_sources:
+            labelled = [((False, d) for d in docs),
+                        ((True, d) for d in iter_documents(sources=val_sources, text_field=text_field,
+                                                           split_paragraphs=split_paragraphs))]
+            stream: Iterable[tuple[bool, str]] = (x for part in labelled for x in part)
+        else:
+            stream = ((_is_validation(seed, i, validation_fraction), d) for i, d in enumerate(docs))
+        _tokenize_into(stream, tok, writers, info["eos_token_id"], num_workers, progress)
+        splits = {s: w.finish() for s, w in writers.items()}
+        if splits["train"]["num_sequences"] == 0:
+            raise HeadlessError(f"the corpus has fewer than seq_len={seq_len} tokens; nothing to train on")
+        if (val_sources or validation_fraction > 0) and splits["validation"]["num_sequences"] == 0:
+            _say("warning: the validation split holds no full sequence (corpus too small)", progress)
+        from headless import __version__
+
+        manifest = {"format": FORMAT, "seq_len": seq_len, "dtype": dtype.name, "tokenizer": info,
+                    "splits": splits, "sources": settings["sources"], "settings": settings,
+                    "created_by": f"headless {__version__}"}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    train = splits["train"]
+    _say(f"prepared {output}: {train['num_sequences']} train sequences of {seq_len} tokens "
+         f"({train['num_documents']} documents, {train['dropped_tokens']} tail tokens dropped), "
+         f"{splits['validation']['num_sequences']} validation", progress)
+    return manifest
+
+
+def _tokenize_into(stream: Iterable[tuple[bool, str]], tok: Any, writers: dict[str, _SplitWriter],
+                   eos: int, num_workers: int | None, progress: bool) -> None:
+    """Encode chunks of documents, in worker processes when num_workers > 1, keeping their order
+    and at most a few chunks in flight (memory stays bounded on corpora of any size)."""
+    from collections import deque
+
+    from tqdm.auto import tqdm
+
+    tokenizer_json = tok.backend_tokenizer.to_str()
+    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+    bar = tqdm(unit="doc", desc="tokenizing", disable=not progress, dynamic_ncols=True)
+
+    def consume(flags: tuple[bool, ...], encoded: list[np.ndarray]) -> None:
+        for is_val, ids in zip(flags, encoded):
+            writers["validation" if is_val else "train"].add(ids, eos)
+        for writer in writers.values():
+            writer.flush()
+        bar.update(len(encoded))
+
+    pool = None
+    try:
+        if workers > 1:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(workers, _init_worker, (tokenizer_json,))
+            in_flight: deque = deque()
+            for chunk in _chunks(stream, _CHUNK_DOCS):
+                flags, texts = zip(*chunk)
+                in_flight.append((flags, pool.apply_async(_encode, (list(texts),))))
+                if len(in_flight) >= 2 * workers:
+                    flags, result = in_flight.popleft()
+                    consume(flags, result.get())
+            while in_flight:
+                flags, result = in_flight.popleft()
+                consume(flags, result.get())
+        else:
+            tokenizer = _make_tokenizer(tokenizer_json)
+            for chunk in _chunks(stream, _CHUNK_DOCS):
+                flags, texts = zip(*chunk)
+                consume(flags, _encode(list(texts), tokenizer))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()

@@ -1,0 +1,404 @@
+"""Sequence(-pair) classification fine-tuning shared by GLUE and XNLI.
+
+Reads only a standard Hugging Face directory (config + weights + tokenizer), so it evaluates our
+exported encoders and anyone else's alike.  Our encoders are exported without any head, so the
+classification head (and BERT's pooler) is freshly initialised: that is the point of fine-tuning.
+The loop is plain PyTorch: AdamW, warm-up then constant or linear-decay LR, gradient clipping at 1,
+dynamic padding per batch, evaluation after every epoch when the best epoch is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from headless.errors import HeadlessError
+from headless.eval.metrics import balanced_cross_entropy
+
+log = logging.getLogger(__name__)
+_ANNOUNCED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Example:
+    text_a: str
+    text_b: str | None = None
+    label: float = 0  # class index, or the target value for regression
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fine-tuning protocol; `select` = report the "best" or the "last" epoch's score."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    schedule: str  # "constant" or "linear" (decay to 0), both after a linear warm-up
+    loss: str = "ce"  # "ce" or "balanced_ce" (regression always uses MSE)
+    select: str = "last"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+    def override(self, **values) -> Recipe:
+        """A copy with the given values replaced; None leaves a field unchanged (CLI defaults)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        for key in ("lr", "epochs", "batch_size"):
+            if key in values and values[key] <= 0:
+                raise HeadlessError(f"--{key.replace('_', '-')} must be positive, got {values[key]}")
+        return dataclasses.replace(self, **values)
+
+
+@dataclass
+class Encoded:
+    """Token ids of a split (unpadded) and their labels."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[float]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise HeadlessError(f"--device {spec!r} is not a torch device (try auto, cpu, cuda, cuda:1)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HeadlessError(f"--device {spec} asked for, but CUDA is not available here")
+    return device
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence HF's load report: 'newly initialized classifier' is expected here, we log it."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_model_dir(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json); "
+                            "export a run with `headless export RUN_DIR OUT_DIR` first")
+    return path
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer saved next to the model (never downloaded)."""
+    from transformers import AutoTokenizer
+
+    path = _check_model_dir(model_dir)
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise HeadlessError(f"could not load a tokenizer from {path}: {str(err).splitlines()[0]}") from err
+    return tokenizer
+
+
+def pad_token_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return candidate
+    return 0  # padded positions are masked out, so any id works for an encoder
+
+
+def load_classifier(model_dir: str | Path, tokenizer, *, num_labels: int, device: torch.device):
+    """AutoModelForSequenceClassification with a new head; checks the tokenizer fits the model."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = _check_model_dir(model_dir)
+    try:
+        with _quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise HeadlessError(f"could not load {path} for sequence classification: "
+                            f"{str(err).splitlines()[0]}") from err
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise HeadlessError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model has only "
+                            f"{rows} embedding rows: they do not belong together")
+    if model.config.pad_token_id is None:  # decoder heads find the last real token through it
+        model.config.pad_token_id = pad_token_id(tokenizer)
+    new = sorted(info.get("missing_keys", ()))
+    if new and str(path) not in _ANNOUNCED:  # once per model, not once per seed and task
+        _ANNOUNCED.add(str(path))
+        log.info("new classification head for %s (%s): %s", path.name, type(model).__name__,
+                 ", ".join(new[:6]) + (" ..." if len(new) > 6 else "")
+                 + " freshly initialised, as expected for a model exported without a task head")
+    return model.to(device)
+
+
+def encode(tokenizer, examples: Sequence[Example], max_seq_len: int) -> Encoded:
+    """Tokenise once per split.  Pairs use the tokenizer's pair template ([CLS] a [SEP] b [SEP]);
+    a tokenizer with no template (e.g. GPT-NeoX/Pythia) gets `a <sep-or-eos> b`, and the model then
+    pools the first token of `a` (the paper's code joined pairs with no separator at all)."""
+    if max_seq_len < 8:
+        raise HeadlessError(f"--max-seq-len must be at least 8, got {max_seq_len}")
+    a = [ex.text_a for ex in examples]
+    b = [ex.text_b or "" for ex in examples] if examples and examples[0].text_b is not None else None
+    labels = [ex.label for ex in examples]
+    if tokenizer.num_special_tokens_to_add(pair=b is not None) > 0:
+        out = tokenizer(a, b, truncation=True, max_length=max_seq_len)
+        types = out.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
+        return Encoded(out["input_ids"], types, labels)
+    ids_a = tokenizer(a, add_special_tokens=False)["input_ids"]
+    if b is None:
+        return Encoded([ids[:max_seq_len] for ids in ids_a], None, labels)
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if sep is None:
+        log.warning("the tokenizer has no pair template, SEP or EOS token: sentence pairs are joined "
+                    "with no separator")
+    sep_ids = [] if sep is None else [sep]
+    ids_b = tokenizer(b, add_special_tokens=False)["input_ids"]
+    joined = []
+    for x, y in zip(ids_a, ids_b):
+        x, y = list(x), list(y)
+        while len(x) + len(y) + len(sep_ids) > max_seq_len:  # longest-first truncation
+            (x if len(x) >= len(y) else y).pop()
+        joined.append(x + sep_ids + y)
+    return Encoded(joined, None, labels)
+
+
+def _batch(data: Encoded, idx: Sequence[int], pad_id: int, regression: bool, device) -> dict:
+    width = max(len(data.input_ids[i]) for i in idx)  # dynamic padding: pad to this batch only
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    types = torch.zeros((len(idx), width), dtype=torch.long) if data.token_type_ids else None
+    for row, i in enumerate(idx):
+        seq = data.input_ids[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        if types is not None:
+            types[row, : len(seq)] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    labels = torch.tensor([data.labels[i] for i in idx],
+                          dtype=torch.float if regression else torch.long)
+    return {k: v.to(device) for k, v in batch.items()}, labels.to(device)
+
+
+def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:  # the usual BERT rule: no decay on biases and norm weights
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+def _schedule(optimizer, recipe: Recipe, total_steps: int):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    warmup = math.ceil(recipe.warmup_ratio * total_steps)
+    if recipe.schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    if recipe.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    raise HeadlessError(f"unknown LR schedule {recipe.schedule!r} (constant or linear)")
+
+
+@torch.no_grad()
+def predict(model, data: Encoded, *, batch_size: int, pad_id: int, regression: bool,
+            device, bf16: bool = False) -> list[float]:
+    """Predicted classes (or values), in the order of `data`; batches sorted by length for speed."""
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    preds: list[float] = [0] * len(data)
+    forward = _forward_for(model)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        inputs, _ = _batch(data, idx, pad_id, regression, device)
+        with _autocast(device, bf16):
+            logits = forward(inputs).float()
+        values = logits[:, 0] if regression else logits.argmax(-1)
+        for i, v in zip(idx, values.tolist()):
+            preds[i] = v
+    return preds
+
+
+def _forward_for(model) -> Callable[[dict], torch.Tensor]:
+    accepts_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    def forward(inputs: dict) -> torch.Tensor:
+        if not accepts_types:
+            inputs = {k: v for k, v in inputs.items() if k != "token_type_ids"}
+        return model(**inputs).logits
+    return forward
+
+
+def _autocast(device, bf16: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def finetune(
+    model_dir: str | Path,
+    tokenizer,
+    train: Encoded,
+    evals: Mapping[str, Encoded],
+    *,
+    num_labels: int,
+    metric: Callable[[list, list], dict[str, float]],
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+    bf16: bool = False,
+    progress: bool = True,
+    desc: str = "",
+) -> dict:
+    """Fine-tune one fresh copy of the model with one seed.
+
+    `num_labels=1` means regression (MSE).  `metric(preds, labels)` returns a dict with a "main"
+    entry; with `recipe.select == "best"` the epoch with the highest mean "main" over `evals` is
+    reported (the paper's protocol), otherwise the last epoch.  Returns
+    {"scores": {eval_name: metrics}, "epoch": chosen epoch (1-based), "history": [per-epoch scores]}.
+    """
+    if not len(train):
+        raise HeadlessError(f"{desc or 'fine-tuning'}: the training set is empty")
+    if bf16 and device.type != "cuda":
+        raise HeadlessError("--bf16 needs a CUDA device (leave it off on CPU)")
+    regression = num_labels == 1
+    _check_labels(train, num_labels, desc)
+    for data in evals.values():
+        _check_labels(data, num_labels, desc)
+
+    from transformers import set_seed
+
+    set_seed(seed)  # the new head's initialisation and dropout depend on the seed
+    model = load_classifier(model_dir, tokenizer, num_labels=num_labels, device=device)
+    pad_id = pad_token_id(tokenizer)
+    forward = _forward_for(model)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    optimizer = _optimizer(model, recipe)
+    scheduler = _schedule(optimizer, recipe, steps_per_epoch * recipe.epochs)
+    generator = torch.Generator().manual_seed(seed)
+
+    history: list[dict] = []
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        bar = tqdm(range(0, len(train), recipe.batch_size), desc=f"{desc} seed {seed} epoch {epoch}",
+                   disable=None if progress else True, leave=False, unit="batch")
+        for start in bar:
+            inputs, labels = _batch(train, order[start : start + recipe.batch_size], pad_id,
+                                    regression, device)
+            with _autocast(device, bf16):
+                logits = forward(inputs).float()
+            if regression:
+                loss = F.mse_loss(logits[:, 0], labels)
+            elif recipe.loss == "balanced_ce":
+                loss = balanced_cross_entropy(logits, labels)
+            else:
+                loss = F.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                raise HeadlessError(f"{desc}: the loss became {loss.item()} at epoch {epoch}; "
+                                    "lower --lr (or drop --bf16)")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if recipe.select == "best" or epoch == recipe.epochs:
+            history.append({name: metric(predict(model, data, batch_size=2 * recipe.batch_size,
+                                                 pad_id=pad_id, regression=regression,
+                                                 device=device, bf16=bf16), data.labels)
+                            for name, data in evals.items()})
+            log.info("%s seed %d epoch %d: %s", desc, seed, epoch, _fmt(history[-1]))
+    if recipe.select == "best":
+        best = max(range(len(history)),
+                   key=lambda i: statistics.fmean(m["main"] for m in history[i].values()))
+        return {"scores": history[best], "epoch": best + 1, "history": history}
+    return {"scores": history[-1], "epoch": recipe.epochs, "history": history}
+
+
+def _check_labels(data: Encoded, num_labels: int, desc: str) -> None:
+    if num_labels == 1:
+        return
+    bad = [y for y in data.labels if not (float(y).is_integer() and 0 <= y < num_labels)]
+    if bad:
+        raise HeadlessError(f"{desc}: label {bad[0]!r} is out of range for {num_labels} classes")
+
+
+def _fmt(scores: Mapping[str, Mapping[str, float]]) -> str:
+    return "; ".join(f"{name} " + " ".join(f"{k}={100 * v:.2f}" for k, v in m.items() if k != "main")
+                     for name, m in scores.items())
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """mean ± sample standard deviation over seeds (std 0 for a single seed)."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
+
+
+def parse_seeds(seeds: Sequence[int] | str | int) -> list[int]:
+    """Seeds from `"0,1,2"`, an int or a list of ints (distinct)."""
+    if isinstance(seeds, int):
+        return [seeds]
+    if isinstance(seeds, str):
+        try:
+            parts = [int(s) for s in seeds.replace(" ", "").split(",") if s]
+        except ValueError as err:
+            raise HeadlessError(f"--seeds takes comma-separated integers, got {seeds!r}") from err
+        seeds = parts
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise HeadlessError(f"--seeds needs distinct integers, got {seeds}")
+    return seeds
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file so a crash never leaves half a results file."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def fmt_score(summary: Mapping | None) -> str:
+    """`85.20 ± 0.31` (percent points), or `–` when missing."""
+    if not summary:
+        return "–"
+    return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
+
+
+def write_results(results: dict, markdown: str, output_dir: str | Path | None, stem: str) -> None:
+    """`<output_dir>/<stem>.json` and `.md`; nothing when output_dir is None."""
+    import json
+
+    if output_dir is None:
+        return
+    out = Path(output_dir)
+    atomic_write(out / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(out / f"{stem}.md", markdown)
+    log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")

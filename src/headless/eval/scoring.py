@@ -1,0 +1,260 @@
+"""Batched log-likelihood of continuations under a causal LM: the one scorer behind LAMBADA and
+zero-shot multiple choice.
+
+It follows lm-evaluation-harness (`HFLM.loglikelihood`) token for token, so that our numbers and
+lm-eval's agree: trailing spaces of the context move to the continuation, the pair is encoded as
+`context + continuation` and split at the length of the encoded context, inputs longer than the
+model's window are truncated from the left, an empty context is replaced by the BOS/EOS token.
+Rows are right-padded (a causal model never attends to later positions, so padding changes nothing)
+and sorted by length so that a batch wastes little compute on padding.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from headless.errors import HeadlessError
+
+
+@dataclass(frozen=True)
+class Score:
+    """Log-likelihood of one continuation: `logprob` is the sum over its `num_tokens` tokens;
+    `is_greedy` is True when every token is the argmax given everything before it."""
+
+    logprob: float
+    num_tokens: int
+    is_greedy: bool
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise HeadlessError(f"bad --device {device!r}: {err}") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype in (None, "", "auto"):
+        return torch.float32
+    if dtype not in names:
+        raise HeadlessError(f"bad dtype {dtype!r}: use one of float32, bfloat16, float16")
+    return names[dtype]
+
+
+def model_dir_config(model_dir: str | os.PathLike):
+    """The config of a Hugging Face model directory, or a one-line error saying why not."""
+    from transformers import AutoConfig
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json there)")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, OSError, KeyError) as err:
+        raise HeadlessError(f"cannot read the config of {path}: {str(err).splitlines()[0]}") from None
+
+
+def load_tokenizer_dir(model_dir: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(Path(model_dir))
+    except (ValueError, OSError, TypeError) as err:
+        raise HeadlessError(
+            f"no usable tokenizer in {model_dir} (save it with save_pretrained next to the model): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+
+
+def check_vocab(tokenizer, model, model_dir) -> None:
+    """A tokenizer that emits ids the embedding matrix lacks would index out of range (or silently
+    read the wrong rows on GPU): refuse it up front."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise HeadlessError(
+            f"tokenizer of {model_dir} has {len(tokenizer)} tokens but the model embeds only {rows}: "
+            "they do not belong together"
+        )
+
+
+def load_causal_lm(model_dir: str | os.PathLike, *, device: str | None = "auto", dtype=None):
+    """(model, tokenizer, device) for a directory loadable with AutoModelForCausalLM.
+
+    Refuses encoders (whose `...LMHeadModel` variant would load but is not a trained decoder) and
+    headless decoders exported without a head (the head would be random)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = model_dir_config(model_dir)
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise HeadlessError(
+            f"{model_dir} is an encoder ({config.model_type}), not a causal language model: "
+            "this evaluation needs a decoder"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise HeadlessError(f"{model_dir} is an encoder-decoder ({config.model_type}): this evaluation needs a decoder")
+    tokenizer = load_tokenizer_dir(model_dir)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            Path(model_dir), dtype=resolve_dtype(dtype), output_loading_info=True
+        )
+    except ValueError as err:
+        raise HeadlessError(f"{model_dir} is not a causal language model: {str(err).splitlines()[0]}") from None
+    head = model.get_output_embeddings()
+    head_names = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
+    if head is None or head_names & set(info.get("missing_keys", ())):
+        raise HeadlessError(
+            f"{model_dir} has no language-modelling head (a headless export?): export it with "
+            "--add-head or fine-tune one with `headless finetune-head`"
+        )
+    check_vocab(tokenizer, model, model_dir)
+    dev = resolve_device(device)
+    return model.to(dev).eval(), tokenizer, dev
+
+
+def max_length(model, tokenizer) -> int:
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < 1_000_000 else 2048
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) exactly as lm-eval's HFLM splits them."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    if not context:
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if prefix is None:
+            raise HeadlessError("an example has an empty context and the tokenizer has no BOS/EOS token to stand in")
+        return [prefix], tokenizer(continuation)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
+    ctx = tokenizer(context)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def score_tokens(
+    model,
+    pairs: list[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 16,
+    window: int | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> list[Score]:
+    """Score (context_ids, continuation_ids) pairs in batches; results in the order given."""
+    if batch_size < 1:
+        raise HeadlessError(f"batch size must be at least 1, got {batch_size}")
+    device = device or next(model.parameters()).device
+    window = window or max_length(model, None)
+    rows = []
+    for ctx, cont in pairs:
+        if not cont:
+            raise HeadlessError("a continuation encodes to zero tokens: nothing to score")
+        tokens = (list(ctx) + list(cont))[-(window + 1):]
+        rows.append((tokens[:-1], list(cont)))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+    results: list[Score | None] = [None] * len(rows)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="scoring", unit="batch")
+    for batch in batches:
+        width = len(rows[batch[0]][0])
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for r, i in enumerate(batch):
+            inp = rows[i][0]
+            ids[r, :len(inp)] = torch.tensor(inp)
+            mask[r, :len(inp)] = 1
+        # Only the positions that predict a continuation token need the (vocabulary-wide) head.
+        keep = max(width - len(rows[i][0]) + len(rows[i][1]) for i in batch)
+        kwargs = {"logits_to_keep": keep} if keep_arg else {}
+        kwargs["use_cache"] = False
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+        logits = logits[:, -keep:]
+        for r, i in enumerate(batch):
+            n, cont = len(rows[i][0]), rows[i][1]
+            start = keep - (width - n) - len(cont)
+            logprobs = logits[r, start:start + len(cont)].float().log_softmax(-1)
+            target = torch.tensor(cont, device=logprobs.device)
+            picked = logprobs.gather(-1, target[:, None])[:, 0]
+            results[i] = Score(
+                logprob=float(picked.double().sum()),
+                num_tokens=len(cont),
+                is_greedy=bool((logprobs.argmax(-1) == target).all()),
+            )
+    return results  # type: ignore[return-value]
+
+
+def score_continuations(model, tokenizer, requests: list[tuple[str, str]], **kwargs) -> list[Score]:
+    """Score (context, continuation) strings; see `score_tokens` for the keyword arguments."""
+    pairs = [encode_pair(tokenizer, c, x) for c, x in requests]
+    kwargs.setdefault("window", max_length(model, tokenizer))
+    return score_tokens(model, pairs, **kwargs)
+
+
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise HeadlessError(f"data file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise HeadlessError(f"{path}:{lineno} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise HeadlessError(f"{path}:{lineno} is not a JSON object")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise HeadlessError(f"{path} has no examples")
+    return rows
+
+
+def write_outputs(output_dir: str | os.PathLike, stem: str, data: dict, markdown: str) -> None:
+    """Write STEM.json and STEM.md atomically (never a half-written file)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(data, indent=2) + "\n"), (".md", markdown)):
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{stem}", suffix=suffix)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out / f"{stem}{suffix}")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""Run directory -> a standard Hugging Face directory that anyone's code can load.
+
+* headless runs export the base model (`AutoModel`): there is no head to export.
+* vanilla runs export the model with its head (`AutoModelForMaskedLM` / `AutoModelForCausalLM`).
+* `add_head=True` turns a headless decoder into a causal LM whose new, untied head is a copy of the
+  input embeddings — the starting point of HLM+FT (`headless finetune-head`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from headless.errors import HeadlessError
+
+MODEL_CARD = """---
+library_name: transformers
+tags: [headless, contrastive-weight-tying]
+---
+# {name}
+
+Exported by `headless` from `{run_dir}` (step {step}).
+
+- flavour: **{flavour}** ({loss} loss, {objective})
+- architecture: {architecture} ({cls})
+- {head_note}
+
+Load with `transformers.{auto}.from_pretrained(PATH)`.
+"""
+
+
+def _load_run_model(run_dir: Path, checkpoint: Optional[str]):
+    from transformers import AutoTokenizer
+
+    from headless.config import config_from_file
+    from headless.models import build_model
+    from headless.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights
+
+    if not (run_dir / "config.yaml").is_file():
+        raise HeadlessError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = config_from_file(run_dir / "config.yaml")
+    ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if ckpt_path is None or not ckpt_path.is_dir():
+        raise HeadlessError(f"no checkpoint to export in {run_dir / 'checkpoints'}")
+    ckpt = load_checkpoint(ckpt_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    model = build_model(config.model, config.objective, config.loss_kind, len(tokenizer),
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    load_model_weights(model, ckpt["model"])
+    return config, model, tokenizer, ckpt["state"]["step"]
+
+
+def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str] = None,
+           add_head: bool = False, overwrite: bool = False) -> Path:
+    """Write the run's latest (or given) checkpoint as an HF directory; returns `out_dir`."""
+    from headless.models import attach_lm_head
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise HeadlessError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    config, model, tokenizer, step = _load_run_model(run_dir, checkpoint)
+
+    if add_head:
+        if config.model.is_encoder:
+            raise HeadlessError("--add-head is for decoders; a headless encoder is used through AutoModel")
+        if model.has_head:
+            raise HeadlessError("--add-head: this run already has a vocabulary head (vanilla flavour)")
+        hf = attach_lm_head(model.backbone)
+    else:
+        hf = model.hf if model.has_head else model.backbone
+    if config.model.is_encoder:
+        auto = "AutoModelForMaskedLM" if model.has_head else "AutoModel"
+    else:
+        auto = "AutoModelForCausalLM" if (model.has_head or add_head) else "AutoModel"
+    head_note = ("head: the original vocabulary head" if model.has_head else
+                 "head: NEW, untied, initialised from the input embeddings — fine-tune it (HLM+FT)" if add_head
+                 else "no vocabulary head: the model was trained with Contrastive Weight Tying")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        hf.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        meta = {"flavour": config.flavour, "loss": config.loss_kind, "objective": config.objective_kind,
+                "step": step, "run_dir": str(run_dir), "add_head": add_head, "auto_class": auto}
+        (tmp / "headless.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "README.md").write_text(MODEL_CARD.format(
+            name=out_dir.name, run_dir=run_dir, step=step, flavour=config.flavour, loss=config.loss_kind,
+            objective=config.objective_kind.upper(), architecture=config.model.architecture,
+            cls=type(hf).__name__, head_note=head_note, auto=auto))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

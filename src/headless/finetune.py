@@ -1,0 +1,112 @@
+"""HLM+FT (paper §3.3): give a headless decoder a vocabulary head and fine-tune it with plain
+next-token cross-entropy on a small token budget of the pretraining data.
+
+The new head is untied and starts as a copy of the input embeddings (what CWT trained the outputs to
+match), so fine-tuning starts far better than from a random head.  It is an ordinary pretraining run
+of the vanilla flavour that starts from that model, so it gets the trainer's checkpoints, resume,
+logs and plots for free; `--probe` trains the head alone.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from headless.errors import HeadlessError
+
+_ARCHITECTURES = {"gpt_neox": "gpt-neox", "llama": "llama", "gpt2": "gpt2"}
+
+
+def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
+    """A causal-LM directory with the new head: from a run dir, an HF base model, or as is."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from headless.export import export
+    from headless.models import attach_lm_head
+
+    if (model_dir / "config.yaml").is_file():  # a headless run directory
+        return export(model_dir, work_dir, add_head=True, overwrite=True)
+    if not (model_dir / "config.json").is_file():
+        raise HeadlessError(f"{model_dir} is neither a run directory nor a Hugging Face model directory")
+    config = AutoConfig.from_pretrained(str(model_dir))
+    archs = config.architectures or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return model_dir  # already has a head (e.g. exported with --add-head): fine-tune it as is
+    lm = attach_lm_head(AutoModel.from_pretrained(str(model_dir)))
+    lm.save_pretrained(str(work_dir), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(work_dir))
+    return work_dir
+
+
+def finetune_head(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    data: str,
+    tokens: int = 5_000_000,
+    probe: bool = False,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    warmup_steps: Optional[int] = None,
+    run_dir: Optional[str] = None,
+    device: str = "auto",
+    seed: int = 0,
+    overrides: Optional[list[str]] = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune a headless decoder into a causal LM; the result is exported to `output_dir`.
+
+    `data` is a dataset prepared with the model's tokenizer (`headless prepare`); `tokens` is the
+    budget (the paper used <2% of the pretraining tokens: 10k steps x 256 x 2048).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from headless.config import load_config
+    from headless.data.loader import PackedDataset
+    from headless.export import export
+    from headless.train.loop import pretrain
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise HeadlessError(f"{output_dir} exists and is not empty")
+    dataset = PackedDataset(data, "train")
+    run_dir = Path(run_dir) if run_dir else output_dir.parent / f"{output_dir.name}-run"
+    init_dir = run_dir.parent / f".{run_dir.name}-init"
+    shutil.rmtree(init_dir, ignore_errors=True)
+    init = _headless_with_head(model_dir, init_dir)
+
+    model_tok = AutoTokenizer.from_pretrained(str(init))
+    if model_tok.get_vocab() != dataset.tokenizer.get_vocab():
+        raise HeadlessError(f"the dataset {data} was prepared with another tokenizer than the model's; "
+                            "prepare it with the model's tokenizer")
+    hf_config = AutoConfig.from_pretrained(str(init))
+    arch = _ARCHITECTURES.get(hf_config.model_type)
+    if arch is None:
+        raise HeadlessError(f"finetune-head needs a decoder; got model_type {hf_config.model_type!r}")
+    steps = max(1, math.ceil(tokens / (batch_size * dataset.seq_len)))
+    config = load_config(overrides={
+        "flavour": "vanilla", "seed": seed, "device": device, "run_dir": str(run_dir), "progress": progress,
+        "batch_size": batch_size, "max_steps": steps, "trainable": "head" if probe else "all",
+        "model": {"architecture": arch, "init_from": str(init),
+                  "max_position_embeddings": getattr(hf_config, "max_position_embeddings", dataset.seq_len)},
+        "objective": {"kind": "clm", "loss": "ce"},
+        "data": {"path": str(data), "seq_len": dataset.seq_len},
+        # paper §4.2: constant LR after a warm-up, no weight decay on the new head's run (Tab. 15)
+        "optim": {"lr": lr, "schedule": "constant", "weight_decay": 0.0,
+                  "warmup_steps": warmup_steps if warmup_steps is not None else min(2000, steps // 10)},
+        "eval_every": max(1, steps // 5), "save_every": max(1, steps // 2), "log_every": max(1, min(10, steps // 10)),
+    })
+    if overrides:
+        config = load_config(overrides=_merge(config.to_dict(), overrides))
+    summary = pretrain(config)
+    export(run_dir, output_dir)
+    shutil.rmtree(init_dir, ignore_errors=True)
+    return summary
+
+
+def _merge(base: dict, overrides: list[str]) -> dict:
+    from headless.config import _deep_merge, parse_overrides
+
+    return _deep_merge(base, parse_overrides(overrides))

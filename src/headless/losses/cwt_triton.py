@@ -1,0 +1,300 @@
+"""Fused linear cross-entropy with a per-class bias, in Triton (never builds the K×U score matrix).
+
+    loss_k = logsumexp_u(scale·o_k·c_u + b_u) − (scale·o_k·c_{y_k} + b_{y_k})
+
+CWT calls it with classes = the unique target embeddings and b = log(count) (so that deduplicated
+classes score exactly like the paper's K×K matrix with repeats); vanilla CE with the head weight/bias.
+
+Design (see docs/kernels.md):
+- forward: one program per block of rows, online log-sum-exp over blocks of classes, tl.dot over
+  blocks of D with fp32 accumulation; only the per-row LSE [K] (fp32) is saved for backward.
+- backward, with ``G = scale·g_k·(P − onehot)``; both modes are deterministic (no atomics):
+  "gemm" (default): a Triton kernel recomputes G for a chunk of classes into a bounded buffer
+  (K × chunk ≤ 2^27 elements), then cuBLAS does ``dO += G @ C_chunk`` and ``dC_chunk = Gᵀ @ O``.
+  "fused": no G buffer; ``dO = G @ C`` parallel over row blocks and ``dC = Gᵀ @ O`` parallel over
+  class blocks (split over row ranges into fp32 partials when class blocks cannot fill the GPU),
+  both recomputing the scores. Each program accumulates its own rows in fp32 in global memory, one
+  D block at a time (a [BLOCK, D] fp32 accumulator for D = 512…1024 does not fit in registers);
+  that read-modify-write traffic makes it ~3× slower than "gemm" on H100 (docs/kernels.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+try:  # triton is optional (GPU extra); importing this module must work without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without triton
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_available(device: torch.device | str | None = None) -> bool:
+    """True when the kernel can run for real: triton importable, CUDA present (and ``device`` is CUDA)."""
+    if triton is None or not torch.cuda.is_available():
+        return False
+    return device is None or torch.device(device).type == "cuda"
+
+
+if triton is not None:
+
+    def _configs(kind: str) -> list:
+        """A small Hopper-oriented autotune space (compile time grows with every config)."""
+        if _INTERPRET:  # tiny blocks so CPU tests exercise many blocks and all the masking
+            return [triton.Config({"BLOCK_K": 16, "BLOCK_U": 16, "BLOCK_D": 16}, num_warps=1)]
+        if kind == "fwd":
+            shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4)]
+        else:  # a wide class (row) block halves the fp32 dO (dC) read-modify-write traffic per flop
+            shapes = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3)]
+        return [
+            triton.Config({"BLOCK_K": bk, "BLOCK_U": bu, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+            for bk, bu, bd, w, s in shapes
+        ]
+
+    _MAX_BLOCK_K = 16 if _INTERPRET else 256  # largest BLOCK_K above: each dC split owns >= 1 row block
+
+    @triton.jit
+    def _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D: tl.constexpr, acc):
+        """acc += O[rows] @ C[cols]ᵀ over all of D (masked tails), fp32 accumulation."""
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            dmask = d < D
+            o = tl.load(o_ptr + rows[:, None] * D + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+            c = tl.load(c_ptr + cols[:, None] * D + d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+            acc += tl.dot(o, tl.trans(c))
+        return acc
+
+    @triton.autotune(configs=_configs("fwd"), key=["D"])
+    @triton.jit
+    def _fwd_kernel(o_ptr, c_ptr, b_ptr, y_ptr, loss_ptr, lse_ptr, K, U, D, scale,
+                    HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        rmask = rows < K
+        y = tl.load(y_ptr + rows, mask=rmask, other=-1)
+        m_i = tl.full([BLOCK_K], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_K], tl.float32)
+        t_i = tl.zeros([BLOCK_K], tl.float32)
+        for u0 in range(0, U, BLOCK_U):
+            cols = u0 + tl.arange(0, BLOCK_U)
+            cmask = cols < U
+            s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
+                        tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
+            if HAS_BIAS:
+                s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+            s = tl.where(cmask[None, :], s, float("-inf"))
+            t_i += tl.sum(tl.where(cols[None, :] == y[:, None], s, 0.0), 1)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+            m_i = m_new
+        lse = m_i + tl.log(l_i)
+        tl.store(lse_ptr + rows, lse, mask=rmask)
+        tl.store(loss_ptr + rows, tl.where(y >= 0, lse - t_i, 0.0), mask=rmask)
+
+    @triton.jit
+    def _grad_tile(s, lse, g, is_target, valid):
+        """G = g·(P − onehot) for one score tile (g already holds scale·dL/dloss·[not ignored])."""
+        p = tl.where(valid, tl.exp(s - lse), 0.0)
+        return (p - is_target.to(tl.float32)) * g
+
+    @triton.autotune(configs=_configs("fwd"), key=["D"])
+    @triton.jit
+    def _grad_chunk_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, out_ptr, K, D, u_start, n_cols,
+                           scale, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr,
+                           BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+        """out[K, n_cols] = G for classes u_start … u_start+n_cols (every element written once)."""
+        rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        local = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+        rmask = rows < K
+        cmask = local < n_cols
+        cols = u_start + local
+        y = tl.load(y_ptr + rows, mask=rmask, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+        g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
+        s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
+                    tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
+        if HAS_BIAS:
+            s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+        grad = _grad_tile(s, lse[:, None], g[:, None], cols[None, :] == y[:, None],
+                          rmask[:, None] & cmask[None, :])
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * n_cols + local[None, :],
+                 grad.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+    @triton.autotune(configs=_configs("bwd"), key=["D"])
+    @triton.jit
+    def _bwd_do_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, do_ptr, K, U, D, scale,
+                       HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        rmask = rows < K
+        y = tl.load(y_ptr + rows, mask=rmask, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+        g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
+        for u0 in range(0, U, BLOCK_U):
+            cols = u0 + tl.arange(0, BLOCK_U)
+            cmask = cols < U
+            s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
+                        tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
+            if HAS_BIAS:
+                s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+            grad = _grad_tile(s, lse[:, None], g[:, None], cols[None, :] == y[:, None],
+                              rmask[:, None] & cmask[None, :])
+            grad = grad.to(c_ptr.dtype.element_ty)
+            for d0 in range(0, D, BLOCK_D):
+                d = d0 + tl.arange(0, BLOCK_D)
+                dmask = d < D
+                c = tl.load(c_ptr + cols[:, None] * D + d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
+                out = do_ptr + rows[:, None] * D + d[None, :]
+                omask = rmask[:, None] & dmask[None, :]
+                acc = tl.load(out, mask=omask & (u0 > 0), other=0.0)  # first class block: no read
+                tl.store(out, acc + tl.dot(grad, c), mask=omask)
+
+    @triton.autotune(configs=_configs("bwd"), key=["D"])
+    @triton.jit
+    def _bwd_dc_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, dc_ptr, K, U, D, scale,
+                       HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+        cols = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+        cmask = cols < U
+        split = tl.program_id(1)
+        n_split = tl.num_programs(1)
+        dc_ptr += split.to(tl.int64) * U * D  # this split's fp32 partial buffer
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
+        for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK_K) - split, n_split)):  # row blocks of this split
+            rows = (split + i * n_split) * BLOCK_K + tl.arange(0, BLOCK_K)
+            rmask = rows < K
+            y = tl.load(y_ptr + rows, mask=rmask, other=-1)
+            lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+            g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
+            st = _scores(c_ptr, o_ptr, cols, rows, cmask, rmask, D, BLOCK_D,
+                         tl.zeros([BLOCK_U, BLOCK_K], tl.float32)) * scale
+            if HAS_BIAS:
+                st += bias[:, None]
+            grad = _grad_tile(st, lse[None, :], g[None, :], cols[:, None] == y[None, :],
+                              cmask[:, None] & rmask[None, :])
+            grad = grad.to(o_ptr.dtype.element_ty)
+            for d0 in range(0, D, BLOCK_D):
+                d = d0 + tl.arange(0, BLOCK_D)
+                dmask = d < D
+                o = tl.load(o_ptr + rows[:, None] * D + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+                out = dc_ptr + cols[:, None] * D + d[None, :]
+                omask = cmask[:, None] & dmask[None, :]
+                acc = tl.load(out, mask=omask & (i > 0), other=0.0)  # first row block: no read
+                tl.store(out, acc + tl.dot(grad, o), mask=omask)
+
+
+# The "gemm" backward's G buffer: 256 MiB in bf16 whatever K and U (tiny in the interpreter, so that
+# CPU tests cross several class chunks).
+_G_CHUNK_ELEMENTS, _CHUNK_STEP = (2**10, 16) if _INTERPRET else (2**27, 256)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+class _LinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, outputs, classes, bias, labels, scale, backward):
+        K, D = outputs.shape
+        U = classes.shape[0]
+        loss = torch.empty(K, device=outputs.device, dtype=torch.float32)
+        lse = torch.empty_like(loss)
+        grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]),)  # noqa: E731
+        _fwd_kernel[grid](outputs, classes, bias if bias is not None else loss, labels, loss, lse,
+                          K, U, D, scale, HAS_BIAS=bias is not None)
+        ctx.save_for_backward(outputs, classes, bias, labels, lse)
+        ctx.scale, ctx.mode = scale, backward
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        outputs, classes, bias, labels, lse = ctx.saved_tensors
+        K, D = outputs.shape
+        U = classes.shape[0]
+        scale = ctx.scale
+        # scale·dL/dloss_k, zero on ignored rows: the kernels then need no ignore logic.
+        g = (grad_loss.float() * scale * (labels >= 0)).contiguous()
+        b = bias if bias is not None else g
+        args = (outputs, classes, b, labels, lse, g)
+        need_out, need_cls = ctx.needs_input_grad[:2]
+        if ctx.mode == "gemm":
+            return (*_backward_gemm(args, K, U, D, scale, bias is not None, need_out, need_cls), None, None, None, None)
+        d_out = d_cls = None
+        if need_out:
+            buf = torch.empty(K, D, device=outputs.device, dtype=torch.float32)
+            grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]),)  # noqa: E731
+            _bwd_do_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None)
+            d_out = buf.to(outputs.dtype)
+        if need_cls:
+            # Few classes (CWT: U ≪ K) leave most SMs idle: split the rows over a 2nd grid axis.
+            n_split = max(1, min(triton.cdiv(K, _MAX_BLOCK_K),
+                                 2 * _num_sms(outputs.device) // max(1, triton.cdiv(U, 128))))
+            buf = torch.empty(n_split, U, D, device=outputs.device, dtype=torch.float32)
+            grid = lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), n_split)  # noqa: E731
+            _bwd_dc_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None)
+            d_cls = (buf[0] if n_split == 1 else buf.sum(0)).to(classes.dtype)
+        return d_out, d_cls, None, None, None, None
+
+
+def _backward_gemm(args, K, U, D, scale, has_bias, need_out, need_cls):
+    """G = scale·g·(P − onehot) by chunks of classes (Triton, bounded memory), then two cuBLAS GEMMs."""
+    outputs, classes = args[0], args[1]
+    step = _CHUNK_STEP
+    chunk = min(U, max(step, _G_CHUNK_ELEMENTS // max(K, 1) // step * step))
+    buf = torch.empty(K * chunk, device=outputs.device, dtype=outputs.dtype)
+    d_out = torch.zeros(K, D, device=outputs.device, dtype=torch.float32) if need_out else None
+    d_cls = torch.empty_like(classes) if need_cls else None
+    for u0 in range(0, U, chunk):
+        n = min(chunk, U - u0)
+        grad = buf[: K * n].view(K, n)
+        grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_U"]))  # noqa: E731
+        _grad_chunk_kernel[grid](*args, grad, K, D, u0, n, scale, HAS_BIAS=has_bias)
+        if need_out:
+            d_out += grad @ classes[u0:u0 + n]
+        if need_cls:
+            torch.matmul(grad.T, outputs, out=d_cls[u0:u0 + n])
+    return (d_out.to(outputs.dtype) if need_out else None), d_cls
+
+
+def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None, labels: Tensor,
+                     scale: float = 1.0, *, backward: str = "gemm") -> Tensor:
+    """Per-row loss [K] (fp32) of ``softmax(scale·outputs @ classesᵀ + class_bias)`` against ``labels``.
+
+    outputs [K, D] and classes [U, D] (bf16/fp16/fp32; classes are cast to outputs' dtype) get
+    gradients; class_bias [U] (None = 0) does not. labels [K] index classes; a negative label (−100)
+    marks an ignored row: loss 0, zero gradient. Labels ≥ U are not checked (that would cost a sync).
+    backward="gemm" (default, faster): G by class chunks + cuBLAS; "fused": two all-Triton kernels,
+    no G buffer at all. Both deterministic.
+    """
+    if backward not in ("gemm", "fused"):
+        raise ValueError(f"backward must be 'gemm' or 'fused', got {backward!r}")
+    if outputs.dim() != 2 or classes.dim() != 2 or outputs.shape[1] != classes.shape[1]:
+        raise ValueError(f"expected outputs [K, D] and classes [U, D], got {tuple(outputs.shape)} "
+                         f"and {tuple(classes.shape)}")
+    K, U = outputs.shape[0], classes.shape[0]
+    if labels.shape != (K,):
+        raise ValueError(f"labels must have shape [{K}], got {tuple(labels.shape)}")
+    if K == 0:
+        return outputs.new_zeros(0, dtype=torch.float32) + 0.0 * outputs.sum() + 0.0 * classes.sum()
+    if U == 0:
+        raise ValueError("linear_ce_triton needs at least one class")
+    if class_bias is not None:
+        if class_bias.shape != (U,):
+            raise ValueError(f"class_bias must have shape [{U}], got {tuple(class_bias.shape)}")
+        class_bias = class_bias.detach().float().contiguous()
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if triton is None:
+        raise RuntimeError("linear_ce_triton needs triton: pip install 'headless[gpu]'")
+    return _LinearCE.apply(outputs.contiguous(), classes.to(outputs.dtype).contiguous(), class_bias,
+                           labels.long().contiguous(), scale, backward)

@@ -1,0 +1,111 @@
+"""The vanilla objective and the paper's ablations (Tab. 6), with the same interface as `cwt_loss`.
+
+Full-vocabulary cross-entropy IS a linear cross-entropy whose classes are the head's rows, so it
+reuses the chunked log-sum-exp of `cwt.py` (and the same Triton kernel on GPU). A head tied to the
+input embeddings is just `head_weight=embeddings.weight`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headless.errors import HeadlessError
+from headless.losses.cwt import (LossOutput, _triton_module, accumulation_dtype, check_choice, cwt_loss,
+                                 empty_output, linear_logsumexp, reduce_rows, row_dot, select_rows,
+                                 triton_usable, REDUCTIONS)
+
+VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch")
+AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
+
+
+def _auto(outputs: Tensor, num_rows: int, num_classes: int) -> str:
+    """Fastest exact path: the Triton kernel on CUDA; on CPU dense logits unless they are large."""
+    if triton_usable(outputs):
+        return "triton"
+    acc_bytes = torch.finfo(accumulation_dtype(outputs)).bits // 8
+    return "reference" if num_rows * num_classes * acc_bytes <= AUTO_DENSE_LOGITS_BYTES else "chunked"
+
+
+def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, head_bias: Tensor | None = None, *,
+                    ignore_index: int = -100, reduction: str = "mean", implementation: str = "auto",
+                    chunk_size: int | None = None, allow_empty: bool = False,
+                    with_accuracy: bool = True) -> LossOutput:
+    """Cross-entropy of outputs [..., D] projected on head_weight [V, D] (+ head_bias [V]).
+
+    Paths (same value): "reference" (logits + F.cross_entropy), "chunked" (online log-sum-exp,
+    never K×V), "triton" (GPU kernel), "torch" (torch.nn.functional.linear_cross_entropy, chunked,
+    torch >= 2.13). Accumulation in float32 (float64 for float64 inputs). accuracy = top-1 over
+    the vocabulary (the target's logit is the maximum; ties count as correct). With "triton" and
+    "torch" it costs an extra forward pass: pass with_accuracy=False to skip it.
+    """
+    fn = "vanilla_ce_loss"
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("implementation", implementation, VANILLA_IMPLEMENTATIONS)
+    rows, o, ids = select_rows(fn, outputs, target_ids, head_weight, ignore_index, "head_weight", head_bias)
+    acc = accumulation_dtype(outputs, head_weight)
+    if ids.numel() == 0:
+        return empty_output(fn, allow_empty, ignore_index, target_ids, [o, head_weight, head_bias], acc, reduction)
+    if implementation == "auto":
+        implementation = _auto(outputs, ids.numel(), head_weight.shape[0])
+    stats = None
+    if implementation == "reference":
+        logits = F.linear(o.to(acc), head_weight.to(acc), None if head_bias is None else head_bias.to(acc))
+        losses = F.cross_entropy(logits, ids, reduction="none")
+        detached = logits.detach()
+        stats = (detached.max(dim=1).values, detached.gather(1, ids.unsqueeze(1)).squeeze(1))
+    elif implementation == "chunked":
+        lse, best, target = linear_logsumexp(o, head_weight, head_bias, ids, chunk_size=chunk_size)
+        logit = row_dot(o, head_weight, ids, 1.0)
+        losses = lse - (logit if head_bias is None else logit + head_bias[ids].to(acc))
+        stats = (best, target)
+    elif implementation == "triton":
+        if not triton_usable(outputs):
+            raise HeadlessError(f"{fn}: implementation='triton' needs a CUDA tensor and an importable triton kernel")
+        bias = head_bias.float() if head_bias is not None else o.new_zeros(head_weight.shape[0], dtype=torch.float32)
+        losses = _triton_module().linear_ce_triton(o, head_weight, bias, ids, 1.0)
+    else:
+        if not hasattr(F, "linear_cross_entropy"):
+            raise HeadlessError(f"{fn}: implementation='torch' needs torch.nn.functional.linear_cross_entropy "
+                                f"(torch >= 2.13), this is torch {torch.__version__}")
+        losses = F.linear_cross_entropy(o.to(acc), head_weight.to(acc), ids, reduction="none",
+                                        linear_bias=None if head_bias is None else head_bias.to(acc),
+                                        options=torch.nn.LinearCrossEntropyOptions())
+    if stats is None and with_accuracy:
+        with torch.no_grad():
+            _, best, target = linear_logsumexp(o, head_weight, head_bias, ids, chunk_size=chunk_size)
+        stats = (best, target)
+    accuracy = (stats[1] >= stats[0]).float().mean() if stats is not None else None
+    return LossOutput(reduce_rows(losses, rows, target_ids, reduction),
+                      torch.tensor(ids.numel(), device=ids.device), accuracy, None)
+
+
+def ce_plus_cwt_loss(ce_outputs: Tensor, ce_target_ids: Tensor, head_weight: Tensor, cwt_outputs: Tensor,
+                     cwt_target_ids: Tensor, embedding_weight: Tensor, *, head_bias: Tensor | None = None,
+                     ce_weight: float = 1.0, cwt_weight: float = 1.0, reduction: str = "mean",
+                     ignore_index: int = -100, ce_implementation: str = "auto", **cwt_kwargs) -> LossOutput:
+    """CE + CWT (paper Tab. 6: an unweighted sum; the official code's loss weights default to 1).
+
+    The two terms take separate inputs because a vanilla model's head input (e.g. after BERT's
+    transform) need not be the hidden state CWT scores. Metrics: CE's num_targets and top-1
+    accuracy, CWT's num_unique. `cwt_kwargs` go to `cwt_loss` (temperature, group, ...).
+    """
+    ce = vanilla_ce_loss(ce_outputs, ce_target_ids, head_weight, head_bias, ignore_index=ignore_index,
+                         reduction=reduction, implementation=ce_implementation,
+                         allow_empty=cwt_kwargs.get("allow_empty", False))
+    cwt = cwt_loss(cwt_outputs, cwt_target_ids, embedding_weight, ignore_index=ignore_index,
+                   reduction=reduction, **cwt_kwargs)
+    if reduction == "none" and ce.loss.shape != cwt.loss.shape:
+        raise HeadlessError(f"ce_plus_cwt_loss: reduction='none' needs CE and CWT targets of one shape, got "
+                            f"{tuple(ce.loss.shape)} and {tuple(cwt.loss.shape)}")
+    return LossOutput(ce_weight * ce.loss + cwt_weight * cwt.loss, ce.num_targets, ce.accuracy, cwt.num_unique)
+
+
+def nce_untied_loss(outputs: Tensor, target_ids: Tensor, target_embedding_weight: Tensor, **kwargs) -> LossOutput:
+    """Paper Tab. 6 "NCE (wo/ WT)": the CWT loss against a SEPARATE trainable target matrix [V, D].
+
+    Identical computation to `cwt_loss`; only the weight differs (a new parameter, not the input
+    embeddings), which is why it costs ×1.57 parameters in the paper. Same keyword arguments.
+    """
+    return cwt_loss(outputs, target_ids, target_embedding_weight, **kwargs)

@@ -1,0 +1,278 @@
+"""Hugging Face models in the two flavours the paper compares, behind one small wrapper.
+
+* headless: the HF *base* model (BertModel, GPTNeoXModel, ...). There is no vocabulary head at all —
+  no parameters, no FLOPs; the loss scores the last hidden states against the input embeddings.
+* vanilla:  the HF *ForMaskedLM / *ForCausalLM model.  Its head is applied only at the positions that
+  get a loss (HF would project every position), so the comparison is fair to the baseline.
+
+`LanguageModel.forward` returns the loss (summed over the micro-batch's loss positions) rather than
+hidden states: computing the loss inside the wrapped module's forward is what lets DDP and FSDP2 see
+the embedding matrix unsharded and reduce its gradient like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headless.config import ModelConfig, ObjectiveConfig
+from headless.errors import HeadlessError
+
+
+# ------------------------------------------------------------------------------------------------
+# building HF configs and models
+
+
+def round_up(value: int, multiple: int) -> int:
+    return ((value + multiple - 1) // multiple) * multiple if multiple > 1 else value
+
+
+def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[int] = None,
+                    eos_token_id: Optional[int] = None):
+    """An HF config of the requested architecture and shape."""
+    import transformers as tf
+
+    inter = cfg.intermediate_size or 4 * cfg.hidden_size
+    common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, **cfg.extra)
+    if not cfg.is_encoder:  # generation needs them; HF's defaults point outside small vocabularies
+        common.setdefault("bos_token_id", eos_token_id)
+        common.setdefault("eos_token_id", eos_token_id)
+    arch = cfg.architecture
+    if arch == "bert":
+        hf = tf.BertConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                           num_attention_heads=cfg.num_heads, intermediate_size=inter,
+                           max_position_embeddings=cfg.max_position_embeddings,
+                           hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, **common)
+    elif arch in ("roberta", "xlm-roberta"):
+        klass = tf.RobertaConfig if arch == "roberta" else tf.XLMRobertaConfig
+        # RoBERTa offsets positions by padding_idx + 1, so it needs two extra position rows.
+        common.setdefault("pad_token_id", 1)
+        if common["pad_token_id"] is None:
+            common["pad_token_id"] = 1
+        hf = klass(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                   num_attention_heads=cfg.num_heads, intermediate_size=inter,
+                   max_position_embeddings=cfg.max_position_embeddings + common["pad_token_id"] + 1,
+                   hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, **common)
+    elif arch == "modernbert":
+        hf = tf.ModernBertConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                                 num_attention_heads=cfg.num_heads, intermediate_size=inter,
+                                 max_position_embeddings=cfg.max_position_embeddings,
+                                 attention_dropout=cfg.dropout, embedding_dropout=cfg.dropout,
+                                 mlp_dropout=cfg.dropout, bos_token_id=None, eos_token_id=None,
+                                 cls_token_id=None, sep_token_id=None, **common)
+    elif arch == "distilbert":
+        hf = tf.DistilBertConfig(dim=cfg.hidden_size, n_layers=cfg.num_layers, n_heads=cfg.num_heads,
+                                 hidden_dim=inter, max_position_embeddings=cfg.max_position_embeddings,
+                                 dropout=cfg.dropout, attention_dropout=cfg.dropout, **common)
+    elif arch == "gpt-neox":
+        hf = tf.GPTNeoXConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                              num_attention_heads=cfg.num_heads, intermediate_size=inter,
+                              max_position_embeddings=cfg.max_position_embeddings, rotary_pct=cfg.rotary_pct,
+                              hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout,
+                              use_parallel_residual=True, tie_word_embeddings=cfg.tie_word_embeddings, **common)
+    elif arch == "llama":
+        hf = tf.LlamaConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                            num_attention_heads=cfg.num_heads, intermediate_size=inter,
+                            max_position_embeddings=cfg.max_position_embeddings,
+                            attention_dropout=cfg.dropout, tie_word_embeddings=cfg.tie_word_embeddings, **common)
+    elif arch == "gpt2":
+        hf = tf.GPT2Config(n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+                           n_inner=inter, n_positions=cfg.max_position_embeddings, resid_pdrop=cfg.dropout,
+                           embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                           tie_word_embeddings=cfg.tie_word_embeddings, **common)
+    else:  # pragma: no cover - config validation rejects it first
+        raise HeadlessError(f"unsupported architecture {arch!r}")
+    return hf
+
+
+def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_from: Optional[str]):
+    import transformers as tf
+
+    if head:
+        auto = tf.AutoModelForMaskedLM if is_encoder else tf.AutoModelForCausalLM
+    else:
+        auto = tf.AutoModel
+    kwargs = {"attn_implementation": attn} if attn else {}
+    if init_from:
+        try:
+            return auto.from_pretrained(init_from, **kwargs)
+        except (OSError, ValueError) as err:
+            raise HeadlessError(f"cannot load model from {init_from}: {str(err).splitlines()[0]}") from None
+    try:
+        if not head and getattr(hf_config, "model_type", "") == "bert":
+            # BertModel's pooler is never trained by MLM: leave it out (DDP would flag it unused).
+            return tf.BertModel(hf_config, add_pooling_layer=False) if not attn else \
+                tf.BertModel._from_config(hf_config, add_pooling_layer=False, **kwargs)
+        return auto.from_config(hf_config, **kwargs)
+    except (ValueError, ImportError):
+        if attn:  # an architecture without SDPA support: fall back to eager attention
+            return _instantiate(hf_config, head=head, is_encoder=is_encoder, attn="", init_from=None)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# the vanilla head, split into (transform, final projection) so the fused losses can take the latter
+
+
+@dataclass
+class HeadParts:
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    projection: nn.Linear
+
+
+def head_parts(model: nn.Module) -> HeadParts:
+    """Split an HF *ForMaskedLM / *ForCausalLM head into its hidden transform and the V×D projection."""
+    projection = model.get_output_embeddings()
+    if projection is None:
+        raise HeadlessError(f"{type(model).__name__} has no output embeddings (vocabulary head)")
+    mt = model.config.model_type
+    if mt == "bert":
+        transform = model.cls.predictions.transform
+    elif mt in ("roberta", "xlm-roberta"):
+        lm = model.lm_head
+        transform = lambda h: lm.layer_norm(F.gelu(lm.dense(h)))  # noqa: E731 (HF's RobertaLMHead minus decoder)
+    elif mt == "modernbert":
+        transform = model.head
+    elif mt == "distilbert":
+        transform = lambda h: model.vocab_layer_norm(model.activation(model.vocab_transform(h)))  # noqa: E731
+    else:  # decoders project the final hidden state directly
+        transform = nn.Identity()
+    return HeadParts(transform=transform, projection=projection)
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The backbone of an HF model with or without head (itself when it has none)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix and hasattr(model, prefix) else model
+
+
+def attach_lm_head(model: nn.Module) -> nn.Module:
+    """Headless decoder -> *ForCausalLM with a NEW untied head initialised from the input embeddings.
+
+    This is the starting point of HLM+FT (paper §3.3): the head is a copy, not a tie, so fine-tuning
+    can move it away from the embeddings.
+    """
+    import transformers as tf
+
+    config = model.config
+    config.tie_word_embeddings = False
+    if hasattr(config, "tie_word_embeddings"):
+        config.tie_word_embeddings = False
+    lm = tf.AutoModelForCausalLM.from_config(config)
+    missing, unexpected = lm.base_model.load_state_dict(base_model(model).state_dict(), strict=False)
+    if unexpected or [m for m in missing if "rotary" not in m and "inv_freq" not in m]:
+        raise HeadlessError(f"cannot attach a head: backbone mismatch (missing {missing}, unexpected {unexpected})")
+    with torch.no_grad():
+        emb = lm.get_input_embeddings().weight
+        out = lm.get_output_embeddings()
+        out.weight = nn.Parameter(emb.detach().clone())
+        if getattr(out, "bias", None) is not None:
+            out.bias.zero_()
+    return lm
+
+
+# ------------------------------------------------------------------------------------------------
+# the training wrapper
+
+
+class LanguageModel(nn.Module):
+    """An HF model plus the loss that the objective scores its outputs with.
+
+    forward(input_ids, labels) -> LossOutput with reduction="sum"; the trainer divides by the number
+    of loss positions of the whole optimizer step (MLM's count varies per micro-batch).
+    """
+
+    def __init__(self, hf_model: nn.Module, loss_kind: str, objective: ObjectiveConfig):
+        super().__init__()
+        self.hf = hf_model
+        self.loss_kind = loss_kind
+        self.objective = objective
+        self.backbone = base_model(hf_model)
+        self.loss_group = None  # a torch.distributed group for `negatives: global`, set by the trainer
+        if loss_kind == "nce":
+            emb = self.backbone.get_input_embeddings().weight
+            self.target_embedding = nn.Embedding(emb.shape[0], emb.shape[1])
+            nn.init.normal_(self.target_embedding.weight, std=getattr(hf_model.config, "initializer_range", 0.02))
+        else:
+            self.target_embedding = None
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def has_head(self) -> bool:
+        return self.backbone is not self.hf
+
+    def input_embedding_weight(self) -> torch.Tensor:
+        return self.backbone.get_input_embeddings().weight
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+        from headless.losses import LossOutput, cwt_loss, vanilla_ce_loss
+        from headless.objectives import select_loss_positions
+
+        hidden = self.hidden_states(input_ids, attention_mask)
+        outputs, targets = select_loss_positions(hidden, labels)
+        obj = self.objective
+        contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
+                           group=self.loss_group, allow_empty=True)
+        kind = self.loss_kind
+        if kind == "cwt":
+            return cwt_loss(outputs, targets, self.input_embedding_weight(),
+                            implementation=obj.loss_implementation, **contrastive)
+        if kind == "nce":
+            return cwt_loss(outputs, targets, self.target_embedding.weight,
+                            implementation=obj.loss_implementation, **contrastive)
+        parts = head_parts(self.hf)
+        ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
+                             getattr(parts.projection, "bias", None), reduction="sum",
+                             implementation=obj.loss_implementation, allow_empty=True)
+        if kind == "ce":
+            return ce
+        cw = cwt_loss(outputs, targets, self.input_embedding_weight(), **contrastive)
+        return LossOutput(loss=ce.loss + cw.loss, num_targets=ce.num_targets, accuracy=ce.accuracy,
+                          num_unique=cw.num_unique)
+
+
+def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vocab_size: int,
+                pad_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> LanguageModel:
+    """The model of a run: headless (base model) unless the loss needs a vocabulary head."""
+    needs_head = loss_kind in ("ce", "ce+cwt")
+    model_vocab = cfg.vocab_size or round_up(vocab_size, cfg.pad_vocab_multiple)
+    if cfg.init_from:
+        hf = _instantiate(None, head=needs_head, is_encoder=cfg.is_encoder, attn=cfg.attn_implementation,
+                          init_from=cfg.init_from)
+        model_vocab = hf.get_input_embeddings().weight.shape[0]
+    else:
+        if model_vocab < vocab_size:
+            raise HeadlessError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {vocab_size} tokens")
+        hf_config = build_hf_config(cfg, model_vocab, pad_token_id, eos_token_id)
+        hf = _instantiate(hf_config, head=needs_head, is_encoder=cfg.is_encoder,
+                          attn=cfg.attn_implementation, init_from=None)
+    if model_vocab < vocab_size:
+        raise HeadlessError(f"tokenizer has {vocab_size} tokens but the model's embedding has only {model_vocab} rows")
+    return LanguageModel(hf, loss_kind, objective)
+
+
+def count_parameters(model: nn.Module) -> dict:
+    """Total and non-embedding parameter counts (the latter drives the FLOPs estimate)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = 0
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            emb += module.weight.numel()
+    return {"total": total, "embedding": emb, "non_embedding": total - emb}
+
+
+def save_hf(model: nn.Module, path: str | Path) -> None:
+    model.save_pretrained(str(path), safe_serialization=True)

@@ -1,0 +1,118 @@
+"""One optimizer step: objective -> forward (loss inside the model) -> normalise -> backward.
+
+The loss of a step is `sum of per-position losses / number of loss positions in the WHOLE step`
+(all micro-batches, all ranks).  Averaging micro-batch means instead would weight MLM positions
+unequally, since the number of masked positions varies from micro-batch to micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from headless.config import TrainConfig
+from headless.objectives import IGNORE_INDEX, clm_labels, document_ids_from_eos, mlm_mask
+
+
+@dataclass
+class DataInfo:
+    """What the objective needs to know about the tokenizer of the training data."""
+
+    vocab_size: int
+    eos_token_id: Optional[int]
+    mask_token_id: Optional[int]
+    special_token_ids: list
+
+
+def batch_generator(seed: int, step: int, micro: int, rank: int, split: int = 0) -> torch.Generator:
+    """Masking randomness keyed by position in the run, so a resumed run masks exactly as before."""
+    gen = torch.Generator()
+    gen.manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 101 + rank * 7 + split * 1_000_000_007)
+    return gen
+
+
+def make_inputs(batch: torch.Tensor, config: TrainConfig, info: DataInfo, generator: torch.Generator):
+    """(input_ids, labels) for the configured objective; labels hold the ORIGINAL token ids."""
+    obj = config.objective
+    if config.objective_kind == "mlm":
+        return mlm_mask(batch, mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
+                        special_token_ids=info.special_token_ids, mask_prob=obj.mask_prob,
+                        replace_prob=obj.replace_prob, random_prob=obj.random_prob,
+                        exact=obj.exact_masking, generator=generator)
+    doc_ids = None
+    if obj.respect_documents and info.eos_token_id is not None:
+        doc_ids = document_ids_from_eos(batch, info.eos_token_id)
+    return batch, clm_labels(batch, document_ids=doc_ids)
+
+
+@dataclass
+class StepResult:
+    loss_sum: torch.Tensor  # detached, summed over this rank's loss positions
+    correct: torch.Tensor  # detached: number of top-1 hits on this rank
+    num_targets: int  # loss positions of the whole step, all ranks
+    unique: float  # mean unique targets per micro-batch (CWT), 0 otherwise
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    autocast_dtype: Optional[torch.dtype],
+    world_size: int,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor],
+    no_sync: Callable[[bool], contextlib.AbstractContextManager],
+) -> StepResult:
+    """Accumulate gradients of the step's normalised loss over the micro-batches."""
+    local = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)
+    total = int(all_reduce(torch.tensor([local], dtype=torch.long, device=device)).item())
+    # DDP/FSDP average gradients over ranks; scaling by world_size turns that mean into the sum we want.
+    scale = world_size / max(total, 1)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    unique = 0.0
+    for i, (input_ids, labels) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        input_ids = input_ids.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with no_sync(not last), _autocast(device, autocast_dtype):
+            out = model(input_ids, labels)
+        (out.loss.float() * scale).backward()
+        loss_sum += out.loss.detach().float()
+        if out.accuracy is not None:
+            correct += out.accuracy.detach().float() * out.num_targets.detach().float()
+        if out.num_unique is not None:
+            unique += float(out.num_unique) / len(micro_batches)
+    return StepResult(loss_sum=loss_sum, correct=correct, num_targets=total, unique=unique)
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model, batches, *, device, autocast_dtype, all_reduce) -> dict:
+    """Validation loss per loss position and top-1 accuracy, on fixed batches and masks."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    for input_ids, labels in batches:
+        with _autocast(device, autocast_dtype):
+            out = model(input_ids.to(device), labels.to(device))
+        loss_sum += out.loss.double()
+        n = out.num_targets.double()
+        count += n
+        if out.accuracy is not None:
+            correct += out.accuracy.double() * n
+    stats = all_reduce(torch.stack([loss_sum, correct, count]))
+    if was_training:
+        model.train()
+    total = max(float(stats[2]), 1.0)
+    return {"loss": float(stats[0]) / total, "accuracy": float(stats[1]) / total, "targets": int(stats[2])}

@@ -1,0 +1,82 @@
+"""Checkpoints: atomic writes, keep-last-N, corruption detection, weights_only loading."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from headless.errors import HeadlessError
+from headless.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_model_weights,
+                                       save_checkpoint, set_rng_state)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight  # tied, as in BERT's MLM head
+
+
+def _save(tmp_path, step, model, keep_last=2):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.emb.weight.sum().backward()
+    opt.step()
+    return save_checkpoint(tmp_path, step, model, {"optimizer": opt.state_dict()}, {"loader": {"position": step}},
+                           keep_last=keep_last)
+
+
+def test_round_trip_with_tied_weights_and_weights_only(tmp_path):
+    model = Tied()
+    path = _save(tmp_path, 5, model)
+    ckpt = load_checkpoint(path)  # optimizer.pt / rng.pt are loaded with weights_only=True inside
+    fresh = Tied()
+    load_model_weights(fresh, ckpt["model"])
+    assert torch.equal(fresh.emb.weight, model.emb.weight)
+    assert fresh.head.weight is fresh.emb.weight
+    assert ckpt["state"]["step"] == 5 and ckpt["state"]["loader"] == {"position": 5}
+    assert "exp_avg" in ckpt["optimizer"]["optimizer"]["state"][0]
+
+
+def test_keep_last_and_no_temporary_leftovers(tmp_path):
+    model = Tied()
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, model, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_rng_state_restores_the_stream(tmp_path):
+    torch.manual_seed(3)
+    path = _save(tmp_path, 1, Tied())
+    expected = torch.rand(5)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert torch.equal(torch.rand(5), expected)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "state"])
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
+    path = _save(tmp_path, 7, Tied())
+    weights = path / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:50])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "delete":
+        weights.unlink()
+    else:
+        (path / "state.json").write_text("{not json")
+    with pytest.raises(HeadlessError, match="checkpoint .* (corrupt|incomplete)"):
+        load_checkpoint(path)
+
+
+def test_mismatched_weights_are_rejected(tmp_path):
+    path = _save(tmp_path, 1, Tied())
+    other = nn.Linear(3, 3)
+    with pytest.raises(HeadlessError, match="does not match the model"):
+        load_model_weights(other, load_checkpoint(path)["model"])
+    assert json.loads((path / "state.json").read_text())["files"]["model.safetensors"]

@@ -1,0 +1,189 @@
+"""`headless glue`: end to end on real GLUE subsets with a tiny BERT, bad inputs, and learning."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from headless.cli import main
+from headless.errors import HeadlessError
+from headless.eval.classification import Example, encode
+from headless.eval.glue import compare_glue, load_glue_task, run_glue
+
+FAST = dict(epochs=1, batch_size=8, max_train_examples=24, max_eval_examples=16, device="cpu",
+            progress=False)
+
+
+def tiny_encoder(path: Path, vocab_dir: Path, vocab_size: int | None = None) -> Path:
+    """A 2-layer BERT saved as a *base* model (no head), like `headless export` writes encoders."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)  # a fixed random encoder, so that the learning test is deterministic
+
+    # transformers 5 ignores `vocab_file=`; from_pretrained on the folder reads vocab.txt
+    tokenizer = BertTokenizerFast.from_pretrained(vocab_dir, do_lower_case=True)
+    config = BertConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, bert_vocab_file):
+    return tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), bert_vocab_file.parent)
+
+
+@pytest.fixture(scope="module")
+def glue_dir(shared_data):
+    return shared_data / "glue"
+
+
+def test_run_glue_on_real_subsets(model_dir, glue_dir, tmp_path):
+    tasks = ["sst2", "MRPC", "sts-b", "rte", "wnli"]
+    results = run_glue(model_dir, tasks=tasks, data_dir=glue_dir, output_dir=tmp_path, **FAST)
+    saved = json.loads((tmp_path / "glue.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert list(saved["tasks"]) == ["sst2", "mrpc", "stsb", "rte", "wnli"]
+    stsb = saved["tasks"]["stsb"]
+    assert set(stsb["metrics"]["dev"]) == {"pearson", "spearman"}
+    assert stsb["main"]["mean"] == pytest.approx(
+        (stsb["metrics"]["dev"]["pearson"]["mean"] + stsb["metrics"]["dev"]["spearman"]["mean"]) / 2)
+    assert set(saved["tasks"]["mrpc"]["metrics"]["dev"]) == {"f1", "accuracy"}
+    for task in saved["tasks"].values():
+        assert task["train_examples"] == 24 and task["eval_examples"] == {"dev": 16}
+        assert 0.0 <= task["metrics"]["dev"].get("accuracy", {"mean": 0.5})["mean"] <= 1.0
+    markdown = (tmp_path / "glue.md").read_text()
+    for name in ("SST-2", "MRPC", "STS-B", "RTE", "WNLI", "**Average**", "pearson", "f1"):
+        assert name in markdown
+
+
+def test_cli_glue_paper_recipe_seeds_and_compare(model_dir, glue_dir, tmp_path, capsys):
+    common = ["--data-dir", str(glue_dir), "--tasks", "rte,wnli", "--max-train-examples", "16",
+              "--max-eval-examples", "12", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    assert main(["glue", str(model_dir), *common, "--recipe", "paper", "--epochs", "2",
+                 "--seeds", "0,1", "--output", str(tmp_path / "a")]) == 0
+    a = json.loads((tmp_path / "a" / "glue.json").read_text())
+    assert a["recipe"]["name"] == "paper" and a["recipe"]["loss"] == "balanced_ce"
+    assert a["recipe"]["lr"] == 1e-5 and a["recipe"]["select"] == "best" and a["seeds"] == [0, 1]
+    assert len(a["tasks"]["rte"]["main"]["values"]) == 2
+    assert all(epoch in (1, 2) for epoch in a["tasks"]["rte"]["epochs"])
+    assert "| RTE |" in capsys.readouterr().out
+    assert main(["glue", str(model_dir), *common, "--tasks", "rte", "--output", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["glue", "compare", str(tmp_path / "a" / "glue.json"), str(tmp_path / "b" / "glue.json"),
+                 "--output", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert "| Task | A | B | B − A |" in table and "| WNLI |" in table and "Average (shared tasks)" in table
+    assert (tmp_path / "cmp" / "glue-compare.md").read_text() == table
+
+
+def _write(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "missing SST-2 file"),
+    ("columns", "lacks column(s) 'sentence'"),
+    ("label", "label '2' is not one of 0, 1"),
+    ("fields", "expected at least 2 tab-separated columns"),
+    ("stsb", "outside the STS-B range"),
+    ("task", "unknown GLUE task 'sst3'"),
+])
+def test_bad_glue_inputs_give_one_line(case, message, model_dir, tmp_path, capsys):
+    good = "sentence\tlabel\na fine film\t1\na dull film\t0\n"
+    sst = tmp_path / "SST-2"
+    _write(sst, "train.tsv", {"columns": "text\tlabel\nfine\t1\n", "label": good + "odd\t2\n",
+                              "fields": good + "no label\n"}.get(case, good))
+    if case != "missing":
+        _write(sst, "dev.tsv", good)
+    _write(tmp_path / "STS-B", "train.tsv", "sentence1\tsentence2\tscore\na\tb\t7.5\n")
+    _write(tmp_path / "STS-B", "dev.tsv", "sentence1\tsentence2\tscore\na\tb\t1.0\n")
+    task = {"task": "sst3", "stsb": "stsb"}.get(case, "sst2")
+    status = main(["glue", str(model_dir), "--data-dir", str(tmp_path), "--tasks", task, "--device", "cpu",
+                   "--quiet", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "glue.json").exists()
+
+
+def test_tokenizer_larger_than_model_is_refused(tmp_path, bert_vocab_file, glue_dir, capsys):
+    small = tiny_encoder(tmp_path / "small", bert_vocab_file.parent, vocab_size=1000)
+    status = main(["glue", str(small), "--data-dir", str(glue_dir), "--tasks", "wnli", "--device", "cpu",
+                   "--max-train-examples", "8", "--quiet", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "30522 tokens but the model has only 1000 embedding rows" in err
+
+
+def test_not_a_model_dir_and_bad_compare_input(tmp_path, glue_dir):
+    with pytest.raises(HeadlessError, match="no config.json"):
+        run_glue(tmp_path, tasks=["wnli"], data_dir=glue_dir, progress=False)
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(HeadlessError, match="not a glue.json"):
+        compare_glue(tmp_path / "x.json", tmp_path / "x.json")
+
+
+def test_real_mrpc_header_and_subsets_are_fixed(glue_dir):
+    train, devs = load_glue_task("mrpc", glue_dir, max_train_examples=50, max_eval_examples=20)
+    again, _ = load_glue_task("mrpc", glue_dir, max_train_examples=50)
+    assert train == again and len(devs["dev"]) == 20
+    assert all(ex.text_b and ex.label in (0, 1) for ex in train)
+    full, _ = load_glue_task("mrpc", glue_dir)
+    assert len(full) == 4076 and full[0].text_a.startswith("Amrozi accused his brother")
+
+
+def test_pairs_without_a_template_are_joined_with_eos(neox_tokenizer_file):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(neox_tokenizer_file), eos_token="<|endoftext|>")
+    enc = encode(tok, [Example("the cat sat", "on the mat", 1)], max_seq_len=128)
+    a, b = (tok(t, add_special_tokens=False)["input_ids"] for t in ("the cat sat", "on the mat"))
+    assert enc.input_ids == [a + [tok.eos_token_id] + b] and enc.token_type_ids is None
+    words = tok("word " * 50, add_special_tokens=False)["input_ids"]
+    short = tok("short one", add_special_tokens=False)["input_ids"]
+    long = encode(tok, [Example("word " * 50, "short one", 0)], max_seq_len=10).input_ids[0]
+    assert long == words[: 9 - len(short)] + [tok.eos_token_id] + short  # longest-first truncation
+
+
+@pytest.mark.parametrize("recipe, epochs", [("standard", 6), ("paper", 3)])
+def test_finetuning_learns_a_separable_task(recipe, epochs, model_dir, tmp_path):
+    rng = random.Random(0)
+    filler = "the a film story plot actor scene music time day long short old new".split()
+
+    def rows(n):
+        out = ["sentence\tlabel"]
+        for i in range(n):
+            words = rng.sample(filler, 5) + [("excellent" if i % 3 else "terrible")]
+            rng.shuffle(words)
+            out.append(f"{' '.join(words)}\t{int(i % 3 != 0)}")  # imbalanced: 2/3 positive
+        return "\n".join(out) + "\n"
+
+    _write(tmp_path / "SST-2", "train.tsv", rows(192))
+    _write(tmp_path / "SST-2", "dev.tsv", rows(60))
+    results = run_glue(model_dir, tasks=["sst2"], recipe=recipe, data_dir=tmp_path, epochs=epochs, lr=2e-3,
+                       batch_size=16, device="cpu", progress=False)
+    assert results["tasks"]["sst2"]["main"]["mean"] >= 0.9  # chance (majority class) is 0.67
+
+
+def test_headerless_cola_and_two_mnli_dev_sets(model_dir, tmp_path):
+    """CoLA has no header (label in column 1, sentence in 3); MNLI has matched + mismatched dev sets."""
+    cola = "".join(f"src\t{i % 2}\t*\tsentence number {i}\n" for i in range(12))
+    for name in ("train.tsv", "dev.tsv"):
+        _write(tmp_path / "CoLA", name, cola)
+    head = "index\tgenre\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    nli = head + "".join(f"{i}\tg\tpremise {i}\thypothesis {i}\tx\t{('entailment', 'neutral', 'contradiction')[i % 3]}\n"
+                         for i in range(12))
+    for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):
+        _write(tmp_path / "MNLI", name, nli)
+    results = run_glue(model_dir, data_dir=tmp_path, **FAST)  # tasks: every folder found
+    assert list(results["tasks"]) == ["cola", "mnli"]
+    assert set(results["tasks"]["cola"]["metrics"]["dev"]) == {"matthews", "accuracy"}
+    mnli = results["tasks"]["mnli"]
+    assert set(mnli["metrics"]) == {"matched", "mismatched"} and mnli["eval_examples"]["matched"] == 12
+    assert mnli["main"]["mean"] == pytest.approx(
+        (mnli["metrics"]["matched"]["accuracy"]["mean"] + mnli["metrics"]["mismatched"]["accuracy"]["mean"]) / 2)

@@ -1,0 +1,116 @@
+"""`headless xnli`: both modes end to end on real XNLI subsets, the line split, layouts, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from headless.cli import main
+from headless.errors import HeadlessError
+from headless.eval.xnli import load_xnli, run_xnli
+
+FAST = dict(epochs=1, batch_size=8, max_train_examples=16, max_eval_examples=12, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, bert_vocab_file):
+    """A 2-layer BERT base model (no head) with the bert-base-uncased tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizerFast.from_pretrained(bert_vocab_file.parent, do_lower_case=True)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def xnli_dir(shared_data):
+    return shared_data / "xnli"
+
+
+def test_run_xnli_both_modes(model_dir, xnli_dir, tmp_path):
+    results = run_xnli(model_dir, data_dir=xnli_dir, mode="both", languages=["en", "de", "fr"],
+                       output_dir=tmp_path, **FAST)
+    saved = json.loads((tmp_path / "xnli.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["layout"] == "dev-split" and saved["recipe"]["batch_size"] == 8
+    assert saved["train_examples"] == 16 and saved["eval_examples"] == 12
+    for mode in ("transfer", "target"):
+        langs = saved["modes"][mode]["languages"]
+        assert list(langs) == ["en", "de", "fr"]
+        mean = sum(v["mean"] for v in langs.values()) / 3
+        assert saved["modes"][mode]["average"]["mean"] == pytest.approx(mean)
+        assert all(0.0 <= v["mean"] <= 1.0 for v in langs.values())
+    markdown = (tmp_path / "xnli.md").read_text()
+    assert "| de |" in markdown and "**Average**" in markdown and "transfer (fine-tuned on en)" in markdown
+
+
+def test_cli_xnli_transfer_trains_on_english_without_reporting_it(model_dir, xnli_dir, tmp_path, capsys):
+    status = main(["xnli", str(model_dir), "--data-dir", str(xnli_dir), "--languages", "de,fr",
+                   "--epochs", "1", "--batch-size", "8", "--max-train-examples", "16",
+                   "--max-eval-examples", "12", "--seeds", "0,1", "--device", "cpu", "--quiet",
+                   "--output", str(tmp_path)])
+    assert status == 0
+    saved = json.loads((tmp_path / "xnli.json").read_text())
+    assert list(saved["modes"]) == ["transfer"] and list(saved["modes"]["transfer"]["languages"]) == ["de", "fr"]
+    assert saved["recipe"]["lr"] == 2e-5 and saved["recipe"]["schedule"] == "constant"
+    assert len(saved["modes"]["transfer"]["average"]["values"]) == 2
+    assert "| fr |" in capsys.readouterr().out
+
+
+def test_line_split_is_parallel_across_languages(xnli_dir):
+    layout, data = load_xnli(xnli_dir, ["en", "de"])
+    (en_train, en_eval), (de_train, de_eval) = data["en"], data["de"]
+    assert layout == "dev-split" and len(en_train) == len(en_eval) == 1245
+    assert [e.label for e in en_train] == [e.label for e in de_train]  # same items, same labels
+    assert [e.label for e in en_eval] == [e.label for e in de_eval]
+    assert en_train[0].text_a.startswith("And he said, Mama, I'm home.")
+    _, small = load_xnli(xnli_dir, ["en", "de"], max_train_examples=20, max_eval_examples=10)
+    assert [e.label for e in small["en"][0]] == [e.label for e in small["de"][0]]
+    assert len(small["de"][0]) == 20 and len(small["de"][1]) == 10
+
+
+def _release(path: Path, rows: list[tuple[str, str]]) -> None:
+    header = "language\tgold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t" \
+             "sentence2_parse\tsentence1\tsentence2\tpromptID\tpairID"
+    lines = [header] + [f"{lang}\t{label}\t-\t-\t-\t-\tA premise.\tA hypothesis.\t1\t1" for lang, label in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_xnli_release_layout(tmp_path):
+    _release(tmp_path / "xnli.dev.tsv", [("en", "neutral"), ("fr", "entailment"), ("en", "contradiction")])
+    _release(tmp_path / "xnli.test.tsv", [("en", "entailment"), ("fr", "neutral")])
+    layout, data = load_xnli(tmp_path)
+    assert layout == "xnli-1.0" and list(data) == ["en", "fr"]
+    assert [e.label for e in data["en"][0]] == [1, 2] and [e.label for e in data["fr"][1]] == [1]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("label", "label 'maybe' is not one of entailment, neutral, contradiction"),
+    ("columns", "expected 3 tab-separated columns"),
+    ("language", "missing XNLI file .*dev-xx.tsv for language 'xx'"),
+    ("parallel", "not parallel"),
+    ("empty", "no XNLI data"),
+])
+def test_bad_xnli_inputs(case, message, tmp_path):
+    rows = ["p\th\tentailment", "p\th\tneutral", "p\th\tcontradiction", "p\th\tneutral"]
+    if case != "empty":
+        (tmp_path / "dev-en.tsv").write_text("\n".join(rows) + "\n")
+        bad = {"label": rows[:3] + ["p\th\tmaybe"], "columns": rows[:3] + ["p\tentailment"],
+               "parallel": rows[:2]}.get(case, rows)
+        (tmp_path / "dev-de.tsv").write_text("\n".join(bad) + "\n")
+    with pytest.raises(HeadlessError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_xnli(tmp_path, ["en", "de", "xx"] if case == "language" else None)
+
+
+def test_cli_bad_mode_inputs_exit_2(model_dir, tmp_path, capsys):
+    (tmp_path / "dev-fr.tsv").write_text("p\th\tentailment\np\th\tneutral\n")
+    status = main(["xnli", str(model_dir), "--data-dir", str(tmp_path), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "fine-tunes on 'en'" in err and len(err.splitlines()) == 1

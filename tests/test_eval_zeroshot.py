@@ -1,0 +1,116 @@
+"""Zero-shot multiple choice: prompts, acc/acc_norm, batched = unbatched, CLI, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from headless.cli import main
+from headless.errors import HeadlessError
+from headless.eval.scoring import load_causal_lm
+from headless.eval.zeroshot import TASK_FILES, evaluate_zeroshot, predict, read_task, task_path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, neox_tokenizer_file):
+    path = tmp_path_factory.mktemp("tiny-neox")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(neox_tokenizer_file))
+    torch.manual_seed(1)
+    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, vocab_size=len(tok),
+                                     max_position_embeddings=2048)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(shared_data):
+    return shared_data / "zeroshot"
+
+
+@torch.no_grad()
+def plain_loglikelihood(model, tokenizer, context, continuation):
+    """Written out without the library: move trailing spaces, encode, one forward, sum log-probs."""
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    ctx = tokenizer(stripped)["input_ids"]
+    whole = tokenizer(stripped + continuation)["input_ids"]
+    logits = model(torch.tensor([whole[:-1]])).logits[0]
+    return sum(logits[t - 1].log_softmax(-1)[whole[t]].item() for t in range(len(ctx), len(whole)))
+
+
+def test_prompts_follow_lm_eval(data_dir):
+    arc = read_task(data_dir / "arc_easy.jsonl", limit=1)[0]
+    assert arc.context.startswith("Question: ") and arc.context.endswith("?\nAnswer:")
+    assert [c for _, c in arc.requests()] == [" " + c for c in arc.choices] and len(arc.choices) == 4
+    pub = read_task(data_dir / "pubmed_qa_labeled.jsonl", limit=1)[0]
+    assert pub.choices == ["yes", "no", "maybe"] and pub.gold == 0 and pub.context.endswith("Answer: ")
+    assert pub.requests()[0] == (pub.context, "yes")  # the trailing space becomes part of " yes"
+
+
+def test_acc_norm_divides_by_characters():
+    # The long choice loses on the sum but wins per character.
+    assert predict([-10.0, -12.0], ["a", "abcdef"]) == (0, 1)
+    assert predict([-3.0, -3.0], ["ab", "ab"]) == (0, 0)  # ties go to the first, as np.argmax
+
+
+def test_batched_equals_unbatched(model_dir, data_dir):
+    model, tok, _ = load_causal_lm(model_dir, device="cpu")
+    acc = {}
+    for task in TASK_FILES:
+        examples = read_task(task_path(task, data_dir), limit=3)
+        hits = [0, 0]
+        for ex in examples:
+            lls = [plain_loglikelihood(model, tok, c, x) for c, x in ex.requests()]
+            pred, pred_norm = predict(lls, ex.choices)
+            hits[0] += pred == ex.gold
+            hits[1] += pred_norm == ex.gold
+        acc[task] = {"acc": hits[0] / 3, "acc_norm": hits[1] / 3, "num_examples": 3}
+    result = evaluate_zeroshot(model_dir, list(TASK_FILES), data_dir=data_dir, limit=3, batch_size=4, device="cpu")
+    assert result["tasks"] == acc
+
+    from headless.eval.scoring import score_continuations
+
+    ex = read_task(task_path("piqa", data_dir), limit=2)
+    requests = [r for e in ex for r in e.requests()]
+    batched = [s.logprob for s in score_continuations(model, tok, requests, batch_size=3)]
+    assert batched == pytest.approx([plain_loglikelihood(model, tok, c, x) for c, x in requests], abs=1e-4)
+
+
+def test_cli_end_to_end(model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["eval", "zeroshot", str(model_dir), "--tasks", "boolq,pubmedqa", "--data-dir", str(data_dir),
+                 "--limit", "4", "--device", "cpu", "--output", str(out)]) == 0
+    data = json.loads((out / "zeroshot.json").read_text())
+    assert set(data["tasks"]) == {"boolq", "pubmedqa"} and data["tasks"]["boolq"]["num_examples"] == 4
+    table = (out / "zeroshot.md").read_text()
+    assert "| boolq | 4 |" in table and "acc_norm" in capsys.readouterr().out
+    # A user's own jsonl in the same layout is a task named after the file.
+    own = tmp_path / "mytask.jsonl"
+    own.write_text(json.dumps({"query": "Question: Is fire hot?", "choices": ["no", "yes"], "gold": 1}) + "\n")
+    assert set(evaluate_zeroshot(model_dir, [str(own)], device="cpu")["tasks"]) == {"mytask"}
+
+
+def test_bad_inputs(model_dir, tmp_path, capsys):
+    def error(argv):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    base = ["eval", "zeroshot", str(model_dir), "--device", "cpu", "--tasks"]
+    assert "unknown task" in error(base + ["hellaswag"])
+    assert "not found" in error(base + [str(tmp_path / "missing.jsonl")])
+    for row, message in [({"question": "x"}, "needs fields"),
+                         ({"query": "q", "choices": ["a", "b"], "gold": 2}, "gold"),
+                         ({"query": "q", "choices": ["a"], "gold": 0}, "two"),
+                         ({"context": "c", "continuation": "perhaps"}, "yes/no/maybe")]:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps(row) + "\n")
+        assert message in error(base + [str(bad)])
+    with pytest.raises(HeadlessError, match="no tasks"):
+        evaluate_zeroshot(model_dir, "")

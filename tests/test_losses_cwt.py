@@ -1,0 +1,277 @@
+"""CWT loss: every path equals the paper's formula (value and gradients), is stable, and is cheap."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import headless
+from headless.errors import HeadlessError
+from headless.losses import LossOutput, cwt_loss, linear_logsumexp
+
+PATHS = ["reference", "dedup", "chunked"]
+
+
+def _batch(K=300, V=50, D=16, seed=0, ignore_every=7, dtype=torch.float64, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(V, D, generator=g, dtype=dtype) * scale).requires_grad_()
+    outputs = (torch.randn(K, D, generator=g, dtype=dtype) * scale).requires_grad_()
+    ids = torch.randint(0, V, (K,), generator=g)
+    if ignore_every:
+        ids[::ignore_every] = -100
+    return outputs, ids, weight
+
+
+def _loss_and_grads(outputs, ids, weight, **kw):
+    out = cwt_loss(outputs, ids, weight, **kw)
+    loss = out.loss.sum() if out.loss.dim() else out.loss
+    g_out, g_w = torch.autograd.grad(loss, [outputs, weight])
+    return out, g_out, g_w
+
+
+def _assert_same(a, b, tol=1e-9):
+    (oa, ga, wa), (ob, gb, wb) = a, b
+    torch.testing.assert_close(oa.loss, ob.loss, rtol=0, atol=tol)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=tol)
+    torch.testing.assert_close(wa, wb, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("path", ["dedup", "chunked"])
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_paths_equal_reference_float64(path, temperature):
+    outputs, ids, weight = _batch()  # 300 positions over 50 tokens: many duplicates
+    ref = _loss_and_grads(outputs, ids, weight, implementation="reference", temperature=temperature)
+    got = _loss_and_grads(outputs, ids, weight, implementation=path, temperature=temperature, chunk_size=37)
+    _assert_same(got, ref)
+    assert got[0].accuracy == ref[0].accuracy and got[0].num_unique == ref[0].num_unique
+
+
+@settings(max_examples=30, deadline=None)
+@given(K=st.integers(1, 60), V=st.integers(1, 30), D=st.integers(1, 8), seed=st.integers(0, 10**6),
+       temperature=st.floats(0.05, 5.0), ignore_p=st.floats(0.0, 0.6), chunk=st.integers(1, 16),
+       reduction=st.sampled_from(["mean", "sum", "none"]), path=st.sampled_from(["dedup", "chunked"]))
+def test_paths_equal_reference_property(K, V, D, seed, temperature, ignore_p, chunk, reduction, path):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(V, D, generator=g, dtype=torch.float64, requires_grad=True)
+    outputs = torch.randn(2, K, D, generator=g, dtype=torch.float64, requires_grad=True)  # [B, L, D] input
+    ids = torch.randint(0, V, (2, K), generator=g)
+    ids[torch.rand(2, K, generator=g) < ignore_p] = -100
+    ids[0, 0] = int(ids[0, 0].clamp_min(0))  # at least one target
+    kw = dict(temperature=temperature, reduction=reduction)
+    ref = _loss_and_grads(outputs, ids, weight, implementation="reference", **kw)
+    got = _loss_and_grads(outputs, ids, weight, implementation=path, chunk_size=chunk, **kw)
+    _assert_same(got, ref)
+    assert ref[0].loss.shape == (() if reduction != "none" else ids.shape)
+
+
+def _paper_literal(outputs, ids, weight):
+    """Fig. 9 / §3.2 written out: −1/|S| Σ_i log[exp(o_i·e(x_i)) / Σ_k exp(o_i·e(x_k))]."""
+    S = [i for i in range(len(ids)) if ids[i] != -100]
+    total = 0.0
+    for i in S:
+        num = math.exp(sum(o * e for o, e in zip(outputs[i], weight[ids[i]])))
+        den = sum(math.exp(sum(o * e for o, e in zip(outputs[i], weight[ids[k]]))) for k in S)
+        total += math.log(num / den)
+    return -total / len(S)
+
+
+def test_reference_is_the_papers_formula():
+    outputs, ids, weight = _batch(K=12, V=5, D=4, ignore_every=5)
+    literal = _paper_literal(outputs.tolist(), ids.tolist(), weight.tolist())
+    for path in PATHS:
+        assert cwt_loss(outputs, ids, weight, implementation=path).loss.item() == pytest.approx(literal, abs=1e-12)
+
+
+def _official_code(outputs, targets, temperature=1.0):
+    """headless-lm utils.py::cwt_loss transcribed: exp, diag / (rowsum + 1e-9), log."""
+    sim = torch.exp(outputs @ targets.t() / temperature)
+    return -torch.log(sim.diag() / (sim.sum(-1) + 1e-9)).mean()
+
+
+def test_large_logits_are_finite_where_the_official_code_overflows():
+    outputs, ids, weight = _batch(K=64, V=20, D=8, ignore_every=0, dtype=torch.float32)
+    with torch.no_grad():  # scores of magnitude ~1e4
+        outputs.mul_(100 / outputs.norm(dim=1, keepdim=True))
+        weight.mul_(100 / weight.norm(dim=1, keepdim=True))
+    assert not torch.isfinite(_official_code(outputs, weight[ids])).item()
+    for path in PATHS:
+        out, g_out, g_w = _loss_and_grads(outputs, ids, weight, implementation=path)
+        assert torch.isfinite(out.loss) and torch.isfinite(g_out).all() and torch.isfinite(g_w).all()
+    ref = _loss_and_grads(outputs.double(), ids, weight.double(), implementation="reference")
+    assert out.loss.item() == pytest.approx(ref[0].loss.item(), rel=1e-3, abs=0.5)
+
+
+def test_metrics_and_accuracy_definition():
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    outputs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.5, 0.0]], dtype=torch.float64)
+    ids = torch.tensor([0, 1, 1, 2])
+    # row 0: token 0 ties with token 2 (same embedding): a tie counts as correct; row 1: correct;
+    # row 2: token 0 (1.0) beats its positive token 1 (0.1): wrong; row 3: ties with token 0: correct.
+    for path in PATHS:
+        out = cwt_loss(outputs, ids, weight, implementation=path)
+        assert out.accuracy.item() == pytest.approx(0.75)
+        assert out.num_targets.item() == 4 and out.num_unique.item() == 3
+        assert out.num_targets.dtype == torch.long and not out.accuracy.requires_grad
+
+
+def test_reductions_and_ignored_positions():
+    outputs, ids, weight = _batch(K=40, V=10, D=4)
+    ids = ids.reshape(4, 10)
+    outputs = outputs.detach().reshape(4, 10, 4)
+    none = cwt_loss(outputs, ids, weight, reduction="none").loss
+    assert none.shape == (4, 10) and (none[ids == -100] == 0).all() and (none[ids != -100] > 0).all()
+    total = cwt_loss(outputs, ids, weight, reduction="sum").loss
+    mean = cwt_loss(outputs, ids, weight).loss
+    torch.testing.assert_close(total, none.sum())
+    torch.testing.assert_close(mean, total / (ids != -100).sum())
+    # ignored positions are not negatives either: dropping them gives the same loss
+    kept = ids != -100
+    torch.testing.assert_close(cwt_loss(outputs[kept], ids[kept], weight).loss, mean)
+
+
+def test_max_negatives():
+    outputs, ids, weight = _batch()
+    full = _loss_and_grads(outputs, ids, weight, implementation="reference")
+    for path in PATHS:  # a cap >= U changes nothing
+        _assert_same(_loss_and_grads(outputs, ids, weight, implementation=path, max_negatives=50), full)
+    capped = {path: _loss_and_grads(outputs, ids, weight, implementation=path, max_negatives=5,
+                                    generator=torch.Generator().manual_seed(3)) for path in PATHS}
+    for path in ["dedup", "chunked"]:  # same sample from the same generator: identical
+        _assert_same(capped[path], capped["reference"])
+    out = capped["reference"][0]
+    assert out.num_unique.item() == 5 and out.loss.item() < full[0].loss.item()
+    # positives are kept: with a cap of 1 every row still scores its own positive (finite, >= 0)
+    one = cwt_loss(outputs, ids, weight, max_negatives=1, reduction="none", generator=torch.Generator().manual_seed(0))
+    kept = ids != -100
+    assert torch.isfinite(one.loss).all() and (one.loss[kept] >= 0).all() and one.num_unique.item() == 1
+    # a literal check: candidates of row k = the sampled token ∪ y_k, with their multiplicities
+    sampled = torch.randperm(int(torch.unique(ids[kept]).numel()), generator=torch.Generator().manual_seed(0))[:1]
+    token = torch.unique(ids[kept])[sampled].item()
+    o, y = outputs[kept], ids[kept]
+    scores = o @ weight[y].t()
+    allowed = (y.unsqueeze(0) == token) | (y.unsqueeze(0) == y.unsqueeze(1))
+    expected = F.cross_entropy(scores.masked_fill(~allowed, -math.inf), torch.arange(len(y)), reduction="none")
+    torch.testing.assert_close(one.loss[kept], expected)
+
+
+def test_mixed_precision_accumulates_in_float32():
+    outputs, ids, weight = _batch(dtype=torch.float32)
+    ref = cwt_loss(outputs.double(), ids, weight.double(), implementation="reference").loss
+    for path in PATHS:
+        o16 = outputs.detach().bfloat16().requires_grad_()
+        w16 = weight.detach().bfloat16().requires_grad_()
+        out = cwt_loss(o16, ids, w16, implementation=path)
+        out.loss.backward()
+        assert out.loss.dtype == torch.float32 and o16.grad.dtype == torch.bfloat16
+        assert torch.isfinite(o16.grad.float()).all() and torch.isfinite(w16.grad.float()).all()
+        assert out.loss.item() == pytest.approx(ref.item(), rel=2e-2)
+    # bf16 hidden states with an fp32 weight (autocast) are accepted too
+    assert torch.isfinite(cwt_loss(outputs.bfloat16(), ids, weight).loss)
+
+
+def test_clear_errors():
+    outputs, ids, weight = _batch(K=8, V=5, D=4, ignore_every=0)
+    bad = [
+        dict(outputs=outputs[:, :3]),  # D mismatch
+        dict(target_ids=ids[:5]),  # shape mismatch
+        dict(target_ids=ids.float()),  # dtype
+        dict(outputs=outputs.long()),
+        dict(embedding_weight=weight[0]),
+        dict(target_ids=ids + 10),  # out of range
+        dict(temperature=0.0),
+        dict(reduction="avg"),
+        dict(implementation="fast"),
+        dict(max_negatives=0),
+        dict(gather="all"),
+        dict(implementation="triton"),  # no CUDA here
+        dict(target_ids=torch.full_like(ids, -100)),  # empty
+    ]
+    for override in bad:
+        kw = dict(outputs=outputs, target_ids=ids, embedding_weight=weight) | override
+        with pytest.raises(HeadlessError):
+            cwt_loss(kw.pop("outputs"), kw.pop("target_ids"), kw.pop("embedding_weight"), **kw)
+    with pytest.raises(HeadlessError, match="one device"):  # meta stands in for a GPU
+        cwt_loss(outputs, ids, weight.to("meta"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_allow_empty_gives_a_connected_zero(reduction):
+    outputs, ids, weight = _batch(K=8, V=5, D=4, ignore_every=0)
+    out = cwt_loss(outputs, torch.full_like(ids, -100), weight, allow_empty=True, reduction=reduction)
+    assert out.num_targets.item() == 0 and (out.loss == 0).all() and out.loss.requires_grad
+    out.loss.sum().backward()
+    assert (outputs.grad == 0).all() and (weight.grad == 0).all()
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any aten op returns (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for t in result if isinstance(result, (tuple, list)) else [result]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return result
+
+
+def _largest(K, V, D, path, block):
+    outputs, ids, weight = _batch(K=K, V=V, D=D, ignore_every=0, dtype=torch.float32)
+    ids = torch.arange(K) % V  # every token present: U = V
+    with _LargestTensor() as mode:
+        cwt_loss(outputs, ids, weight, implementation=path, chunk_size=block).loss.backward()
+    return mode.largest
+
+
+def test_chunked_memory_does_not_grow_with_K_times_U():
+    V, D, block = 1000, 8, 64
+    small, large = _largest(2048, V, D, "chunked", block), _largest(4096, V, D, "chunked", block)
+    assert small == large <= block * V  # K·U doubled, the largest tensor did not move
+    assert _largest(2048, V, D, "dedup", block) >= 2048 * V  # the probe does see K×U tensors
+
+
+def test_linear_logsumexp_tiles_over_classes():
+    """Online log-sum-exp across class blocks (what vanilla CE relies on) equals the dense one."""
+    g = torch.Generator().manual_seed(0)
+    o = torch.randn(50, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(70, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 70, (50,), generator=g)
+    for in_stats in (True, False):
+        dense = linear_logsumexp(o, c, b, labels, scale=0.3, implementation="dense", bias_in_stats=in_stats)
+        tiled = linear_logsumexp(o, c, b, labels, scale=0.3, chunk_size=7, class_chunk_size=9,
+                                 bias_in_stats=in_stats)
+        for x, y in zip(dense, tiled):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+        w = torch.randn(50, generator=g, dtype=torch.float64)
+        gd = torch.autograd.grad((dense[0] * w).sum(), [o, c, b])
+        gt = torch.autograd.grad((tiled[0] * w).sum(), [o, c, b])
+        for x, y in zip(gd, gt):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+def test_public_api():
+    assert headless.cwt_loss is cwt_loss and headless.LossOutput is LossOutput
+    outputs, ids, weight = _batch(K=20, V=10, D=4)
+    torch.testing.assert_close(cwt_loss(outputs, ids, weight).loss,
+                               cwt_loss(outputs, ids, weight, implementation="reference").loss)
+
+
+def test_bench_script_runs(capsys):
+    spec = importlib.util.spec_from_file_location("bench_losses", Path(__file__).parents[1] / "scripts" / "bench_losses.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--sizes", "32", "--dim", "4", "--vocab", "50", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert len(rows) == 6 and all(r["seconds"] > 0 and r["largest_mib"] > 0 for r in rows)
+    assert "cwt/chunked" in printed and "vanilla/torch" in printed

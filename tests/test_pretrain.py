@@ -1,0 +1,180 @@
+"""End to end on CPU: prepare -> pretrain (headless/vanilla, MLM/CLM) -> export -> HF loads it.
+
+Also: SIGKILL mid-run + resume reproduces the uninterrupted loss trajectory step for step, and every
+bad input gives one clear line and a non-zero exit without touching what is already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from headless.cli import main
+from headless.config import load_config
+from headless.train.loop import pretrain
+
+SMALL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+         "model.max_position_embeddings=64", "data.seq_len=64", "batch_size=4", "optim.warmup_steps=2",
+         "log_every=1", "eval_every=4", "eval_batches=2", "progress=false", "tensorboard=false"]
+
+
+def _write_corpus(shared_data: Path, path: Path, n: int) -> Path:
+    import lzma
+
+    with lzma.open(shared_data / "enwiki" / "train" / "enwiki-000.jsonl.xz", "rt", encoding="utf-8") as src:
+        lines = [next(src) for _ in range(n)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def datasets(shared_data, tmp_path_factory):
+    from headless.data.prepare import prepare_dataset
+    from headless.data.tokenizers import load_tokenizer
+
+    root = tmp_path_factory.mktemp("data")
+    corpus = _write_corpus(shared_data, root / "wiki.jsonl", 60)
+    out = {}
+    for name, spec in [("bert", shared_data / "tokenizers" / "bert-base-uncased" / "vocab.txt"),
+                       ("neox", shared_data / "tokenizers" / "gpt-neox-20b" / "tokenizer.json")]:
+        out[name] = root / name
+        prepare_dataset([str(corpus)], out[name], load_tokenizer(str(spec)), seq_len=64, validation_fraction=0.1,
+                        progress=False)
+    return out
+
+
+def _config(datasets, tmp_path, arch, flavour, *extra):
+    kind = "bert" if arch == "bert" else "neox"
+    overrides = SMALL + [f"model.architecture={arch}", f"data.path={datasets[kind]}", f"run_dir={tmp_path / 'run'}",
+                         "max_steps=6", "save_every=3", *extra]
+    if arch != "bert":
+        overrides.append("objective.kind=clm")
+    return load_config("tiny", flavour=flavour, overrides=overrides)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt-neox"])
+@pytest.mark.parametrize("flavour", ["headless", "vanilla"])
+def test_pretrain_export_and_load_with_transformers(datasets, tmp_path, arch, flavour):
+    import transformers as tf
+
+    from headless.export import export
+    from headless.export import _load_run_model
+
+    config = _config(datasets, tmp_path, arch, flavour)
+    summary = pretrain(config)
+    run = tmp_path / "run"
+    assert summary["steps"] == 6 and summary["final_val_loss"] is not None
+    for name in ("config.yaml", "metrics.jsonl", "summary.md", "curves.png", "tokenizer"):
+        assert (run / name).exists(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] > 0 for r in train)
+
+    out = export(run, tmp_path / "export")
+    base = tf.AutoModel.from_pretrained(out).eval()
+    model = _load_run_model(run, None)[1].eval()
+    ids = torch.randint(5, 1000, (2, 20))
+    with torch.no_grad():
+        expected = model.hidden_states(ids)
+        got = base(input_ids=ids).last_hidden_state
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert tf.AutoTokenizer.from_pretrained(out) is not None
+    if flavour == "vanilla":
+        auto = tf.AutoModelForMaskedLM if arch == "bert" else tf.AutoModelForCausalLM
+        full = auto.from_pretrained(out).eval()
+        with torch.no_grad():
+            assert torch.allclose(full(input_ids=ids).logits, model.hf(input_ids=ids).logits, atol=1e-5)
+    else:
+        assert base.get_output_embeddings() is None if hasattr(base, "get_output_embeddings") else True
+
+
+def test_headless_decoder_export_with_new_head(datasets, tmp_path):
+    import transformers as tf
+
+    from headless.export import export
+
+    pretrain(_config(datasets, tmp_path, "gpt-neox", "headless"))
+    out = export(tmp_path / "run", tmp_path / "lm", add_head=True)
+    lm = tf.AutoModelForCausalLM.from_pretrained(out)
+    emb, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+    assert torch.equal(emb, head) and emb.data_ptr() != head.data_ptr()
+    assert json.loads((out / "headless.json").read_text())["add_head"] is True
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+
+def _cli(args, env_extra=None, **kwargs):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "headless", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(datasets, tmp_path):
+    common = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={datasets['bert']}", "max_steps=24", "save_every=6",
+              "model.dropout=0.1"]
+    full = _cli([*common, "--run-dir", str(tmp_path / "full")])
+    out, _ = full.communicate(timeout=300)
+    assert full.returncode == 0, out
+
+    killed_dir = tmp_path / "killed"
+    proc = _cli([*common, "--run-dir", str(killed_dir)])
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once it is past the step-12 checkpoint, mid-interval
+        if (killed_dir / "metrics.jsonl").exists() and max(_losses(killed_dir) or {0: 0}) >= 15:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert max(_losses(killed_dir)) < 24
+
+    resumed = _cli(["pretrain", "--run-dir", str(killed_dir), "--resume"])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    expected, got = _losses(tmp_path / "full"), _losses(killed_dir)
+    assert sorted(got) == list(range(1, 25))
+    for step in range(1, 25):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+
+
+def _fails(args, capsys, message):
+    status = main(args)
+    err = capsys.readouterr().err.strip()
+    assert status == 2, err
+    assert message in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys):
+    base = ["pretrain", "--preset", "tiny", *SMALL, "max_steps=2"]
+    _fails([*base, f"data.path={tmp_path / 'missing'}"], capsys, "not a prepared dataset")
+    _fails([*base, f"data.path={datasets['neox']}", "model.vocab_size=1024"], capsys, "smaller than the tokenizer")
+    _fails([*base, f"data.path={datasets['bert']}", "model.max_position_embeddings=32", "data.seq_len=32"], capsys,
+           "exceeds the model's 32 positions")
+    _fails([*base, "optim.lr=-1"], capsys, "optim.lr must be > 0")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("precious")
+    _fails([*base, f"data.path={datasets['bert']}", "--run-dir", str(busy)], capsys, "exists and is not empty")
+    assert (busy / "keep.txt").read_text() == "precious"
+    _fails(["pretrain", "--run-dir", str(tmp_path / "nothing"), "--resume"], capsys, "cannot resume")
+
+
+def test_corrupt_checkpoint_is_refused_on_resume(datasets, tmp_path, capsys):
+    pretrain(_config(datasets, tmp_path, "bert", "headless"))
+    latest = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    _fails(["pretrain", "--run-dir", str(tmp_path / "run"), "--resume", "max_steps=8"], capsys, "corrupt or truncated")
