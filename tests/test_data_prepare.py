@@ -88,7 +88,7 @@ def test_default_corpus_round_trip_with_trained_tokenizer(bpe, tmp_path):
     out = tmp_path / "docs"
     manifest = prepare_dataset(None, out, bpe, seq_len=128, validation_fraction=0.02, num_workers=1,
                                shard_tokens=128 * 500, progress=False)
-    assert manifest["sources"] == [{"kind": "default", "location": "python-docs"}]
+    assert [(s["kind"], s["location"]) for s in manifest["sources"]] == [("default", "python-docs")]
     assert len(manifest["splits"]["train"]["shards"]) > 1                 # several shards, in order
     assert all(s["num_sequences"] == 500 for s in manifest["splits"]["train"]["shards"][:-1])
     _check_round_trip(out, default_corpus_documents(), 0, 0.02, bpe)
@@ -163,7 +163,10 @@ def test_failure_leaves_nothing_behind(bert, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "tiny.jsonl"]
 
 
-def test_validation_split_by_seed_and_from_separate_inputs(bert, tmp_path):
+def test_validation_split_by_seed_and_from_separate_inputs(bert, tmp_path, monkeypatch):
+    import headless.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "_CHUNK_CHARS", 500)         # many chunks: exercise the worker pool
     docs = [f"document {i} " + "word " * (i % 7) for i in range(300)]
     source = _jsonl(tmp_path / "d.jsonl", docs)
     a = prepare_dataset(source, tmp_path / "a", bert, seq_len=8, validation_fraction=0.2, seed=3, progress=False)

@@ -157,17 +157,39 @@ def _unsynced_gradients(wrapped, model, micro):
     return unsynced
 
 
+def _bf16_run(env):
+    """FSDP2 mixed precision: bf16 compute inside the blocks, fp32 master weights outside."""
+    model, _ = new_run("neox")
+    wrapped = hd.wrap_model(model, "fsdp2", env, mixed_precision="bf16")
+    model.loss_group = hd.loss_group("global", env)
+    opt, seen = make_optimizer(model), []
+    mlp = model.hf.layers[0].mlp.dense_h_to_4h
+    mlp.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, o.dtype)))
+    losses = [train_step(wrapped, model, opt, m, env.world_size)[0] for m in _rank_micros(make_data("neox", 1), env.rank)]
+    return {"losses": losses, "compute": seen[0], "master": {p.dtype for p in model.parameters()}}
+
+
 def _job(ckpts):
     env = hd.init_distributed("cpu", timeout_s=60)
     assert (env.world_size, env.backend, env.local_rank) == (WORLD, "gloo", env.rank)
     results = {spec: _run(spec, env) for spec in SCENARIOS}
     for spec in RESUMES:
         results[("resume", *spec)] = _run(spec, env, start=SAVE_AT, ckpt=ckpts[spec])
+    results["bf16"] = _bf16_run(env)
     return results if env.is_main else None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: extra intra-op threads only contend with the other tests' processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def runs():
+def runs(one_thread):
     refs = {spec: reference(spec) for spec in {*SCENARIOS, *RESUMES, TO_WORLD1}}
     t0 = time.monotonic()
     job = hd.spawn(_job, WORLD, {spec: refs[spec]["ckpt"] for spec in RESUMES}, timeout_s=240)[0]
@@ -215,6 +237,15 @@ def test_rank_negatives_loss_is_mean_of_per_rank_losses(runs):
                          ids=lambda s: s[1])
 def test_no_sync_skips_gradient_communication(runs, spec):
     assert runs[1][spec]["unsynced"]
+
+
+def test_fsdp2_bf16_mixed_precision(runs):
+    refs, job = runs
+    got = job["bf16"]
+    assert got["compute"] == (torch.bfloat16, torch.bfloat16) and got["master"] == {torch.float32}
+    ref = refs[("neox", "ddp", "global", 1)]  # same data and init, fp32
+    assert got["losses"] == pytest.approx(ref["losses"], rel=1e-2)
+    assert got["losses"] != pytest.approx(ref["losses"], rel=1e-7)  # bf16 really was used
 
 
 @pytest.mark.parametrize("spec", RESUMES, ids=lambda s: s[1])

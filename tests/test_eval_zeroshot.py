@@ -38,8 +38,8 @@ def plain_loglikelihood(model, tokenizer, context, continuation):
     continuation = context[len(stripped):] + continuation
     ctx = tokenizer(stripped)["input_ids"]
     whole = tokenizer(stripped + continuation)["input_ids"]
-    logits = model(torch.tensor([whole[:-1]])).logits[0]
-    return sum(logits[t - 1].log_softmax(-1)[whole[t]].item() for t in range(len(ctx), len(whole)))
+    logprobs = model(torch.tensor([whole[:-1]])).logits[0, len(ctx) - 1:].log_softmax(-1)
+    return sum(logprobs[i, token].item() for i, token in enumerate(whole[len(ctx):]))
 
 
 def test_prompts_follow_lm_eval(data_dir):
@@ -61,15 +61,15 @@ def test_batched_equals_unbatched(model_dir, data_dir):
     model, tok, _ = load_causal_lm(model_dir, device="cpu")
     acc = {}
     for task in TASK_FILES:
-        examples = read_task(task_path(task, data_dir), limit=3)
+        examples = read_task(task_path(task, data_dir), limit=2)
         hits = [0, 0]
         for ex in examples:
             lls = [plain_loglikelihood(model, tok, c, x) for c, x in ex.requests()]
             pred, pred_norm = predict(lls, ex.choices)
             hits[0] += pred == ex.gold
             hits[1] += pred_norm == ex.gold
-        acc[task] = {"acc": hits[0] / 3, "acc_norm": hits[1] / 3, "num_examples": 3}
-    result = evaluate_zeroshot(model_dir, list(TASK_FILES), data_dir=data_dir, limit=3, batch_size=4, device="cpu")
+        acc[task] = {"acc": hits[0] / 2, "acc_norm": hits[1] / 2, "num_examples": 2}
+    result = evaluate_zeroshot(model_dir, list(TASK_FILES), data_dir=data_dir, limit=2, batch_size=3, device="cpu")
     assert result["tasks"] == acc
 
     from headless.eval.scoring import score_continuations
@@ -82,12 +82,12 @@ def test_batched_equals_unbatched(model_dir, data_dir):
 
 def test_cli_end_to_end(model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["eval", "zeroshot", str(model_dir), "--tasks", "boolq,pubmedqa", "--data-dir", str(data_dir),
-                 "--limit", "4", "--device", "cpu", "--output", str(out)]) == 0
+    assert main(["eval", "zeroshot", str(model_dir), "--tasks", "arc_easy,pubmedqa", "--data-dir", str(data_dir),
+                 "--limit", "3", "--device", "cpu", "--output", str(out)]) == 0
     data = json.loads((out / "zeroshot.json").read_text())
-    assert set(data["tasks"]) == {"boolq", "pubmedqa"} and data["tasks"]["boolq"]["num_examples"] == 4
+    assert set(data["tasks"]) == {"arc_easy", "pubmedqa"} and data["tasks"]["arc_easy"]["num_examples"] == 3
     table = (out / "zeroshot.md").read_text()
-    assert "| boolq | 4 |" in table and "acc_norm" in capsys.readouterr().out
+    assert "| arc_easy | 3 |" in table and "acc_norm" in capsys.readouterr().out
     # A user's own jsonl in the same layout is a task named after the file.
     own = tmp_path / "mytask.jsonl"
     own.write_text(json.dumps({"query": "Question: Is fire hot?", "choices": ["no", "yes"], "gold": 1}) + "\n")

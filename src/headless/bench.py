@@ -43,7 +43,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     from headless.models import build_model, count_parameters
     from headless.train.logging import flops_per_token, peak_flops
     from headless.train.optim import autocast_dtype, build_optimizer
-    from headless.train.step import DataInfo, batch_generator, forward_backward, make_inputs
+    from headless.train.step import DataInfo, forward_backward, make_inputs
 
     flavour, loss, impl = OBJECTIVES[objective]
     extra = [f"model.vocab_size={vocab}", f"batch_size={batch}", f"objective.loss_implementation={impl}"]
@@ -58,7 +58,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     optimizer = build_optimizer(model, config, device)
     info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
     gen = torch.Generator().manual_seed(0)
-    batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, batch_generator(0, i, 0, 0))
+    batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, step=i, first_row=0)
                for i in range(4)]
     dtype = autocast_dtype(config, device)
     noop = lambda skip: __import__("contextlib").nullcontext()  # noqa: E731

@@ -192,7 +192,6 @@ class LanguageModel(nn.Module):
         self.hf = hf_model
         self.loss_kind = loss_kind
         self.objective = objective
-        self.backbone = base_model(hf_model)
         self.loss_group = None  # a torch.distributed group for `negatives: global`, set by the trainer
         if loss_kind == "nce":
             emb = self.backbone.get_input_embeddings().weight
@@ -204,6 +203,12 @@ class LanguageModel(nn.Module):
     @property
     def config(self):
         return self.hf.config
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The HF base model (a property, not a submodule: registering it twice would duplicate
+        every weight name in state dicts)."""
+        return base_model(self.hf)
 
     @property
     def has_head(self) -> bool:

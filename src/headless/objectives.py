@@ -8,6 +8,7 @@ took the vanilla labels from the randomised tensor.  Here labels are always the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,16 @@ def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator | Non
              device: torch.device) -> Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randint(high, shape, generator=generator, device=gen_device).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _ordinary_ids(vocab_size: int, special: tuple[int, ...], device: torch.device) -> Tensor:
+    """The ids a random replacement may take (cached: built once per vocabulary and device)."""
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[[i for i in special if 0 <= i < vocab_size]] = False
+    if not allowed.any():
+        raise HeadlessError("no non-special token to draw random replacements from")
+    return allowed.nonzero().flatten().to(device)
 
 
 def _check_prob(name: str, value: float) -> None:
@@ -71,8 +82,8 @@ def mlm_mask(
     device = input_ids.device
     shape = tuple(input_ids.shape)
 
-    special = torch.tensor(sorted(set(int(i) for i in special_token_ids) | {int(mask_token_id)}),
-                           dtype=input_ids.dtype, device=device)
+    special_list = sorted(set(int(i) for i in special_token_ids) | {int(mask_token_id)})
+    special = torch.tensor(special_list, dtype=input_ids.dtype, device=device)
     eligible = ~torch.isin(input_ids, special)
     if attention_mask is not None:
         eligible &= attention_mask.to(device=device).bool()
@@ -85,12 +96,13 @@ def mlm_mask(
         chosen = (ranks < counts[:, None]) & eligible
     else:
         chosen = (scores < mask_prob) & eligible
-    if mask_prob > 0 and not chosen.any() and eligible.any():
-        flat = torch.where(eligible.flatten(), _rand((eligible.numel(),), generator, device),
-                           torch.full((eligible.numel(),), -1.0, device=device))
-        chosen = torch.zeros_like(eligible).flatten()
-        chosen[flat.argmax()] = True
-        chosen = chosen.view(shape)
+    if mask_prob > 0:
+        # fallback without a host sync: one random eligible position, used only if nothing was chosen
+        flat = torch.where(eligible.flatten(), _rand((eligible.numel(),), generator, device), -1.0)
+        fallback = torch.zeros(eligible.numel(), dtype=torch.bool, device=device)
+        fallback[flat.argmax()] = True
+        fallback = fallback.view(shape) & eligible
+        chosen = torch.where(chosen.any(), chosen, fallback)
 
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
@@ -98,12 +110,8 @@ def mlm_mask(
     to_mask = chosen & (action < replace_prob)
     to_random = chosen & (action >= replace_prob) & (action < replace_prob + random_prob)
 
-    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
-    allowed[special[(special >= 0) & (special < vocab_size)]] = False
-    candidates = allowed.nonzero().flatten().to(input_ids.dtype)
-    if candidates.numel() == 0:
-        raise HeadlessError("no non-special token to draw random replacements from")
-    random_ids = candidates[_randint(candidates.numel(), shape, generator, device)]
+    candidates = _ordinary_ids(vocab_size, tuple(special_list), device)
+    random_ids = candidates[_randint(candidates.numel(), shape, generator, device)].to(input_ids.dtype)
 
     corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     corrupted = torch.where(to_random, random_ids, corrupted)

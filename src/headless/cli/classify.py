@@ -27,10 +27,12 @@ def _common(parser: argparse.ArgumentParser, *, batch_help: str, epochs_help: st
 def register(subparsers) -> None:
     glue = subparsers.add_parser(
         "glue", help="fine-tune an encoder on GLUE; or `glue compare A.json B.json`",
+        usage="headless glue MODEL_DIR [options]\n       headless glue compare A.json B.json [--output DIR]",
         description="Fine-tune a Hugging Face encoder directory on GLUE tasks (new classification "
                     "head, several seeds) and write glue.json + glue.md.  `headless glue compare "
                     "A.json B.json` prints two results side by side.")
-    glue.add_argument("target", nargs="+", metavar="MODEL_DIR", help="model directory, or: compare A.json B.json")
+    glue.add_argument("target", nargs="+", metavar="MODEL_DIR",
+                      help="a Hugging Face model directory (or: compare A.json B.json)")
     glue.add_argument("--tasks", help="comma-separated: cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli "
                       "(default: every task found in --data-dir)")
     glue.add_argument("--recipe", choices=("standard", "paper"), default="standard",
@@ -60,8 +62,14 @@ def register(subparsers) -> None:
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(format="headless: %(message)s")
-    logging.getLogger("headless.eval").setLevel(logging.WARNING if quiet else logging.INFO)
+    """Our progress lines on stderr; other libraries' logging is left as they configure it."""
+    logger = logging.getLogger("headless.eval")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("headless: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _split(value: str | None) -> list[str] | None:

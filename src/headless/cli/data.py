@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--split-paragraphs", action="store_true",
                          help="in .txt files, blank lines separate documents (default: one per file)")
     prepare.add_argument("--workers", type=int, default=None, metavar="N",
-                         help="tokenizer processes (default: CPU count, at most 8)")
+                         help="tokenizer processes (default: 1 process; the Rust tokenizer already "
+                              "uses every core)")
     prepare.add_argument("--max-documents", type=int, default=None, metavar="N", help="read at most N documents")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
     prepare.add_argument("--overwrite", action="store_true", help="replace a dataset prepared with other settings")

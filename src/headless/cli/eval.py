@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                    help="appended to each {query} before the choices (default: '\\nAnswer:')")
     p.set_defaults(func=_zeroshot)
 
-    p = sub.add_parser("harness", help="run lm-evaluation-harness tasks (needs `pip install lm_eval`)",
+    p = sub.add_parser("harness", help="run lm-evaluation-harness tasks (needs `pip install 'lm_eval[hf]'`)",
                        description="Wrap lm_eval.simple_evaluate with the `hf` model on MODEL_DIR.")
     _common(p, batch_size=8)
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")

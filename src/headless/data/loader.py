@@ -102,7 +102,8 @@ class BatchIterator:
         if len(dataset) < self.global_batch:
             raise HeadlessError(f"{dataset.path} ({dataset.split}) has {len(dataset)} sequences, fewer than one "
                                 f"global batch of {self.global_batch}; prepare more data or lower the batch size")
-        self.pin_memory, self.prefetch = pin_memory, prefetch
+        self.pin_memory = pin_memory and torch.cuda.is_available()   # pinning needs a CUDA runtime
+        self.prefetch = prefetch
         self._epoch, self._position = 0, 0       # the cursor (ahead of the consumer when prefetching)
         self._consumed = {"epoch": 0, "position": 0}
         self._order: np.ndarray | None = None

@@ -35,11 +35,15 @@ class Source:
     compression: str = ""    # "" or one of COMPRESSIONS
 
     def describe(self) -> dict[str, Any]:
-        """Manifest entry; files carry size and mtime so a changed input re-triggers preparation."""
+        """Manifest entry; files carry size and mtime (the default corpus, the Python version) so
+        that a changed input re-triggers preparation."""
         entry: dict[str, Any] = {"kind": self.kind, "location": self.location}
         if self.kind == "file":
             st = os.stat(self.location)
             entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        elif self.kind == "default":                 # the corpus is Python's own documentation
+            import platform
+            entry["python"] = platform.python_version()
         return entry
 
 
@@ -68,10 +72,9 @@ def resolve_inputs(inputs: Any) -> list[Source]:
     """Expand specs into sources, failing early on a missing path, empty glob or unknown type."""
     from headless.data.default_corpus import DEFAULT_CORPUS
 
-    if inputs is None or (not isinstance(inputs, (str, os.PathLike)) and len(inputs) == 0):
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs or [])
+    if not inputs:
         inputs = [DEFAULT_CORPUS]
-    elif isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
     sources: list[Source] = []
     for spec in inputs:
         text = str(spec)

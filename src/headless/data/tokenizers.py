@@ -209,7 +209,7 @@ def train_tokenizer(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp = output.resolve().with_name(f".{output.resolve().name}.tmp-{os.getpid()}")
     tokenizer.save_pretrained(str(tmp))
     if output.exists():
         import shutil

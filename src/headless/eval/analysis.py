@@ -174,10 +174,14 @@ def synonym_similarity(model, tokenizer, pairs: list[tuple[str, str]], *, multi_
     synonyms = {frozenset(p) for p in pairs}
     rng = random.Random(seed)
     random_pairs = []
-    while len(random_pairs) < num_random:
+    for _ in range(100 * num_random):
+        if len(random_pairs) == num_random:
+            break
         a, b = rng.sample(words, 2)
         if frozenset((a, b)) not in synonyms:
             random_pairs.append((a, b))
+    if not random_pairs:
+        raise HeadlessError("every pair of words in the synonym list is a synonym pair: no random baseline")
     multi = sum(len(tokenizer(f" {w}", add_special_tokens=False)["input_ids"]) > 1 for w in words)
     return {"synonym": [cos(a, b) for a, b in used], "random": [cos(a, b) for a, b in random_pairs],
             "num_pairs": len(used), "num_words": len(words), "num_multi_token_words": multi}

@@ -118,7 +118,24 @@ def load_tokenizer(model_dir: str | Path):
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError) as err:
         raise HeadlessError(f"could not load a tokenizer from {path}: {str(err).splitlines()[0]}") from err
+    _check_fit(path, tokenizer, getattr(_config(path), "vocab_size", None))
     return tokenizer
+
+
+def _config(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise HeadlessError(f"could not read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
+
+
+def _check_fit(path: Path, tokenizer, rows: int | None) -> None:
+    """Fail before any training when token ids could index past the embedding matrix."""
+    if rows is not None and len(tokenizer) > rows:
+        raise HeadlessError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model has only "
+                            f"{rows} embedding rows: they do not belong together")
 
 
 def pad_token_id(tokenizer) -> int:
@@ -140,10 +157,7 @@ def load_classifier(model_dir: str | Path, tokenizer, *, num_labels: int, device
     except (OSError, ValueError, KeyError) as err:
         raise HeadlessError(f"could not load {path} for sequence classification: "
                             f"{str(err).splitlines()[0]}") from err
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise HeadlessError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model has only "
-                            f"{rows} embedding rows: they do not belong together")
+    _check_fit(path, tokenizer, model.get_input_embeddings().num_embeddings)
     if model.config.pad_token_id is None:  # decoder heads find the last real token through it
         model.config.pad_token_id = pad_token_id(tokenizer)
     new = sorted(info.get("missing_keys", ()))

@@ -220,10 +220,10 @@ def run_glue(
     results = {"benchmark": "glue", "model": str(model_dir), "recipe": {"name": recipe, **dataclasses.asdict(chosen)},
                "seeds": seeds, "max_seq_len": max_seq_len, "max_train_examples": max_train_examples,
                "max_eval_examples": max_eval_examples, "tasks": {}}
-    for key in keys:
+    data = {key: load_glue_task(key, data_dir, max_train_examples=max_train_examples,
+                                max_eval_examples=max_eval_examples) for key in keys}  # fail before training
+    for key, (train, devs) in data.items():
         task = GLUE_TASKS[key]
-        train, devs = load_glue_task(key, data_dir, max_train_examples=max_train_examples,
-                                     max_eval_examples=max_eval_examples)
         log.info("%s: %d training examples, %s", task.name, len(train),
                  ", ".join(f"{len(v)} {k}" for k, v in devs.items()))
         train_enc = encode(tokenizer, train, max_seq_len)

@@ -207,6 +207,7 @@ def xnli_markdown(results: dict) -> str:
              "| Language | " + " | ".join(names[m] for m in modes) + " |",
              "|---|" + "---|" * len(modes)]
     for lang in langs:
-        lines.append(f"| {lang} | " + " | ".join(fmt_score(results["modes"][m]["languages"][lang]) for m in modes) + " |")
+        cells = (fmt_score(results["modes"][m]["languages"][lang]) for m in modes)
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     lines.append("| **Average** | " + " | ".join(fmt_score(results["modes"][m]["average"]) for m in modes) + " |")
     return "\n".join(lines) + "\n"

@@ -291,7 +291,8 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     chunked. Softmax statistics accumulate in float32 (float64 for float64 inputs).
 
     `max_negatives=N` CHANGES THE OBJECTIVE: a random subset of N unique target ids (drawn with
-    `generator`, a CPU torch.Generator) serves as negatives; each row keeps its own positive (with all its duplicates).
+    `generator`, a CPU torch.Generator) serves as negatives; each row keeps its own positive
+    (with all its duplicates).
     `group` (torch.distributed): negatives are the targets of every rank. gather="ids" sends only
     the ids and looks them up in the local, replicated weight (DDP/FSDP's gradient sum completes
     the weight gradient); gather="embeddings" all-gathers the target embeddings with autograd, for

@@ -15,7 +15,7 @@ Design (see docs/kernels.md):
   class blocks (split over row ranges into fp32 partials when class blocks cannot fill the GPU),
   both recomputing the scores. Each program accumulates its own rows in fp32 in global memory, one
   D block at a time (a [BLOCK, D] fp32 accumulator for D = 512…1024 does not fit in registers);
-  that read-modify-write traffic makes it ~3× slower than "gemm" on H100 (docs/kernels.md).
+  that read-modify-write traffic makes it 1.4–3.3× slower than "gemm" on H100 (docs/kernels.md).
 """
 
 from __future__ import annotations

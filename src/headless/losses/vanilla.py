@@ -20,9 +20,9 @@ VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch")
 AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
 
 
-def _auto(outputs: Tensor, num_rows: int, num_classes: int) -> str:
+def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool = False) -> str:
     """Fastest exact path: the Triton kernel on CUDA; on CPU dense logits unless they are large."""
-    if triton_usable(outputs):
+    if triton_usable(outputs) and not trainable_bias:  # the kernel gives the bias no gradient
         return "triton"
     acc_bytes = torch.finfo(accumulation_dtype(outputs)).bits // 8
     return "reference" if num_rows * num_classes * acc_bytes <= AUTO_DENSE_LOGITS_BYTES else "chunked"
@@ -48,7 +48,8 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
     if ids.numel() == 0:
         return empty_output(fn, allow_empty, ignore_index, target_ids, [o, head_weight, head_bias], acc, reduction)
     if implementation == "auto":
-        implementation = _auto(outputs, ids.numel(), head_weight.shape[0])
+        trainable_bias = head_bias is not None and head_bias.requires_grad
+        implementation = _auto(outputs, ids.numel(), head_weight.shape[0], trainable_bias)
     stats = None
     if implementation == "reference":
         logits = F.linear(o.to(acc), head_weight.to(acc), None if head_bias is None else head_bias.to(acc))
@@ -63,7 +64,10 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
     elif implementation == "triton":
         if not triton_usable(outputs):
             raise HeadlessError(f"{fn}: implementation='triton' needs a CUDA tensor and an importable triton kernel")
-        bias = head_bias.float() if head_bias is not None else o.new_zeros(head_weight.shape[0], dtype=torch.float32)
+        if head_bias is not None and head_bias.requires_grad:
+            raise HeadlessError(f"{fn}: the Triton kernel does not differentiate head_bias; use "
+                                "implementation='chunked' for a trainable bias")
+        bias = None if head_bias is None else head_bias.float()
         losses = _triton_module().linear_ce_triton(o, head_weight, bias, ids, 1.0)
     else:
         if not hasattr(F, "linear_cross_entropy"):

@@ -107,8 +107,14 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        if isinstance(model, dict):
-            save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
+        if isinstance(model, dict):  # a gathered (FSDP2) state dict: keep one name per tied storage
+            seen, weights = set(), {}
+            for name, tensor in model.items():
+                key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+                if key not in seen:
+                    seen.add(key)
+                    weights[name] = tensor.contiguous()
+            save_file(weights, str(tmp / "model.safetensors"))
         else:
             save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")

@@ -24,11 +24,11 @@ from headless.errors import HeadlessError
 from headless.train import distributed as dist
 from headless.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
 from headless.train.optim import autocast_dtype, build_optimizer, lr_factor
-from headless.train.step import DataInfo, batch_generator, evaluate, forward_backward, make_inputs
+from headless.train.step import DataInfo, evaluate, forward_backward, global_row, make_inputs
 
 # Settings a resumed run may change: they do not alter the trajectory.
 RESUMABLE_OVERRIDES = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress",
-                       "tensorboard", "eval_batches", "device"}
+                       "tensorboard", "eval_batches", "device", "batch_size", "grad_accum"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,30 +216,36 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
             shutil.copytree(Path(dataset_path) / "tokenizer", tok_dir)
     dist.barrier()
 
-    optimizer = build_optimizer(model, config, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    loader = BatchIterator(train_set, config.batch_size, seed=config.seed, rank=env.rank, world_size=env.world_size)
-
-    step, counters = 0, {"tokens": 0, "nan_skips": 0, "elapsed": 0.0}
-    if resume:
-        ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    ckpt = load_checkpoint(latest_checkpoint(run_dir)) if resume else None
+    if ckpt is not None:  # into the plain model: DDP/FSDP2 broadcast rank 0's weights when wrapping
         load_model_weights(model, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
-        scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
-        state = ckpt["state"]
-        step = int(state["step"])
-        counters.update(state.get("counters", {}))
-        loader.load_state_dict(state["loader"][env.rank] if isinstance(state["loader"], list) and
-                               len(state["loader"]) == env.world_size else _rescale_loader(state, env))
-        set_rng_state(ckpt["rng"])
-        if env.rank:
-            torch.manual_seed(config.seed + env.rank + step)
-
     strategy = config.distributed
     if strategy == "auto":
         strategy = "ddp" if env.world_size > 1 else "none"
     wrapped = dist.wrap_model(model, strategy, env, mixed_precision=config.precision)
     model.loss_group = dist.loss_group(config.objective.negatives, env)
+    optimizer = build_optimizer(model, config, device)  # after wrapping: FSDP2 swaps in sharded params
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    cuda = device.type == "cuda"
+    loader = BatchIterator(train_set, config.batch_size, seed=config.seed, rank=env.rank,
+                           world_size=env.world_size, pin_memory=cuda, prefetch=2 if cuda else 0)
+
+    step, counters = 0, {"tokens": 0, "nan_skips": 0, "elapsed": 0.0}
+    if ckpt is not None:
+        dist.load_full_optimizer_state_dict(wrapped, optimizer, ckpt["optimizer"]["optimizer"])
+        scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
+        state = ckpt["state"]
+        saved_global = state.get("global_batch")
+        global_batch = config.batch_size * config.grad_accum * env.world_size
+        if saved_global and saved_global != global_batch:
+            raise HeadlessError(f"cannot resume: the global batch would change from {saved_global} to {global_batch} "
+                                "sequences (batch_size x grad_accum x processes must stay the same)")
+        step = int(state["step"])
+        counters.update(state.get("counters", {}))
+        loader.load_state_dict(state["loader"])  # a global position: valid at any world size
+        set_rng_state(ckpt["rng"])
+        if env.rank:
+            torch.manual_seed(config.seed + env.rank + step)
     if config.compile:
         model.backbone.compile()
     amp_dtype = autocast_dtype(config, device)
@@ -259,6 +265,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                      f"{len(train_set)} train sequences of {train_set.seq_len} tokens")
 
     wrapped.train()
+    seen_epoch = loader.epoch if step else 0
     window_start, window_tokens = time.perf_counter(), 0
     last_val: dict = {}
     last_train: dict = {}
@@ -270,12 +277,13 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
             micro = []
             for i in range(config.grad_accum):
                 batch = next(loader)
-                micro.append(make_inputs(batch, config, info, batch_generator(config.seed, step, i, env.rank)))
+                first = global_row(i, env.rank, env.world_size, config.batch_size)
+                micro.append(make_inputs(batch, config, info, step=step, first_row=first))
             result = forward_backward(wrapped, micro, device=device, autocast_dtype=amp_dtype,
                                       world_size=env.world_size, all_reduce=dist.all_reduce,
                                       no_sync=lambda skip: dist.no_sync(wrapped, skip))
             trainable = [p for p in model.parameters() if p.requires_grad]
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
+            grad_norm = dist.clip_grad_norm_(trainable, config.optim.grad_clip)
             stats = dist.all_reduce(torch.stack([result.loss_sum, result.correct]).double())
             loss = float(stats[0]) / max(result.num_targets, 1)
             if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
@@ -293,6 +301,10 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
             scheduler.step()
             step += 1
             counters["tokens"] += tokens_per_step
+            if loader.epoch != seen_epoch:
+                seen_epoch = loader.epoch
+                if logger:
+                    logger.write(f"step {step}: the training data ran out; epoch {seen_epoch} starts (reshuffled)")
             window_tokens += tokens_per_step
 
             if step % config.log_every == 0 or step == config.max_steps:
@@ -306,7 +318,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                 fpt = flops_per_token(params["non_embedding"], config.model.num_layers, config.model.hidden_size,
                                       train_set.seq_len, loss_positions, scored)
                 last_train = {"loss": loss, "accuracy": float(stats[1]) / max(result.num_targets, 1),
-                              "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                              "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "epoch": loader.epoch,
                               "tokens_per_s": tps, "tokens": counters["tokens"], "targets": result.num_targets}
                 if config.loss_kind in ("cwt", "nce", "ce+cwt"):
                     last_train["unique_targets"] = result.unique
@@ -333,6 +345,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                 counters["elapsed"] = time.perf_counter() - start_time
                 _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env)
     finally:
+        loader.close()
         if logger:
             logger.close()
 
@@ -354,24 +367,14 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
     return summary
 
 
-def _rescale_loader(state: dict, env) -> dict:
-    """Resuming on another world size: the global position (sequences consumed) is what matters."""
-    saved = state["loader"]
-    first = saved[0] if isinstance(saved, list) else saved
-    out = dict(first)
-    out["world_size"] = env.world_size
-    out["rank"] = env.rank
-    return out
-
-
 def _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env) -> None:
     weights = dist.full_model_state_dict(model)
     optim_state = dist.full_optimizer_state_dict(model, optimizer)
-    loader_states = dist.gather_object(loader.state_dict())
     if env.is_main:
-        save_checkpoint(run_dir, step, weights if isinstance(weights, dict) and dist.is_sharded(model) else model,
+        save_checkpoint(run_dir, step, weights if dist.is_sharded(model) else model,
                         {"optimizer": optim_state, "scheduler": scheduler.state_dict()},
-                        {"loader": loader_states, "counters": dict(counters), "world_size": env.world_size},
+                        {"loader": loader.state_dict(), "counters": dict(counters), "world_size": env.world_size,
+                         "global_batch": config.batch_size * config.grad_accum * env.world_size},
                         keep_last=config.keep_last)
     dist.barrier()
 
@@ -386,5 +389,5 @@ def _validation_batches(val_set, config: TrainConfig, info: DataInfo, env) -> li
         return []
     count = min(config.eval_batches, per_rank // batch_size)
     it = BatchIterator(val_set, batch_size, seed=config.seed, shuffle=False, rank=env.rank, world_size=env.world_size)
-    return [make_inputs(next(it), config, info, batch_generator(config.seed, 0, i, env.rank, split=1))
-            for i in range(count)]
+    return [make_inputs(next(it), config, info, step=0, first_row=global_row(i, env.rank, env.world_size, batch_size),
+                        split=1) for i in range(count)]

@@ -27,21 +27,31 @@ class DataInfo:
     special_token_ids: list
 
 
-def batch_generator(seed: int, step: int, micro: int, rank: int, split: int = 0) -> torch.Generator:
-    """Masking randomness keyed by position in the run, so a resumed run masks exactly as before."""
+def row_generator(seed: int, step: int, row: int, split: int = 0) -> torch.Generator:
+    """Masking randomness of one sequence, keyed by its place in the run: (step, row of the global
+    batch).  A resumed run masks exactly as before, and so does the same global batch split over
+    another number of ranks or micro-batches."""
     gen = torch.Generator()
-    gen.manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 101 + rank * 7 + split * 1_000_000_007)
+    gen.manual_seed(((seed * 1_000_003 + step) * 1_000_033 + row) * 4 + split)
     return gen
 
 
-def make_inputs(batch: torch.Tensor, config: TrainConfig, info: DataInfo, generator: torch.Generator):
+def global_row(micro: int, rank: int, world_size: int, batch_size: int) -> int:
+    """Index of a micro-batch's first sequence in the step's global batch (the loader's order)."""
+    return (micro * world_size + rank) * batch_size
+
+
+def make_inputs(batch: torch.Tensor, config: TrainConfig, info: DataInfo, *, step: int, first_row: int,
+                split: int = 0):
     """(input_ids, labels) for the configured objective; labels hold the ORIGINAL token ids."""
     obj = config.objective
     if config.objective_kind == "mlm":
-        return mlm_mask(batch, mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
-                        special_token_ids=info.special_token_ids, mask_prob=obj.mask_prob,
-                        replace_prob=obj.replace_prob, random_prob=obj.random_prob,
-                        exact=obj.exact_masking, generator=generator)
+        rows = [mlm_mask(row[None], mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
+                         special_token_ids=info.special_token_ids, mask_prob=obj.mask_prob,
+                         replace_prob=obj.replace_prob, random_prob=obj.random_prob, exact=obj.exact_masking,
+                         generator=row_generator(config.seed, step, first_row + i, split))
+                for i, row in enumerate(batch)]
+        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
     doc_ids = None
     if obj.respect_documents and info.eos_token_id is not None:
         doc_ids = document_ids_from_eos(batch, info.eos_token_id)

@@ -1,0 +1,87 @@
+"""HLM+FT: a headless decoder gets a head equal to its input embeddings and fine-tuning lowers the
+cross-entropy on held-out text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headless.config import load_config
+from headless.errors import HeadlessError
+from headless.train.loop import pretrain
+
+from test_pretrain import SMALL, _write_corpus
+
+
+@pytest.fixture(scope="module")
+def neox_data(shared_data, tmp_path_factory):
+    from headless.data.prepare import prepare_dataset
+    from headless.data.tokenizers import load_tokenizer
+
+    root = tmp_path_factory.mktemp("ft")
+    corpus = _write_corpus(shared_data, root / "wiki.jsonl", 60)
+    tok = load_tokenizer(str(shared_data / "tokenizers" / "gpt-neox-20b" / "tokenizer.json"))
+    prepare_dataset([str(corpus)], root / "data", tok, seq_len=64, validation_fraction=0.1, progress=False)
+    return root / "data"
+
+
+def _heldout_ce(model_dir, data) -> float:
+    import transformers as tf
+
+    from headless.data.loader import PackedDataset
+
+    lm = tf.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    val = PackedDataset(data, "validation")
+    ids = torch.from_numpy(val.take(list(range(min(len(val), 8)))))
+    with torch.no_grad():
+        return float(lm(input_ids=ids, labels=ids).loss)
+
+
+def test_finetune_head_starts_from_embeddings_and_lowers_heldout_loss(neox_data, tmp_path):
+    import transformers as tf
+
+    from headless.export import export
+    from headless.finetune import finetune_head
+
+    config = load_config("tiny", flavour="headless", overrides=SMALL + [
+        "model.architecture=gpt-neox", "objective.kind=clm", f"data.path={neox_data}", f"run_dir={tmp_path / 'hlm'}",
+        "max_steps=4", "save_every=4"])
+    pretrain(config)
+    start = export(tmp_path / "hlm", tmp_path / "start", add_head=True)
+    lm = tf.AutoModelForCausalLM.from_pretrained(start)
+    assert torch.equal(lm.get_output_embeddings().weight, lm.get_input_embeddings().weight)
+
+    before = _heldout_ce(start, neox_data)
+    finetune_head(tmp_path / "hlm", tmp_path / "ft", data=str(neox_data), tokens=40 * 4 * 64, batch_size=4, lr=3e-3,
+                  warmup_steps=2, progress=False)
+    after = _heldout_ce(tmp_path / "ft", neox_data)
+    assert after < before - 0.5, (before, after)
+    ft = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "ft")
+    assert not torch.equal(ft.get_output_embeddings().weight, ft.get_input_embeddings().weight)  # untied, moved
+
+
+def test_probe_trains_only_the_head(neox_data, tmp_path):
+    import transformers as tf
+
+    from headless.finetune import finetune_head
+
+    config = load_config("tiny", flavour="headless", overrides=SMALL + [
+        "model.architecture=gpt-neox", "objective.kind=clm", f"data.path={neox_data}", f"run_dir={tmp_path / 'hlm'}",
+        "max_steps=2", "save_every=2"])
+    pretrain(config)
+    from headless.export import export
+
+    start = tf.AutoModelForCausalLM.from_pretrained(export(tmp_path / "hlm", tmp_path / "start", add_head=True))
+    finetune_head(tmp_path / "hlm", tmp_path / "probe", data=str(neox_data), tokens=4 * 4 * 64, batch_size=4,
+                  probe=True, progress=False)
+    probe = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "probe")
+    assert torch.equal(probe.get_input_embeddings().weight, start.get_input_embeddings().weight)
+    assert torch.equal(probe.gpt_neox.layers[0].mlp.dense_h_to_4h.weight, start.gpt_neox.layers[0].mlp.dense_h_to_4h.weight)
+    assert not torch.equal(probe.get_output_embeddings().weight, start.get_output_embeddings().weight)
+
+
+def test_finetune_rejects_encoders_and_other_tokenizers(neox_data, tmp_path, shared_data):
+    from headless.finetune import finetune_head
+
+    with pytest.raises(HeadlessError, match="neither a run directory nor a Hugging Face model"):
+        finetune_head(tmp_path / "nothing", tmp_path / "out", data=str(neox_data))
