@@ -12,7 +12,7 @@ install:
 	$(PYTHON) -m pip install -q -e .
 
 install-dev: install
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[dev,eval]"
 
 demo: install
 	headless pretrain --preset tiny

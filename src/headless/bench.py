@@ -23,10 +23,13 @@ from headless.errors import HeadlessError
 
 # name -> (flavour, loss, loss implementation)
 OBJECTIVES = {
-    "cwt": ("headless", "cwt", "auto"),              # ours: de-duplicated, fused/chunked
+    "cwt": ("headless", "cwt", "auto"),              # ours: de-duplicated; Triton on CUDA, chunked on CPU
+    "cwt-chunked": ("headless", "cwt", "chunked"),   # ours, pure PyTorch online log-sum-exp
     "cwt-paper": ("headless", "cwt", "reference"),   # the paper's K x K score matrix
-    "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, our fused/chunked linear CE
+    "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, the trainer's default path
     "ce-hf": ("vanilla", "ce", "reference"),         # vocabulary head, HF-style logits + cross_entropy
+    "ce-triton": ("vanilla", "ce", "triton"),        # vocabulary head, our fused linear-CE kernel
+    "ce-chunked": ("vanilla", "ce", "chunked"),      # vocabulary head, PyTorch online log-sum-exp
 }
 
 
@@ -53,6 +56,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     seq = config.data.seq_len
     torch.manual_seed(0)
     model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
+    model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
     if compile:
         model.backbone.compile()
     optimizer = build_optimizer(model, config, device)
@@ -145,6 +149,10 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
     from tqdm.auto import tqdm
 
     for objective, vocab, batch in tqdm(cases, desc="bench", disable=not progress):
+        if OBJECTIVES[objective][2] == "triton" and dev.type != "cuda":
+            rows.append({"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch,
+                         "skipped": "the Triton kernel needs a CUDA device"})
+            continue
         try:
             row = _case(preset, objective, vocab, batch, seq_len, steps, warmup, dev, compile, list(overrides))
         except torch.OutOfMemoryError:
@@ -167,6 +175,9 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         if "largest_batch" in r:
+            continue
+        if r.get("skipped"):
+            lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | skipped: {r['skipped']} | | | | | |")
             continue
         if r.get("oom"):
             lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | OOM | | | | | |")

@@ -193,6 +193,9 @@ class LanguageModel(nn.Module):
         self.loss_kind = loss_kind
         self.objective = objective
         self.loss_group = None  # a torch.distributed group for `negatives: global`, set by the trainer
+        # top-1 accuracy costs an extra pass with the fused GPU kernels: the trainer asks for it
+        # only on the steps it logs
+        self.with_accuracy = True
         if loss_kind == "nce":
             emb = self.backbone.get_input_embeddings().weight
             self.target_embedding = nn.Embedding(emb.shape[0], emb.shape[1])
@@ -228,7 +231,7 @@ class LanguageModel(nn.Module):
         outputs, targets = select_loss_positions(hidden, labels)
         obj = self.objective
         contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
-                           group=self.loss_group, allow_empty=True)
+                           group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy)
         kind = self.loss_kind
         if kind == "cwt":
             return cwt_loss(outputs, targets, self.input_embedding_weight(),
@@ -239,7 +242,8 @@ class LanguageModel(nn.Module):
         parts = head_parts(self.hf)
         ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
                              getattr(parts.projection, "bias", None), reduction="sum",
-                             implementation=obj.loss_implementation, allow_empty=True)
+                             implementation=obj.loss_implementation, allow_empty=True,
+                             with_accuracy=self.with_accuracy)
         if kind == "ce":
             return ce
         cw = cwt_loss(outputs, targets, self.input_embedding_weight(), **contrastive)

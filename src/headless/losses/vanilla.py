@@ -20,11 +20,20 @@ VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch")
 AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
 
 
+AUTO_DENSE_LOGITS_FRACTION_CUDA = 0.25  # on CUDA, materialise logits up to this share of device memory
+
+
 def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool = False) -> str:
-    """Fastest exact path: the Triton kernel on CUDA; on CPU dense logits unless they are large."""
-    if triton_usable(outputs) and not trainable_bias:  # the kernel gives the bias no gradient
-        return "triton"
+    """Fastest exact path.  Measured on an H100 inside a full training step (docs/performance.md),
+    materialised logits + cuBLAS beat our Triton kernel for vocabulary heads, so the kernel is the
+    memory-saving path: it is chosen when the fp32 logits would take over a quarter of the device.
+    On CPU: dense logits unless they exceed 256 MiB, then the chunked path."""
     acc_bytes = torch.finfo(accumulation_dtype(outputs)).bits // 8
+    if outputs.is_cuda:
+        total = torch.cuda.get_device_properties(outputs.device).total_memory
+        if num_rows * num_classes * 4 <= AUTO_DENSE_LOGITS_FRACTION_CUDA * total:
+            return "reference"
+        return "triton" if triton_usable(outputs) else "chunked"
     return "reference" if num_rows * num_classes * acc_bytes <= AUTO_DENSE_LOGITS_BYTES else "chunked"
 
 
@@ -64,11 +73,16 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
     elif implementation == "triton":
         if not triton_usable(outputs):
             raise HeadlessError(f"{fn}: implementation='triton' needs a CUDA tensor and an importable triton kernel")
+        kernel = _triton_module().linear_ce_triton
         if head_bias is not None and head_bias.requires_grad:
-            raise HeadlessError(f"{fn}: the Triton kernel does not differentiate head_bias; use "
-                                "implementation='chunked' for a trainable bias")
-        bias = None if head_bias is None else head_bias.float()
-        losses = _triton_module().linear_ce_triton(o, head_weight, bias, ids, 1.0)
+            # The kernel differentiates classes, not the bias: fold the bias into the classes as an
+            # extra column scored against a constant 1, so its gradient is that column's gradient.
+            ones = torch.ones(o.shape[0], 1, dtype=o.dtype, device=o.device)
+            classes = torch.cat([head_weight.to(o.dtype), head_bias.to(o.dtype)[:, None]], dim=1)
+            losses = kernel(torch.cat([o, ones], dim=1), classes, None, ids, 1.0)
+        else:
+            bias = None if head_bias is None else head_bias.float()
+            losses = kernel(o, head_weight, bias, ids, 1.0)
     else:
         if not hasattr(F, "linear_cross_entropy"):
             raise HeadlessError(f"{fn}: implementation='torch' needs torch.nn.functional.linear_cross_entropy "

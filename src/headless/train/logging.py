@@ -127,7 +127,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def plot_curves(run_dir: Path) -> Optional[Path]:
     """loss / accuracy / throughput against step, train and validation, as curves.png."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a plot is a convenience: never let it fail a finished run
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -279,6 +279,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                 batch = next(loader)
                 first = global_row(i, env.rank, env.world_size, config.batch_size)
                 micro.append(make_inputs(batch, config, info, step=step, first_row=first))
+            model.with_accuracy = not cuda or (step + 1) % config.log_every == 0 or step + 1 == config.max_steps
             result = forward_backward(wrapped, micro, device=device, autocast_dtype=amp_dtype,
                                       world_size=env.world_size, all_reduce=dist.all_reduce,
                                       no_sync=lambda skip: dist.no_sync(wrapped, skip))
@@ -334,6 +335,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                     logger.progress(step, postfix)
 
             if val_batches and (step % config.eval_every == 0 or step == config.max_steps):
+                model.with_accuracy = True
                 last_val = evaluate(wrapped, val_batches, device=device, autocast_dtype=amp_dtype,
                                     all_reduce=dist.all_reduce)
                 if logger:
