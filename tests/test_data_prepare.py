@@ -172,7 +172,7 @@ def test_validation_split_by_seed_and_from_separate_inputs(bert, tmp_path, monke
     a = prepare_dataset(source, tmp_path / "a", bert, seq_len=8, validation_fraction=0.2, seed=3, progress=False)
     b = prepare_dataset(source, tmp_path / "b", bert, seq_len=8, validation_fraction=0.2, seed=3,
                         num_workers=2, progress=False)
-    c = prepare_dataset(source, tmp_path / "c", bert, seq_len=8, validation_fraction=0.2, seed=4, progress=False)
+    prepare_dataset(source, tmp_path / "c", bert, seq_len=8, validation_fraction=0.2, seed=4, progress=False)
     assert np.array_equal(_rows(tmp_path / "a", "validation"), _rows(tmp_path / "b", "validation"))
     assert a["splits"] == b["splits"]
     assert not np.array_equal(_rows(tmp_path / "a", "validation"), _rows(tmp_path / "c", "validation"))

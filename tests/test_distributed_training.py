@@ -3,7 +3,6 @@ and FSDP2); a killed rank stops the job; resume continues the trajectory on 1 an
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

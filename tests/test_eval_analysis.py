@@ -11,11 +11,9 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertTokenizerFast,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
+from tiny_models import tiny_decoder
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.analysis import (
@@ -30,14 +28,7 @@ from headless.eval.analysis import (
 
 @pytest.fixture(scope="module")
 def decoder_dir(tmp_path_factory, neox_tokenizer_file):
-    path = tmp_path_factory.mktemp("tiny-neox")
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(neox_tokenizer_file))
-    torch.manual_seed(3)
-    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=len(tok),
-                                     max_position_embeddings=2048)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_decoder(tmp_path_factory.mktemp("tiny-neox"), neox_tokenizer_file, seed=3)
 
 
 @pytest.fixture(scope="module")

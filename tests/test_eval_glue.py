@@ -12,36 +12,10 @@ from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.classification import Example, encode
 from headless.eval.glue import compare_glue, load_glue_task, run_glue
+from tiny_models import tiny_encoder
 
 FAST = dict(epochs=1, batch_size=8, max_train_examples=24, max_eval_examples=16, device="cpu",
             progress=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one intra-op thread (and ~10x faster on a busy 2-core box)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_encoder(path: Path, vocab_dir: Path, vocab_size: int | None = None) -> Path:
-    """A 2-layer BERT saved as a *base* model (no head), like `headless export` writes encoders."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    torch.manual_seed(0)  # a fixed random encoder, so that the learning test is deterministic
-
-    # transformers 5 ignores `vocab_file=`; from_pretrained on the folder reads vocab.txt
-    tokenizer = BertTokenizerFast.from_pretrained(vocab_dir, do_lower_case=True)
-    config = BertConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

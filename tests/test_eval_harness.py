@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
+from tiny_models import tiny_decoder
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.harness import run_harness
@@ -54,15 +54,8 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, neox_tokenizer_file):
-    path = tmp_path_factory.mktemp("tiny-neox")
     # lm-eval needs an EOS/BOS token (the prefix of empty contexts); Pythia's is <|endoftext|>.
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(neox_tokenizer_file), eos_token="<|endoftext|>")
-    torch.manual_seed(2)
-    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=len(tok),
-                                     max_position_embeddings=2048)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_decoder(tmp_path_factory.mktemp("tiny-neox"), neox_tokenizer_file, seed=2, eos_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="module")

@@ -8,22 +8,13 @@ import math
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXModel, PreTrainedTokenizerFast
+from transformers import GPTNeoXModel
 
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.lambada import evaluate_lambada, read_lambada
 from headless.eval.scoring import encode_pair, load_causal_lm, score_continuations, score_tokens
-
-
-def tiny_decoder(path, tokenizer_file, cls=GPTNeoXForCausalLM, vocab_size=None):
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        vocab_size=vocab_size or len(tok), max_position_embeddings=2048)
-    cls(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from tiny_models import tiny_decoder
 
 
 @pytest.fixture(scope="module")

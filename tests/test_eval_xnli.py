@@ -10,34 +10,15 @@ import pytest
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.xnli import load_xnli, run_xnli
+from tiny_models import tiny_encoder
 
 FAST = dict(epochs=1, batch_size=8, max_train_examples=16, max_eval_examples=12, device="cpu", progress=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one intra-op thread (and ~10x faster on a busy 2-core box)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, bert_vocab_file):
     """A 2-layer BERT base model (no head) with the bert-base-uncased tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = BertTokenizerFast.from_pretrained(bert_vocab_file.parent, do_lower_case=True)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), bert_vocab_file.parent)
 
 
 @pytest.fixture(scope="module")

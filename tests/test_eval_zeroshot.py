@@ -6,24 +6,17 @@ import json
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.scoring import load_causal_lm
 from headless.eval.zeroshot import TASK_FILES, evaluate_zeroshot, predict, read_task, task_path
+from tiny_models import tiny_decoder
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, neox_tokenizer_file):
-    path = tmp_path_factory.mktemp("tiny-neox")
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(neox_tokenizer_file))
-    torch.manual_seed(1)
-    GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=len(tok),
-                                     max_position_embeddings=2048)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_decoder(tmp_path_factory.mktemp("tiny-neox"), neox_tokenizer_file, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ and memory against vocabulary size).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
