@@ -91,5 +91,13 @@ EOF
     [ -f "$RES/glue-bs-headless/glue.json" ] && [ -f "$RES/glue-bs-vanilla/glue.json" ] && \
       $H glue compare "$RES/glue-bs-headless/glue.json" "$RES/glue-bs-vanilla/glue.json" --output "$RES" || true
     ;;
+  bench-autocast)  # after making the Triton kernel follow autocast (bf16 inputs)
+    $H bench --preset pythia-70m --objectives cwt,ce-hf,ce-triton --vocab-sizes 50304,256000 --batch-sizes 8 \
+       --steps 10 --warmup 3 --output "$RES/pythia-70m"
+    $H bench --preset pythia-160m --objectives cwt,ce-hf --vocab-sizes 50304,256000 --batch-sizes 8 \
+       --steps 10 --warmup 3 --output "$RES/pythia-160m"
+    $H bench --preset bert-base --objectives cwt,ce-hf --vocab-sizes 30522 --batch-sizes 256 \
+       --steps 10 --warmup 3 --output "$RES/bert-base"
+    ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

@@ -296,5 +296,9 @@ def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None
         raise ValueError(f"scale must be finite, got {scale}")
     if triton is None:
         raise RuntimeError("linear_ce_triton needs triton: pip install 'headless[gpu]'")
+    if outputs.is_cuda and outputs.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
+        # Under autocast a layer norm hands us fp32; run like F.linear would (bf16/fp16 inputs,
+        # fp32 accumulation): the backward GEMMs are not autocast and would otherwise run in fp32.
+        outputs = outputs.to(torch.get_autocast_dtype("cuda"))
     return _LinearCE.apply(outputs.contiguous(), classes.to(outputs.dtype).contiguous(), class_bias,
                            labels.long().contiguous(), scale, backward)

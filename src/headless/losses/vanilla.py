@@ -20,20 +20,13 @@ VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch")
 AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
 
 
-AUTO_DENSE_LOGITS_FRACTION_CUDA = 0.25  # on CUDA, materialise logits up to this share of device memory
-
-
 def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool = False) -> str:
-    """Fastest exact path.  Measured on an H100 inside a full training step (docs/performance.md),
-    materialised logits + cuBLAS beat our Triton kernel for vocabulary heads, so the kernel is the
-    memory-saving path: it is chosen when the fp32 logits would take over a quarter of the device.
-    On CPU: dense logits unless they exceed 256 MiB, then the chunked path."""
+    """Fastest exact path: the Triton kernel on CUDA (measured faster than materialised logits in a
+    full training step, and linear in memory: docs/performance.md); on CPU dense logits unless they
+    exceed 256 MiB, then the chunked path."""
+    if triton_usable(outputs):
+        return "triton"
     acc_bytes = torch.finfo(accumulation_dtype(outputs)).bits // 8
-    if outputs.is_cuda:
-        total = torch.cuda.get_device_properties(outputs.device).total_memory
-        if num_rows * num_classes * 4 <= AUTO_DENSE_LOGITS_FRACTION_CUDA * total:
-            return "reference"
-        return "triton" if triton_usable(outputs) else "chunked"
     return "reference" if num_rows * num_classes * acc_bytes <= AUTO_DENSE_LOGITS_BYTES else "chunked"
 
 
