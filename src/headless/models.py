@@ -161,8 +161,6 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 
     config = model.config
     config.tie_word_embeddings = False
-    if hasattr(config, "tie_word_embeddings"):
-        config.tie_word_embeddings = False
     lm = tf.AutoModelForCausalLM.from_config(config)
     missing, unexpected = lm.base_model.load_state_dict(base_model(model).state_dict(), strict=False)
     if unexpected or [m for m in missing if "rotary" not in m and "inv_freq" not in m]:
@@ -281,7 +279,3 @@ def count_parameters(model: nn.Module) -> dict:
             seen.add(id(module.weight))
             emb += module.weight.numel()
     return {"total": total, "embedding": emb, "non_embedding": total - emb}
-
-
-def save_hf(model: nn.Module, path: str | Path) -> None:
-    model.save_pretrained(str(path), safe_serialization=True)

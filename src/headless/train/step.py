@@ -77,8 +77,8 @@ def forward_backward(
     no_sync: Callable[[bool], contextlib.AbstractContextManager],
 ) -> StepResult:
     """Accumulate gradients of the step's normalised loss over the micro-batches."""
-    local = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)
-    total = int(all_reduce(torch.tensor([local], dtype=torch.long, device=device)).item())
+    local = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)  # labels are on the CPU
+    total = local if world_size == 1 else int(all_reduce(torch.tensor([local], device=device)).item())
     # DDP/FSDP average gradients over ranks; scaling by world_size turns that mean into the sum we want.
     scale = world_size / max(total, 1)
     loss_sum = torch.zeros((), device=device)
