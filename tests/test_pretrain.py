@@ -178,3 +178,21 @@ def test_corrupt_checkpoint_is_refused_on_resume(datasets, tmp_path, capsys):
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     _fails(["pretrain", "--run-dir", str(tmp_path / "run"), "--resume", "max_steps=8"], capsys, "corrupt or truncated")
+
+
+def test_main_job_on_the_embedded_corpus(tmp_path, capsys):
+    """The README's main job: no data argument -> the embedded corpus, a tokenizer trained on it,
+    a run directory with TensorBoard logs, a plot and a summary (shortened to a few steps)."""
+    status = main(["pretrain", "--run-dir", str(tmp_path / "run"), "max_steps=3", "log_every=1", "eval_every=3",
+                   "eval_batches=1", "batch_size=4", "model.num_layers=1", "progress=false",
+                   f"data.cache_dir={tmp_path / 'cache'}", "data.tokenizer_vocab_size=1024"])
+    assert status == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["flavour"] == "headless" and summary["loss"] == "cwt" and summary["steps"] == 3
+    assert summary["final_val_loss"] is not None
+    assert list((run / "tensorboard").iterdir()), "no TensorBoard event file"
+    assert (run / "curves.png").stat().st_size > 1000
+    manifest = json.loads(next((tmp_path / "cache" / "datasets").iterdir()).joinpath("manifest.json").read_text())
+    assert manifest["splits"]["train"]["num_sequences"] > 100
+    assert "done: 3 steps" in capsys.readouterr().out
