@@ -209,7 +209,7 @@ def main() -> None:
             if name.startswith("triton") and r["ms"]:  # effective: the 3 K×U×D products of fwd+bwd
                 r["tflops"] = 3 * 2 * K * U * D / r["ms"] / 1e9
             if name == "triton" and r["ms"]:  # the kernel's forward alone: how the time splits
-                r["fwd_ms"] = measure(lambda: triton_forward(kind, o, W, tgt), [], args.repeats)["ms"]
+                r["fwd_ms"] = measure(lambda o=o, W=W: triton_forward(kind, o, W, tgt), [], args.repeats)["ms"]
             print(f"{kind:8s} K={K:6d} U={U:6d} D={D:4d} {name:28s} {r}", flush=True)
         result["rows"].append(row)
         del o, W, methods

@@ -19,27 +19,12 @@ import statistics
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from headless.losses.memory_probe import LargestTensor
 
 from headless.losses import cwt_loss, vanilla_ce_loss
 
 CWT_PATHS = ("reference", "dedup", "chunked")
 VANILLA_PATHS = ("reference", "chunked", "torch")
-
-
-class LargestTensor(TorchDispatchMode):
-    """The largest tensor (bytes) returned by any aten op while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        for t in result if isinstance(result, (tuple, list)) else [result]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return result
 
 
 def _status_kib(field: str) -> int:
@@ -91,7 +76,7 @@ def bench(kind: str, path: str, outputs, ids, weight, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
     outputs.grad = weight.grad = None
     return {"loss": kind, "path": path, "seconds": statistics.median(times), "peak_mib": peak,
-            "largest_mib": probe.largest / 2**20}
+            "largest_mib": probe.largest_bytes / 2**20}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -93,14 +93,14 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     tokens = batch * seq
     params = count_parameters(model)
     targets = result.num_targets
-    scored = result.unique if loss == "cwt" else vocab
+    scored = float(result.unique) if loss == "cwt" else vocab
     fpt = flops_per_token(params["non_embedding"], config.model.num_layers, config.model.hidden_size, seq,
                           targets / tokens, scored)
     peak = peak_flops(device)
     row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch, "seq_len": seq,
            "tokens_per_s": tokens / step_s, "step_ms": step_s * 1000, "ms_per_1k_tokens": step_s * 1e6 / tokens,
            "loss": float(result.loss_sum) / max(targets, 1), "targets": targets,
-           "unique_targets": result.unique or None, "parameters": params["total"],
+           "unique_targets": float(result.unique) or None, "parameters": params["total"],
            "mfu": fpt * tokens / step_s / peak if peak else None,
            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     del model, optimizer

@@ -13,7 +13,6 @@ the embedding matrix unsharded and reduce its gradient like any other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch

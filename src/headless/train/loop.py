@@ -315,14 +315,14 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_start, window_tokens = now, 0
                 loss_positions = result.num_targets / tokens_per_step
-                scored = result.unique if config.loss_kind in ("cwt", "nce") else info.vocab_size
+                scored = float(result.unique) if config.loss_kind in ("cwt", "nce") else info.vocab_size
                 fpt = flops_per_token(params["non_embedding"], config.model.num_layers, config.model.hidden_size,
                                       train_set.seq_len, loss_positions, scored)
                 last_train = {"loss": loss, "accuracy": float(stats[1]) / max(result.num_targets, 1),
                               "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "epoch": loader.epoch,
                               "tokens_per_s": tps, "tokens": counters["tokens"], "targets": result.num_targets}
                 if config.loss_kind in ("cwt", "nce", "ce+cwt"):
-                    last_train["unique_targets"] = result.unique
+                    last_train["unique_targets"] = float(result.unique)
                 if peak:
                     last_train["mfu"] = fpt * tps / env.world_size / peak
                 if device.type == "cuda":

@@ -63,7 +63,7 @@ class StepResult:
     loss_sum: torch.Tensor  # detached, summed over this rank's loss positions
     correct: torch.Tensor  # detached: number of top-1 hits on this rank
     num_targets: int  # loss positions of the whole step, all ranks
-    unique: float  # mean unique targets per micro-batch (CWT), 0 otherwise
+    unique: torch.Tensor  # detached: mean unique targets per micro-batch (CWT), 0 otherwise
 
 
 def forward_backward(
@@ -83,7 +83,7 @@ def forward_backward(
     scale = world_size / max(total, 1)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    unique = 0.0
+    unique = torch.zeros((), device=device)
     for i, (input_ids, labels) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         input_ids = input_ids.to(device, non_blocking=True)
@@ -95,7 +95,7 @@ def forward_backward(
         if out.accuracy is not None:
             correct += out.accuracy.detach().float() * out.num_targets.detach().float()
         if out.num_unique is not None:
-            unique += float(out.num_unique) / len(micro_batches)
+            unique += out.num_unique.detach().float() / len(micro_batches)  # no host sync
     return StepResult(loss_sum=loss_sum, correct=correct, num_targets=total, unique=unique)
 
 
