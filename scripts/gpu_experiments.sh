@@ -99,5 +99,81 @@ EOF
     $H bench --preset bert-base --objectives cwt,ce-hf --vocab-sizes 30522 --batch-sizes 256 \
        --steps 10 --warmup 3 --output "$RES/bert-base"
     ;;
+  profile)  # where a Pythia-160M step spends its time, eager and compiled; external fused-CE kernels
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_external_kernels.py --tb=line 2>&1 \
+      | tail -15 | tee "$RES/pytest-gpu.txt" || true
+    $H bench --preset pythia-160m --objectives cwt,cwt-liger,cwt-cce,ce-hf,ce-hf-full,ce-triton,ce-liger,ce-cce \
+       --vocab-sizes 50304 --batch-sizes 8 --steps 10 --warmup 3 --profile --output "$RES/p160-eager" || true
+    $H bench --preset pythia-160m --objectives cwt,ce-triton,ce-liger,ce-hf --vocab-sizes 50304 --batch-sizes 8 \
+       --steps 10 --warmup 5 --compile --profile --output "$RES/p160-compile" || true
+    python3 - <<'EOF2' 2>&1 | tail -30 | tee "$RES/graph-breaks.txt"
+import torch
+from headless.config import load_config
+from headless.models import build_model
+cfg = load_config("pythia-160m", flavour="headless")
+m = build_model(cfg.model, cfg.objective, "cwt", 50304).cuda()
+ids = torch.randint(0, 50304, (2, 2048), device="cuda")
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    ex = torch._dynamo.explain(m.backbone)(input_ids=ids)
+print("graphs", ex.graph_count, "breaks", ex.graph_break_count)
+for b in ex.break_reasons[:10]:
+    print(b.reason)
+EOF2
+    ;;
+  fast)  # after headless_sdpa (flash kernels under compile) and sync-free timing
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_external_kernels.py --tb=line 2>&1 \
+      | tail -8 | tee "$RES/pytest-gpu.txt" || true
+    python3 scripts/sdpa_backends.py | tee "$RES/sdpa-backends.txt" || true
+    B="$H bench --steps 10 --warmup 4"
+    $B --preset pythia-160m --compile --profile --objectives cwt,ce-triton,ce-hf,ce-liger,ce-cce \
+       --vocab-sizes 50304 --batch-sizes 8 --output "$RES/p160-compile" || true
+    $B --preset pythia-160m --objectives cwt,cwt-liger,cwt-cce,ce-hf-full,ce-triton,ce-liger \
+       --vocab-sizes 50304 --batch-sizes 8 --output "$RES/p160-eager" || true
+    ;;
+  fast2)  # host synchronisations, CUDA graphs, external kernels without compile
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_external_kernels.py --tb=line 2>&1 \
+      | tail -8 | tee "$RES/pytest-gpu.txt" || true
+    B="$H bench --steps 10 --warmup 4 --preset pythia-160m --vocab-sizes 50304 --batch-sizes 8"
+    $B --compile --sync-debug --objectives cwt,ce-triton --output "$RES/p160-syncs" || true
+    $B --compile --objectives cwt,ce-triton,ce-hf --output "$RES/p160-graphs" compile_mode=reduce-overhead || true
+    $B --objectives cwt,cwt-liger,cwt-cce,ce-hf-full,ce-triton,ce-liger,ce-cce --output "$RES/p160-eager" || true
+    ;;
+  final-p160)  # the numbers in docs/performance.md: compiled backbone with CUDA graphs, every head
+    B="$H bench --steps 8 --warmup 4 --preset pythia-160m --batch-sizes 8 --compile"
+    $B --objectives backbone,cwt,ce-triton,ce-hf,ce-hf-full --vocab-sizes 50304 --output "$RES/p160-50k" \
+       compile_mode=reduce-overhead || true
+    $B --objectives cwt,ce-triton,ce-hf --vocab-sizes 256000 --output "$RES/p160-256k" compile_mode=reduce-overhead || true
+    ;;
+  final-p70-bert)
+    $H bench --steps 8 --warmup 4 --preset pythia-70m --batch-sizes 8,32,64 --compile --vocab-sizes 50304 \
+       --objectives backbone,cwt,ce-triton --output "$RES/p70-batches" compile_mode=reduce-overhead || true
+    $H bench --steps 8 --warmup 4 --preset bert-base --batch-sizes 256 --compile --vocab-sizes 30522 \
+       --objectives backbone,cwt,ce-hf-full,ce-hf,ce-triton --output "$RES/bert-base" compile_mode=reduce-overhead || true
+    ;;
+  final-train)  # the trainer itself with the presets' fast step (compile + CUDA graphs), on real text
+    for t in neox:gpt-neox-20b/tokenizer.json:2048 bert:bert-base-uncased/vocab.txt:128; do
+      IFS=: read name tok seq <<< "$t"
+      $H prepare .data/enwiki/train/enwiki-000.jsonl.xz --validation-input .data/enwiki/validation/enwiki-029.jsonl.xz \
+         --output runs/data/enwiki-$name --tokenizer .data/tokenizers/$tok --seq-len $seq --workers 8 -q
+    done
+    for flavour in headless vanilla; do
+      for p in pythia-160m:neox bert-base:bert; do
+        IFS=: read preset data <<< "$p"
+        $H pretrain --preset $preset --flavour $flavour --data runs/data/enwiki-$data --run-dir runs/ft-$preset-$flavour \
+           max_steps=40 log_every=10 eval_every=40 eval_batches=4 save_every=40 optim.warmup_steps=10 --no-progress \
+           > "$RES/$preset-$flavour.log" 2>&1 || tail -5 "$RES/$preset-$flavour.log"
+        cp runs/ft-$preset-$flavour/metrics.jsonl "$RES/$preset-$flavour.jsonl" 2>/dev/null || true
+        cp runs/ft-$preset-$flavour/summary.md "$RES/$preset-$flavour.md" 2>/dev/null || true
+      done
+    done
+    grep -h '"train"' "$RES"/*.jsonl | tail -20 || true
+    ;;
+  final-sweep)  # GPU tests on the final code; the paper's Fig. 2 / 6b sweep; largest micro-batches
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --tb=line 2>&1 | tail -8 | tee "$RES/pytest-gpu.txt" || true
+    $H bench --preset pythia-70m --objectives cwt,cwt-paper,ce-triton,ce-hf --vocab-sizes 8192,32768,50304,131072,256000 \
+       --batch-sizes 8 --steps 6 --warmup 2 --output "$RES/p70-vocab-sweep" || true
+    $H bench --preset pythia-70m --objectives cwt,ce-triton,ce-hf --vocab-sizes 50304,256000 --batch-sizes 8 \
+       --steps 2 --warmup 1 --max-batch --output "$RES/p70-max-batch" || true
+    ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from headless.bench import OBJECTIVES, bench, format_table
 from headless.cli import main
@@ -18,9 +19,17 @@ def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
     by = {r["objective"]: r for r in rows}
     assert set(by) == set(OBJECTIVES)
     assert "CUDA" in by.pop("ce-triton")["skipped"]  # no GPU here
+    for name in ("cwt-liger", "cwt-cce", "ce-liger", "ce-cce"):  # optional packages, CUDA only
+        reason = by.pop(name)["skipped"]
+        assert "liger_kernel" in reason or "cut_cross_entropy" in reason
+    if not hasattr(torch.nn.functional, "linear_cross_entropy"):
+        assert "2.13" in by.pop("cwt-torch")["skipped"] and "2.13" in by.pop("ce-torch")["skipped"]
     assert all(r["tokens_per_s"] > 0 and r["targets"] == 2 * 31 for r in by.values())
-    # the same objective computed by different paths gives the same loss on the same model and data
-    for a, b in [("cwt", "cwt-paper"), ("cwt", "cwt-chunked"), ("ce", "ce-hf"), ("ce", "ce-chunked")]:
+    # the same objective computed by different paths gives the same loss on the same model and data,
+    # including HF's own forward(labels=) with logits at every position (ce-hf-full)
+    pairs = [("cwt", "cwt-paper"), ("cwt", "cwt-chunked"), ("ce", "ce-hf"), ("ce", "ce-chunked"), ("ce", "ce-hf-full")]
+    pairs += [(a, b) for a, b in [("cwt", "cwt-torch"), ("ce", "ce-torch")] if b in by]
+    for a, b in pairs:
         assert by[a]["loss"] == pytest.approx(by[b]["loss"], rel=1e-4)
     assert by["cwt"]["unique_targets"] <= 62
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -36,3 +45,12 @@ def test_bench_cli_and_bad_objective(tmp_path, capsys):
     assert "| ce | 256 | 2 |" in capsys.readouterr().out
     with pytest.raises(HeadlessError, match="unknown objective"):
         bench("tiny", objectives=["softmax"])
+
+
+def test_bench_profile_writes_kernel_tables(tmp_path):
+    rows = bench("tiny", objectives=["cwt", "ce-hf-full"], vocab_sizes=[256], batch_sizes=[2], seq_len=32, steps=1,
+                 warmup=0, overrides=SMALL, output=str(tmp_path), progress=False, profile=True)
+    for row in rows:
+        text = open(row["profile"]).read()
+        assert "self_cpu_time_total" in text and "aten::" in text  # a real profiler table of this case
+    assert rows[0]["loss"] > 0 and rows[1]["loss"] > 0  # MLM: HF's own loss on the masked positions

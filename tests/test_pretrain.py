@@ -196,3 +196,72 @@ def test_main_job_on_the_embedded_corpus(tmp_path, capsys):
     manifest = json.loads(next((tmp_path / "cache" / "datasets").iterdir()).joinpath("manifest.json").read_text())
     assert manifest["splits"]["train"]["num_sequences"] > 100
     assert "done: 3 steps" in capsys.readouterr().out
+
+
+def _poison(monkeypatch, bad_loss=(), bad_grad=()):
+    """Make the trainer's step number `n` (1-based, fresh run) report a NaN loss (n in bad_loss;
+    its gradients stay finite) or produce infinite gradients (n in bad_grad)."""
+    from headless.train import loop
+
+    real, calls = loop.forward_backward, []
+
+    def poisoned(model, micro_batches, **kwargs):
+        result = real(model, micro_batches, **kwargs)
+        calls.append(None)
+        if len(calls) in bad_loss:
+            result.loss_sum = result.loss_sum * float("nan")
+        if len(calls) in bad_grad:
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(loop, "forward_backward", poisoned)
+
+
+def test_nonfinite_step_leaves_weights_and_adamw_state_unchanged(datasets, tmp_path, monkeypatch, capsys):
+    from headless.train.checkpoint import list_checkpoints, load_checkpoint
+
+    _poison(monkeypatch, bad_loss={2}, bad_grad={3})
+    config = _config(datasets, tmp_path, "bert", "headless", "max_steps=4", "save_every=1", "keep_last=10",
+                     "eval_every=100")
+    summary = pretrain(config)
+    assert summary["nan_skips"] == 2
+    ckpts = [load_checkpoint(p) for p in list_checkpoints(tmp_path / "run")]
+    assert [c["state"]["step"] for c in ckpts] == [1, 2, 3, 4]
+    assert [c["state"]["counters"]["nan_skips"] for c in ckpts] == [0, 1, 2, 2]
+    assert all(type(c["state"]["counters"]["nan_skips"]) is int for c in ckpts)
+
+    def adam(c):
+        return c["optimizer"]["optimizer"]["state"]
+
+    names = sorted(adam(ckpts[0]))
+    assert names and names == sorted(adam(ckpts[3]))
+    for bad in (1, 2):  # steps 2 (NaN loss, finite gradients) and 3 (infinite gradients): nothing moved
+        for key, weight in ckpts[0]["model"].items():
+            assert torch.equal(ckpts[bad]["model"][key], weight), key
+        for name in names:
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(adam(ckpts[bad])[name][key], adam(ckpts[0])[name][key]), (bad, name, key)
+    for name in names:  # step 4 is finite: AdamW updates again, from where step 1 left it
+        assert float(adam(ckpts[3])[name]["step"]) == 2.0
+        assert not torch.equal(adam(ckpts[3])[name]["exp_avg"], adam(ckpts[0])[name]["exp_avg"]), name
+    assert any(not torch.equal(ckpts[3]["model"][k], w) for k, w in ckpts[0]["model"].items())
+    assert all(torch.isfinite(w).all() for w in ckpts[3]["model"].values())
+    out = capsys.readouterr().out
+    assert "step 2: 1 step(s) with a non-finite loss/gradient skipped in steps 2-2, the last at step 2 (1/5)" in out
+    assert "step 3: 1 step(s) with a non-finite loss/gradient skipped in steps 3-3, the last at step 3 (2/5)" in out
+
+
+def test_divergence_is_raised_at_the_next_log_step(datasets, tmp_path, monkeypatch, capsys):
+    from headless.errors import HeadlessError
+
+    _poison(monkeypatch, bad_loss={2, 3})
+    config = _config(datasets, tmp_path, "bert", "headless", "max_nan_skips=1", "log_every=4", "save_every=100",
+                     "eval_every=100")
+    with pytest.raises(HeadlessError, match=r"training diverged: 2 non-finite steps \(last at step 3\)"):
+        pretrain(config)
+    out = capsys.readouterr().out
+    assert "step 4: 2 step(s) with a non-finite loss/gradient skipped in steps 1-4, the last at step 3 (2/1)" in out
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["split"] == "train"]  # stopped before step 4 was logged

@@ -22,14 +22,34 @@ from headless.errors import HeadlessError
 
 # name -> (flavour, loss, loss implementation)
 OBJECTIVES = {
+    "backbone": ("headless", "cwt", "none"),         # the backbone alone (mean of hidden states): the floor
     "cwt": ("headless", "cwt", "auto"),              # ours: de-duplicated; Triton on CUDA, chunked on CPU
     "cwt-chunked": ("headless", "cwt", "chunked"),   # ours, pure PyTorch online log-sum-exp
     "cwt-paper": ("headless", "cwt", "reference"),   # the paper's K x K score matrix
+    "cwt-liger": ("headless", "cwt", "liger"),       # de-duplicated CWT through Liger's fused linear CE
+    "cwt-cce": ("headless", "cwt", "cce"),           # de-duplicated CWT through Cut Cross-Entropy (exact)
+    "cwt-torch": ("headless", "cwt", "torch"),       # de-duplicated CWT through F.linear_cross_entropy
     "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, the trainer's default path
-    "ce-hf": ("vanilla", "ce", "reference"),         # vocabulary head, HF-style logits + cross_entropy
+    "ce-hf": ("vanilla", "ce", "reference"),         # vocabulary head at the loss positions, logits + cross_entropy
+    "ce-hf-full": ("vanilla", "ce", "hf"),           # the HF model's own forward(labels=): logits at every position
     "ce-triton": ("vanilla", "ce", "triton"),        # vocabulary head, our fused linear-CE kernel
     "ce-chunked": ("vanilla", "ce", "chunked"),      # vocabulary head, PyTorch online log-sum-exp
+    "ce-liger": ("vanilla", "ce", "liger"),          # vocabulary head, Liger's fused linear CE
+    "ce-cce": ("vanilla", "ce", "cce"),              # vocabulary head, Cut Cross-Entropy (exact mode)
+    "ce-torch": ("vanilla", "ce", "torch"),          # vocabulary head, F.linear_cross_entropy (torch >= 2.13)
 }
+
+
+def skip_reason(objective: str, device: torch.device) -> Optional[str]:
+    """Why an objective cannot run here (a kernel needing CUDA, an optional package), or None."""
+    impl = OBJECTIVES[objective][2]
+    if impl == "triton" and device.type != "cuda":
+        return "the Triton kernel needs a CUDA device"
+    if impl in ("liger", "cce", "torch"):
+        from headless.losses.external import unavailable_reason
+
+        return unavailable_reason(impl, device)
+    return None
 
 
 def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator, exponent: float = 1.1) -> torch.Tensor:
@@ -41,7 +61,8 @@ def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator,
 
 
 def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional[int], steps: int, warmup: int,
-          device: torch.device, compile: bool, overrides: list[str]) -> dict:
+          device: torch.device, compile: bool, overrides: list[str], profile_dir: Optional[Path] = None,
+          sync_debug: bool = False) -> dict:
     from headless.models import build_model, count_parameters
     from headless.train.logging import flops_per_token, peak_flops
     from headless.train.optim import autocast_dtype, build_optimizer
@@ -57,38 +78,53 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
     if compile:
-        model.backbone.compile()
+        model.backbone.compile(mode=config.compile_mode)
     optimizer = build_optimizer(model, config, device)
     info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
     gen = torch.Generator().manual_seed(0)
     batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, step=i, first_row=0)
                for i in range(4)]
+    if device.type == "cuda":  # as the trainer's loader delivers them
+        batches = [(ids.pin_memory(), labels.pin_memory()) for ids, labels in batches]
     dtype = autocast_dtype(config, device)
     noop = lambda skip: __import__("contextlib").nullcontext()  # noqa: E731
     identity = lambda t: t  # noqa: E731
-    times, result = [], None
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
+    cuda = device.type == "cuda"
+
+    graphs = compile and cuda and config.compile_mode in ("reduce-overhead", "max-autotune")
+
+    def train_step(i: int):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         result = forward_backward(model, [batches[i % len(batches)]], device=device, autocast_dtype=dtype,
                                   world_size=1, all_reduce=identity, no_sync=noop)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            end.record()
-            torch.cuda.synchronize(device)
-            elapsed = start.elapsed_time(end) / 1000
-        else:
-            elapsed = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(elapsed)
+        return result
+
+    # CUDA: an event at every step boundary and ONE synchronisation at the end, so the host can queue
+    # the next step while the GPU works (as in training); a step's time is boundary to boundary, gaps
+    # where the GPU waited for the host included.  CPU: wall time per step.
+    times, marks, result = [], [], None
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + steps):
+        if i == warmup and cuda:
+            torch.cuda.synchronize(device)  # warm-up (compilation, autotuning) stays out of the timings
+        if cuda and i >= warmup:
+            marks.append(torch.cuda.Event(enable_timing=True))
+            marks[-1].record()
+        t0 = time.perf_counter()
+        result = train_step(i)
+        if not cuda and i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if cuda:
+        marks.append(torch.cuda.Event(enable_timing=True))
+        marks[-1].record()
+        torch.cuda.synchronize(device)
+        times = [a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:])]
     step_s = statistics.median(times)
     tokens = batch * seq
     params = count_parameters(model)
@@ -102,11 +138,77 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
            "loss": float(result.loss_sum) / max(targets, 1), "targets": targets,
            "unique_targets": float(result.unique) or None, "parameters": params["total"],
            "mfu": fpt * tokens / step_s / peak if peak else None,
-           "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
-    del model, optimizer
-    if device.type == "cuda":
+           "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+           "compile": config.compile_mode if compile else False}
+    if sync_debug and cuda:
+        row.update(_count_syncs(train_step, warmup + steps))
+    if profile_dir is not None:
+        row.update(_profile(train_step, warmup + steps, cuda, device,
+                            profile_dir / f"profile-{preset}-{objective}-V{vocab}-B{batch}.txt"))
+    train_step = model = optimizer = None  # free the GPU memory before the next case
+    if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def _count_syncs(train_step, step: int) -> dict:
+    """Run one more step with CUDA's sync debug mode: how many operations made the host wait for
+    the GPU, and where (the innermost frame of this package)."""
+    import traceback
+    import warnings
+    from collections import Counter
+
+    places: Counter = Counter()
+    previous = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return previous(message, category, filename, lineno, file, line)
+        ours = [f for f in traceback.extract_stack()[:-1] if "headless" in f.filename and "bench.py" not in f.filename]
+        frame = ours[-1] if ours else traceback.extract_stack()[-2]
+        places[f"{Path(frame.filename).name}:{frame.lineno} ({frame.line})"] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step(step)
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = previous
+    return {"host_syncs_per_step": sum(places.values()), "host_sync_places": dict(places.most_common())}
+
+
+def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Path, steps: int = 2) -> dict:
+    """torch.profiler over a few more steps: the top kernels by self time, and how busy the GPU was
+    (device time / wall time: below 1 means the GPU waited on the host)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            train_step(first + i)
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall_us = (time.perf_counter() - t0) * 1e6
+    events = prof.key_averages()
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tables = [f"top {sort}", events.table(sort_by=sort, row_limit=40, max_name_column_width=90)]
+    if cuda:  # where the host spends its time: launches, synchronisations, Python
+        tables += ["top self_cpu_time_total", events.table(sort_by="self_cpu_time_total", row_limit=25,
+                                                           max_name_column_width=90)]
+    path.write_text("\n".join(tables))
+    out = {"profile": str(path)}
+    if cuda:
+        from torch.autograd import DeviceType
+
+        busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+        out["gpu_busy"] = busy / wall_us
+    return out
 
 
 def _fits(*args) -> bool:
@@ -137,8 +239,10 @@ def largest_batch(preset, objective, vocab, seq_len, device, compile, overrides,
 def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_sizes: list[int] = (8192,),
           batch_sizes: list[int] = (8,), seq_len: Optional[int] = None, steps: int = 10, warmup: int = 3,
           device: str = "auto", compile: bool = False, max_batch: bool = False, overrides: list[str] = (),
-          output: Optional[str] = None, progress: bool = True) -> list[dict]:
-    """Run every (objective, vocabulary size, micro-batch) case; write bench.json/.md/.png to `output`."""
+          output: Optional[str] = None, progress: bool = True, profile: bool = False,
+          sync_debug: bool = False) -> list[dict]:
+    """Run every (objective, vocabulary size, micro-batch) case; write bench.json/.md/.png to `output`
+    (and, with `profile`, a torch.profiler table per case)."""
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise HeadlessError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
@@ -148,15 +252,24 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
     from tqdm.auto import tqdm
 
     for objective, vocab, batch in tqdm(cases, desc="bench", disable=not progress):
-        if OBJECTIVES[objective][2] == "triton" and dev.type != "cuda":
+        reason = skip_reason(objective, dev)
+        if reason:
             rows.append({"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch,
-                         "skipped": "the Triton kernel needs a CUDA device"})
+                         "skipped": reason})
             continue
         try:
-            row = _case(preset, objective, vocab, batch, seq_len, steps, warmup, dev, compile, list(overrides))
+            row = _case(preset, objective, vocab, batch, seq_len, steps, warmup, dev, compile, list(overrides),
+                        Path(output or ".") if profile else None, sync_debug)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch, "oom": True}
+        except HeadlessError:
+            raise
+        except Exception as err:  # a third-party kernel failing must not lose the other cases
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch,
+                   "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
         rows.append(row)
     if max_batch and dev.type == "cuda":
         for objective in objectives:
@@ -178,13 +291,21 @@ def format_table(rows: list[dict]) -> str:
         if r.get("skipped"):
             lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | skipped: {r['skipped']} | | | | | |")
             continue
+        if r.get("error"):
+            lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | error: {r['error']} | | | | | |")
+            continue
         if r.get("oom"):
             lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | OOM | | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "–"
         mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "–"
         uniq = f"{r['unique_targets']:.0f}" if r.get("unique_targets") else "–"
-        lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['batch_size']} | {r['tokens_per_s']:,.0f} | "
+        name = r["objective"] + (f" (compiled: {r['compile']})" if r.get("compile") else "")
+        if r.get("host_syncs_per_step") is not None:
+            name += f" [{r['host_syncs_per_step']} host syncs/step]"
+        if r.get("gpu_busy") is not None:
+            name += f" [GPU busy {r['gpu_busy']:.0%}]"
+        lines.append(f"| {name} | {r['vocab_size']} | {r['batch_size']} | {r['tokens_per_s']:,.0f} | "
                      f"{r['ms_per_1k_tokens']:.2f} | {mfu} | {mem} | {uniq} | {r['loss']:.3f} |")
     largest = [r for r in rows if "largest_batch" in r]
     if largest:

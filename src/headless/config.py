@@ -118,7 +118,9 @@ class TrainConfig:
     max_steps: int = 1000
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone (the loss has data-dependent shapes and stays eager)
+    # reduce-overhead adds CUDA graphs: the host no longer launches the backbone's kernels one by one
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     distributed: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
     eval_every: int = 200
     eval_batches: int = 20
@@ -128,7 +130,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
-    max_nan_skips: int = 5  # non-finite losses tolerated (step skipped) before the run stops
+    max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
     preset: Optional[str] = None  # informational: the preset this config started from
 
     # -- derived values: one place that decides them ------------------------------------------

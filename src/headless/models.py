@@ -96,6 +96,10 @@ def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_fro
         auto = tf.AutoModelForMaskedLM if is_encoder else tf.AutoModelForCausalLM
     else:
         auto = tf.AutoModel
+    if attn == "sdpa":  # the same kernels, without the mask torch.compile would force (attention.py)
+        from headless.attention import register
+
+        attn = register()
     kwargs = {"attn_implementation": attn} if attn else {}
     if init_from:
         try:
@@ -224,28 +228,57 @@ class LanguageModel(nn.Module):
         from headless.losses import LossOutput, cwt_loss, vanilla_ce_loss
         from headless.objectives import select_loss_positions
 
-        hidden = self.hidden_states(input_ids, attention_mask)
-        outputs, targets = select_loss_positions(hidden, labels)
         obj = self.objective
+        if self.loss_kind == "ce" and obj.loss_implementation == "hf":
+            return self._hf_loss(input_ids, labels, attention_mask)
+        hidden = self.hidden_states(input_ids, attention_mask)
+        if obj.loss_implementation == "none":  # benchmarks only: the backbone's cost, no loss at all
+            from headless.losses.cwt import device_scalar
+
+            count = (labels != -100).sum()
+            return LossOutput(loss=hidden.float().mean() * count, num_targets=count, accuracy=None,
+                              num_unique=device_scalar(0, hidden.device))
+        # the trainer checked the token ids against the vocabulary once (no per-step host check)
         contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
-                           group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy)
+                           group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy,
+                           check_ids=False)
         kind = self.loss_kind
-        if kind == "cwt":
-            return cwt_loss(outputs, targets, self.input_embedding_weight(),
-                            implementation=obj.loss_implementation, **contrastive)
-        if kind == "nce":
-            return cwt_loss(outputs, targets, self.target_embedding.weight,
-                            implementation=obj.loss_implementation, **contrastive)
+        if kind in ("cwt", "nce"):  # the loss selects the scored positions itself (one selection)
+            weight = self.input_embedding_weight() if kind == "cwt" else self.target_embedding.weight
+            return cwt_loss(hidden, labels, weight, implementation=obj.loss_implementation, **contrastive)
+        outputs, targets = select_loss_positions(hidden, labels)
         parts = head_parts(self.hf)
         ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
                              getattr(parts.projection, "bias", None), reduction="sum",
                              implementation=obj.loss_implementation, allow_empty=True,
-                             with_accuracy=self.with_accuracy)
+                             with_accuracy=self.with_accuracy, check_ids=False)
         if kind == "ce":
             return ce
         cw = cwt_loss(outputs, targets, self.input_embedding_weight(), **contrastive)
         return LossOutput(loss=ce.loss + cw.loss, num_targets=ce.num_targets, accuracy=ce.accuracy,
                           num_unique=cw.num_unique)
+
+    def _hf_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+        """The HF model's own head and loss, as users run the baseline: logits at EVERY position
+        (not only the loss positions), upcast to float32, then cross-entropy (`loss_implementation:
+        hf`; `headless bench`'s ce-hf-full)."""
+        from headless.losses import LossOutput
+        from headless.objectives import IGNORE_INDEX
+
+        causal = type(self.hf).__name__.endswith("ForCausalLM")
+        hf_labels = labels
+        if causal:  # HF shifts its labels itself: it scores position t against labels[t + 1]
+            hf_labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels[:, :-1]], dim=1)
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=hf_labels)
+        count = (labels != IGNORE_INDEX).sum()
+        accuracy = None
+        if self.with_accuracy:
+            with torch.no_grad():
+                logits = out.logits[:, :-1] if causal else out.logits
+                keep = (labels[:, :-1] if causal else labels) != IGNORE_INDEX
+                gold = (labels[:, :-1] if causal else labels)[keep]
+                accuracy = (logits[keep].argmax(-1) == gold).float().mean()
+        return LossOutput(loss=out.loss.float() * count, num_targets=count, accuracy=accuracy, num_unique=None)
 
 
 def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vocab_size: int,

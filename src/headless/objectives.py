@@ -153,5 +153,7 @@ def document_ids_from_eos(input_ids: Tensor, eos_token_id: int) -> Tensor:
 
 def select_loss_positions(hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Flatten to the positions that carry a loss: `(hidden[K, D], targets[K])`."""
-    keep = labels != IGNORE_INDEX
-    return hidden[keep], labels[keep]
+    # one nonzero (a host sync on GPU) and index_select, whose backward is a plain index_add:
+    # boolean-mask indexing would sync twice here and once more in backward
+    rows = (labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), labels.reshape(-1).index_select(0, rows)

@@ -23,6 +23,10 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="also count the host-device synchronisations of one step, and where they happen (CUDA)")
+    p.add_argument("--profile", action="store_true",
+                   help="also run torch.profiler over 2 steps per case: top-kernel tables and GPU busy fraction")
     p.add_argument("--max-batch", action="store_true", help="also search the largest micro-batch that fits (GPU)")
     p.add_argument("--output", default=None, help="directory for bench.json, bench.md, bench.png")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -35,6 +39,7 @@ def _bench(args) -> int:
     rows = bench(args.preset, objectives=args.objectives.split(","), vocab_sizes=args.vocab_sizes,
                  batch_sizes=args.batch_sizes, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
                  device=args.device, compile=args.compile, max_batch=args.max_batch, overrides=args.overrides,
-                 output=args.output)
+                 output=args.output, profile=args.profile,
+                 sync_debug=args.sync_debug)
     print(format_table(rows))
     return 0

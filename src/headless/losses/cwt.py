@@ -29,7 +29,7 @@ from torch import Tensor
 from headless.errors import HeadlessError
 
 REDUCTIONS = ("mean", "sum", "none")
-CWT_IMPLEMENTATIONS = ("auto", "reference", "dedup", "chunked", "triton")
+CWT_IMPLEMENTATIONS = ("auto", "reference", "dedup", "chunked", "triton", "liger", "cce", "torch")
 GATHER_MODES = ("ids", "embeddings")
 DEFAULT_CHUNK_SIZE = 1024  # rows of outputs per block of the chunked path
 DEFAULT_CLASS_CHUNK = 8192  # classes per block of the chunked path (online log-sum-exp across them)
@@ -59,8 +59,11 @@ def accumulation_dtype(*tensors: Tensor | None) -> torch.dtype:
 
 
 def select_rows(fn: str, outputs: Tensor, target_ids: Tensor, weight: Tensor, ignore_index: int,
-                weight_name: str, bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Validate and return (rows of kept positions, outputs[K, D], targets[K]) from [..., D] / [...]."""
+                weight_name: str, bias: Tensor | None = None, check_ids: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate and return (rows of kept positions, outputs[K, D], targets[K]) from [..., D] / [...].
+
+    check_ids=False skips the range check of the ids, which reads them on the host (a GPU
+    synchronisation): for trainers whose data were checked against the vocabulary beforehand."""
     if not isinstance(outputs, Tensor) or not outputs.is_floating_point() or outputs.dim() < 1:
         raise HeadlessError(f"{fn}: outputs must be a floating-point tensor [..., D]")
     if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 2:
@@ -85,10 +88,16 @@ def select_rows(fn: str, outputs: Tensor, target_ids: Tensor, weight: Tensor, ig
     flat_ids = target_ids.reshape(-1).long()
     rows = (flat_ids != ignore_index).nonzero().squeeze(1)
     ids = flat_ids[rows]
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+    if check_ids and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
         raise HeadlessError(f"{fn}: target ids must lie in [0, {weight.shape[0]}) or equal "
                             f"ignore_index={ignore_index}, got values in [{int(ids.min())}, {int(ids.max())}]")
     return rows, outputs.reshape(-1, outputs.shape[-1])[rows], ids
+
+
+def device_scalar(value: int, device: torch.device) -> Tensor:
+    """A long scalar made on the device (a fill kernel): `torch.tensor(value, device=cuda)` copies
+    from pageable memory, which waits for the queued GPU work like a synchronisation."""
+    return torch.full((), value, dtype=torch.long, device=device)
 
 
 def reduce_rows(losses: Tensor, rows: Tensor, target_ids: Tensor, reduction: str) -> Tensor:
@@ -279,7 +288,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              ignore_index: int = -100, reduction: str = "mean", implementation: str = "auto",
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
-             allow_empty: bool = False, with_accuracy: bool = True) -> LossOutput:
+             allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
@@ -287,8 +296,9 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     the (tied) input embeddings. Negatives are the targets of the other positions, duplicates
     included, exactly as in the paper (Fig. 9). Paths (all the same value and gradients):
     "reference" (K×K cross-entropy), "dedup" (K×U, log-count bias), "chunked" (online
-    log-sum-exp, never K×U), "triton" (GPU kernel); "auto" = triton on CUDA when available, else
-    chunked. Softmax statistics accumulate in float32 (float64 for float64 inputs).
+    log-sum-exp, never K×U), "triton" (our GPU kernel), and other libraries' fused linear-CE
+    kernels on the same de-duplicated classes: "liger", "cce" (exact mode), "torch" (torch >= 2.13);
+    "auto" = triton on CUDA when available, else chunked. Softmax statistics accumulate in float32 (float64 for float64 inputs).
 
     `max_negatives=N` CHANGES THE OBJECTIVE: a random subset of N unique target ids (drawn with
     `generator`, a CPU torch.Generator) serves as negatives; each row keeps its own positive
@@ -301,7 +311,8 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
 
     accuracy: fraction of rows whose positive scores at least as high as every candidate (ties
     count as correct), on the raw scores o·e/τ among the unique candidate tokens (free, except on
-    "triton" where it costs a no-grad pass: with_accuracy=False skips it).
+    the fused paths where it costs a no-grad pass: with_accuracy=False skips it). check_ids=False
+    skips the host-side range check of target_ids (one GPU synchronisation fewer).
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -311,7 +322,8 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         raise HeadlessError(f"{fn}: temperature must be > 0, got {temperature}")
     if max_negatives is not None and max_negatives < 1:
         raise HeadlessError(f"{fn}: max_negatives must be >= 1 (or None), got {max_negatives}")
-    rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
+    rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
+                               check_ids=check_ids)
     acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
     cands = _candidates(ids, embedding_weight, group, gather)  # collective: every rank calls it
     if ids.numel() == 0 or cands.keys.numel() == 0:
@@ -337,12 +349,11 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
             0, inverse, torch.arange(cands.keys.numel(), device=ids.device), "amin")
         classes, bias = _vectors(embedding_weight, cands, first), counts.to(acc).log()
         losses, correct = _unique_rows(o, classes, bias, labels, keep, scale, implementation, chunk_size,
-                                       with_accuracy)
+                                       with_accuracy, rows_needed=reduction == "none")
     num_unique = uniq.numel() if keep is None else int(max_negatives)
     accuracy = correct.float().mean() if correct is not None else None
-    return LossOutput(reduce_rows(losses, rows, target_ids, reduction),
-                      torch.tensor(ids.numel(), device=ids.device), accuracy,
-                      torch.tensor(num_unique, device=ids.device))
+    return LossOutput(reduce_rows(losses, rows, target_ids, reduction), device_scalar(ids.numel(), ids.device),
+                      accuracy, device_scalar(num_unique, ids.device))
 
 
 def _reference_rows(o, weight, cands, inverse, keep, scale, acc):
@@ -361,8 +372,11 @@ def _reference_rows(o, weight, cands, inverse, keep, scale, acc):
     return losses, correct
 
 
-def _unique_rows(o, classes, bias, labels, keep, scale, implementation, chunk_size, with_accuracy):
-    """Per-row CWT loss against the U unique candidates: lse(z + log n) − z_positive."""
+def _unique_rows(o, classes, bias, labels, keep, scale, implementation, chunk_size, with_accuracy,
+                 rows_needed=True):
+    """Per-row CWT loss against the U unique candidates: lse(z + log n) − z_positive.
+
+    rows_needed=False: only the sum of the rows will be used (see external.linear_ce)."""
     positive = row_dot(o, classes, labels, scale)
     positive_logit = positive + bias[labels]  # with its log-count: the positive and its duplicates
     sub_labels = labels
@@ -370,10 +384,15 @@ def _unique_rows(o, classes, bias, labels, keep, scale, implementation, chunk_si
         index = labels.new_full((keep.numel(),), -1)
         index[keep] = torch.arange(int(keep.sum()), device=keep.device)
         classes, bias, sub_labels = classes[keep], bias[keep], index[labels]
-    if implementation == "triton":
-        kernel = _triton_module().linear_ce_triton
+    if implementation in ("triton", "liger", "cce", "torch"):
         safe = sub_labels.clamp_min(0)
-        ce = kernel(o, classes, bias.float(), safe, float(scale))
+        if implementation == "triton":
+            ce = _triton_module().linear_ce_triton(o, classes, bias.float(), safe, float(scale))
+        else:
+            from headless.losses.external import linear_ce
+
+            ce = linear_ce(o, classes, bias, safe, float(scale), implementation,
+                           rows=rows_needed or keep is not None)
         if keep is None:
             losses = ce + bias[labels].to(ce.dtype)
         else:  # lse = CE + the logit at any valid label

@@ -12,19 +12,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headless.errors import HeadlessError
-from headless.losses.cwt import (LossOutput, _triton_module, accumulation_dtype, check_choice, cwt_loss,
+from headless.losses.cwt import (LossOutput, _triton_module, accumulation_dtype, check_choice, cwt_loss, device_scalar,
                                  empty_output, linear_logsumexp, reduce_rows, row_dot, select_rows,
                                  triton_usable, REDUCTIONS)
 
-VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch")
+VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch", "liger", "cce")
 AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
+AUTO_DENSE_LOGITS_BYTES_CUDA = 4 * 2**30  # on CUDA, for heads with a trainable bias
 
 
 def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool = False) -> str:
-    """Fastest exact path: the Triton kernel on CUDA (measured faster than materialised logits in a
-    full training step, and linear in memory: docs/performance.md); on CPU dense logits unless they
-    exceed 256 MiB, then the chunked path."""
+    """Fastest exact path (docs/performance.md). CUDA: the Triton kernel (faster than materialised
+    logits in a full decoder training step, and linear in memory), except for a head with a
+    trainable bias (BERT's MLM head) whose logits take at most 4 GiB: there the dense logits were
+    faster (folding the bias into the kernel's classes copies the head every step). CPU: dense
+    logits up to 256 MiB, then the chunked path."""
     if triton_usable(outputs):
+        if trainable_bias and num_rows * num_classes * 4 <= AUTO_DENSE_LOGITS_BYTES_CUDA:
+            return "reference"
         return "triton"
     acc_bytes = torch.finfo(accumulation_dtype(outputs)).bits // 8
     return "reference" if num_rows * num_classes * acc_bytes <= AUTO_DENSE_LOGITS_BYTES else "chunked"
@@ -33,19 +38,22 @@ def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool
 def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, head_bias: Tensor | None = None, *,
                     ignore_index: int = -100, reduction: str = "mean", implementation: str = "auto",
                     chunk_size: int | None = None, allow_empty: bool = False,
-                    with_accuracy: bool = True) -> LossOutput:
+                    with_accuracy: bool = True, check_ids: bool = True) -> LossOutput:
     """Cross-entropy of outputs [..., D] projected on head_weight [V, D] (+ head_bias [V]).
 
     Paths (same value): "reference" (logits + F.cross_entropy), "chunked" (online log-sum-exp,
-    never K×V), "triton" (GPU kernel), "torch" (torch.nn.functional.linear_cross_entropy, chunked,
-    torch >= 2.13). Accumulation in float32 (float64 for float64 inputs). accuracy = top-1 over
-    the vocabulary (the target's logit is the maximum; ties count as correct). With "triton" and
-    "torch" it costs an extra forward pass: pass with_accuracy=False to skip it.
+    never K×V), "triton" (our GPU kernel), "torch" (torch.nn.functional.linear_cross_entropy,
+    chunked, torch >= 2.13), "liger" / "cce" (Liger-Kernel's / Cut Cross-Entropy's fused kernels,
+    when installed; see external.py). Accumulation in float32 (float64 for float64 inputs).
+    accuracy = top-1 over the vocabulary (the target's logit is the maximum; ties count as
+    correct). With the fused paths it costs an extra forward pass: with_accuracy=False skips it.
+    check_ids=False skips the host-side range check of target_ids (a GPU synchronisation).
     """
     fn = "vanilla_ce_loss"
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("implementation", implementation, VANILLA_IMPLEMENTATIONS)
-    rows, o, ids = select_rows(fn, outputs, target_ids, head_weight, ignore_index, "head_weight", head_bias)
+    rows, o, ids = select_rows(fn, outputs, target_ids, head_weight, ignore_index, "head_weight", head_bias,
+                               check_ids=check_ids)
     acc = accumulation_dtype(outputs, head_weight)
     if ids.numel() == 0:
         return empty_output(fn, allow_empty, ignore_index, target_ids, [o, head_weight, head_bias], acc, reduction)
@@ -77,19 +85,16 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
             bias = None if head_bias is None else head_bias.float()
             losses = kernel(o, head_weight, bias, ids, 1.0)
     else:
-        if not hasattr(F, "linear_cross_entropy"):
-            raise HeadlessError(f"{fn}: implementation='torch' needs torch.nn.functional.linear_cross_entropy "
-                                f"(torch >= 2.13), this is torch {torch.__version__}")
-        losses = F.linear_cross_entropy(o.to(acc), head_weight.to(acc), ids, reduction="none",
-                                        linear_bias=None if head_bias is None else head_bias.to(acc),
-                                        options=torch.nn.LinearCrossEntropyOptions())
+        from headless.losses.external import linear_ce
+
+        losses = linear_ce(o, head_weight, head_bias, ids, 1.0, implementation, rows=reduction == "none")
     if stats is None and with_accuracy:
         with torch.no_grad():
             _, best, target = linear_logsumexp(o, head_weight, head_bias, ids, chunk_size=chunk_size)
         stats = (best, target)
     accuracy = (stats[1] >= stats[0]).float().mean() if stats is not None else None
     return LossOutput(reduce_rows(losses, rows, target_ids, reduction),
-                      torch.tensor(ids.numel(), device=ids.device), accuracy, None)
+                      device_scalar(ids.numel(), ids.device), accuracy, None)
 
 
 def ce_plus_cwt_loss(ce_outputs: Tensor, ce_target_ids: Tensor, head_weight: Tensor, cwt_outputs: Tensor,

@@ -246,12 +246,16 @@ def _fsdp_no_sync(model):
         model.set_requires_gradient_sync(True)
 
 
-def clip_grad_norm_(parameters, max_norm: float) -> float:
-    """clip_grad_norm_ that also works on FSDP2's DTensor gradients; returns the global norm."""
+def clip_grad_norm_(parameters, max_norm: float, *, as_tensor: bool = False) -> float | torch.Tensor:
+    """clip_grad_norm_ that also works on FSDP2's DTensor gradients; returns the global norm.
+
+    `as_tensor=True` returns it as a 0-d tensor on the gradients' device instead of a float: no
+    host sync (the trainer reads it on log steps only).  A non-finite norm is returned, not raised.
+    """
     norm = torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], max_norm)
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    return float(norm)
+    return norm if as_tensor else float(norm)
 
 
 # -- checkpoints: full (unsharded) state dicts, so any world size can load them -----------------

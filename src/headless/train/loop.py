@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -23,7 +22,7 @@ from headless.config import TrainConfig, config_from_file, save_config
 from headless.errors import HeadlessError
 from headless.train import distributed as dist
 from headless.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint, set_rng_state
-from headless.train.optim import autocast_dtype, build_optimizer, lr_factor
+from headless.train.optim import autocast_dtype, build_optimizer, lr_factor, skip_if_nonfinite
 from headless.train.step import DataInfo, evaluate, forward_backward, global_row, make_inputs
 
 # Settings a resumed run may change: they do not alter the trajectory.
@@ -246,8 +245,16 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
         set_rng_state(ckpt["rng"])
         if env.rank:
             torch.manual_seed(config.seed + env.rank + step)
+    graphs = False
     if config.compile:
-        model.backbone.compile()
+        mode = config.compile_mode
+        if env.world_size > 1 and mode in ("reduce-overhead", "max-autotune"):
+            mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+            if env.is_main:
+                print(f"compile_mode={config.compile_mode}: CUDA graphs are not used with several processes "
+                      f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
+        model.backbone.compile(mode=mode)
+        graphs = device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
     amp_dtype = autocast_dtype(config, device)
     if strategy == "fsdp2":
         amp_dtype = None  # FSDP2's MixedPrecisionPolicy casts instead
@@ -272,8 +279,13 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
     start_time = time.perf_counter() - counters["elapsed"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    nan_guard = _NonFiniteGuard(device, counters, config.max_nan_skips, step)
     try:
+        # No host<->device sync per step: the loss, the gradient norm and the non-finite-step count
+        # stay on the device and are read on log and save steps (and the last step) only.
         while step < config.max_steps:
+            if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's buffers
+                torch.compiler.cudagraph_mark_step_begin()
             micro = []
             for i in range(config.grad_accum):
                 batch = next(loader)
@@ -284,20 +296,14 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                                       world_size=env.world_size, all_reduce=dist.all_reduce,
                                       no_sync=lambda skip: dist.no_sync(wrapped, skip))
             trainable = [p for p in model.parameters() if p.requires_grad]
-            grad_norm = dist.clip_grad_norm_(trainable, config.optim.grad_clip)
-            stats = dist.all_reduce(torch.stack([result.loss_sum, result.correct]).double())
-            loss = float(stats[0]) / max(result.num_targets, 1)
-            if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
-                optimizer.zero_grad(set_to_none=True)
-                counters["nan_skips"] += 1
-                if logger:
-                    logger.write(f"step {step + 1}: non-finite loss/gradient ({loss}, {float(grad_norm)}); step skipped "
-                                 f"({counters['nan_skips']}/{config.max_nan_skips})")
-                if counters["nan_skips"] > config.max_nan_skips:
-                    raise HeadlessError(f"training diverged: {counters['nan_skips']} non-finite steps "
-                                        f"(last at step {step + 1}); lower optim.lr or check the data")
-            else:
-                optimizer.step()
+            grad_norm = dist.clip_grad_norm_(trainable, config.optim.grad_clip, as_tensor=True)
+            # NaN guard: a step whose loss or gradient is not finite is skipped (fused AdamW's
+            # found_inf, like GradScaler's skipped steps; see skip_if_nonfinite) and counted.
+            bad = ~(torch.isfinite(result.loss_sum) & torch.isfinite(grad_norm))
+            if env.world_size > 1:  # the loss is per rank: every rank must skip the same steps
+                bad = dist.all_reduce(bad.to(torch.float32), op="max") > 0
+            nan_guard.record(bad, step + 1)
+            skip_if_nonfinite(optimizer, bad)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -308,19 +314,26 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                     logger.write(f"step {step}: the training data ran out; epoch {seen_epoch} starts (reshuffled)")
             window_tokens += tokens_per_step
 
-            if step % config.log_every == 0 or step == config.max_steps:
+            log_step = step % config.log_every == 0 or step == config.max_steps
+            if log_step or step % config.save_every == 0:
+                nan_guard.check(step, logger)  # may raise HeadlessError("training diverged ...")
+
+            if log_step:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_start, window_tokens = now, 0
-                loss_positions = result.num_targets / tokens_per_step
+                num_targets = int(result.num_targets)
+                stats = dist.all_reduce(torch.stack([result.loss_sum, result.correct]).double())
+                loss = float(stats[0]) / max(num_targets, 1)
+                loss_positions = num_targets / tokens_per_step
                 scored = float(result.unique) if config.loss_kind in ("cwt", "nce") else info.vocab_size
                 fpt = flops_per_token(params["non_embedding"], config.model.num_layers, config.model.hidden_size,
                                       train_set.seq_len, loss_positions, scored)
-                last_train = {"loss": loss, "accuracy": float(stats[1]) / max(result.num_targets, 1),
-                              "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "epoch": loader.epoch,
-                              "tokens_per_s": tps, "tokens": counters["tokens"], "targets": result.num_targets}
+                last_train = {"loss": loss, "accuracy": float(stats[1]) / max(num_targets, 1),
+                              "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "epoch": loader.epoch,
+                              "tokens_per_s": tps, "tokens": counters["tokens"], "targets": num_targets}
                 if config.loss_kind in ("cwt", "nce", "ce+cwt"):
                     last_train["unique_targets"] = float(result.unique)
                 if peak:
@@ -367,6 +380,43 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
         plot_curves(run_dir)
         write_summary(run_dir, summary)
     return summary
+
+
+class _NonFiniteGuard:
+    """Counts the steps skipped for a non-finite loss or gradient, on the device.
+
+    `record` (every step) only queues device ops; `check` (log and save steps, and the last step)
+    reads the count back, updates counters["nan_skips"] (an int, as checkpoints and the summary
+    store it), logs the skips since the last check and raises once there are more than
+    `max_skips`.  So a diverged run is stopped at the next log or save step, not at the step that
+    went bad; the skipped steps in between changed nothing (see `skip_if_nonfinite`).
+    """
+
+    def __init__(self, device: torch.device, counters: dict, max_skips: int, step: int):
+        self.counters, self.max_skips = counters, max_skips
+        self.base = int(counters["nan_skips"])  # skips of the run before a resume
+        self.last_check = step
+        self.count = torch.zeros((), dtype=torch.int64, device=device)  # skips since this process started
+        self.last_bad = torch.zeros((), dtype=torch.int64, device=device)  # 1-based step, 0: none
+
+    def record(self, bad: torch.Tensor, step_number: int) -> None:
+        self.count += bad
+        self.last_bad = torch.maximum(self.last_bad, bad * step_number)
+
+    def check(self, step: int, logger) -> None:
+        count, last_bad = torch.stack([self.count, self.last_bad]).tolist()
+        total = self.base + count
+        new = total - self.counters["nan_skips"]
+        self.counters["nan_skips"] = total
+        since, self.last_check = self.last_check, step
+        if new <= 0:
+            return
+        if logger:
+            logger.write(f"step {step}: {new} step(s) with a non-finite loss/gradient skipped in steps "
+                         f"{since + 1}-{step}, the last at step {last_bad} ({total}/{self.max_skips})")
+        if total > self.max_skips:
+            raise HeadlessError(f"training diverged: {total} non-finite steps (last at step {last_bad}); "
+                                "lower optim.lr or check the data")
 
 
 def _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env) -> None:

@@ -17,6 +17,12 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
 
     They are exactly the parameters with fewer than two dimensions, whatever the architecture calls
     them (the official code matched 'LayerNorm' and so decayed GPT-NeoX's `layernorm` weights).
+
+    The fused implementation wherever torch has it (CUDA, and CPU since torch 2.4; FSDP2's DTensor
+    shards too), so every device runs the same update and the same non-finite guard: a fused AdamW
+    reads `optimizer.found_inf` (see `skip_if_nonfinite`) and leaves parameters, moments and step
+    counts untouched when it is 1, without a host sync.  Otherwise the default (foreach) AdamW,
+    whose caller must skip bad steps itself (`supports_found_inf` is then False).
     """
     decay, no_decay = [], []
     for param in model.parameters():
@@ -26,9 +32,42 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
               {"params": no_decay, "weight_decay": 0.0}]
     o = config.optim
     kwargs = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    if device.type == "cuda":
+    if _fused_supported(decay + no_decay):
         kwargs["fused"] = True
     return torch.optim.AdamW(groups, **kwargs)
+
+
+def _fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch has a fused AdamW kernel for all of `params` (floating point, on a device
+    with fused optimizer kernels; torch < 2.4 has none for the CPU)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # a torch that moved the private helper: CUDA has had fused AdamW since 2.0
+        devices = {"cuda"}
+    return all(torch.is_floating_point(p) and p.device.type in devices for p in params)
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """True when `optimizer.step()` honours `optimizer.found_inf` (what GradScaler relies on)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def skip_if_nonfinite(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """`optimizer.step()` unless the 0-d bool tensor `bad` is True, with no host sync.
+
+    The fused AdamW kernel returns early when `found_inf == 1` and undoes its step-count
+    increment, so parameters, exp_avg/exp_avg_sq and `step` are left exactly as they were.
+    Optimizers without that support fall back to reading `bad` (one host sync).
+    """
+    if supports_found_inf(optimizer):
+        optimizer.found_inf = bad.to(torch.float32)  # the kernels read a float32 1.0 / 0.0
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # as GradScaler does: no stale flag for a later plain step()
+    elif not bool(bad):
+        optimizer.step()
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

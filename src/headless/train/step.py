@@ -62,7 +62,9 @@ def make_inputs(batch: torch.Tensor, config: TrainConfig, info: DataInfo, *, ste
 class StepResult:
     loss_sum: torch.Tensor  # detached, summed over this rank's loss positions
     correct: torch.Tensor  # detached: number of top-1 hits on this rank
-    num_targets: int  # loss positions of the whole step, all ranks
+    # loss positions of the whole step, all ranks: an int in one process; with several, a 0-d int64
+    # tensor on the device (all-reduced there, not read back: the trainer calls int() on log steps)
+    num_targets: int | torch.Tensor
     unique: torch.Tensor  # detached: mean unique targets per micro-batch (CWT), 0 otherwise
 
 
@@ -78,16 +80,20 @@ def forward_backward(
 ) -> StepResult:
     """Accumulate gradients of the step's normalised loss over the micro-batches."""
     local = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches)  # labels are on the CPU
-    total = local if world_size == 1 else int(all_reduce(torch.tensor([local], device=device)).item())
     # DDP/FSDP average gradients over ranks; scaling by world_size turns that mean into the sum we want.
-    scale = world_size / max(total, 1)
+    if world_size == 1:
+        total = local
+        scale = world_size / max(total, 1)
+    else:  # the global count stays on the device: no host sync (a Python float would need one)
+        total = all_reduce(_to_device(torch.tensor(local, dtype=torch.int64), device))
+        scale = (world_size / total.clamp(min=1).double()).float()  # rounded as the float path was
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     unique = torch.zeros((), device=device)
     for i, (input_ids, labels) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        input_ids = input_ids.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        input_ids = _to_device(input_ids, device)
+        labels = _to_device(labels, device)
         with no_sync(not last), _autocast(device, autocast_dtype):
             out = model(input_ids, labels)
         (out.loss.float() * scale).backward()
@@ -97,6 +103,15 @@ def forward_backward(
         if out.num_unique is not None:
             unique += out.num_unique.detach().float() / len(micro_batches)  # no host sync
     return StepResult(loss_sum=loss_sum, correct=correct, num_targets=total, unique=unique)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Asynchronous host-to-GPU copy.  The objective's labels and masked inputs are fresh pageable
+    tensors, and a copy from pageable memory may block the host until the GPU has caught up; a
+    pinned staging copy (cheap, from the caching host allocator) keeps `non_blocking` truly so."""
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
