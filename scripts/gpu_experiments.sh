@@ -4,11 +4,13 @@
 #
 #   bash scripts/gpu_experiments.sh smoke|bench|pythia|decoder-eval|encoders
 #
+# Optional kernels (Liger, Cut Cross-Entropy) on a machine without internet: carry their wheels and
+# install them with `pip install --no-deps --target /tmp/site .whl/*.whl`; /tmp/site is then used.
 # Data: copy the enwiki shards, tokenizers and evaluation sets of ../shared/data into .data/ first
 # (see docs/training.md); `headless prepare` packs them here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src PYTHONUNBUFFERED=1 HEADLESS_CACHE=runs/cache TOKENIZERS_PARALLELISM=true
+export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 HEADLESS_CACHE=runs/cache TOKENIZERS_PARALLELISM=true
 H="python3 -m headless"
 STAGE=${1:?stage}
 RES=results/$STAGE
