@@ -171,7 +171,7 @@ EOF2
     grep -h '"train"' "$RES"/*.jsonl | tail -20 || true
     ;;
   final-sweep)  # GPU tests on the final code; the paper's Fig. 2 / 6b sweep; largest micro-batches
-    python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --tb=line 2>&1 | tail -8 | tee "$RES/pytest-gpu.txt" || true
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cwt_triton.py tests/test_external_kernels.py --tb=line 2>&1 | tail -8 | tee "$RES/pytest-gpu.txt" || true
     $H bench --preset pythia-70m --objectives cwt,cwt-paper,ce-triton,ce-hf --vocab-sizes 8192,32768,50304,131072,256000 \
        --batch-sizes 8 --steps 6 --warmup 2 --output "$RES/p70-vocab-sweep" || true
     $H bench --preset pythia-70m --objectives cwt,ce-triton,ce-hf --vocab-sizes 50304,256000 --batch-sizes 8 \
