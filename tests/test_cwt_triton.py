@@ -141,3 +141,28 @@ def test_gradient_reaches_embedding_through_index_and_is_deterministic(backward)
     F.cross_entropy(o2 @ E2[tgt].T, torch.arange(3000, device="cuda")).backward()  # paper's form
     for got, ref in ((grads[0][0], o2.grad), (grads[0][1], E2.grad)):  # fp32 inputs: tf32 dots
         assert (got.double() - ref).norm() / ref.norm() < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cwt_all_rows_on_gpu_matches_the_reference():
+    """cwt_loss(all_rows=True) with the kernel: ignored rows as label -100, the excluded class."""
+    from headless.losses import cwt_loss
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    E = (torch.randn(5000, 256, device="cuda", generator=gen) * 0.1).requires_grad_()
+    o = (torch.randn(4, 1024, 256, device="cuda", generator=gen) * 0.1).requires_grad_()
+    ids = torch.randint(0, 5000, (4, 1024), device="cuda", generator=gen)
+    ids[:, -1] = -100
+    ids[1, 100:300] = -100
+    results = []
+    for kw in (dict(implementation="reference"), dict(implementation="triton", all_rows=True)):
+        E.grad = o.grad = None
+        out = cwt_loss(o, ids, E, reduction="sum", **kw)
+        out.loss.backward()
+        results.append((out.loss.detach(), o.grad.clone(), E.grad.clone(), int(out.num_unique), out.accuracy))
+    (l0, go0, ge0, u0, a0), (l1, go1, ge1, u1, a1) = results
+    assert u0 == u1 and abs(float(a0) - float(a1)) < 1e-3
+    torch.testing.assert_close(l1, l0, rtol=2e-3, atol=1e-2)
+    torch.testing.assert_close(go1, go0, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(ge1, ge0, rtol=2e-2, atol=2e-3)

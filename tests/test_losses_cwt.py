@@ -261,3 +261,44 @@ def test_bench_script_runs(capsys):
     printed = capsys.readouterr().out
     assert len(rows) == 6 and all(r["seconds"] > 0 and r["largest_mib"] > 0 for r in rows)
     assert "cwt/chunked" in printed and "vanilla/torch" in printed
+
+
+@pytest.mark.parametrize("path", ["auto", "chunked", "dedup"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_all_rows_equals_the_selected_rows(path, reduction, temperature):
+    """all_rows (no host sync for the selection) gives the same value, gradients and metrics."""
+    outputs, ids, weight = _batch(K=300, V=50, ignore_every=5)
+    ids = ids.view(3, 100)
+    ref = _loss_and_grads(outputs.view(3, 100, -1), ids, weight, implementation="reference",
+                          temperature=temperature, reduction=reduction)
+    got = _loss_and_grads(outputs.view(3, 100, -1), ids, weight, implementation=path, temperature=temperature,
+                          reduction=reduction, all_rows=True, chunk_size=37)
+    _assert_same(got, ref)
+    assert got[0].accuracy == ref[0].accuracy and int(got[0].num_unique) == int(ref[0].num_unique)
+    assert int(got[0].num_targets) == int(ref[0].num_targets) == 240
+
+
+def test_all_rows_with_every_target_ignored_and_with_the_last_token_id():
+    outputs, ids, weight = _batch(K=40, V=10, ignore_every=0)
+    ids[:] = 9  # the largest id sorts next to the "ignored" class, which must not merge with it
+    ids[::3] = -100
+    ref = _loss_and_grads(outputs, ids, weight, implementation="reference", reduction="sum")
+    _assert_same(_loss_and_grads(outputs, ids, weight, all_rows=True, reduction="sum"), ref)
+    none = torch.full_like(ids, -100)
+    with pytest.raises(HeadlessError, match="ignored"):
+        cwt_loss(outputs, none, weight, all_rows=True)
+    out = cwt_loss(outputs, none, weight, all_rows=True, allow_empty=True, reduction="sum")
+    out.loss.backward()
+    assert float(out.loss.detach()) == 0 and int(out.num_targets) == 0 and int(out.num_unique) == 0
+    assert torch.equal(outputs.grad, torch.zeros_like(outputs)) and torch.isfinite(weight.grad).all()
+
+
+def test_all_rows_falls_back_where_it_does_not_apply():
+    outputs, ids, weight = _batch(K=60, V=20)
+    for kw in [dict(reduction="none"), dict(max_negatives=5)]:
+        gen = dict(generator=torch.Generator().manual_seed(0)) if "max_negatives" in kw else {}
+        a = cwt_loss(outputs, ids, weight, all_rows=True, **kw, **gen).loss
+        gen = dict(generator=torch.Generator().manual_seed(0)) if "max_negatives" in kw else {}
+        b = cwt_loss(outputs, ids, weight, **kw, **gen).loss
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -197,6 +197,7 @@ class LanguageModel(nn.Module):
         # top-1 accuracy costs an extra pass with the fused GPU kernels: the trainer asks for it
         # only on the steps it logs
         self.with_accuracy = True
+        self.causal = _is_decoder(hf_model)  # CLM: nearly every position is scored
         if loss_kind == "nce":
             emb = self.backbone.get_input_embeddings().weight
             self.target_embedding = nn.Embedding(emb.shape[0], emb.shape[1])
@@ -245,7 +246,10 @@ class LanguageModel(nn.Module):
         kind = self.loss_kind
         if kind in ("cwt", "nce"):  # the loss selects the scored positions itself (one selection)
             weight = self.input_embedding_weight() if kind == "cwt" else self.target_embedding.weight
-            return cwt_loss(hidden, labels, weight, implementation=obj.loss_implementation, **contrastive)
+            # CLM scores nearly every position: zeroing the few ignored ones beats selecting the
+            # others, which would make the host wait for the GPU (cwt_loss's all_rows)
+            return cwt_loss(hidden, labels, weight, implementation=obj.loss_implementation,
+                            all_rows=self.causal, **contrastive)
         outputs, targets = select_loss_positions(hidden, labels)
         parts = head_parts(self.hf)
         ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
@@ -279,6 +283,11 @@ class LanguageModel(nn.Module):
                 gold = (labels[:, :-1] if causal else labels)[keep]
                 accuracy = (logits[keep].argmax(-1) == gold).float().mean()
         return LossOutput(loss=out.loss.float() * count, num_targets=count, accuracy=accuracy, num_unique=None)
+
+
+def _is_decoder(hf_model: nn.Module) -> bool:
+    """A causal language model (GPT-NeoX, Llama, GPT-2, ...), as opposed to an MLM encoder."""
+    return getattr(hf_model.config, "model_type", "") in ("gpt_neox", "llama", "gpt2")
 
 
 def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vocab_size: int,

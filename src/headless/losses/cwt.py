@@ -64,6 +64,19 @@ def select_rows(fn: str, outputs: Tensor, target_ids: Tensor, weight: Tensor, ig
 
     check_ids=False skips the range check of the ids, which reads them on the host (a GPU
     synchronisation): for trainers whose data were checked against the vocabulary beforehand."""
+    check_inputs(fn, outputs, target_ids, weight, weight_name, bias)
+    flat_ids = target_ids.reshape(-1).long()
+    rows = (flat_ids != ignore_index).nonzero().squeeze(1)
+    ids = flat_ids[rows]
+    if check_ids and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+        raise HeadlessError(f"{fn}: target ids must lie in [0, {weight.shape[0]}) or equal "
+                            f"ignore_index={ignore_index}, got values in [{int(ids.min())}, {int(ids.max())}]")
+    return rows, outputs.reshape(-1, outputs.shape[-1])[rows], ids
+
+
+def check_inputs(fn: str, outputs: Tensor, target_ids: Tensor, weight: Tensor, weight_name: str,
+                 bias: Tensor | None = None) -> None:
+    """Types, shapes and devices of a loss's inputs (no host sync)."""
     if not isinstance(outputs, Tensor) or not outputs.is_floating_point() or outputs.dim() < 1:
         raise HeadlessError(f"{fn}: outputs must be a floating-point tensor [..., D]")
     if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 2:
@@ -85,13 +98,6 @@ def select_rows(fn: str, outputs: Tensor, target_ids: Tensor, weight: Tensor, ig
     if len(set(devices.values())) > 1:
         raise HeadlessError(f"{fn}: all tensors must be on one device, got "
                             + ", ".join(f"{k} on {v}" for k, v in devices.items()))
-    flat_ids = target_ids.reshape(-1).long()
-    rows = (flat_ids != ignore_index).nonzero().squeeze(1)
-    ids = flat_ids[rows]
-    if check_ids and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
-        raise HeadlessError(f"{fn}: target ids must lie in [0, {weight.shape[0]}) or equal "
-                            f"ignore_index={ignore_index}, got values in [{int(ids.min())}, {int(ids.max())}]")
-    return rows, outputs.reshape(-1, outputs.shape[-1])[rows], ids
 
 
 def device_scalar(value: int, device: torch.device) -> Tensor:
@@ -288,7 +294,8 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              ignore_index: int = -100, reduction: str = "mean", implementation: str = "auto",
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
-             allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True) -> LossOutput:
+             allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True,
+             all_rows: bool = False) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
@@ -313,6 +320,12 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     count as correct), on the raw scores o·e/τ among the unique candidate tokens (free, except on
     the fused paths where it costs a no-grad pass: with_accuracy=False skips it). check_ids=False
     skips the host-side range check of target_ids (one GPU synchronisation fewer).
+
+    all_rows=True (same value and gradients; reduction "sum"/"mean", no group, no max_negatives):
+    score EVERY position and zero the ignored ones instead of selecting the kept rows first, which
+    costs a host synchronisation (paths auto/triton/chunked/dedup; the others select as usual); the ignored targets become one extra class whose bias (-1e30)
+    removes it from every softmax. Only `torch.unique` then makes the host wait. Worth it when few
+    positions are ignored (CLM), not for MLM (85% ignored rows would be scored for nothing).
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -322,6 +335,13 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         raise HeadlessError(f"{fn}: temperature must be > 0, got {temperature}")
     if max_negatives is not None and max_negatives < 1:
         raise HeadlessError(f"{fn}: max_negatives must be >= 1 (or None), got {max_negatives}")
+    if all_rows and group is None and max_negatives is None and reduction != "none" \
+            and implementation in ("auto", "triton", "chunked", "dedup"):
+        check_inputs(fn, outputs, target_ids, embedding_weight, "embedding_weight")
+        if check_ids:
+            select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
+        return _cwt_all_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index, reduction,
+                             implementation, chunk_size, allow_empty, with_accuracy)
     rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
                                check_ids=check_ids)
     acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
@@ -354,6 +374,52 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     accuracy = correct.float().mean() if correct is not None else None
     return LossOutput(reduce_rows(losses, rows, target_ids, reduction), device_scalar(ids.numel(), ids.device),
                       accuracy, device_scalar(num_unique, ids.device))
+
+
+_EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes it exactly 0
+
+
+def _cwt_all_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
+                  allow_empty, with_accuracy) -> LossOutput:
+    """`cwt_loss(all_rows=True)`: the de-duplicated loss over every position, ignored ones zeroed."""
+    o = outputs.reshape(-1, outputs.shape[-1])
+    ids = target_ids.reshape(-1).long()
+    valid = ids != ignore_index
+    vocab = weight.shape[0]
+    acc = accumulation_dtype(outputs, weight)
+    if implementation == "auto":
+        implementation = "triton" if triton_usable(outputs) else "chunked"
+    if implementation == "triton" and not triton_usable(outputs):
+        raise HeadlessError("cwt_loss: implementation='triton' needs a CUDA tensor and an importable triton kernel")
+    # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
+    uniq, inverse, counts = torch.unique(torch.where(valid, ids, vocab), return_inverse=True, return_counts=True)
+    real = uniq < vocab
+    classes = weight[uniq.clamp(max=vocab - 1)]
+    bias = torch.where(real, counts.to(acc).log(), torch.full_like(counts, _EXCLUDED, dtype=acc))
+    labels = torch.where(valid, inverse, torch.full_like(inverse, -100))
+    safe = inverse.clamp(max=uniq.numel() - 1)
+    if implementation == "triton":  # a negative label: loss 0 and no gradient for that row
+        ce = _triton_module().linear_ce_triton(o, classes, bias.float(), labels, float(scale))
+        losses = torch.where(valid, ce + bias[safe].to(ce.dtype), torch.zeros_like(ce))
+    else:
+        mode = "dense" if implementation == "dedup" else "chunked"
+        lse, _, _ = linear_logsumexp(o, classes, bias, labels.clamp_min(0), scale=scale, implementation=mode,
+                                     chunk_size=chunk_size)
+        losses = torch.where(valid, lse - row_dot(o, classes, safe, scale), torch.zeros_like(lse))
+    count = valid.sum()
+    if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
+        raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
+                            "pass allow_empty=True to get a zero loss for such batches")
+    accuracy = None
+    if with_accuracy:  # on the raw scores o·e/τ, among the real classes only
+        with torch.no_grad():
+            mask = torch.where(real, torch.zeros_like(bias), bias)
+            _, best, target = linear_logsumexp(o, classes, mask, labels.clamp_min(0), scale=scale,
+                                               chunk_size=chunk_size)
+            accuracy = ((target >= best) & valid).sum().float() / count.clamp_min(1)
+    total = losses.sum()
+    loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
+    return LossOutput(loss, count, accuracy, real.sum())
 
 
 def _reference_rows(o, weight, cands, inverse, keep, scale, acc):
