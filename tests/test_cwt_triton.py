@@ -26,8 +26,11 @@ def reference(outputs, classes, bias, labels, scale):
     return F.cross_entropy(scores, labels, reduction="none", ignore_index=-100)
 
 
-def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="gemm"):
-    """Relative errors (loss, d_outputs, d_classes) vs float64, with a random upstream gradient."""
+def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="gemm", pad=0):
+    """Relative errors (loss, d_outputs, d_classes) vs float64, with a random upstream gradient.
+
+    pad > 0: `pad` garbage classes follow the U real ones and the kernel gets num_classes=U on the
+    device; they must change nothing and get a zero gradient."""
     gen = torch.Generator().manual_seed(seed)
     o = torch.randn(K, D, generator=gen) * 0.5
     c = torch.randn(U, D, generator=gen) * 0.5
@@ -37,9 +40,19 @@ def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="g
     w = torch.randn(K, generator=gen)
     o1 = o.to(device, dtype).requires_grad_()
     c1 = c.to(device, dtype).requires_grad_()
-    loss = linear_ce_triton(o1, c1, None if b is None else b.to(device), y.to(device), scale,
-                            backward=backward)
-    (loss * w.to(device)).sum().backward()
+    if pad:
+        c_pad = torch.cat([c1, torch.randn(pad, D, generator=gen).to(device, dtype) * 5]).detach().requires_grad_()
+        b_pad = None if b is None else torch.cat([b, torch.randn(pad, generator=gen) * 5]).to(device)
+        loss = linear_ce_triton(o1, c_pad, b_pad, y.to(device), scale, backward=backward,
+                                num_classes=torch.tensor([U], device=device))
+        (loss * w.to(device)).sum().backward()
+        padded_zero = bool((c_pad.grad[U:] == 0).all())
+        c1.grad = c_pad.grad[:U]
+    else:
+        loss = linear_ce_triton(o1, c1, None if b is None else b.to(device), y.to(device), scale,
+                                backward=backward)
+        (loss * w.to(device)).sum().backward()
+        padded_zero = True
     # the reference sees the same (rounded) inputs, in float64
     o2 = o1.detach().cpu().double().requires_grad_()
     c2 = c1.detach().cpu().double().requires_grad_()
@@ -56,7 +69,7 @@ def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="g
         "d_classes": rel(c1.grad, c2.grad),
         "dtype_ok": loss.dtype == torch.float32 and o1.grad.dtype == dtype and c1.grad.dtype == dtype,
         "ignored_zero": bool((loss.detach().cpu()[ignored] == 0).all()
-                             and (o1.grad.cpu()[ignored] == 0).all()),
+                             and (o1.grad.cpu()[ignored] == 0).all()) and padded_zero,
     }
 
 
@@ -84,9 +97,13 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from test_cwt_triton import compare
     cases = [(37, 29, 40, True), (50, 70, 33, False), (5, 130, 20, True), (16, 1, 16, True)]
-    print(json.dumps([dict(shape=c[:3], mode=m, **compare(*c[:3], dtype=torch.float32, device="cpu",
-                                                          bias=c[3], seed=i, backward=m))
-                      for i, c in enumerate(cases) for m in ("gemm", "fused")]))
+    out = [dict(shape=c[:3], mode=m, **compare(*c[:3], dtype=torch.float32, device="cpu", bias=c[3], seed=i,
+                                               backward=m))
+           for i, c in enumerate(cases) for m in ("gemm", "fused")]
+    out += [dict(shape=c[:3], mode="num_classes", **compare(*c[:3], dtype=torch.float32, device="cpu", bias=c[3],
+                                                            seed=i, pad=p))
+            for i, (c, p) in enumerate(zip(cases, (21, 3, 40, 17)))]
+    print(json.dumps(out))
     """
 )
 
@@ -145,8 +162,10 @@ def test_gradient_reaches_embedding_through_index_and_is_deterministic(backward)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cwt_all_rows_on_gpu_matches_the_reference():
-    """cwt_loss(all_rows=True) with the kernel: ignored rows as label -100, the excluded class."""
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_cwt_all_rows_on_gpu_matches_the_reference(sync_free):
+    """cwt_loss(all_rows=True) with the kernel: ignored rows as label -100, the excluded class;
+    sync_free: padded classes and a device-side class count."""
     from headless.losses import cwt_loss
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -156,7 +175,7 @@ def test_cwt_all_rows_on_gpu_matches_the_reference():
     ids[:, -1] = -100
     ids[1, 100:300] = -100
     results = []
-    for kw in (dict(implementation="reference"), dict(implementation="triton", all_rows=True)):
+    for kw in (dict(implementation="reference"), dict(implementation="triton", all_rows=True, sync_free=sync_free)):
         E.grad = o.grad = None
         out = cwt_loss(o, ids, E, reduction="sum", **kw)
         out.loss.backward()

@@ -295,7 +295,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
              allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True,
-             all_rows: bool = False) -> LossOutput:
+             all_rows: bool = False, sync_free: bool = False) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
@@ -326,6 +326,10 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     costs a host synchronisation (paths auto/triton/chunked/dedup; the others select as usual); the ignored targets become one extra class whose bias (-1e30)
     removes it from every softmax. Only `torch.unique` then makes the host wait. Worth it when few
     positions are ignored (CLM), not for MLM (85% ignored rows would be scored for nothing).
+    sync_free=True (with all_rows and the Triton kernel): not even that: the unique targets are
+    found with data-independent shapes (`static_unique`, classes padded to the number of positions)
+    and the kernel reads their count on the GPU. Same values; measured SLOWER on an H100 (its fused
+    backward over padded classes: docs/performance.md), so it is off by default.
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -341,7 +345,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         if check_ids:
             select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
         return _cwt_all_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index, reduction,
-                             implementation, chunk_size, allow_empty, with_accuracy)
+                             implementation, chunk_size, allow_empty, with_accuracy, sync_free)
     rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
                                check_ids=check_ids)
     acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
@@ -376,11 +380,25 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
                       accuracy, device_scalar(num_unique, ids.device))
 
 
+def static_unique(keys: Tensor, pad_value: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`torch.unique(keys, return_inverse=True, return_counts=True)` with shapes that do not depend
+    on the data, so the host never waits for the GPU: (uniq [N] sorted and padded with `pad_value`,
+    inverse [N], counts [N] (0 on padding), number of unique values [1] on the device)."""
+    ordered, order = keys.sort()
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    group = first.long().cumsum(0) - 1
+    inverse = torch.empty_like(group).scatter_(0, order, group)
+    uniq = torch.full_like(keys, pad_value).scatter_(0, group, ordered)
+    counts = torch.zeros_like(group).scatter_add_(0, group, torch.ones_like(group))
+    return uniq, inverse, counts, group[-1:] + 1
+
+
 _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes it exactly 0
 
 
 def _cwt_all_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
-                  allow_empty, with_accuracy) -> LossOutput:
+                  allow_empty, with_accuracy, sync_free=False) -> LossOutput:
     """`cwt_loss(all_rows=True)`: the de-duplicated loss over every position, ignored ones zeroed."""
     o = outputs.reshape(-1, outputs.shape[-1])
     ids = target_ids.reshape(-1).long()
@@ -392,14 +410,20 @@ def _cwt_all_rows(outputs, target_ids, weight, scale, ignore_index, reduction, i
     if implementation == "triton" and not triton_usable(outputs):
         raise HeadlessError("cwt_loss: implementation='triton' needs a CUDA tensor and an importable triton kernel")
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
-    uniq, inverse, counts = torch.unique(torch.where(valid, ids, vocab), return_inverse=True, return_counts=True)
+    keys = torch.where(valid, ids, vocab)
+    num_classes = None
+    if implementation == "triton" and sync_free:  # classes padded to N, the count stays on the GPU
+        uniq, inverse, counts, num_classes = static_unique(keys, pad_value=vocab)
+    else:
+        uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
     real = uniq < vocab
     classes = weight[uniq.clamp(max=vocab - 1)]
     bias = torch.where(real, counts.to(acc).log(), torch.full_like(counts, _EXCLUDED, dtype=acc))
     labels = torch.where(valid, inverse, torch.full_like(inverse, -100))
     safe = inverse.clamp(max=uniq.numel() - 1)
     if implementation == "triton":  # a negative label: loss 0 and no gradient for that row
-        ce = _triton_module().linear_ce_triton(o, classes, bias.float(), labels, float(scale))
+        ce = _triton_module().linear_ce_triton(o, classes, bias.float(), labels, float(scale),
+                                               num_classes=num_classes)
         losses = torch.where(valid, ce + bias[safe].to(ce.dtype), torch.zeros_like(ce))
     else:
         mode = "dense" if implementation == "dedup" else "chunked"
