@@ -34,6 +34,14 @@ def bert_vocab_file(shared_data: Path) -> Path:
     return shared_data / "tokenizers" / "bert-base-uncased" / "vocab.txt"
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, bert_vocab_file: Path) -> Path:
+    """A 2-layer BERT base model (no head) with the bert-base-uncased tokenizer, built once."""
+    from tiny_models import tiny_encoder
+
+    return tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), bert_vocab_file.parent)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests' models are tiny: one intra-op thread is faster than two (and ~10x faster on a busy

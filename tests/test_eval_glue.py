@@ -19,18 +19,13 @@ FAST = dict(epochs=1, batch_size=8, max_train_examples=24, max_eval_examples=16,
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, bert_vocab_file):
-    return tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), bert_vocab_file.parent)
-
-
-@pytest.fixture(scope="module")
 def glue_dir(shared_data):
     return shared_data / "glue"
 
 
-def test_run_glue_on_real_subsets(model_dir, glue_dir, tmp_path):
+def test_run_glue_on_real_subsets(tiny_bert_dir, glue_dir, tmp_path):
     tasks = ["sst2", "MRPC", "sts-b", "rte", "wnli"]
-    results = run_glue(model_dir, tasks=tasks, data_dir=glue_dir, output_dir=tmp_path, **FAST)
+    results = run_glue(tiny_bert_dir, tasks=tasks, data_dir=glue_dir, output_dir=tmp_path, **FAST)
     saved = json.loads((tmp_path / "glue.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert list(saved["tasks"]) == ["sst2", "mrpc", "stsb", "rte", "wnli"]
@@ -47,10 +42,10 @@ def test_run_glue_on_real_subsets(model_dir, glue_dir, tmp_path):
         assert name in markdown
 
 
-def test_cli_glue_paper_recipe_seeds_and_compare(model_dir, glue_dir, tmp_path, capsys):
+def test_cli_glue_paper_recipe_seeds_and_compare(tiny_bert_dir, glue_dir, tmp_path, capsys):
     common = ["--data-dir", str(glue_dir), "--tasks", "rte,wnli", "--max-train-examples", "16",
               "--max-eval-examples", "12", "--batch-size", "8", "--device", "cpu", "--quiet"]
-    assert main(["glue", str(model_dir), *common, "--recipe", "paper", "--epochs", "2",
+    assert main(["glue", str(tiny_bert_dir), *common, "--recipe", "paper", "--epochs", "2",
                  "--seeds", "0,1", "--output", str(tmp_path / "a")]) == 0
     a = json.loads((tmp_path / "a" / "glue.json").read_text())
     assert a["recipe"]["name"] == "paper" and a["recipe"]["loss"] == "balanced_ce"
@@ -58,7 +53,7 @@ def test_cli_glue_paper_recipe_seeds_and_compare(model_dir, glue_dir, tmp_path, 
     assert len(a["tasks"]["rte"]["main"]["values"]) == 2
     assert all(epoch in (1, 2) for epoch in a["tasks"]["rte"]["epochs"])
     assert "| RTE |" in capsys.readouterr().out
-    assert main(["glue", str(model_dir), *common, "--tasks", "rte", "--output", str(tmp_path / "b")]) == 0
+    assert main(["glue", str(tiny_bert_dir), *common, "--tasks", "rte", "--output", str(tmp_path / "b")]) == 0
     capsys.readouterr()
     assert main(["glue", "compare", str(tmp_path / "a" / "glue.json"), str(tmp_path / "b" / "glue.json"),
                  "--output", str(tmp_path / "cmp")]) == 0
@@ -80,7 +75,7 @@ def _write(folder: Path, name: str, text: str) -> None:
     ("stsb", "outside the STS-B range"),
     ("task", "unknown GLUE task 'sst3'"),
 ])
-def test_bad_glue_inputs_give_one_line(case, message, model_dir, tmp_path, capsys):
+def test_bad_glue_inputs_give_one_line(case, message, tiny_bert_dir, tmp_path, capsys):
     good = "sentence\tlabel\na fine film\t1\na dull film\t0\n"
     sst = tmp_path / "SST-2"
     _write(sst, "train.tsv", {"columns": "text\tlabel\nfine\t1\n", "label": good + "odd\t2\n",
@@ -90,7 +85,7 @@ def test_bad_glue_inputs_give_one_line(case, message, model_dir, tmp_path, capsy
     _write(tmp_path / "STS-B", "train.tsv", "sentence1\tsentence2\tscore\na\tb\t7.5\n")
     _write(tmp_path / "STS-B", "dev.tsv", "sentence1\tsentence2\tscore\na\tb\t1.0\n")
     task = {"task": "sst3", "stsb": "stsb"}.get(case, "sst2")
-    status = main(["glue", str(model_dir), "--data-dir", str(tmp_path), "--tasks", task, "--device", "cpu",
+    status = main(["glue", str(tiny_bert_dir), "--data-dir", str(tmp_path), "--tasks", task, "--device", "cpu",
                    "--quiet", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert status == 2 and message in err and len(err.splitlines()) == 1, err
@@ -136,7 +131,7 @@ def test_pairs_without_a_template_are_joined_with_eos(neox_tokenizer_file):
 
 
 @pytest.mark.parametrize("recipe, epochs", [("standard", 6), ("paper", 3)])
-def test_finetuning_learns_a_separable_task(recipe, epochs, model_dir, tmp_path):
+def test_finetuning_learns_a_separable_task(recipe, epochs, tiny_bert_dir, tmp_path):
     rng = random.Random(0)
     filler = "the a film story plot actor scene music time day long short old new".split()
 
@@ -150,12 +145,12 @@ def test_finetuning_learns_a_separable_task(recipe, epochs, model_dir, tmp_path)
 
     _write(tmp_path / "SST-2", "train.tsv", rows(192))
     _write(tmp_path / "SST-2", "dev.tsv", rows(60))
-    results = run_glue(model_dir, tasks=["sst2"], recipe=recipe, data_dir=tmp_path, epochs=epochs, lr=2e-3,
+    results = run_glue(tiny_bert_dir, tasks=["sst2"], recipe=recipe, data_dir=tmp_path, epochs=epochs, lr=2e-3,
                        batch_size=16, device="cpu", progress=False)
     assert results["tasks"]["sst2"]["main"]["mean"] >= 0.9  # chance (majority class) is 0.67
 
 
-def test_headerless_cola_and_two_mnli_dev_sets(model_dir, tmp_path):
+def test_headerless_cola_and_two_mnli_dev_sets(tiny_bert_dir, tmp_path):
     """CoLA has no header (label in column 1, sentence in 3); MNLI has matched + mismatched dev sets."""
     cola = "".join(f"src\t{i % 2}\t*\tsentence number {i}\n" for i in range(12))
     for name in ("train.tsv", "dev.tsv"):
@@ -165,7 +160,7 @@ def test_headerless_cola_and_two_mnli_dev_sets(model_dir, tmp_path):
     nli = head + "".join(f"{i}\tg\tpremise {i}\thypothesis {i}\tx\t{classes[i % 3]}\n" for i in range(12))
     for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):
         _write(tmp_path / "MNLI", name, nli)
-    results = run_glue(model_dir, data_dir=tmp_path, **FAST)  # tasks: every folder found
+    results = run_glue(tiny_bert_dir, data_dir=tmp_path, **FAST)  # tasks: every folder found
     assert list(results["tasks"]) == ["cola", "mnli"]
     assert set(results["tasks"]["cola"]["metrics"]["dev"]) == {"matthews", "accuracy"}
     mnli = results["tasks"]["mnli"]

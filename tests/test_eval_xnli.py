@@ -10,15 +10,8 @@ import pytest
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.xnli import load_xnli, run_xnli
-from tiny_models import tiny_encoder
 
 FAST = dict(epochs=1, batch_size=8, max_train_examples=16, max_eval_examples=12, device="cpu", progress=False)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, bert_vocab_file):
-    """A 2-layer BERT base model (no head) with the bert-base-uncased tokenizer."""
-    return tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), bert_vocab_file.parent)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +19,8 @@ def xnli_dir(shared_data):
     return shared_data / "xnli"
 
 
-def test_run_xnli_both_modes(model_dir, xnli_dir, tmp_path):
-    results = run_xnli(model_dir, data_dir=xnli_dir, mode="both", languages=["en", "de", "fr"],
+def test_run_xnli_both_modes(tiny_bert_dir, xnli_dir, tmp_path):
+    results = run_xnli(tiny_bert_dir, data_dir=xnli_dir, mode="both", languages=["en", "de", "fr"],
                        output_dir=tmp_path, **FAST)
     saved = json.loads((tmp_path / "xnli.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -43,8 +36,8 @@ def test_run_xnli_both_modes(model_dir, xnli_dir, tmp_path):
     assert "| de |" in markdown and "**Average**" in markdown and "transfer (fine-tuned on en)" in markdown
 
 
-def test_cli_xnli_transfer_trains_on_english_without_reporting_it(model_dir, xnli_dir, tmp_path, capsys):
-    status = main(["xnli", str(model_dir), "--data-dir", str(xnli_dir), "--languages", "de,fr",
+def test_cli_xnli_transfer_trains_on_english_without_reporting_it(tiny_bert_dir, xnli_dir, tmp_path, capsys):
+    status = main(["xnli", str(tiny_bert_dir), "--data-dir", str(xnli_dir), "--languages", "de,fr",
                    "--epochs", "1", "--batch-size", "8", "--max-train-examples", "16",
                    "--max-eval-examples", "12", "--seeds", "0,1", "--device", "cpu", "--quiet",
                    "--output", str(tmp_path)])
@@ -101,8 +94,8 @@ def test_bad_xnli_inputs(case, message, tmp_path):
         load_xnli(tmp_path, ["en", "de", "xx"] if case == "language" else None)
 
 
-def test_cli_bad_mode_inputs_exit_2(model_dir, tmp_path, capsys):
+def test_cli_bad_mode_inputs_exit_2(tiny_bert_dir, tmp_path, capsys):
     (tmp_path / "dev-fr.tsv").write_text("p\th\tentailment\np\th\tneutral\n")
-    status = main(["xnli", str(model_dir), "--data-dir", str(tmp_path), "--device", "cpu", "--quiet"])
+    status = main(["xnli", str(tiny_bert_dir), "--data-dir", str(tmp_path), "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert status == 2 and "fine-tunes on 'en'" in err and len(err.splitlines()) == 1

@@ -77,8 +77,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     torch.manual_seed(0)
     model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
-    if compile:
-        model.backbone.compile(mode=config.compile_mode)
+    graphs = model.compile_backbone(config.compile_mode) if compile else False
     optimizer = build_optimizer(model, config, device)
     info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
     gen = torch.Generator().manual_seed(0)
@@ -90,8 +89,6 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     noop = lambda skip: __import__("contextlib").nullcontext()  # noqa: E731
     identity = lambda t: t  # noqa: E731
     cuda = device.type == "cuda"
-
-    graphs = compile and cuda and config.compile_mode in ("reduce-overhead", "max-autotune")
 
     def train_step(i: int):
         if graphs:

@@ -219,6 +219,14 @@ class LanguageModel(nn.Module):
     def has_head(self) -> bool:
         return self.backbone is not self.hf
 
+    def compile_backbone(self, mode: str = "default") -> bool:
+        """torch.compile the backbone (the loss has data-dependent shapes and stays eager).
+
+        Returns whether CUDA graphs are captured ("reduce-overhead", "max-autotune" on CUDA): the
+        caller must then mark each new step with `torch.compiler.cudagraph_mark_step_begin()`."""
+        self.backbone.compile(mode=mode)
+        return mode in ("reduce-overhead", "max-autotune") and self.input_embedding_weight().is_cuda
+
     def input_embedding_weight(self) -> torch.Tensor:
         return self.backbone.get_input_embeddings().weight
 

@@ -6,8 +6,7 @@ tokenise imports only what it needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from headless._lazy import lazy_exports
 
 _EXPORTS = {
     "prepare_dataset": "headless.data.prepare",
@@ -26,15 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headless.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports("headless.data", _EXPORTS, globals())

@@ -353,10 +353,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     if ids.numel() == 0 or cands.keys.numel() == 0:
         return empty_output(fn, allow_empty, ignore_index, target_ids, [o, embedding_weight, cands.vectors],
                             acc, reduction)
-    if implementation == "auto":
-        implementation = "triton" if triton_usable(outputs) else "chunked"
-    if implementation == "triton" and not triton_usable(outputs):
-        raise HeadlessError(f"{fn}: implementation='triton' needs a CUDA tensor and an importable triton kernel")
+    implementation = _resolve_implementation(implementation, outputs)
 
     uniq, inverse, counts = torch.unique(cands.keys, return_inverse=True, return_counts=True)
     labels = inverse[cands.offset : cands.offset + ids.numel()]
@@ -394,6 +391,15 @@ def static_unique(keys: Tensor, pad_value: int) -> tuple[Tensor, Tensor, Tensor,
     return uniq, inverse, counts, group[-1:] + 1
 
 
+def _resolve_implementation(implementation: str, outputs: Tensor) -> str:
+    """"auto" -> the Triton kernel on CUDA when available, else chunked; "triton" must be usable."""
+    if implementation == "auto":
+        return "triton" if triton_usable(outputs) else "chunked"
+    if implementation == "triton" and not triton_usable(outputs):
+        raise HeadlessError("cwt_loss: implementation='triton' needs a CUDA tensor and an importable triton kernel")
+    return implementation
+
+
 _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes it exactly 0
 
 
@@ -405,10 +411,7 @@ def _cwt_all_rows(outputs, target_ids, weight, scale, ignore_index, reduction, i
     valid = ids != ignore_index
     vocab = weight.shape[0]
     acc = accumulation_dtype(outputs, weight)
-    if implementation == "auto":
-        implementation = "triton" if triton_usable(outputs) else "chunked"
-    if implementation == "triton" and not triton_usable(outputs):
-        raise HeadlessError("cwt_loss: implementation='triton' needs a CUDA tensor and an importable triton kernel")
+    implementation = _resolve_implementation(implementation, outputs)
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
     keys = torch.where(valid, ids, vocab)
     num_classes = None

@@ -70,6 +70,31 @@ if triton is not None:
             acc += tl.dot(o, tl.trans(c))
         return acc
 
+    @triton.jit
+    def _logits(o_ptr, c_ptr, b_ptr, rows, cols, rmask, cmask, D, scale, HAS_BIAS: tl.constexpr,
+                BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+        """The [BLOCK_K, BLOCK_U] tile scale·O[rows] @ C[cols]ᵀ (+ b[cols])."""
+        s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
+                    tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
+        if HAS_BIAS:
+            s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+        return s
+
+    @triton.jit
+    def _accumulate_dot(out_ptr, out_idx, out_mask, grad, src_ptr, src_idx, src_mask, D, add,
+                        BLOCK_D: tl.constexpr):
+        """out[out_idx] (+)= grad @ src[src_idx] in fp32, one D block at a time; `add` False for the
+        first contribution (then out is written without being read)."""
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            dmask = d < D
+            src = tl.load(src_ptr + src_idx[:, None] * D + d[None, :], mask=src_mask[:, None] & dmask[None, :],
+                          other=0.0)
+            out = out_ptr + out_idx[:, None] * D + d[None, :]
+            omask = out_mask[:, None] & dmask[None, :]
+            acc = tl.load(out, mask=omask & add, other=0.0)
+            tl.store(out, acc + tl.dot(grad, src), mask=omask)
+
     @triton.autotune(configs=_configs("fwd"), key=["D"])
     @triton.jit
     def _fwd_kernel(o_ptr, c_ptr, b_ptr, y_ptr, loss_ptr, lse_ptr, nu_ptr, K, U, D, scale,
@@ -86,10 +111,7 @@ if triton is not None:
         for u0 in range(0, U, BLOCK_U):
             cols = u0 + tl.arange(0, BLOCK_U)
             cmask = cols < U
-            s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
-                        tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
-            if HAS_BIAS:
-                s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+            s = _logits(o_ptr, c_ptr, b_ptr, rows, cols, rmask, cmask, D, scale, HAS_BIAS, BLOCK_K, BLOCK_U, BLOCK_D)
             s = tl.where(cmask[None, :], s, float("-inf"))
             t_i += tl.sum(tl.where(cols[None, :] == y[:, None], s, 0.0), 1)
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -119,10 +141,7 @@ if triton is not None:
         y = tl.load(y_ptr + rows, mask=rmask, other=-1)
         lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
         g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
-        s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
-                    tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
-        if HAS_BIAS:
-            s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+        s = _logits(o_ptr, c_ptr, b_ptr, rows, cols, rmask, cmask, D, scale, HAS_BIAS, BLOCK_K, BLOCK_U, BLOCK_D)
         grad = _grad_tile(s, lse[:, None], g[:, None], cols[None, :] == y[:, None],
                           rmask[:, None] & cmask[None, :])
         tl.store(out_ptr + rows[:, None].to(tl.int64) * n_cols + local[None, :],
@@ -143,21 +162,11 @@ if triton is not None:
         for u0 in range(0, U, BLOCK_U):
             cols = u0 + tl.arange(0, BLOCK_U)
             cmask = cols < U
-            s = _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D,
-                        tl.zeros([BLOCK_K, BLOCK_U], tl.float32)) * scale
-            if HAS_BIAS:
-                s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+            s = _logits(o_ptr, c_ptr, b_ptr, rows, cols, rmask, cmask, D, scale, HAS_BIAS, BLOCK_K, BLOCK_U, BLOCK_D)
             grad = _grad_tile(s, lse[:, None], g[:, None], cols[None, :] == y[:, None],
                               rmask[:, None] & cmask[None, :])
-            grad = grad.to(c_ptr.dtype.element_ty)
-            for d0 in range(0, D, BLOCK_D):
-                d = d0 + tl.arange(0, BLOCK_D)
-                dmask = d < D
-                c = tl.load(c_ptr + cols[:, None] * D + d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-                out = do_ptr + rows[:, None] * D + d[None, :]
-                omask = rmask[:, None] & dmask[None, :]
-                acc = tl.load(out, mask=omask & (u0 > 0), other=0.0)  # first class block: no read
-                tl.store(out, acc + tl.dot(grad, c), mask=omask)
+            _accumulate_dot(do_ptr, rows, rmask, grad.to(c_ptr.dtype.element_ty), c_ptr, cols, cmask, D, u0 > 0,
+                            BLOCK_D)
 
     @triton.autotune(configs=_configs("bwd"), key=["D"])
     @triton.jit
@@ -187,15 +196,8 @@ if triton is not None:
                 st += bias[:, None]
             grad = _grad_tile(st, lse[None, :], g[None, :], cols[:, None] == y[None, :],
                               cmask[:, None] & rmask[None, :])
-            grad = grad.to(o_ptr.dtype.element_ty)
-            for d0 in range(0, D, BLOCK_D):
-                d = d0 + tl.arange(0, BLOCK_D)
-                dmask = d < D
-                o = tl.load(o_ptr + rows[:, None] * D + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-                out = dc_ptr + cols[:, None] * D + d[None, :]
-                omask = cmask[:, None] & dmask[None, :]
-                acc = tl.load(out, mask=omask & (i > 0), other=0.0)  # first row block: no read
-                tl.store(out, acc + tl.dot(grad, o), mask=omask)
+            _accumulate_dot(dc_ptr, cols, cmask, grad.to(o_ptr.dtype.element_ty), o_ptr, rows, rmask, D, i > 0,
+                            BLOCK_D)
 
 
 # The "gemm" backward's G buffer: 256 MiB in bf16 whatever K and U (tiny in the interpreter, so that

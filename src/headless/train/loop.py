@@ -253,8 +253,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
             if env.is_main:
                 print(f"compile_mode={config.compile_mode}: CUDA graphs are not used with several processes "
                       f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
-        model.backbone.compile(mode=mode)
-        graphs = device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+        graphs = model.compile_backbone(mode)
     amp_dtype = autocast_dtype(config, device)
     if strategy == "fsdp2":
         amp_dtype = None  # FSDP2's MixedPrecisionPolicy casts instead
@@ -280,6 +279,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     nan_guard = _NonFiniteGuard(device, counters, config.max_nan_skips, step)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
     try:
         # No host<->device sync per step: the loss, the gradient norm and the non-finite-step count
         # stay on the device and are read on log and save steps (and the last step) only.
@@ -295,7 +295,6 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
             result = forward_backward(wrapped, micro, device=device, autocast_dtype=amp_dtype,
                                       world_size=env.world_size, all_reduce=dist.all_reduce,
                                       no_sync=lambda skip: dist.no_sync(wrapped, skip))
-            trainable = [p for p in model.parameters() if p.requires_grad]
             grad_norm = dist.clip_grad_norm_(trainable, config.optim.grad_clip, as_tensor=True)
             # NaN guard: a step whose loss or gradient is not finite is skipped (fused AdamW's
             # found_inf, like GradScaler's skipped steps; see skip_if_nonfinite) and counted.
