@@ -177,5 +177,15 @@ EOF2
     $H bench --preset pythia-70m --objectives cwt,ce-triton,ce-hf --vocab-sizes 50304,256000 --batch-sizes 8 \
        --steps 2 --warmup 1 --max-batch --output "$RES/p70-max-batch" || true
     ;;
+  loss-profile)  # where a compiled CWT step waits: profiler tables, GPU-busy fraction, host syncs
+    B="$H bench --steps 6 --warmup 4 --compile --profile --sync-debug --objectives backbone,cwt"
+    $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert" compile_mode=reduce-overhead || true
+    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304 --output "$RES/p160" compile_mode=reduce-overhead || true
+    ;;
+  syncs)  # CWT with one host sync (the default, all_rows for CLM) and with none (objective.sync_free)
+    B="$H bench --steps 8 --warmup 4 --compile --sync-debug --objectives cwt,cwt-sync-free"
+    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304,256000 --output "$RES/p160" compile_mode=reduce-overhead || true
+    $B --preset pythia-70m --batch-sizes 8,32 --vocab-sizes 50304 --output "$RES/p70" compile_mode=reduce-overhead || true
+    ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

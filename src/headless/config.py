@@ -67,6 +67,7 @@ class ObjectiveConfig:
     negatives: Literal["rank", "global"] = "rank"
     max_negatives: Optional[int] = None
     loss_implementation: str = "auto"
+    sync_free: bool = False  # CLM + Triton: CWT with no host sync (measured slower: docs/performance.md)
     respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
 
 

@@ -257,7 +257,7 @@ class LanguageModel(nn.Module):
             # CLM scores nearly every position: zeroing the few ignored ones beats selecting the
             # others, which would make the host wait for the GPU (cwt_loss's all_rows)
             return cwt_loss(hidden, labels, weight, implementation=obj.loss_implementation,
-                            all_rows=self.causal, **contrastive)
+                            all_rows=self.causal, sync_free=obj.sync_free, **contrastive)
         outputs, targets = select_loss_positions(hidden, labels)
         parts = head_parts(self.hf)
         ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
