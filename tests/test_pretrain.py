@@ -265,3 +265,29 @@ def test_divergence_is_raised_at_the_next_log_step(datasets, tmp_path, monkeypat
     assert "step 4: 2 step(s) with a non-finite loss/gradient skipped in steps 1-4, the last at step 3 (2/1)" in out
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in records if r["split"] == "train"]  # stopped before step 4 was logged
+
+
+def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_checkpoints(datasets, tmp_path):
+    """`time_budget_s` resolves max_steps once, from the steady-state seconds per step measured
+    after the untimed first steps; curve checkpoints at `checkpoint_fractions` survive keep_last."""
+    from headless.train.checkpoint import list_checkpoints
+
+    config = _config(datasets, tmp_path, "bert", "headless", "max_steps=100000", "time_budget_s=0.8",
+                     "calibration_skip=2", "calibration_steps=3", "optim.warmup_steps=5",
+                     "checkpoint_fractions=[0.5,1.0]", "keep_last=1", "save_every=100000", "eval_every=100000")
+    summary = pretrain(config)
+    per_step = summary["steady_s_per_step"]
+    assert per_step > 0
+    steps = summary["steps"]
+    assert steps == max(5, int(0.8 / per_step))  # the budget, not the 100000 cap
+    assert summary["checkpoint_steps"] == sorted({round(0.5 * steps), steps})
+    saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "run")]
+    assert saved == summary["checkpoint_steps"]
+    assert load_config(tmp_path / "run" / "config.yaml").max_steps == steps  # what --resume will read
+
+
+def test_time_budget_needs_warmup_over_the_calibration():
+    from headless.errors import HeadlessError
+
+    with pytest.raises(HeadlessError, match="warmup_steps >= calibration_skip"):
+        load_config("tiny", overrides=["time_budget_s=10", "optim.warmup_steps=5"])

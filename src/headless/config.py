@@ -132,6 +132,17 @@ class TrainConfig:
     tensorboard: bool = True
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
+    # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
+    # time.  max_steps is then set once, after `calibration_steps` timed steps (which follow
+    # `calibration_skip` untimed ones: compilation, CUDA-graph capture), from the measured seconds
+    # per step; the faster flavour therefore takes more steps.  Needs warm-up to cover the
+    # calibration, so that no step before it depends on max_steps.
+    time_budget_s: Optional[float] = None
+    calibration_skip: int = 10
+    calibration_steps: int = 20
+    # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
+    # of a learning curve.
+    checkpoint_fractions: list = field(default_factory=list)
     preset: Optional[str] = None  # informational: the preset this config started from
 
     # -- derived values: one place that decides them ------------------------------------------
@@ -171,6 +182,16 @@ class TrainConfig:
             (self.eval_every >= 1 and self.log_every >= 1 and self.save_every >= 1,
              "eval_every, log_every and save_every must be >= 1"),
             (self.keep_last >= 1, "keep_last must be >= 1"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0"),
+            (self.calibration_skip >= 1 and self.calibration_steps >= 1,
+             "calibration_skip and calibration_steps must be >= 1"),
+            (self.time_budget_s is None
+             or self.optim.warmup_steps >= self.calibration_skip + self.calibration_steps,
+             f"time_budget_s needs optim.warmup_steps >= calibration_skip + calibration_steps "
+             f"({self.calibration_skip + self.calibration_steps}): steps before max_steps is known must not "
+             "depend on it"),
+            (all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.checkpoint_fractions),
+             "checkpoint_fractions must be numbers in (0, 1]"),
             (self.model.init_from is not None or self.data.seq_len <= self.model.max_position_embeddings,
              f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
              f"{self.model.max_position_embeddings}"),

@@ -80,6 +80,10 @@ def checkpoint_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(_PREFIX):])
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.is_dir():
@@ -95,8 +99,10 @@ def save_checkpoint(
     optimizer_state: dict,
     state: dict[str, Any],
     keep_last: int = 2,
+    keep_steps: frozenset[int] | set[int] = frozenset(),
 ) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep_last`."""
+    """Write checkpoint `step` atomically and prune all but the newest `keep_last` (checkpoints at
+    `keep_steps`, the points of a learning curve, are never pruned)."""
     from safetensors.torch import save_file, save_model
 
     root = Path(run_dir) / CHECKPOINT_DIR
@@ -133,7 +139,8 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if checkpoint_step(old) not in keep_steps:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

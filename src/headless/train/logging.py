@@ -67,6 +67,12 @@ class RunLogger:
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's length became known (a time budget was resolved)."""
+        if self._bar is not None:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def _truncate_after(self, step: int) -> None:
         """On resume, drop records the killed run wrote after its last checkpoint."""
         if not self.metrics_path.exists():

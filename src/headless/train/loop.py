@@ -224,6 +224,7 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
     wrapped = dist.wrap_model(model, strategy, env, mixed_precision=config.precision)
     model.loss_group = dist.loss_group(config.objective.negatives, env)
     optimizer = build_optimizer(model, config, device)  # after wrapping: FSDP2 swaps in sharded params
+    # read through `config` at call time: a time budget fixes max_steps after calibration
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     cuda = device.type == "cuda"
     loader = BatchIterator(train_set, config.batch_size, seed=config.seed, rank=env.rank,
@@ -241,6 +242,8 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                                 "sequences (batch_size x grad_accum x processes must stay the same)")
         step = int(state["step"])
         counters.update(state.get("counters", {}))
+        if config.time_budget_s is not None and "resolved_max_steps" in counters:
+            config = dataclasses.replace(config, max_steps=int(counters["resolved_max_steps"]))
         loader.load_state_dict(state["loader"])  # a global position: valid at any world size
         set_rng_state(ckpt["rng"])
         if env.rank:
@@ -279,6 +282,8 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     nan_guard = _NonFiniteGuard(device, counters, config.max_nan_skips, step)
+    budget = _TimeBudget(config, counters, device)
+    keep_steps = budget.keep_steps(config)
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
     try:
         # No host<->device sync per step: the loss, the gradient norm and the non-finite-step count
@@ -312,6 +317,17 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                 if logger:
                     logger.write(f"step {step}: the training data ran out; epoch {seen_epoch} starts (reshuffled)")
             window_tokens += tokens_per_step
+            if budget.pending:
+                resolved = budget.observe(step)
+                if resolved is not None:  # max_steps is known from here on
+                    config = dataclasses.replace(config, max_steps=resolved)
+                    keep_steps = budget.keep_steps(config)
+                    if env.is_main:
+                        _atomic_write_yaml(config, run_dir / "config.yaml")
+                    if logger:
+                        logger.set_total(resolved)
+                        logger.write(f"step {step}: {counters['steady_s_per_step'] * 1e3:.1f} ms per step measured; "
+                                     f"the time budget of {config.time_budget_s:g} s gives max_steps={resolved}")
 
             log_step = step % config.log_every == 0 or step == config.max_steps
             if log_step or step % config.save_every == 0:
@@ -355,9 +371,9 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
                     logger.write(f"step {step}: validation loss {last_val['loss']:.4f}, "
                                  f"accuracy {last_val['accuracy']:.3f}")
 
-            if step % config.save_every == 0 or step == config.max_steps:
+            if step % config.save_every == 0 or step == config.max_steps or step in keep_steps:
                 counters["elapsed"] = time.perf_counter() - start_time
-                _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env)
+                _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env, keep_steps)
     finally:
         loader.close()
         if logger:
@@ -374,11 +390,52 @@ def _pretrain(config, resume, env, BatchIterator, PackedDataset, build_model, co
         "final_val_loss": last_val.get("loss"), "final_val_accuracy": last_val.get("accuracy"),
         "tokens_per_s_last": last_train.get("tokens_per_s"), "mfu_last": last_train.get("mfu"),
         "peak_mem_gib": last_train.get("peak_mem_gib"), "nan_skips": counters["nan_skips"],
+        "time_budget_s": config.time_budget_s, "steady_s_per_step": counters.get("steady_s_per_step"),
+        "checkpoint_steps": sorted(keep_steps),
     }
     if env.is_main:
         plot_curves(run_dir)
         write_summary(run_dir, summary)
     return summary
+
+
+class _TimeBudget:
+    """Turns `time_budget_s` into max_steps from the measured steady-state seconds per step.
+
+    Steps 1..skip are untimed (compilation, CUDA-graph capture); the next `calibration_steps` are
+    timed between two device synchronisations, the only ones this adds to the run.  The resolved
+    max_steps is min(config.max_steps, budget / seconds per step): config.max_steps is a cap.
+    """
+
+    def __init__(self, config: TrainConfig, counters: dict, device: torch.device):
+        self.budget, self.device, self.counters = config.time_budget_s, device, counters
+        self.start_at = config.calibration_skip
+        self.end_at = config.calibration_skip + config.calibration_steps
+        self.cap = config.max_steps
+        self.pending = self.budget is not None and "resolved_max_steps" not in counters
+        self.t0 = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def observe(self, step: int):
+        if step == self.start_at:
+            self.t0 = self._now()
+        elif step == self.end_at and self.t0 is not None:
+            per_step = (self._now() - self.t0) / (self.end_at - self.start_at)
+            resolved = max(step, min(self.cap, int(self.budget / per_step)))
+            self.counters.update(steady_s_per_step=per_step, resolved_max_steps=resolved)
+            self.pending = False
+            return resolved
+        return None
+
+    def keep_steps(self, config: TrainConfig) -> frozenset[int]:
+        """The steps of `checkpoint_fractions`, once max_steps is final."""
+        if self.pending:
+            return frozenset()
+        return frozenset(max(1, round(f * config.max_steps)) for f in config.checkpoint_fractions)
 
 
 class _NonFiniteGuard:
@@ -418,7 +475,7 @@ class _NonFiniteGuard:
                                 "lower optim.lr or check the data")
 
 
-def _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env) -> None:
+def _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, env, keep_steps=frozenset()) -> None:
     weights = dist.full_model_state_dict(model)
     optim_state = dist.full_optimizer_state_dict(model, optimizer)
     if env.is_main:
@@ -426,7 +483,7 @@ def _save(run_dir, step, model, optimizer, scheduler, loader, counters, config, 
                         {"optimizer": optim_state, "scheduler": scheduler.state_dict()},
                         {"loader": loader.state_dict(), "counters": dict(counters), "world_size": env.world_size,
                          "global_batch": config.batch_size * config.grad_accum * env.world_size},
-                        keep_last=config.keep_last)
+                        keep_last=config.keep_last, keep_steps=keep_steps)
     dist.barrier()
 
 
