@@ -33,6 +33,11 @@ _EXPORTS = {
     "resume_run": "headless.train.loop",
     "export": "headless.export",
     "finetune_head": "headless.finetune",
+    # the paper's comparisons
+    "load_study": "headless.reproduce",
+    "run_study": "headless.reproduce",
+    "run_piece": "headless.reproduce",
+    "write_report": "headless.reproduce",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

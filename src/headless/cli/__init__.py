@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "headless.cli.eval",       # eval lambada/zeroshot, glue, xnli, analyze
     "headless.cli.classify",   # glue, xnli (encoder fine-tuning)
     "headless.cli.bench",      # bench
+    "headless.cli.reproduce",  # reproduce, report
 ]
 
 

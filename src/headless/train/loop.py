@@ -432,10 +432,12 @@ class _TimeBudget:
         return None
 
     def keep_steps(self, config: TrainConfig) -> frozenset[int]:
-        """The steps of `checkpoint_fractions`, once max_steps is final."""
+        """The steps of `checkpoint_fractions`, once max_steps is final (with a time budget, none
+        before the step at which it became final)."""
         if self.pending:
             return frozenset()
-        return frozenset(max(1, round(f * config.max_steps)) for f in config.checkpoint_fractions)
+        first = self.end_at if self.budget is not None else 1
+        return frozenset(max(first, round(f * config.max_steps)) for f in config.checkpoint_fractions)
 
 
 class _NonFiniteGuard:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One GPU job of docs/reproduction.md: one study's twin(s), their evaluations, the pieces in $OUT.
+#
+#   bash scripts/reproduce_gpu.sh STUDY FLAVOUR [KEY=VALUE ...]     FLAVOUR: headless | vanilla | both
+#
+# Data: .data/STUDY laid out like ../shared/data (the files the study reads; docs/reproduction.md
+# says which), carried to the GPU machine.  SMOKE=1 first runs the same study at a 10-second budget
+# with small evaluation limits, so that a broken path fails in one minute, not ten.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1
+STUDY=${1:?study}; FLAVOUR=${2:?flavour}; shift 2
+RES=${OUT:-results}/$STUDY
+mkdir -p "$RES"
+H="python3 -m headless reproduce $STUDY data_root=.data/$STUDY progress=false"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+if [ "${SMOKE:-0}" = 1 ]; then
+  $H budget_s=10 'fractions=[0.5,1.0]' lambada_limit=64 zeroshot_limit=16 heldout_sequences=8 finetune_tokens=1e5 \
+     'seeds=[0]' 'glue_lrs=[1e-4]' glue_max_train_examples=256 xnli_epochs=1 ${SMOKE_ARGS:-} \
+     --flavour "$FLAVOUR" --work-dir runs/reproduce --output runs/smoke/$STUDY 2>&1 | tail -25
+  echo "smoke passed"
+fi
+$H "$@" --flavour "$FLAVOUR" --work-dir runs/reproduce --output "$RES" 2>&1 | tee "$RES/$STUDY-$FLAVOUR.log"
+for run in runs/reproduce/$STUDY/runs/*/; do  # the pretraining runs' own summaries and metrics
+  name=$(basename "$run"); cp "$run/summary.md" "$RES/$name-summary.md" 2>/dev/null || true
+  cp "$run/metrics.jsonl" "$RES/$name-metrics.jsonl" 2>/dev/null || true
+done

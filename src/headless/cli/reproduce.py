@@ -1,0 +1,77 @@
+"""`headless reproduce STUDY` and `headless report PIECE.json ...`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+REPRODUCE_EPILOG = """examples:
+  headless reproduce decoder                                  # both twins, 240 GPU-seconds each, report
+  headless reproduce encoder --flavour vanilla --output results/   # one piece (one GPU job)
+  headless reproduce decoder budget_s=3600 seed=1 data_root=/data/shared
+  headless reproduce decoder compare=tokens steps=5000        # equal tokens instead of equal time
+  headless report results/*.json --output docs/results/reproduction
+study settings are key=value pairs (see --show-config); `pretrain=[k=v,...]` adds to the twins' config."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="train and compare a headless/vanilla pair as the paper does",
+                              description="Train the headless and vanilla twins of a study on the same data "
+                              "at equal GPU time (or equal tokens), evaluate checkpoints along the way, and "
+                              "write one JSON piece per twin plus a report.", epilog=REPRODUCE_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=["decoder", "encoder", "multilingual"])
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study settings, e.g. budget_s=600")
+    p.add_argument("--flavour", choices=["headless", "vanilla", "both"], default="both",
+                   help="which twin(s) to run: one is one piece of the study (default both)")
+    p.add_argument("--config", default=None, help="a YAML file of study settings")
+    p.add_argument("--work-dir", default="runs/reproduce", help="data, runs and scratch (default runs/reproduce)")
+    p.add_argument("--output", default=None, help="folder for the pieces and report (default WORK_DIR/STUDY/results)")
+    p.add_argument("--show-config", action="store_true", help="print the resolved study settings and exit")
+    p.set_defaults(func=_reproduce)
+
+    r = subparsers.add_parser("report", help="merge `headless reproduce` pieces into tables and curves",
+                              description="Merge pieces of one study (any order, any machines) into "
+                              "STUDY-report.md, STUDY-report.json and PNG curves.")
+    r.add_argument("pieces", nargs="+", metavar="PIECE.json")
+    r.add_argument("--output", required=True, help="folder for the report")
+    r.set_defaults(func=_report)
+
+
+def _reproduce(args) -> int:
+    import yaml
+
+    from headless.reproduce import FLAVOURS, load_study, run_study
+
+    config = load_study(args.study, args.config, args.overrides)
+    if args.show_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    flavours = FLAVOURS if args.flavour == "both" else (args.flavour,)
+    result = run_study(config, flavours=flavours, work_dir=args.work_dir, output_dir=args.output,
+                       command="headless " + shlex.join(sys.argv[1:]))
+    for path in result["pieces"]:
+        print(f"piece written: {path}")
+    if result["report"]:
+        _print_headline(result["report"])
+    return 0
+
+
+def _print_headline(report: dict) -> None:
+    from headless.reproduce.report import _crossing_text
+
+    for entry in report["headline"].values():
+        if "delta" in entry:
+            print(f"{entry['label']}: headless {entry['headless']['mean']:.2f} vs vanilla "
+                  f"{entry['vanilla']['mean']:.2f} ({entry['delta']:+.2f}); headless reaches vanilla's final "
+                  f"score at {_crossing_text(entry['crossing'])}")
+
+
+def _report(args) -> int:
+    from headless.reproduce.report import write_report
+
+    report = write_report(args.pieces, args.output)
+    _print_headline(report)
+    print(f"report written: {args.output}/{report['study']}-report.md")
+    return 0

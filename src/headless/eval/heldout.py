@@ -1,0 +1,46 @@
+"""Held-out cross-entropy of a causal LM on the validation split of a prepared dataset.
+
+Next-token cross-entropy over the whole vocabulary, the quantity vanilla pretraining minimises, so a
+vanilla decoder and a headless one given a head (raw or HLM+FT) compare on the same footing.  The
+first `max_sequences` packed sequences are scored, in order: the same tokens for every model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from headless.errors import HeadlessError
+
+
+@torch.no_grad()
+def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: str = "validation",
+                          max_sequences: int = 256, batch_size: int = 8, device: str | None = "auto") -> dict:
+    """{"cross_entropy" (nats per token), "perplexity", "tokens", "sequences"}."""
+    import numpy as np
+
+    from headless.data.loader import PackedDataset
+    from headless.eval.scoring import load_causal_lm
+
+    data = PackedDataset(dataset, split)
+    count = min(len(data), max_sequences)
+    if count == 0:
+        raise HeadlessError(f"{dataset} has no {split} sequences to score")
+    model, _, dev = load_causal_lm(model_dir, device=device)
+    rows = model.get_output_embeddings().weight.shape[0]
+    total, tokens = 0.0, 0
+    for start in range(0, count, batch_size):
+        batch = torch.from_numpy(np.stack([data[i] for i in range(start, min(count, start + batch_size))]).astype(np.int64))
+        if int(batch.max()) >= rows:
+            raise HeadlessError(f"{dataset} holds token ids beyond the model's {rows} output rows: another tokenizer?")
+        batch = batch.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(input_ids=batch).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(),
+                                                 reduction="sum")
+        total += float(loss)
+        tokens += batch[:, 1:].numel()
+    ce = total / tokens
+    return {"cross_entropy": ce, "perplexity": math.exp(ce), "tokens": tokens, "sequences": count}

@@ -1,0 +1,31 @@
+"""`headless reproduce`: the paper's headless-vs-vanilla comparisons as commands.
+
+`run_study` trains and evaluates both twins of a study (or one, as one piece of a larger run);
+`write_report` merges pieces into tables and curves.  See docs/reproduction.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from headless.reproduce.config import FLAVOURS, STUDIES, StudyConfig, load_study
+from headless.reproduce.piece import run_piece
+from headless.reproduce.report import build_report, write_report
+
+
+def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = "runs/reproduce",
+              output_dir: str | Path | None = None, command: str | None = None) -> dict:
+    """Run the study's pieces for `flavours` into OUTPUT_DIR (default WORK_DIR/STUDY/results) and,
+    when both twins are there, the report; returns {"pieces": [paths], "report": report or None}."""
+    out = Path(output_dir) if output_dir else Path(work_dir) / config.study / "results"
+    paths = []
+    for flavour in flavours:
+        path = out / f"{config.study}-{flavour}-seed{config.seed}.json"
+        run_piece(config, flavour, work_dir=work_dir, output=path, command=command)
+        paths.append(path)
+    report = write_report(paths, out) if len(set(flavours)) == 2 else None
+    return {"pieces": paths, "report": report}
+
+
+__all__ = ["FLAVOURS", "STUDIES", "StudyConfig", "load_study", "run_piece", "run_study", "build_report",
+           "write_report"]

@@ -1,0 +1,138 @@
+"""What one reproduction study is: the twins' preset, the data, the budget, the evaluations.
+
+A study is described by one `StudyConfig` (typed, YAML-loadable, `key=value`-overridable, saved in
+every result).  The defaults of each study live in `STUDY_DEFAULTS`, so `headless reproduce decoder`
+alone runs the documented protocol; a test or a cluster run overrides budget and data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from headless.errors import HeadlessError
+
+STUDIES = ("decoder", "encoder", "multilingual")
+FLAVOURS = ("headless", "vanilla")
+
+
+@dataclass
+class StudyConfig:
+    """One study; each piece of it trains one flavour at one pretraining seed."""
+
+    study: Literal["decoder", "encoder", "multilingual"] = "decoder"
+    preset: str = "pythia-70m"
+    # equal GPU time (the paper's comparison): each twin trains `budget_s` seconds of steady-state
+    # step time, its step count set by its own measured throughput; equal tokens: both twins take
+    # `steps` steps.
+    compare: Literal["time", "tokens"] = "time"
+    budget_s: float = 240.0
+    steps: Optional[int] = None
+    fractions: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # checkpoints evaluated
+    seed: int = 0  # pretraining seed (masks, data order, initialisation)
+    pretrain: list = field(default_factory=list)  # key=value overrides of the twins' TrainConfig
+    # data: a folder laid out like ../shared/data (MANIFEST.md); None: $HEADLESS_SHARED_DATA or ../shared/data
+    data_root: Optional[str] = None
+    enwiki_shards: Optional[int] = None  # None: every train shard found
+    books: bool = True  # Project Gutenberg English books in the pretraining mix (decoder, encoder)
+    languages: list = field(default_factory=lambda: ["de", "ja", "ko", "zh"])  # multilingual, with English
+    tokenizer_vocab_size: int = 50000  # multilingual: the WordPiece vocabulary trained by the study
+    seq_len: Optional[int] = None  # None: the preset's
+    # decoder evaluation
+    finetune_tokens: float = 5e6  # HLM+FT budget per headless checkpoint (its time is counted)
+    finetune_lr: float = 1e-4
+    lambada_limit: Optional[int] = None
+    heldout_sequences: int = 256
+    zeroshot_tasks: list = field(default_factory=lambda: ["boolq", "piqa", "arc_easy", "pubmedqa"])
+    zeroshot_limit: Optional[int] = 1000
+    zeroshot_at: Literal["final", "all", "none"] = "final"
+    # encoder / multilingual evaluation
+    glue_tasks: list = field(default_factory=lambda: ["cola", "sst2", "mrpc", "stsb", "rte"])
+    glue_recipe: Literal["small", "paper"] = "small"  # small: lr chosen per task on dev; paper: balanced CE
+    glue_lrs: list = field(default_factory=lambda: [1e-4, 5e-5, 2e-5])
+    glue_epochs: int = 3
+    glue_max_train_examples: Optional[int] = 8000
+    seeds: list = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds at the final checkpoint
+    curve_seeds: list = field(default_factory=lambda: [0])  # fine-tuning seeds at earlier checkpoints
+    xnli_modes: list = field(default_factory=lambda: ["transfer", "target"])
+    xnli_lr: float = 5e-5
+    xnli_epochs: int = 10
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> "StudyConfig":
+        checks = [
+            (self.budget_s > 0, "budget_s must be > 0"),
+            (self.compare == "time" or (self.steps or 0) >= 1, "compare=tokens needs steps >= 1"),
+            (len(self.fractions) >= 1 and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.fractions),
+             "fractions must be numbers in (0, 1]"),
+            (1.0 in [float(f) for f in self.fractions], "fractions must include 1.0 (the final checkpoint)"),
+            (self.finetune_tokens > 0, "finetune_tokens must be > 0"),
+            (bool(self.seeds) and bool(self.curve_seeds), "seeds and curve_seeds must not be empty"),
+            (bool(self.glue_lrs), "glue_lrs must not be empty"),
+            (all(m in ("transfer", "target") for m in self.xnli_modes) and bool(self.xnli_modes),
+             "xnli_modes must be transfer and/or target"),
+            (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HeadlessError(f"invalid study config: {message}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def root(self) -> Path:
+        from headless.paths import shared_data_dir
+
+        return Path(self.data_root) if self.data_root else shared_data_dir()
+
+
+# What `headless reproduce STUDY` runs with no override: the protocols of docs/reproduction.md.
+STUDY_DEFAULTS: dict[str, dict] = {
+    "decoder": {"preset": "pythia-70m", "budget_s": 240.0,
+                "pretrain": ["grad_accum=4", "optim.warmup_steps=200", "eval_every=100000", "log_every=50"]},
+    "encoder": {"preset": "bert-small", "budget_s": 120.0,
+                "pretrain": ["batch_size=256", "optim.lr=1e-3", "optim.warmup_steps=500", "optim.beta2=0.98",
+                             "eval_every=100000", "log_every=100", "compile=true",
+                             "compile_mode=reduce-overhead"]},
+    "multilingual": {"preset": "multilingual", "budget_s": 120.0, "fractions": [0.5, 1.0],
+                     "pretrain": ["batch_size=128", "optim.lr=5e-4", "optim.warmup_steps=300", "optim.beta2=0.98",
+                                  "eval_every=100000", "log_every=100", "compile=true",
+                                  "compile_mode=reduce-overhead"]},
+}
+
+
+def load_study(study: str, config_file: str | Path | None = None, overrides: list[str] | dict | None = None
+               ) -> StudyConfig:
+    """The study's defaults <- a YAML file <- key=value overrides, validated."""
+    from headless.config import _deep_merge, _from_dict, _read_yaml, parse_overrides
+
+    if study not in STUDIES:
+        raise HeadlessError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
+    data = dict(STUDY_DEFAULTS[study], study=study)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise HeadlessError(f"study config file not found: {path}")
+        data = _deep_merge(data, _read_yaml(path))
+    if overrides:
+        update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        if "pretrain" in update and isinstance(update["pretrain"], list):
+            update["pretrain"] = list(data.get("pretrain", [])) + update["pretrain"]  # add to, not replace
+        data = _deep_merge(data, update)
+    if data.get("study", study) != study:
+        raise HeadlessError(f"the config is for study {data['study']!r}, not {study!r}")
+    config = _from_dict(StudyConfig, data)
+    # a list given as one string from YAML/CLI ("pretrain=compile=false") stays a list of strings
+    config.pretrain = [str(p) for p in config.pretrain]
+    try:  # YAML reads 1e-4 (no dot) as a string
+        config.glue_lrs = [float(x) for x in config.glue_lrs]
+        config.fractions = [float(x) for x in config.fractions]
+    except (TypeError, ValueError):
+        raise HeadlessError(f"invalid study config: glue_lrs and fractions must be numbers, got "
+                            f"{config.glue_lrs} and {config.fractions}") from None
+    return config.validate()

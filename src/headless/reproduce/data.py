@@ -1,0 +1,108 @@
+"""The pretraining data of a study, prepared once per work directory, and its fingerprint.
+
+All three studies read a folder laid out like ../shared/data (MANIFEST.md there): English Wikipedia
+shards (+ a disjoint validation shard), Project Gutenberg books, Wikipedia in other languages, the
+Pythia and BERT tokenizers.  The fingerprint hashes file *contents* (not paths or times), so two
+pieces run on different machines from copies of the same files agree, and `headless report`
+refuses to merge pieces whose data differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from headless.errors import HeadlessError
+from headless.reproduce.config import StudyConfig
+
+
+@dataclass
+class StudyData:
+    dataset: Path  # a prepared dataset (headless prepare layout)
+    fingerprint: str  # of the pretraining inputs, tokenizer and packing
+    train_tokens: int  # tokens in one epoch of the train split
+    inputs: list[str]  # file names, for the report
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise HeadlessError(f"{what} not found at {path} (data_root must be laid out like ../shared/data; "
+                            "set data_root= or HEADLESS_SHARED_DATA)")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_fingerprint(paths: list[Path], **settings) -> str:
+    """sha256 over (file name, content hash) pairs and the settings: location-independent."""
+    entries = sorted((p.name, file_sha256(p)) for p in paths)
+    blob = json.dumps({"files": entries, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
+    """(train files, validation files) of the study's mix."""
+    root = config.root
+    shards = sorted(_need(root / "enwiki" / "train", "English Wikipedia shards").glob("enwiki-*.jsonl*"))
+    if not shards:
+        raise HeadlessError(f"no enwiki-*.jsonl* shards in {root / 'enwiki' / 'train'}")
+    limit = config.enwiki_shards
+    if limit is None and config.study == "multilingual":
+        limit = 2  # English stays one language among five, not most of the text
+    shards = shards[:limit] if limit else shards
+    train = list(shards)
+    if config.study == "multilingual":
+        train += [_need(root / "multilingual" / f"{lang}.jsonl.xz", f"Wikipedia in {lang!r}") for lang in config.languages]
+    elif config.books:
+        train.append(_need(root / "books" / "gutenberg_en.jsonl.xz", "Project Gutenberg books"))
+    validation = sorted((root / "enwiki" / "validation").glob("enwiki-*.jsonl*")) if config.study != "multilingual" else []
+    return train, validation
+
+
+def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path]) -> Path:
+    """The Pythia tokenizer (decoder), BERT's uncased vocabulary (encoder), or a cased WordPiece
+    tokenizer the study trains on its own multilingual mix (trained once per work directory)."""
+    from headless.data.tokenizers import train_tokenizer
+
+    root = config.root
+    if config.study == "decoder":
+        return _need(root / "tokenizers" / "gpt-neox-20b" / "tokenizer.json", "the GPT-NeoX tokenizer")
+    if config.study == "encoder":
+        return _need(root / "tokenizers" / "bert-base-uncased" / "vocab.txt", "the BERT uncased vocabulary")
+    key = content_fingerprint(train, vocab=config.tokenizer_vocab_size)
+    out = work_dir / "tokenizers" / f"multilingual-wordpiece-{config.tokenizer_vocab_size}-{key}"
+    if not (out / "tokenizer.json").is_file():
+        train_tokenizer([str(p) for p in train], kind="wordpiece", vocab_size=config.tokenizer_vocab_size,
+                        output_dir=out, lowercase=False, progress=config.progress)
+    return out
+
+
+def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) -> StudyData:
+    """Tokenize and pack the study's mix into WORK_DIR/data/ (reused when already there)."""
+    from headless.data.prepare import prepare_dataset
+    from headless.data.tokenizers import load_tokenizer, tokenizer_hash
+
+    work_dir = Path(work_dir)
+    train, validation = pretraining_files(config)
+    tok_path = tokenizer_source(config, work_dir, train)
+    tokenizer = load_tokenizer(str(tok_path))
+    fingerprint = content_fingerprint(train + validation, tokenizer=tokenizer_hash(tokenizer), seq_len=seq_len,
+                                      validation=[p.name for p in validation])
+    out = work_dir / "data" / f"{config.study}-{fingerprint}"
+    cores = os.cpu_count() or 1
+    manifest = prepare_dataset([str(p) for p in train], out, tokenizer, seq_len=seq_len,
+                               num_workers=min(8, cores - 1) if cores > 4 else None,
+                               validation_inputs=[str(p) for p in validation] or None,
+                               validation_fraction=0.0 if validation else 0.01, progress=config.progress)
+    train_tokens = int(manifest["splits"]["train"]["num_tokens"])
+    return StudyData(dataset=out, fingerprint=fingerprint, train_tokens=train_tokens,
+                     inputs=[p.name for p in train] + [f"validation: {p.name}" for p in validation])

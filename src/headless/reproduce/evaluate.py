@@ -1,0 +1,124 @@
+"""Downstream scores of one checkpoint of one twin, per study.
+
+Every score is a list of values (one per fine-tuning seed; one value for deterministic
+evaluations), so that `headless report` can give mean ± std over seeds and pretraining runs alike.
+
+- decoder: vanilla as it is; headless raw (a new head copied from the input embeddings) and
+  HLM+FT (that head fine-tuned on `finetune_tokens` of the pretraining data, its GPU time counted):
+  LAMBADA accuracy and perplexities, held-out cross-entropy, zero-shot multiple choice;
+- encoder: GLUE, the learning rate chosen per task on dev among `glue_lrs` (the usual protocol for
+  small BERTs), or the paper's recipe (balanced cross-entropy, best epoch);
+- multilingual: XNLI, fine-tuned on English and evaluated on every language (transfer) and
+  fine-tuned within each language (target).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from headless.reproduce.config import StudyConfig
+
+
+def _bf16(device: str) -> bool:
+    import torch
+
+    return device != "cpu" and torch.cuda.is_available()
+
+
+def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final: bool) -> dict[str, list[float]]:
+    from headless.eval.heldout import heldout_cross_entropy
+    from headless.eval.lambada import evaluate_lambada
+    from headless.eval.zeroshot import evaluate_zeroshot
+
+    root = config.root
+    lam = evaluate_lambada(model_dir, root / "lambada" / "lambada_openai_dev.jsonl", limit=config.lambada_limit,
+                           batch_size=32, device=config.device)
+    held = heldout_cross_entropy(model_dir, dataset, max_sequences=config.heldout_sequences, device=config.device)
+    scores = {"lambada_acc": [100 * lam["accuracy"]], "lambada_token_ppl": [lam["token_perplexity"]],
+              "lambada_word_ppl": [lam["word_perplexity"]], "heldout_ce": [held["cross_entropy"]]}
+    if config.zeroshot_tasks and (config.zeroshot_at == "all" or (final and config.zeroshot_at == "final")):
+        zs = evaluate_zeroshot(model_dir, config.zeroshot_tasks, data_dir=root / "zeroshot",
+                               limit=config.zeroshot_limit, batch_size=32, device=config.device)
+        for task, result in zs["tasks"].items():
+            scores[f"{task}_acc"] = [100 * result["acc"]]
+        scores["zeroshot_avg"] = [statistics.fmean(100 * r["acc"] for r in zs["tasks"].values())]
+    return scores
+
+
+def hlm_finetune(model_dir: Path, out_dir: Path, run_dir: Path, config: StudyConfig, dataset: Path) -> float:
+    """HLM+FT of an exported headless decoder (with its embedding-initialised head); returns the
+    fine-tuning's GPU seconds (its wall time: it runs eagerly, with no evaluation)."""
+    from headless.finetune import finetune_head
+
+    start = time.perf_counter()
+    finetune_head(model_dir, out_dir, data=str(dataset), tokens=int(config.finetune_tokens), lr=config.finetune_lr,
+                  run_dir=str(run_dir), device=config.device, seed=config.seed, progress=False,
+                  overrides=["eval_every=1000000", "save_every=1000000", "keep_last=1", "tensorboard=false"])
+    return time.perf_counter() - start
+
+
+def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[str, list[float]]:
+    """Per task: each learning rate with the first seed, the best on dev kept, then the other seeds
+    at that rate; `glue_avg` averages the tasks' main scores seed by seed."""
+    from headless.eval.glue import glue_task, run_glue
+
+    common = dict(max_train_examples=config.glue_max_train_examples, device=config.device,
+                  bf16=_bf16(config.device), data_dir=config.root / "glue", progress=False)
+    scores: dict[str, list[float]] = {}
+    for task in config.glue_tasks:
+        key = glue_task(task)[0]
+        if config.glue_recipe == "paper":
+            result = run_glue(model_dir, tasks=[task], recipe="paper", seeds=seeds, **common)
+            scores[key] = [100 * v for v in result["tasks"][key]["main"]["values"]]
+            continue
+        best = None
+        for lr in config.glue_lrs:
+            result = run_glue(model_dir, tasks=[task], recipe="standard", lr=lr, epochs=config.glue_epochs,
+                              seeds=seeds[:1], **common)
+            value = 100 * result["tasks"][key]["main"]["values"][0]
+            if best is None or value > best[0]:
+                best = (value, lr)
+        values = [best[0]]
+        if len(seeds) > 1:
+            result = run_glue(model_dir, tasks=[task], recipe="standard", lr=best[1], epochs=config.glue_epochs,
+                              seeds=seeds[1:], **common)
+            values += [100 * v for v in result["tasks"][key]["main"]["values"]]
+        scores[key] = values
+        scores[f"{key}_lr"] = [best[1]]
+    tasks = [glue_task(t)[0] for t in config.glue_tasks]
+    scores["glue_avg"] = [statistics.fmean(scores[t][i] for t in tasks) for i in range(len(seeds))]
+    return scores
+
+
+# XNLI languages that the multilingual pretraining mix covers (en from enwiki)
+def covered_languages(config: StudyConfig) -> list[str]:
+    return ["en"] + [lang for lang in config.languages]
+
+
+def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[str, list[float]]:
+    from headless.eval.xnli import run_xnli
+
+    mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
+    result = run_xnli(model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
+                      epochs=config.xnli_epochs, device=config.device, bf16=_bf16(config.device), progress=False)
+    covered = set(covered_languages(config))
+    scores: dict[str, list[float]] = {}
+    for name, block in result["modes"].items():
+        langs = block["languages"]
+        for lang, summary in langs.items():
+            scores[f"xnli_{name}_{lang}"] = [100 * v for v in summary["values"]]
+        n = len(seeds)
+        scores[f"xnli_{name}_avg"] = [100 * v for v in block["average"]["values"]]
+        seen = [lang for lang in langs if lang in covered]
+        unseen = [lang for lang in langs if lang not in covered]
+        for label, group in (("covered", seen), ("other", unseen)):
+            if group:
+                scores[f"xnli_{name}_{label}"] = [100 * statistics.fmean(langs[lang]["values"][i] for lang in group)
+                                                  for i in range(n)]
+    return scores
+
+
+ENCODER_EVALS: dict[str, Callable] = {"encoder": glue_scores, "multilingual": xnli_scores}

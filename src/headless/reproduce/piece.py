@@ -1,0 +1,195 @@
+"""One piece of a study: one twin (flavour) at one pretraining seed, trained and evaluated.
+
+A piece fits one GPU job: it prepares the study's data (once per work directory), pretrains the twin
+at equal GPU time (or equal tokens), evaluates the checkpoints kept at `fractions` of the run, and
+writes one small JSON (no checkpoint has to travel).  `headless report` merges pieces from any
+number of runs or machines.  Re-running a piece in the same work directory reuses a finished
+pretraining run and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from headless.errors import HeadlessError
+from headless.reproduce.config import FLAVOURS, StudyConfig
+from headless.reproduce.data import content_fingerprint, prepare_study_data
+from headless.reproduce import evaluate
+
+PIECE_FORMAT = "headless-reproduce-piece/1"
+# far above any budget's step count: with a time budget, max_steps is only a cap
+_STEP_CAP = 100_000_000
+
+
+def eval_files(config: StudyConfig) -> list[Path]:
+    """The evaluation data a study reads (their contents make the evaluation fingerprint)."""
+    root = config.root
+    if config.study == "decoder":
+        files = [root / "lambada" / "lambada_openai_dev.jsonl"]
+        files += sorted((root / "zeroshot").glob("*.jsonl")) if config.zeroshot_tasks else []
+    elif config.study == "encoder":
+        from headless.eval.glue import GLUE_TASKS, glue_task
+
+        files = []
+        for task in config.glue_tasks:
+            folder = root / "glue" / GLUE_TASKS[glue_task(task)[0]].name
+            files += sorted(folder.glob("*.tsv"))
+    else:
+        files = sorted((root / "xnli").glob("*.tsv"))
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        raise HeadlessError(f"evaluation data missing under {root}: {missing[0] if missing else config.study}")
+    return files
+
+
+def train_config(config: StudyConfig, flavour: str, dataset: Path, run_dir: Path):
+    """The twin's TrainConfig: the preset, the study's overrides, the budget and curve checkpoints."""
+    from headless.config import load_config
+
+    overrides = list(config.pretrain) + [
+        f"data.path={dataset}", f"run_dir={run_dir}", f"seed={config.seed}", f"device={config.device}",
+        f"progress={str(config.progress).lower()}", f"checkpoint_fractions={json.dumps(config.fractions)}",
+        "save_every=100000000", "keep_last=1"]
+    if config.compare == "time":
+        overrides += [f"time_budget_s={config.budget_s}", f"max_steps={_STEP_CAP}"]
+    else:
+        overrides += [f"max_steps={config.steps}"]
+    if config.seq_len:
+        overrides.append(f"data.seq_len={config.seq_len}")
+    return load_config(config.preset, overrides=overrides, flavour=flavour)
+
+
+def _pretrained_run(cfg, run_dir: Path) -> dict:
+    from headless.train.loop import pretrain, resume_run
+
+    summary_path = run_dir / "summary.json"  # written when a run has finished
+    if summary_path.is_file():
+        print(f"reusing the finished pretraining run {run_dir}", flush=True)
+        return json.loads(summary_path.read_text())
+    if (run_dir / "config.yaml").is_file():
+        print(f"resuming the pretraining run {run_dir}", flush=True)
+        return resume_run(run_dir)
+    return pretrain(cfg)
+
+
+def _checkpoint(run_dir: Path, step: int) -> tuple[Path, dict]:
+    from headless.train.checkpoint import checkpoint_name
+
+    path = run_dir / "checkpoints" / checkpoint_name(step)
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise HeadlessError(f"the curve checkpoint {path} is missing; was the run pruned?")
+    return path, json.loads(state_file.read_text())
+
+
+def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path, dataset: Path, step: int,
+                    final: bool, seconds_per_step: Optional[float]) -> dict:
+    from headless.export import export
+
+    ckpt, state = _checkpoint(run_dir, step)
+    counters = state.get("counters", {})
+    pretrain_s = step * seconds_per_step if seconds_per_step else float(counters.get("elapsed", 0.0))
+    point: dict[str, Any] = {"step": step, "tokens": int(counters.get("tokens", 0)), "pretrain_gpu_s": pretrain_s,
+                             "wall_s": float(counters.get("elapsed", 0.0)), "variants": {}}
+    scratch = work / f"eval-step-{step}"
+    shutil.rmtree(scratch, ignore_errors=True)  # only ever our own scratch from an interrupted piece
+    try:
+        if config.study == "decoder":
+            if flavour == "vanilla":
+                model = export(run_dir, scratch / "vanilla", checkpoint=str(ckpt))
+                point["variants"]["vanilla"] = {"gpu_s": pretrain_s,
+                                                "scores": evaluate.decoder_scores(model, config, dataset, final=final)}
+            else:
+                raw = export(run_dir, scratch / "raw", checkpoint=str(ckpt), add_head=True)
+                point["variants"]["headless_raw"] = {
+                    "gpu_s": pretrain_s, "scores": evaluate.decoder_scores(raw, config, dataset, final=final)}
+                ft_s = evaluate.hlm_finetune(raw, scratch / "hlm-ft", scratch / "hlm-ft-run", config, dataset)
+                point["variants"]["hlm_ft"] = {
+                    "gpu_s": pretrain_s + ft_s, "finetune_gpu_s": ft_s,
+                    "scores": evaluate.decoder_scores(scratch / "hlm-ft", config, dataset, final=final)}
+        else:
+            model = export(run_dir, scratch / flavour, checkpoint=str(ckpt))
+            seeds = list(config.seeds if final else config.curve_seeds)
+            point["variants"][flavour] = {"gpu_s": pretrain_s,
+                                          "scores": evaluate.ENCODER_EVALS[config.study](model, config, seeds)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return point
+
+
+def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs/reproduce",
+              output: str | Path | None = None, command: str | None = None) -> dict:
+    """Pretrain and evaluate one twin; returns the piece (also written to `output` as JSON)."""
+    import torch
+
+    if flavour not in FLAVOURS:
+        raise HeadlessError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+    config.validate()
+    work = Path(work_dir) / config.study
+    from headless.config import load_config
+
+    seq_len = config.seq_len or load_config(config.preset).data.seq_len
+    files = eval_files(config)  # fail on missing evaluation data before hours of pretraining
+    data = prepare_study_data(config, work, seq_len)
+    probe = train_config(config, flavour, data.dataset, Path("run"))
+    # one run directory per distinct pretraining config: a piece re-run reuses or resumes its own run
+    key = content_fingerprint([], config={k: v for k, v in probe.to_dict().items() if k not in ("progress", "device")})
+    run_dir = work / "runs" / f"{flavour}-seed{config.seed}-{key}"
+    cfg = train_config(config, flavour, data.dataset, run_dir)
+    summary = _pretrained_run(cfg, run_dir)
+
+    steps = int(summary["steps"])
+    per_step = summary.get("steady_s_per_step")
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len  # one process: the equal-compute runs
+    curve = sorted(summary.get("checkpoint_steps") or [steps])
+    from tqdm.auto import tqdm
+
+    points = []
+    for step in tqdm(curve, desc=f"{config.study}/{flavour}: evaluating checkpoints", unit="ckpt",
+                     disable=None if config.progress else True):
+        point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, per_step)
+        point["fraction"] = step / steps
+        point["epochs"] = point["tokens"] / data.train_tokens
+        points.append(point)
+        print(f"{config.study}/{flavour} step {step}: " + "; ".join(
+            f"{v}: " + ", ".join(f"{k} {s['scores'][k][0]:.4g}" for k in list(s["scores"])[:4])
+            for v, s in point["variants"].items()), flush=True)
+
+    piece = {
+        "format": PIECE_FORMAT, "study": config.study, "flavour": flavour, "seed": config.seed,
+        "compare": config.compare, "budget_s": config.budget_s if config.compare == "time" else None,
+        "steps_requested": config.steps if config.compare == "tokens" else None,
+        "data": {"fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "inputs": data.inputs},
+        "eval_fingerprint": content_fingerprint(files),
+        "pretrain": {
+            "preset": config.preset, "steps": steps, "tokens": int(summary.get("tokens", steps * tokens_per_step)),
+            "tokens_per_step": tokens_per_step, "steady_s_per_step": per_step,
+            "tokens_per_s": tokens_per_step / per_step if per_step else summary.get("tokens_per_s_last"),
+            "gpu_s": steps * per_step if per_step else summary.get("wall_time_s"),
+            "wall_time_s": summary.get("wall_time_s"), "epochs": summary.get("tokens", 0) / data.train_tokens,
+            "parameters": summary.get("parameters"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
+            "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": summary.get("mfu_last"),
+            "final_val_loss": summary.get("final_val_loss"), "device": summary.get("device")},
+        "points": points,
+        "study_config": config.to_dict(), "train_config": cfg.to_dict(),
+        "environment": {"host": platform.node(), "python": sys.version.split()[0], "torch": torch.__version__,
+                        "device": summary.get("device"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "command": command,
+    }
+    if output is not None:
+        write_json(piece, Path(output))
+    return piece
+
+
+def write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,280 @@
+"""`headless report PIECE.json ...`: merge the pieces of one study into tables and curves.
+
+Pieces may come from several runs or machines; the merge does not depend on their order.  Pieces of
+different studies, data, evaluation data, comparison modes or budgets are refused with one line,
+since a table across them would compare unlike things.  Scores are mean ± sample std over every
+value available (fine-tuning seeds x pretraining seeds); `n` says how many.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from headless.errors import HeadlessError
+from headless.reproduce.piece import PIECE_FORMAT, write_json
+
+REPORT_FORMAT = "headless-reproduce-report/1"
+
+# per study: (headless variant, vanilla variant) compared, and the headline metrics (key, label, higher is better)
+HEADLINE: dict[str, dict[str, Any]] = {
+    "decoder": {"pair": ("hlm_ft", "vanilla"),
+                "metrics": [("lambada_acc", "LAMBADA accuracy (%)", True),
+                            ("heldout_ce", "held-out cross-entropy (nats/token)", False)]},
+    "encoder": {"pair": ("headless", "vanilla"),
+                "metrics": [("glue_avg", "GLUE average (%)", True)]},
+    "multilingual": {"pair": ("headless", "vanilla"),
+                     "metrics": [("xnli_transfer_avg", "XNLI accuracy, fine-tuned on English (%)", True),
+                                 ("xnli_target_avg", "XNLI accuracy, fine-tuned in each language (%)", True)]},
+}
+VARIANT_NAMES = {"hlm_ft": "headless (HLM+FT)", "headless_raw": "headless (raw: embedding head)",
+                 "headless": "headless", "vanilla": "vanilla"}
+VARIANT_ORDER = ["hlm_ft", "headless", "headless_raw", "vanilla"]
+
+
+def load_piece(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        piece = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadlessError(f"{path}: no such piece") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HeadlessError(f"{path}: not a JSON piece ({err})") from None
+    if not isinstance(piece, dict) or piece.get("format") != PIECE_FORMAT:
+        raise HeadlessError(f"{path}: not a `headless reproduce` piece (format {PIECE_FORMAT} expected)")
+    piece["_path"] = str(path)
+    return piece
+
+
+def _same(pieces: list[dict], what: str, get) -> None:
+    values = {json.dumps(get(p), sort_keys=True): p for p in pieces}
+    if len(values) > 1:
+        (a, pa), (b, pb) = list(values.items())[:2]
+        raise HeadlessError(f"cannot merge pieces of different {what}: {pa['_path']} has {a}, {pb['_path']} has {b}")
+
+
+def check_compatible(pieces: list[dict]) -> None:
+    if not pieces:
+        raise HeadlessError("no pieces given")
+    _same(pieces, "studies", lambda p: p["study"])
+    _same(pieces, "pretraining data", lambda p: p["data"]["fingerprint"])
+    _same(pieces, "evaluation data", lambda p: p["eval_fingerprint"])
+    _same(pieces, "comparisons", lambda p: [p["compare"], p["budget_s"], p.get("steps_requested")])
+    seen: dict[tuple, str] = {}
+    for p in pieces:
+        key = (p["flavour"], p["seed"])
+        if key in seen:
+            raise HeadlessError(f"two pieces for {p['flavour']} seed {p['seed']}: {seen[key]} and {p['_path']}")
+        seen[key] = p["_path"]
+
+
+def _stats(values: list[float]) -> dict:
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def curves(pieces: list[dict]) -> dict[str, list[dict]]:
+    """variant -> points ordered by fraction: gpu_s and tokens (means over pieces), score stats."""
+    grouped: dict[str, dict[float, list[tuple[dict, dict]]]] = {}
+    for piece in pieces:
+        for point in piece["points"]:
+            for name, variant in point["variants"].items():
+                grouped.setdefault(name, {}).setdefault(round(point["fraction"], 3), []).append((point, variant))
+    out = {}
+    for name, by_fraction in grouped.items():
+        rows = []
+        for fraction in sorted(by_fraction):
+            entries = by_fraction[fraction]
+            metrics = sorted({k for _, v in entries for k in v["scores"]})
+            rows.append({
+                "fraction": fraction,
+                "gpu_s": statistics.fmean(v["gpu_s"] for _, v in entries),
+                "tokens": statistics.fmean(p["tokens"] for p, _ in entries),
+                "epochs": statistics.fmean(p["epochs"] for p, _ in entries),
+                "scores": {k: _stats([x for _, v in entries for x in v["scores"].get(k, [])]) for k in metrics
+                           if any(k in v["scores"] for _, v in entries)},
+            })
+        out[name] = rows
+    return out
+
+
+def crossing(headless: list[dict], vanilla: list[dict], metric: str, higher: bool) -> dict:
+    """Where the headless curve first reaches vanilla's final score, as a fraction of vanilla's GPU
+    time (linear interpolation between evaluated checkpoints)."""
+    final = vanilla[-1]
+    if metric not in final["scores"]:
+        return {"status": "no vanilla score"}
+    target, total = final["scores"][metric]["mean"], final["gpu_s"]
+    better = (lambda s: s >= target) if higher else (lambda s: s <= target)
+    points = [(p["gpu_s"], p["scores"][metric]["mean"]) for p in headless if metric in p["scores"]]
+    for i, (t, s) in enumerate(points):
+        if better(s):
+            if i == 0:
+                return {"status": "at or before the first checkpoint", "fraction_max": t / total,
+                        "vanilla_final": target}
+            (t0, s0) = points[i - 1]
+            at = t0 + (t - t0) * ((target - s0) / (s - s0) if s != s0 else 1.0)
+            return {"status": "reached", "fraction": at / total, "gpu_s": at, "vanilla_final": target}
+    best = max(points, key=lambda p: p[1] if higher else -p[1]) if points else None
+    return {"status": "not reached", "vanilla_final": target, "best_headless": best[1] if best else None}
+
+
+def score_at(points: list[dict], metric: str, gpu_s: float) -> float | None:
+    """The curve's mean score at `gpu_s`, linearly interpolated; None when `gpu_s` is at or past
+    the curve's last point (no extrapolation) or before its first."""
+    rows = [(p["gpu_s"], p["scores"][metric]["mean"]) for p in points if metric in p["scores"]]
+    if not rows or gpu_s >= rows[-1][0] or gpu_s < rows[0][0]:
+        return None
+    for (t0, s0), (t1, s1) in zip(rows, rows[1:]):
+        if t0 <= gpu_s <= t1:
+            return s0 + (s1 - s0) * (gpu_s - t0) / (t1 - t0) if t1 > t0 else s1
+    return None
+
+
+def build_report(pieces: list[dict]) -> dict:
+    check_compatible(pieces)
+    pieces = sorted(pieces, key=lambda p: (p["flavour"], p["seed"]))
+    study = pieces[0]["study"]
+    curve = curves(pieces)
+    head, van = HEADLINE[study]["pair"]
+    result = {"format": REPORT_FORMAT, "study": study, "compare": pieces[0]["compare"],
+              "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
+              "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
+                          "pretrain": p["pretrain"], "device": p["environment"].get("device")} for p in pieces],
+              "curves": curve, "headline": {}}
+    for metric, label, higher in HEADLINE[study]["metrics"]:
+        entry: dict[str, Any] = {"label": label, "higher_is_better": higher}
+        if head in curve and van in curve and metric in curve[head][-1]["scores"] and metric in curve[van][-1]["scores"]:
+            h, v = curve[head][-1]["scores"][metric], curve[van][-1]["scores"][metric]
+            entry.update(headless=h, vanilla=v, delta=h["mean"] - v["mean"],
+                         crossing=crossing(curve[head], curve[van], metric, higher),
+                         gpu_s={"headless": curve[head][-1]["gpu_s"], "vanilla": curve[van][-1]["gpu_s"]})
+            at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
+            if at is not None:  # HLM+FT's fine-tuning makes headless's last point later than vanilla's
+                entry["headless_at_vanilla_gpu_s"] = at
+                entry["delta_at_vanilla_gpu_s"] = at - v["mean"]
+        result["headline"][metric] = entry
+    return result
+
+
+def _fmt(stats: dict | None, digits: int = 2) -> str:
+    if not stats:
+        return "–"
+    if stats["n"] > 1:
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})"
+    return f"{stats['mean']:.{digits}f}"
+
+
+def _crossing_text(c: dict) -> str:
+    status = c.get("status")
+    if status == "reached":
+        return f"{100 * c['fraction']:.0f}% of vanilla's GPU time"
+    if status == "at or before the first checkpoint":
+        return f"≤ {100 * c['fraction_max']:.0f}% of vanilla's GPU time (already at the first checkpoint)"
+    if status == "not reached":
+        return "not reached"
+    return status or "–"
+
+
+def report_markdown(report: dict) -> str:
+    study, curve = report["study"], report["curves"]
+    variants = [v for v in VARIANT_ORDER if v in curve] + sorted(set(curve) - set(VARIANT_ORDER))
+    budget = (f"equal GPU time: {report['budget_s']:g} s of steady-state pretraining steps per twin"
+              if report["compare"] == "time" else "equal tokens: the same steps for both twins")
+    lines = [f"# Reproduction: {study}", "", f"Comparison: {budget}. Pretraining data: "
+             f"{', '.join(report['data']['inputs'])} ({report['data']['train_tokens']:,} tokens per epoch, "
+             f"fingerprint `{report['data']['fingerprint']}`).", "", "## Headline", "",
+             "| metric | headless | vanilla | difference | GPU s (headless / vanilla) | headless at vanilla's GPU s "
+             "| headless reaches vanilla's final score at |", "|---|---|---|---|---|---|---|"]
+    for metric, entry in report["headline"].items():
+        if "delta" in entry:
+            at = entry.get("headless_at_vanilla_gpu_s")
+            at_text = "–" if at is None else f"{at:.2f} ({entry['delta_at_vanilla_gpu_s']:+.2f})"
+            lines.append(f"| {entry['label']} | {_fmt(entry['headless'])} | {_fmt(entry['vanilla'])} | "
+                         f"{entry['delta']:+.2f} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
+                         f"{at_text} | {_crossing_text(entry['crossing'])} |")
+        else:
+            lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
+    lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s | parameters | "
+              "peak GiB | device |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in report["pieces"]:
+        t = p["pretrain"]
+        lines.append(f"| {p['flavour']} | {p['seed']} | {t['steps']:,} | {t['tokens']:,} | "
+                     f"{(t.get('tokens_per_s') or 0):,.0f} | {t.get('epochs', 0):.2f} | {(t.get('gpu_s') or 0):.0f} | "
+                     f"{(t.get('parameters') or 0) / 1e6:.1f}M | {t.get('peak_mem_gib') or 0:.1f} | {p.get('device')} |")
+    final_metrics = sorted({k for v in variants for k in curve[v][-1]["scores"]})
+    lines += ["", "## Final checkpoint, every score", "",
+              "| score | " + " | ".join(VARIANT_NAMES.get(v, v) for v in variants) + " |",
+              "|---|" + "---|" * len(variants)]
+    for metric in final_metrics:
+        lines.append(f"| {metric} | " + " | ".join(_fmt(curve[v][-1]["scores"].get(metric)) for v in variants) + " |")
+    lines += ["", "## Curves", ""]
+    for metric, label, _ in HEADLINE[study]["metrics"]:
+        lines += [f"{label}:", "", "| twin | fraction | GPU s | tokens | epochs | score |", "|---|---|---|---|---|---|"]
+        for v in variants:
+            for row in curve[v]:
+                if metric in row["scores"]:
+                    lines.append(f"| {VARIANT_NAMES.get(v, v)} | {row['fraction']:.2f} | {row['gpu_s']:.0f} | "
+                                 f"{row['tokens']:,.0f} | {row['epochs']:.2f} | {_fmt(row['scores'][metric])} |")
+        lines.append("")
+        lines.append(f"![{metric}]({study}-{metric}.png)")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict, out_dir: Path) -> list[Path]:
+    """One PNG per headline metric: the score against GPU-seconds and against tokens, both twins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    curve = report["curves"]
+    for metric, label, _ in HEADLINE[report["study"]]["metrics"]:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for v in [v for v in VARIANT_ORDER if v in curve]:
+            rows = [r for r in curve[v] if metric in r["scores"]]
+            if not rows:
+                continue
+            means = [r["scores"][metric]["mean"] for r in rows]
+            stds = [r["scores"][metric]["std"] for r in rows]
+            style = "--" if v == "headless_raw" else "-"
+            for ax, key in zip(axes, ("gpu_s", "tokens")):
+                ax.errorbar([r[key] for r in rows], means, yerr=stds, fmt=style + "o", capsize=3,
+                            label=VARIANT_NAMES.get(v, v))
+        axes[0].set_xlabel("GPU seconds (pretraining, + fine-tuning for HLM+FT)")
+        axes[1].set_xlabel("pretraining tokens")
+        for ax in axes:
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle(f"{report['study']}: {label}")
+        fig.tight_layout()
+        path = out_dir / f"{report['study']}-{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(piece_paths: list[str | Path], output_dir: str | Path) -> dict:
+    """Merge the pieces into OUTPUT_DIR/{report.json, report.md, <study>-<metric>.png}."""
+    pieces = [load_piece(p) for p in piece_paths]
+    report = build_report(pieces)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise HeadlessError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(report, out / f"{report['study']}-report.json")
+    md = out / f"{report['study']}-report.md"
+    tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
+    tmp.write_text(report_markdown(report), encoding="utf-8")
+    os.replace(tmp, md)
+    plot_report(report, out)
+    return report
+
