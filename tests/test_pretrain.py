@@ -172,12 +172,27 @@ def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys):
     _fails(["pretrain", "--run-dir", str(tmp_path / "nothing"), "--resume"], capsys, "cannot resume")
 
 
-def test_corrupt_checkpoint_is_refused_on_resume(datasets, tmp_path, capsys):
+def test_corrupt_checkpoint_falls_back_then_is_refused_when_none_verifies(datasets, tmp_path, capsys):
+    """Defect 9: resume falls back, with a warning, to the newest checkpoint that verifies; with no
+    valid checkpoint left it is refused with the name of the bad file."""
     pretrain(_config(datasets, tmp_path, "bert", "headless"))
-    latest = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
-    weights = latest / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step-00000003", "step-00000006"]
+    for ckpt in ckpts:
+        weights = ckpt / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
     _fails(["pretrain", "--run-dir", str(tmp_path / "run"), "--resume", "max_steps=8"], capsys, "corrupt or truncated")
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    assert "max_steps: 6" in config_before  # the refused resume did not rewrite it
+
+    pretrain(_config(datasets, tmp_path / "b", "bert", "headless"))
+    run = tmp_path / "b" / "run"
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    (newest / "rng.pt").write_bytes(b"garbage")
+    assert main(["pretrain", "--run-dir", str(run), "--resume", "max_steps=8"]) == 0
+    out = capsys.readouterr().out
+    assert "step-00000006 is corrupt or truncated: rng.pt fails its checksum; falling back to step-00000003" in out
+    assert sorted(_losses(run)) == list(range(1, 9))
 
 
 def test_main_job_on_the_embedded_corpus(tmp_path, capsys):
@@ -201,7 +216,7 @@ def test_main_job_on_the_embedded_corpus(tmp_path, capsys):
 def _poison(monkeypatch, bad_loss=(), bad_grad=()):
     """Make the trainer's step number `n` (1-based, fresh run) report a NaN loss (n in bad_loss;
     its gradients stay finite) or produce infinite gradients (n in bad_grad)."""
-    from headless.train import loop
+    from headless.train import step as loop
 
     real, calls = loop.forward_backward, []
 

@@ -66,8 +66,10 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
           sync_debug: bool = False) -> dict:
     from headless.models import build_model, count_parameters
     from headless.train.logging import flops_per_token, peak_flops
-    from headless.train.optim import autocast_dtype, build_optimizer
-    from headless.train.step import DataInfo, forward_backward, make_inputs
+    from headless.loss_kinds import LOSSES
+    from headless.runtime import compute_dtype
+    from headless.train.optim import build_optimizer, lr_factor
+    from headless.train.step import DataInfo, make_inputs, train_step as trainer_step
 
     flavour, loss, impl = OBJECTIVES[objective]
     extra = [f"model.vocab_size={vocab}", f"batch_size={batch}", f"objective.loss_implementation={impl}",
@@ -81,26 +83,21 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
     graphs = model.compile_backbone(config.compile_mode) if compile else False
     optimizer = build_optimizer(model, config, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, config))
     info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
     gen = torch.Generator().manual_seed(0)
     batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, step=i, first_row=0)
                for i in range(4)]
     if device.type == "cuda":  # as the trainer's loader delivers them
         batches = [(ids.pin_memory(), labels.pin_memory()) for ids, labels in batches]
-    dtype = autocast_dtype(config, device)
-    noop = lambda skip: __import__("contextlib").nullcontext()  # noqa: E731
-    identity = lambda t: t  # noqa: E731
+    dtype = compute_dtype(config.precision, device)
     cuda = device.type == "cuda"
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def train_step(i: int):
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        result = forward_backward(model, [batches[i % len(batches)]], device=device, autocast_dtype=dtype,
-                                  world_size=1, all_reduce=identity, no_sync=noop)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return result
+    def train_step(i: int):  # the trainer's own step: clipping, non-finite guard and schedule included
+        return trainer_step(model, optimizer, [batches[i % len(batches)]], device=device, autocast_dtype=dtype,
+                            grad_clip=config.optim.grad_clip, scheduler=scheduler, trainable=trainable,
+                            graphs=graphs).result
 
     # CUDA: an event at every step boundary and ONE synchronisation at the end, so the host can queue
     # the next step while the GPU works (as in training); a step's time is boundary to boundary, gaps
@@ -128,7 +125,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     tokens = batch * seq
     params = count_parameters(model)
     targets = result.num_targets
-    scored = float(result.unique) if loss == "cwt" else vocab
+    scored = float(result.unique) if LOSSES[loss].scores == "in-batch" else vocab
     fpt = flops_per_token(params["non_embedding"], config.model.num_layers, config.model.hidden_size, seq,
                           targets / tokens, scored)
     peak = peak_flops(device)
@@ -144,7 +141,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     if profile_dir is not None:
         row.update(_profile(train_step, warmup + steps, cuda, device,
                             profile_dir / f"profile-{preset}-{objective}-V{vocab}-B{batch}.txt"))
-    train_step = model = optimizer = None  # free the GPU memory before the next case
+    train_step = model = optimizer = scheduler = None  # free the GPU memory before the next case
     if cuda:
         torch.cuda.empty_cache()
     return row
@@ -245,7 +242,9 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise HeadlessError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    from headless.runtime import resolve_device
+
+    dev = resolve_device(device)
     rows = []
     cases = [(o, v, b) for v in vocab_sizes for b in batch_sizes for o in objectives]
     from tqdm.auto import tqdm

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from headless.errors import HeadlessError
+from headless.loss_kinds import LOSSES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -58,7 +60,7 @@ class ObjectiveConfig:
     """
 
     kind: Literal["auto", "mlm", "clm"] = "auto"  # auto: mlm for encoders, clm for decoders
-    loss: Literal["auto", "cwt", "ce", "ce+cwt", "nce"] = "auto"
+    loss: Literal[("auto", *LOSSES)] = "auto"  # the names of headless.loss_kinds.LOSSES
     mask_prob: float = 0.15
     replace_prob: float = 0.8
     random_prob: float = 0.1
@@ -99,7 +101,12 @@ class OptimConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
+    # Gradient-norm clipping threshold; null or 0 turns clipping off (the norm is still logged).
+    grad_clip: Optional[float] = 1.0
+    # Length of the LR schedule (warm-up included), apart from max_steps (the stop criterion).
+    # null = the max_steps of the first run, fixed (and saved in config.yaml) once that is known,
+    # so `--resume max_steps=N` continues at the schedule's end instead of stretching it.
+    schedule_steps: Optional[int] = None
 
 
 @dataclass
@@ -160,7 +167,12 @@ class TrainConfig:
 
     @property
     def needs_head(self) -> bool:
-        return self.loss_kind in ("ce", "ce+cwt")
+        return self.loss.needs_head
+
+    @property
+    def loss(self):
+        """The registry entry (`headless.loss_kinds.LOSSES`) of this run's loss."""
+        return LOSSES[self.loss_kind]
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -168,7 +180,14 @@ class TrainConfig:
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (math.isfinite(self.optim.lr) and self.optim.lr > 0, "optim.lr must be > 0 and finite"),
+            (0 <= self.optim.beta1 < 1, "optim.beta1 must be in [0, 1)"),
+            (0 <= self.optim.beta2 < 1, "optim.beta2 must be in [0, 1)"),
+            (math.isfinite(self.optim.eps) and self.optim.eps > 0, "optim.eps must be a finite number > 0"),
+            (self.optim.grad_clip is None or (math.isfinite(self.optim.grad_clip) and self.optim.grad_clip >= 0),
+             "optim.grad_clip must be > 0, or 0 / null for no clipping"),
+            (self.optim.schedule_steps is None or self.optim.schedule_steps >= 1,
+             "optim.schedule_steps must be >= 1 (or null: the first run's max_steps)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
             (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
@@ -176,7 +195,15 @@ class TrainConfig:
             (self.objective.replace_prob + self.objective.random_prob <= 1,
              "objective.replace_prob + objective.random_prob must be <= 1"),
             (self.objective.temperature > 0, "objective.temperature must be > 0"),
-            (self.model.hidden_size % self.model.num_heads == 0,
+            *[(getattr(self.model, name) is None or getattr(self.model, name) >= 1, f"model.{name} must be >= 1")
+              for name in ("hidden_size", "num_heads", "num_layers", "intermediate_size",
+                           "max_position_embeddings", "vocab_size", "pad_vocab_multiple")],
+            (0 <= self.model.dropout < 1, "model.dropout must be in [0, 1)"),
+            (self.data.tokenizer_vocab_size >= 1, "data.tokenizer_vocab_size must be >= 1"),
+            (0 <= self.data.validation_fraction < 1, "data.validation_fraction must be in [0, 1)"),
+            (self.eval_batches >= 0, "eval_batches must be >= 0"),
+            (self.max_nan_skips >= 0, "max_nan_skips must be >= 0"),
+            (self.model.num_heads < 1 or self.model.hidden_size % self.model.num_heads == 0,
              "model.hidden_size must be a multiple of model.num_heads"),
             (self.model.num_layers >= 1, "model.num_layers must be >= 1"),
             (self.eval_every >= 1 and self.log_every >= 1 and self.save_every >= 1,
@@ -196,6 +223,9 @@ class TrainConfig:
              f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
              f"{self.model.max_position_embeddings}"),
         ]
+        from headless.runtime import check_device_spec
+
+        check_device_spec(self.device, "config: device")
         for ok, message in checks:
             if not ok:
                 raise HeadlessError(f"invalid config: {message}")
@@ -240,7 +270,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise HeadlessError(f"invalid config: {key} must be a mapping, got {value!r}")
-        return _from_dict(tp, value, prefix=f"{key}.")
+        return from_dict(tp, value, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -269,7 +299,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -281,11 +311,11 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "extra":
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -320,7 +350,7 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -346,19 +376,19 @@ def load_config(
                 raise HeadlessError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
         elif not path.is_file():
             raise HeadlessError(f"preset file not found: {path}")
-        data = _read_yaml(path)
+        data = read_yaml(path)
         data.setdefault("preset", Path(preset).stem)
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"config file not found: {path}")
-        data = _deep_merge(data, _read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
-        data = _deep_merge(data, update)
+        data = deep_merge(data, update)
     if flavour:
         data["flavour"] = flavour
-    return _from_dict(TrainConfig, data).validate()
+    return from_dict(TrainConfig, data).validate()
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
@@ -366,4 +396,4 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 
 def config_from_file(path: str | Path) -> TrainConfig:
-    return _from_dict(TrainConfig, _read_yaml(Path(path))).validate()
+    return from_dict(TrainConfig, read_yaml(Path(path))).validate()

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
 from headless.errors import HeadlessError
+from headless.files import check_replaceable, mark, publish_dir, remove_stale_tmp, tmp_sibling
 
 MODEL_CARD = """---
 library_name: transformers
@@ -33,20 +34,25 @@ Load with `transformers.{auto}.from_pretrained(PATH)`.
 
 
 def _load_run_model(run_dir: Path, checkpoint: Optional[str]):
-    from transformers import AutoTokenizer
-
+    """The run's model with the weights of `checkpoint` (default: the newest that verifies); only
+    the weights are read, so a checkpoint without optimizer or RNG state exports too."""
     from headless.config import config_from_file
+    from headless.data.tokenizers import load_saved_tokenizer
     from headless.models import build_model
-    from headless.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights
+    from headless.train.checkpoint import load_checkpoint, load_model_weights, load_newest_valid
 
     if not (run_dir / "config.yaml").is_file():
         raise HeadlessError(f"{run_dir} is not a run directory (no config.yaml)")
     config = config_from_file(run_dir / "config.yaml")
-    ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
-    if ckpt_path is None or not ckpt_path.is_dir():
-        raise HeadlessError(f"no checkpoint to export in {run_dir / 'checkpoints'}")
-    ckpt = load_checkpoint(ckpt_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    if checkpoint:
+        if not Path(checkpoint).is_dir():
+            raise HeadlessError(f"no checkpoint directory {checkpoint}")
+        ckpt = load_checkpoint(checkpoint, parts=("model",))
+    else:
+        ckpt = load_newest_valid(run_dir, parts=("model",))
+        if ckpt is None:
+            raise HeadlessError(f"no checkpoint to export in {run_dir / 'checkpoints'}")
+    tokenizer = load_saved_tokenizer(run_dir / "tokenizer")
     model = build_model(config.model, config.objective, config.loss_kind, len(tokenizer),
                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     load_model_weights(model, ckpt["model"])
@@ -59,8 +65,10 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
     from headless.models import attach_lm_head
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise HeadlessError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite:
+            raise HeadlessError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+        check_replaceable(out_dir, "export", protect=(run_dir,))  # never a run, a dataset, a parent
     config, model, tokenizer, step = _load_run_model(run_dir, checkpoint)
 
     if add_head:
@@ -80,7 +88,8 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
                  else "no vocabulary head: the model was trained with Contrastive Weight Tying")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    remove_stale_tmp(out_dir.absolute().parent, re.escape(out_dir.absolute().name))  # a killed export's
+    tmp = tmp_sibling(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         hf.save_pretrained(str(tmp), safe_serialization=True)
@@ -88,13 +97,12 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
         meta = {"flavour": config.flavour, "loss": config.loss_kind, "objective": config.objective_kind,
                 "step": step, "run_dir": str(run_dir), "add_head": add_head, "auto_class": auto}
         (tmp / "headless.json").write_text(json.dumps(meta, indent=2))
+        mark(tmp, "export")
         (tmp / "README.md").write_text(MODEL_CARD.format(
             name=out_dir.name, run_dir=run_dir, step=step, flavour=config.flavour, loss=config.loss_kind,
             objective=config.objective_kind.upper(), architecture=config.model.architecture,
             cls=type(hf).__name__, head_note=head_note, auto=auto))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

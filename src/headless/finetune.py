@@ -107,6 +107,6 @@ def finetune_head(
 
 
 def _merge(base: dict, overrides: list[str]) -> dict:
-    from headless.config import _deep_merge, parse_overrides
+    from headless.config import deep_merge, parse_overrides
 
-    return _deep_merge(base, parse_overrides(overrides))
+    return deep_merge(base, parse_overrides(overrides))

@@ -301,7 +301,9 @@ def _is_decoder(hf_model: nn.Module) -> bool:
 def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vocab_size: int,
                 pad_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> LanguageModel:
     """The model of a run: headless (base model) unless the loss needs a vocabulary head."""
-    needs_head = loss_kind in ("ce", "ce+cwt")
+    from headless.loss_kinds import loss_kind as lookup
+
+    needs_head = lookup(loss_kind).needs_head
     model_vocab = cfg.vocab_size or round_up(vocab_size, cfg.pad_vocab_multiple)
     if cfg.init_from:
         hf = _instantiate(None, head=needs_head, is_encoder=cfg.is_encoder, attn=cfg.attn_implementation,

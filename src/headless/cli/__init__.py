@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except HeadlessError as err:
         print(f"headless: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # an interrupted run: 128 + the signal
     except KeyboardInterrupt:
         print("headless: interrupted", file=sys.stderr)
         return 130

@@ -61,6 +61,15 @@ class PackedDataset:
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    def max_token_id(self, chunk_rows: int = 1 << 16) -> int:
+        """The largest id in the split (-1 when empty): one streaming read of the shards, so that
+        an id the model has no embedding row for is refused at start, not as an IndexError mid-run."""
+        best = -1
+        for shard in self._shards:
+            for start in range(0, len(shard), chunk_rows):
+                best = max(best, int(shard[start:start + chunk_rows].max()))
+        return best
+
     def __getitem__(self, index: int) -> np.ndarray:
         if index < 0:
             index += len(self)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from headless.errors import HeadlessError
+from headless.files import check_replaceable, mark, marked_kinds, publish_dir, remove_stale_tmp, tmp_sibling
 
 FORMAT = "headless-packed-v1"
 MANIFEST = "manifest.json"
@@ -154,6 +156,25 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     return manifest
 
 
+def dataset_fingerprint(directory: str | os.PathLike, sample_bytes: int = 1 << 16) -> str:
+    """sha256 of the manifest and of the first and last `sample_bytes` of every shard: what a
+    checkpoint stores so that a resume refuses a dataset prepared again at the same path."""
+    directory = Path(directory)
+    digest = hashlib.sha256((directory / MANIFEST).read_bytes())
+    manifest = read_manifest(directory) or {}
+    for split in manifest.get("splits", {}).values():
+        for shard in split["shards"]:
+            path = directory / shard["file"]
+            size = path.stat().st_size if path.is_file() else -1
+            digest.update(f"{shard['file']}:{size}".encode())
+            if size > 0:
+                with open(path, "rb") as handle:
+                    digest.update(handle.read(sample_bytes))
+                    handle.seek(max(0, size - sample_bytes))
+                    digest.update(handle.read(sample_bytes))
+    return digest.hexdigest()
+
+
 def prepare_dataset(
     inputs: Any,
     output_dir: str | os.PathLike,
@@ -211,12 +232,17 @@ def prepare_dataset(
             raise HeadlessError(f"{output} {what}; choose another output or pass --overwrite")
         if existing is None:
             raise HeadlessError(f"{output} is not a prepared dataset; refusing to overwrite it")
+        if "dataset" not in marked_kinds(output):  # prepared before markers existed: its manifest says so
+            mark(output, "dataset")
+        check_replaceable(output, "dataset")  # never a dataset that holds a run or another dataset
 
     dtype = np.dtype("<u2" if info["vocab_size"] <= 2**16 else "<u4")   # little-endian on any host
     absolute = output.resolve()                              # "." has no name to derive a sibling from
-    tmp = absolute.with_name(f".{absolute.name}.tmp-{os.getpid()}")
+    remove_stale_tmp(absolute.parent, re.escape(absolute.name))  # what a killed prepare left
+    tmp = tmp_sibling(absolute)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    mark(tmp, "dataset")
     try:
         tok.save_pretrained(str(tmp / "tokenizer"))
         shard_rows = max(1, shard_tokens // seq_len)
@@ -243,10 +269,7 @@ def prepare_dataset(
                     "splits": splits, "sources": settings["sources"], "settings": settings,
                     "created_by": f"headless {__version__}"}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, output)
+        publish_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

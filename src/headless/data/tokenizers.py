@@ -33,7 +33,7 @@ def _looks_like_path(spec: str) -> bool:
 def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerFast:
     """A fast tokenizer from a `tokenizer.json`, a WordPiece `vocab.txt`, a HF directory or a hub
     name (an already-loaded tokenizer is passed through).  Special tokens are ensured in place."""
-    from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if not isinstance(spec, (str, os.PathLike)):
         if not getattr(spec, "is_fast", False):
@@ -49,7 +49,7 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
         elif (path / "tokenizer.json").is_file():
             tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
         elif (path / "vocab.txt").is_file():
-            tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=lowercase)
+            tokenizer = _wordpiece(path / "vocab.txt", lowercase)
         else:
             raise HeadlessError(f"{path} holds no tokenizer (tokenizer.json, vocab.txt or tokenizer_config.json)")
     elif path.is_file():
@@ -59,7 +59,7 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
             except Exception as err:  # noqa: BLE001
                 raise HeadlessError(f"{path} is not a valid tokenizer.json: {err}") from None
         elif path.suffix == ".txt":
-            tokenizer = BertTokenizerFast(vocab=str(path), do_lower_case=lowercase)
+            tokenizer = _wordpiece(path, lowercase)
         else:
             raise HeadlessError(f"unknown tokenizer file {path}: expected tokenizer.json or a WordPiece vocab.txt")
     elif _looks_like_path(str(spec)):
@@ -79,6 +79,33 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
     if not getattr(tokenizer, "is_fast", False):
         raise HeadlessError(f"tokenizer {spec} is not a fast (Rust) tokenizer; convert it to tokenizer.json")
     return ensure_special_tokens(tokenizer)
+
+
+def load_saved_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """The tokenizer saved (save_pretrained) next to a model, a run or a dataset: loaded as it is,
+    never downloaded and never given extra special tokens (unlike `load_tokenizer`)."""
+    from transformers import AutoTokenizer
+
+    path = Path(directory)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise HeadlessError(f"no usable tokenizer in {path} (save it with save_pretrained next to the model): "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def _wordpiece(vocab_file: Path, lowercase: bool):
+    """A BERT tokenizer from a WordPiece vocab.txt, refused up front when it could not encode text
+    (the Rust tokenizer fails only at the first encode, with a traceback)."""
+    from transformers import BertTokenizerFast
+
+    words = [line.rstrip("\n") for line in vocab_file.read_text(encoding="utf-8", errors="replace").splitlines()]
+    words = [w for w in words if w.strip()]
+    if not words:
+        raise HeadlessError(f"{vocab_file} is empty: a WordPiece vocab.txt lists one token per line")
+    if "[UNK]" not in words:
+        raise HeadlessError(f"{vocab_file} has no [UNK] token: WordPiece cannot encode unknown words without it")
+    return BertTokenizerFast(vocab=str(vocab_file), do_lower_case=lowercase)
 
 
 def ensure_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -209,11 +236,13 @@ def train_tokenizer(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
-    tmp = output.resolve().with_name(f".{output.resolve().name}.tmp-{os.getpid()}")
+    import re
+
+    from headless.files import mark, publish_dir, remove_stale_tmp, tmp_sibling
+
+    remove_stale_tmp(output.resolve().parent, re.escape(output.resolve().name))  # a killed training's
+    tmp = tmp_sibling(output.resolve())
     tokenizer.save_pretrained(str(tmp))
-    if output.exists():
-        import shutil
-        shutil.rmtree(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, output)
+    mark(tmp, "tokenizer")
+    publish_dir(tmp, output)
     return load_tokenizer(output)

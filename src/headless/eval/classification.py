@@ -73,15 +73,9 @@ class Encoded:
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise HeadlessError(f"--device {spec!r} is not a torch device (try auto, cpu, cuda, cuda:1)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HeadlessError(f"--device {spec} asked for, but CUDA is not available here")
-    return device
+    from headless.runtime import resolve_device as resolve
+
+    return resolve(spec)
 
 
 @contextlib.contextmanager
@@ -109,15 +103,12 @@ def _check_model_dir(model_dir: str | Path) -> Path:
 
 
 def load_tokenizer(model_dir: str | Path):
-    """The tokenizer saved next to the model (never downloaded)."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved next to the model (never downloaded), checked against its vocabulary."""
+    from headless.data.tokenizers import load_saved_tokenizer
 
     path = _check_model_dir(model_dir)
-    try:
-        with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise HeadlessError(f"could not load a tokenizer from {path}: {str(err).splitlines()[0]}") from err
+    with _quiet_transformers():
+        tokenizer = load_saved_tokenizer(path)
     _check_fit(path, tokenizer, getattr(_config(path), "vocab_size", None))
     return tokenizer
 
@@ -220,12 +211,9 @@ def _batch(data: Encoded, idx: Sequence[int], pad_id: int, regression: bool, dev
 
 
 def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:  # the usual BERT rule: no decay on biases and norm weights
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    from headless.train.optim import decay_groups  # the trainer's rule: no decay on biases and norms
+
+    groups = decay_groups(model, recipe.weight_decay)
     return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
@@ -391,12 +379,9 @@ def parse_seeds(seeds: Sequence[int] | str | int) -> list[int]:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file so a crash never leaves half a results file."""
-    import os
+    from headless.files import atomic_write as write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write(path, text)
 
 
 def fmt_score(summary: Mapping | None) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,28 +33,15 @@ class Score:
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise HeadlessError(f"bad --device {device!r}: {err}") from None
+    from headless.runtime import resolve_device as resolve
+
+    return resolve(device, mps=True)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype in (None, "", "auto"):
-        return torch.float32
-    if dtype not in names:
-        raise HeadlessError(f"bad dtype {dtype!r}: use one of float32, bfloat16, float16")
-    return names[dtype]
+    from headless.runtime import parse_dtype
+
+    return parse_dtype(dtype)
 
 
 def model_dir_config(model_dir: str | os.PathLike):
@@ -72,15 +58,9 @@ def model_dir_config(model_dir: str | os.PathLike):
 
 
 def load_tokenizer_dir(model_dir: str | os.PathLike):
-    from transformers import AutoTokenizer
+    from headless.data.tokenizers import load_saved_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(Path(model_dir))
-    except (ValueError, OSError, TypeError) as err:
-        raise HeadlessError(
-            f"no usable tokenizer in {model_dir} (save it with save_pretrained next to the model): "
-            f"{str(err).splitlines()[0]}"
-        ) from None
+    return load_saved_tokenizer(model_dir)
 
 
 def check_vocab(tokenizer, model, model_dir) -> None:
@@ -244,11 +224,10 @@ def write_outputs(output_dir: str | os.PathLike, stem: str, data: dict, markdown
     """Write STEM.json and STEM.md atomically (never a half-written file)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from headless.files import atomic_write
+
     for suffix, text in ((".json", json.dumps(data, indent=2) + "\n"), (".md", markdown)):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{stem}", suffix=suffix)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out / f"{stem}{suffix}")
+        atomic_write(out / f"{stem}{suffix}", text)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -109,7 +109,7 @@ STUDY_DEFAULTS: dict[str, dict] = {
 def load_study(study: str, config_file: str | Path | None = None, overrides: list[str] | dict | None = None
                ) -> StudyConfig:
     """The study's defaults <- a YAML file <- key=value overrides, validated."""
-    from headless.config import _deep_merge, _from_dict, _read_yaml, parse_overrides
+    from headless.config import deep_merge, from_dict, parse_overrides, read_yaml
 
     if study not in STUDIES:
         raise HeadlessError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
@@ -118,15 +118,15 @@ def load_study(study: str, config_file: str | Path | None = None, overrides: lis
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"study config file not found: {path}")
-        data = _deep_merge(data, _read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         if "pretrain" in update and isinstance(update["pretrain"], list):
             update["pretrain"] = list(data.get("pretrain", [])) + update["pretrain"]  # add to, not replace
-        data = _deep_merge(data, update)
+        data = deep_merge(data, update)
     if data.get("study", study) != study:
         raise HeadlessError(f"the config is for study {data['study']!r}, not {study!r}")
-    config = _from_dict(StudyConfig, data)
+    config = from_dict(StudyConfig, data)
     # a list given as one string from YAML/CLI ("pretrain=compile=false") stays a list of strings
     config.pretrain = [str(p) for p in config.pretrain]
     try:  # YAML reads 1e-4 (no dot) as a string

@@ -169,7 +169,7 @@ def _fmt(stats: dict | None, digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f}"
 
 
-def _crossing_text(c: dict) -> str:
+def crossing_text(c: dict) -> str:
     status = c.get("status")
     if status == "reached":
         return f"{100 * c['fraction']:.0f}% of vanilla's GPU time"
@@ -196,7 +196,7 @@ def report_markdown(report: dict) -> str:
             at_text = "–" if at is None else f"{at:.2f} ({entry['delta_at_vanilla_gpu_s']:+.2f})"
             lines.append(f"| {entry['label']} | {_fmt(entry['headless'])} | {_fmt(entry['vanilla'])} | "
                          f"{entry['delta']:+.2f} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
-                         f"{at_text} | {_crossing_text(entry['crossing'])} |")
+                         f"{at_text} | {crossing_text(entry['crossing'])} |")
         else:
             lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
     lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s | parameters | "

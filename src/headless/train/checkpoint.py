@@ -14,10 +14,10 @@ is written last and holds the checksums, so a truncated or corrupted file is det
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,33 +25,13 @@ import numpy as np
 import torch
 
 from headless.errors import HeadlessError
+from headless.files import describe_os_error, fsync_file, publish_dir, sha256_file, tmp_sibling
 
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step-"
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# file of each binary part; every other part of a checkpoint lives in state.json
+PART_FILES = {"model": "model.safetensors", "optimizer": "optimizer.pt", "rng": "rng.pt"}
+ALL_PARTS = tuple(PART_FILES)
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -106,13 +86,13 @@ def save_checkpoint(
     from safetensors.torch import save_file, save_model
 
     root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = tmp_sibling(final)
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         if isinstance(model, dict):  # a gathered (FSDP2) state dict: keep one name per tied storage
             seen, weights = set(), {}
             for name, tensor in model.items():
@@ -125,16 +105,17 @@ def save_checkpoint(
             save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        files = ["model.safetensors", "optimizer.pt", "rng.pt"]
+        files = list(PART_FILES.values())
         for name in files:
-            _fsync_file(tmp / name)
-        meta = dict(state, step=step, files={name: _sha256(tmp / name) for name in files})
+            fsync_file(tmp / name)
+        meta = dict(state, step=step, files={name: sha256_file(tmp / name) for name in files})
         (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        _fsync_file(tmp / "state.json")
-        if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_file(tmp / "state.json")
+        publish_dir(tmp, final)  # replaces a save of the same step (the final save after a periodic one)
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HeadlessError(f"cannot write checkpoint {final}: {describe_os_error(err)}; the previous checkpoint "
+                            "is intact: free space (or fix permissions) and --resume") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,15 +125,29 @@ def save_checkpoint(
     return final
 
 
+def remove_leftovers(run_dir: str | Path) -> list[Path]:
+    """Temporary checkpoint directories of killed saves (`.step-N.tmp-PID`, and the older
+    `.tmp-step-N-PID`).  Call only under the run's lock: then no live process is writing them."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    pattern = re.compile(r"^(\.step-\d{8}\.tmp-\d+|\.tmp-step-\d{8}-\d+)$")
+    removed = [p for p in root.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, verify: bool = True, parts: tuple = ALL_PARTS) -> dict[str, Any]:
     """Read a checkpoint back: {"model": state dict, "optimizer": ..., "rng": ..., "state": ...}.
 
-    Raises HeadlessError naming the file if anything is missing, truncated or corrupt.
+    Only `parts` are checked and read (export needs the weights alone).  Raises HeadlessError
+    naming the file if one of them is missing, truncated or corrupt.
     """
     from safetensors.torch import load_file
 
@@ -162,21 +157,49 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise HeadlessError(f"checkpoint {path} is incomplete (no state.json)")
     try:
         state = json.loads(state_file.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise HeadlessError(f"checkpoint {path} is corrupt: state.json is not valid JSON") from None
-    for name, digest in state.get("files", {}).items():
+    digests = state.get("files", {})
+    for part in parts:
+        name = PART_FILES[part]
         file = path / name
         if not file.is_file():
             raise HeadlessError(f"checkpoint {path} is incomplete: {name} is missing")
-        if verify and _sha256(file) != digest:
+        if verify and name in digests and sha256_file(file) != digests[name]:
             raise HeadlessError(f"checkpoint {path} is corrupt or truncated: {name} fails its checksum")
+    out: dict[str, Any] = {"state": state}
     try:
-        model = load_file(str(path / "model.safetensors"))
-        optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
-        rng = torch.load(path / "rng.pt", weights_only=True, map_location="cpu")
+        if "model" in parts:
+            out["model"] = load_file(str(path / PART_FILES["model"]))
+        for part in ("optimizer", "rng"):
+            if part in parts:
+                out[part] = torch.load(path / PART_FILES[part], weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any decoding error means a bad file
         raise HeadlessError(f"checkpoint {path} cannot be read: {str(err).splitlines()[0]}") from None
-    return {"model": model, "optimizer": optimizer, "rng": rng, "state": state}
+    return out
+
+
+def load_newest_valid(run_dir: str | Path, parts: tuple = ALL_PARTS, warn=None) -> Optional[dict[str, Any]]:
+    """The newest checkpoint that verifies, with its "path"; a bad newer one is reported through
+    `warn` (default: stderr) and skipped.  None when there is no checkpoint; HeadlessError when
+    none verifies (naming the newest one's problem)."""
+    warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+    candidates = list_checkpoints(run_dir)[::-1]
+    errors = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path, parts=parts)
+        except HeadlessError as err:
+            errors.append(str(err))
+            continue
+        for message in errors:
+            warn(f"warning: {message}; falling back to {path.name}")
+        ckpt["path"] = path
+        return ckpt
+    if errors:
+        extra = f" (and {len(errors) - 1} older one(s) fail too)" if len(errors) > 1 else ""
+        raise HeadlessError(errors[0] + extra)
+    return None
 
 
 def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -194,3 +217,88 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor])
     really_missing = [m for m in missing if m not in tied and "rotary" not in m and "inv_freq" not in m]
     if really_missing:
         raise HeadlessError(f"checkpoint does not match the model: missing weights {really_missing[:3]}")
+
+
+class Checkpointer:
+    """`save(step, states)` / `load(ckpt, states)` over the stateful parts of a run.
+
+    `states` maps a part name to an object with `state_dict()` / `load_state_dict()`: "model"
+    (weights, gathered from every rank), "optimizer" (optimizer + scheduler), "rng", and any other
+    part ("loader", "train": step, counters, fingerprints...) stored in state.json.  Saving is a
+    collective (FSDP2 gathers shards); only the main process writes.
+    """
+
+    def __init__(self, run_dir: str | Path, *, is_main: bool, keep_last: int, keep_steps=frozenset(), barrier=None):
+        self.run_dir, self.is_main, self.keep_last = Path(run_dir), is_main, keep_last
+        self.keep_steps = frozenset(keep_steps)
+        self.barrier = barrier or (lambda: None)
+
+    def save(self, step: int, states: dict[str, Any]) -> None:
+        gathered = {name: part.state_dict() for name, part in states.items()}  # collective: every rank
+        if self.is_main:
+            meta: dict[str, Any] = {}
+            for name, value in gathered.items():
+                if name == "train":
+                    meta.update(value)  # step, counters, world_size, global_batch... at the top level
+                elif name not in PART_FILES:
+                    meta[name] = value
+            save_checkpoint(self.run_dir, step, gathered["model"], gathered["optimizer"], meta,
+                            keep_last=self.keep_last, keep_steps=self.keep_steps)
+        self.barrier()
+
+    def read(self, parts: tuple = ALL_PARTS, warn=None) -> Optional[dict[str, Any]]:
+        """The newest checkpoint that verifies (falling back past bad ones, with a warning)."""
+        return load_newest_valid(self.run_dir, parts, warn)
+
+    @staticmethod
+    def load(ckpt: dict[str, Any], states: dict[str, Any]) -> None:
+        for name, part in states.items():
+            if name in ("model", "optimizer", "rng"):
+                part.load_state_dict(ckpt[name])
+            elif name == "train":
+                part.load_state_dict(ckpt["state"])
+            else:
+                part.load_state_dict(ckpt["state"][name])
+
+
+class ModelState:
+    """The weights: full (gathered) on save; on load into the plain model, before wrapping."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def state_dict(self):
+        from headless.train import distributed as dist
+
+        weights = dist.full_model_state_dict(self.model)
+        return weights if dist.is_sharded(self.model) else self.model
+
+    def load_state_dict(self, weights) -> None:
+        load_model_weights(self.model, weights)
+
+
+class OptimizerState:
+    """Optimizer (keyed by parameter name, full) and scheduler; load after wrapping."""
+
+    def __init__(self, wrapped: torch.nn.Module, optimizer, scheduler):
+        self.wrapped, self.optimizer, self.scheduler = wrapped, optimizer, scheduler
+
+    def state_dict(self):
+        from headless.train import distributed as dist
+
+        return {"optimizer": dist.full_optimizer_state_dict(self.wrapped, self.optimizer),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        from headless.train import distributed as dist
+
+        dist.load_full_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class RngState:
+    def state_dict(self):
+        return None  # save_checkpoint records the RNG itself, after everything else is gathered
+
+    def load_state_dict(self, state) -> None:
+        set_rng_state(state)

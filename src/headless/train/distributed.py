@@ -31,7 +31,6 @@ from headless.errors import HeadlessError
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("none", "ddp", "fsdp2")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -77,15 +76,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
 
 
 def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HeadlessError("device=cuda but no CUDA device is visible; use device=cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return dev
+    from headless.runtime import resolve_device
+
+    return resolve_device(device, local_rank)
 
 
 def shutdown() -> None:
@@ -120,6 +113,15 @@ def gather_object(obj: Any) -> list:
     return out
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's picklable `obj` on every rank (e.g. a default run directory with a random name)."""
+    if not _initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def loss_group(negatives: str, env: DistEnv):
     """The group whose targets serve as CWT negatives: None ("rank", the paper) or the whole job."""
     if negatives not in ("rank", "global"):
@@ -145,13 +147,9 @@ def dp_loss_scale(num_targets_global: int | torch.Tensor, world_size: int) -> fl
 
 def mixed_precision_dtype(mixed_precision: Optional[str], device: torch.device) -> Optional[torch.dtype]:
     """None (full fp32) or the compute dtype; "auto" = bf16 on CUDA, fp32 elsewhere."""
-    if mixed_precision in (None, "fp32", "no"):
-        return None
-    if mixed_precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if mixed_precision not in _DTYPES:
-        raise HeadlessError(f"precision must be auto, fp32, bf16 or fp16, got {mixed_precision!r}")
-    return _DTYPES[mixed_precision]
+    from headless.runtime import compute_dtype
+
+    return compute_dtype(mixed_precision, device)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

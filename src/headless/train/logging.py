@@ -85,9 +85,9 @@ class RunLogger:
                 continue  # a line cut by the kill
             if record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(self.metrics_path)
+        from headless.files import atomic_write
+
+        atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, split: str, step: int, values: dict[str, Any]) -> None:
         record = {"split": split, "step": step, "time": time.time(), **values}
@@ -180,7 +180,9 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     lines += ["", "Files: `config.yaml` (the exact config), `metrics.jsonl`, `tensorboard/`, `curves.png`,",
               "`checkpoints/` (resume with `headless pretrain --run-dir THIS_DIR --resume`), export with",
               f"`headless export {run_dir} OUT_DIR`.", ""]
+    from headless.files import atomic_write
+
     path = Path(run_dir) / "summary.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    atomic_write(path, "\n".join(lines))
+    atomic_write(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     return path

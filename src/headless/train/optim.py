@@ -10,8 +10,6 @@ import torch
 from headless.config import TrainConfig
 
 
-
-
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and normalisation weights.
 
@@ -24,17 +22,22 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
     counts untouched when it is 1, without a host sync.  Otherwise the default (foreach) AdamW,
     whose caller must skip bad steps itself (`supports_found_inf` is then False).
     """
+    groups = decay_groups(model, config.optim.weight_decay)
+    o = config.optim
+    kwargs = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    if _fused_supported([p for g in groups for p in g["params"]]):
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices, none on biases and normalisation weights
+    (the trainable parameters with fewer than two dimensions)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    o = config.optim
-    kwargs = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    if _fused_supported(decay + no_decay):
-        kwargs["fused"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
@@ -76,7 +79,7 @@ def lr_factor(step: int, config: TrainConfig) -> float:
         return (step + 1) / o.warmup_steps
     if o.schedule == "constant":
         return 1.0
-    span = max(config.max_steps - o.warmup_steps, 1)
+    span = max((o.schedule_steps or config.max_steps) - o.warmup_steps, 1)  # past its end: the final LR
     progress = min(max(step - o.warmup_steps, 0) / span, 1.0)
     if o.schedule == "linear":
         shape = 1.0 - progress
@@ -86,7 +89,6 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    from headless.runtime import compute_dtype
+
+    return compute_dtype(config.precision, device)

@@ -58,6 +58,13 @@ def make_inputs(batch: torch.Tensor, config: TrainConfig, info: DataInfo, *, ste
     return batch, clm_labels(batch, document_ids=doc_ids)
 
 
+def micro_batches(loader, config: TrainConfig, info: DataInfo, *, step: int, rank: int = 0, world_size: int = 1):
+    """The step's grad_accum micro-batches of this rank, objective applied."""
+    return [make_inputs(next(loader), config, info, step=step,
+                        first_row=global_row(i, rank, world_size, config.batch_size))
+            for i in range(config.grad_accum)]
+
+
 @dataclass
 class StepResult:
     loss_sum: torch.Tensor  # detached, summed over this rank's loss positions
@@ -103,6 +110,60 @@ def forward_backward(
         if out.num_unique is not None:
             unique += out.num_unique.detach().float() / len(micro_batches)  # no host sync
     return StepResult(loss_sum=loss_sum, correct=correct, num_targets=total, unique=unique)
+
+
+@dataclass
+class TrainStepOutput:
+    result: StepResult
+    grad_norm: torch.Tensor  # 0-d, on the device (read on log steps only)
+    bad: torch.Tensor        # 0-d bool: the step was skipped (non-finite loss or gradient)
+
+
+def _single(_skip: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    autocast_dtype: Optional[torch.dtype],
+    grad_clip: Optional[float],
+    scheduler=None,
+    trainable: Optional[list] = None,
+    world_size: int = 1,
+    all_reduce: Callable = lambda t, op="sum": t,
+    no_sync: Callable[[bool], contextlib.AbstractContextManager] = _single,
+    clip_grad_norm: Optional[Callable] = None,
+    graphs: bool = False,
+) -> TrainStepOutput:
+    """One optimizer step, the same for training, `headless bench` and the tests: forward/backward
+    over the micro-batches, clipping (`grad_clip` None or 0: none, the norm is still measured), the
+    non-finite guard (the step is skipped on the device, no host sync) and the schedule."""
+    from headless.train.optim import skip_if_nonfinite
+
+    if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's buffers
+        torch.compiler.cudagraph_mark_step_begin()
+    result = forward_backward(model, micro, device=device, autocast_dtype=autocast_dtype, world_size=world_size,
+                              all_reduce=all_reduce, no_sync=no_sync)
+    params = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
+    max_norm = grad_clip if grad_clip else float("inf")
+    if clip_grad_norm is None:
+        grads = [p for p in params if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(grads, max_norm) if grads else torch.zeros((), device=device)
+    else:
+        grad_norm = clip_grad_norm(params, max_norm, as_tensor=True)
+    # fused AdamW's found_inf skips the update, like GradScaler's skipped steps (skip_if_nonfinite)
+    bad = ~(torch.isfinite(result.loss_sum) & torch.isfinite(grad_norm))
+    if world_size > 1:  # the loss is per rank: every rank must skip the same steps
+        bad = all_reduce(bad.to(torch.float32), op="max") > 0
+    skip_if_nonfinite(optimizer, bad)
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return TrainStepOutput(result, grad_norm, bad)
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,194 @@
+"""Files and directories that nothing can damage: atomic writes, ownership markers, leftovers.
+
+* Every write of a file a user or a resume reads goes through a temporary sibling and `os.replace`,
+  so a crash leaves the old file or the new one, never half of one.
+* Every directory a command creates carries a marker file `.headless-<kind>` (run, dataset, export,
+  tokenizer).  `--overwrite` replaces a directory only when it carries the marker of the command
+  doing the replacing, and no other marker below it: a run, a dataset, a user's folder or a parent
+  of any of them is refused whatever the flags.
+* Temporary names embed the writer's pid (`.NAME.tmp-PID`), so leftovers of a killed process can be
+  recognised with certainty and removed at the next start, without touching anything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from headless.errors import HeadlessError
+
+MARKER_PREFIX = ".headless-"
+KINDS = ("run", "dataset", "export", "tokenizer")
+
+
+# -- writes ------------------------------------------------------------------------------------
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tmp_sibling(path: Path, pid: Optional[int] = None) -> Path:
+    """`.NAME.tmp-PID` beside `path`: the one temporary name every writer here uses."""
+    path = Path(path).absolute()
+    return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[Path], Any], *, fsync: bool = False) -> None:
+    """Write `data` (text, bytes, or a function writing to the path it is given) to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    try:
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        if fsync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary directory into place (replacing what is there): readers see the
+    old directory or the new one, never a half-written one."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists() or final.is_symlink():
+        shutil.rmtree(final) if final.is_dir() and not final.is_symlink() else final.unlink()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def describe_os_error(err: BaseException) -> str:
+    """One line for a failed write: ENOSPC and torch's short-write message both mean a full disk."""
+    if isinstance(err, OSError):
+        if err.errno == errno.ENOSPC:
+            return "the disk is full"
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "permission denied (read-only directory?)"
+        return err.strerror or str(err)
+    text = str(err)
+    if "unexpected pos" in text or "file write failed" in text or "PytorchStreamWriter failed" in text:
+        return "a write failed (is the disk full?)"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# -- ownership markers -------------------------------------------------------------------------
+
+def mark(directory: str | os.PathLike, kind: str) -> None:
+    """Say that this command created `directory` (so that its own --overwrite may replace it)."""
+    assert kind in KINDS, kind
+    (Path(directory) / f"{MARKER_PREFIX}{kind}").write_text("created by headless; do not remove\n")
+
+
+def marked_kinds(directory: str | os.PathLike) -> set[str]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return set()
+    return {k for k in KINDS if (directory / f"{MARKER_PREFIX}{k}").is_file()}
+
+
+def _markers_below(directory: Path, limit: int = 10000) -> Iterator[Path]:
+    for count, (root, dirs, files) in enumerate(os.walk(directory)):
+        if count > limit:  # a huge tree is not something headless wrote
+            yield directory
+            return
+        for name in files:
+            if name.startswith(MARKER_PREFIX) and name[len(MARKER_PREFIX):] in KINDS:
+                yield Path(root) / name
+
+
+def check_replaceable(target: str | os.PathLike, kind: str, *, protect: tuple = ()) -> None:
+    """Raise unless `target` may be deleted and rewritten by the command that makes `kind` dirs.
+
+    It may when it does not exist, is an empty directory, or carries the `kind` marker and no
+    marker of anything else below it; never when it is (or contains) a path in `protect`.
+    """
+    target = Path(target)
+    if not target.exists():
+        return
+    resolved = target.resolve()
+    for path in protect:
+        path = Path(path).resolve()
+        if path == resolved or resolved in path.parents:
+            raise HeadlessError(f"refusing to overwrite {target}: it holds {path}")
+    if not target.is_dir():
+        raise HeadlessError(f"refusing to overwrite {target}: it is a file, not a directory headless created")
+    if not any(target.iterdir()):
+        return
+    if kind not in marked_kinds(target):
+        raise HeadlessError(f"refusing to overwrite {target}: headless did not create it as a {kind} directory "
+                            f"(no {MARKER_PREFIX}{kind}); remove it yourself or choose another output")
+    foreign = [p for p in _markers_below(target) if p.parent != target or p.name != f"{MARKER_PREFIX}{kind}"]
+    if foreign:
+        raise HeadlessError(f"refusing to overwrite {target}: it contains {foreign[0].parent} "
+                            "(another headless directory)")
+
+
+# -- leftovers of killed writers ---------------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(parent: Path, name_pattern: str, *, dead_only: bool = True) -> list[Path]:
+    """Remove `parent/.{name_pattern}.tmp-PID` leftovers (the pattern is a regex of the name); with
+    `dead_only`, only those whose writer is no longer running.  Returns what was removed."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    regex = re.compile(rf"^\.(?:{name_pattern})\.tmp-(\d+)$")
+    removed = []
+    for entry in parent.iterdir():
+        match = regex.match(entry.name)
+        if not match or (dead_only and pid_alive(int(match.group(1)))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

@@ -1,0 +1,84 @@
+"""Where and in which precision things run: the one device resolver and the one dtype table.
+
+Training, evaluation and the bench all resolve `device=` and `precision=` here, so "auto", a bad
+spec and a missing GPU mean the same thing (and give the same one-line error) everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Optional
+
+from headless.errors import HeadlessError
+
+if TYPE_CHECKING:  # torch is imported on use: config validation must not pay for it
+    import torch
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                "fp16": "float16", "float16": "float16"}
+
+
+def _dtype(name: str) -> "torch.dtype":
+    import torch
+
+    return getattr(torch, _DTYPE_NAMES[name])
+
+
+def check_device_spec(spec: str, what: str = "device") -> None:
+    if not isinstance(spec, str) or not DEVICE_PATTERN.match(spec):
+        raise HeadlessError(f"invalid {what} {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve_device(spec: Optional[str] = "auto", local_rank: int = 0, *, mps: bool = False) -> "torch.device":
+    """`auto` = CUDA when visible (then MPS when `mps`), else CPU; `cuda` = this rank's GPU."""
+    import torch
+
+    spec = "auto" if spec in (None, "") else spec
+    check_device_spec(spec)
+    if spec == "auto":
+        if torch.cuda.is_available():
+            spec = "cuda"
+        elif mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            spec = "mps"
+        else:
+            spec = "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HeadlessError(f"device={spec} but no CUDA device is visible; use device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise HeadlessError(f"device={spec} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
+def compute_dtype(precision: "Optional[str | torch.dtype]", device: "torch.device") -> "Optional[torch.dtype]":
+    """The autocast / mixed-precision dtype of `precision`: None means full fp32.
+    "auto" = bf16 on CUDA, fp32 elsewhere."""
+    import torch
+
+    if isinstance(precision, torch.dtype):
+        return None if precision == torch.float32 else precision
+    if precision in (None, "", "no"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision not in _DTYPE_NAMES:
+        raise HeadlessError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    dtype = _dtype(precision)
+    return None if dtype == torch.float32 else dtype
+
+
+def parse_dtype(name: "Optional[str | torch.dtype]") -> "torch.dtype":
+    """A storage dtype by name (evaluation's --dtype): float32 unless told otherwise."""
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "", "auto"):
+        return torch.float32
+    if name not in _DTYPE_NAMES:
+        raise HeadlessError(f"bad dtype {name!r}: use one of float32, bfloat16, float16")
+    return _dtype(name)

@@ -1,0 +1,196 @@
+"""Building a run apart from its loop: data, model, optimizer, schedule, loader, in that order.
+
+`build_run` returns a `Run`: every part the loop, the evaluator and the checkpointer work on.
+Nothing here trains; nothing in the loop builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from headless.config import TrainConfig
+from headless.errors import HeadlessError
+from headless.runtime import compute_dtype
+from headless.train import distributed as dist
+from headless.train.optim import build_optimizer, lr_factor
+from headless.train.step import DataInfo
+
+
+def cache_dir(config: TrainConfig) -> Path:
+    base = config.data.cache_dir or os.environ.get("HEADLESS_CACHE") or Path.home() / ".cache" / "headless"
+    return Path(base)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _input_key(inputs: list[str]) -> list[str]:
+    return [str(Path(i).resolve()) if Path(i).exists() else i for i in inputs]
+
+
+def resolve_dataset(config: TrainConfig, env=None) -> Path:
+    """The prepared dataset of a run: `data.path`, or raw inputs (default: the embedded corpus)
+    tokenized and packed once into the cache, with a BPE tokenizer trained on them if none is given."""
+    from headless.data.default_corpus import DEFAULT_CORPUS
+    from headless.data.prepare import prepare_dataset
+    from headless.data.tokenizers import load_tokenizer, tokenizer_hash, train_tokenizer
+
+    data = config.data
+    if data.path:
+        path = Path(data.path)
+        if not (path / "manifest.json").is_file():
+            raise HeadlessError(f"{path} is not a prepared dataset (no manifest.json); run `headless prepare` first")
+        return path
+    inputs = list(data.inputs) or [DEFAULT_CORPUS]
+    root = cache_dir(config)
+    is_main = env is None or env.is_main
+    if data.tokenizer:
+        tokenizer = load_tokenizer(data.tokenizer)
+    else:
+        kind = "wordpiece" if config.model.is_encoder else "bpe"
+        tok_dir = root / "tokenizers" / f"{kind}-{data.tokenizer_vocab_size}-{_key(_input_key(inputs), data.text_field)}"
+        if is_main and not (tok_dir / "tokenizer.json").is_file():
+            train_tokenizer(inputs, kind=kind, vocab_size=data.tokenizer_vocab_size, output_dir=tok_dir)
+        dist.barrier()
+        tokenizer = load_tokenizer(str(tok_dir))
+    out = root / "datasets" / _key(_input_key(inputs), tokenizer_hash(tokenizer), data.seq_len,
+                                   data.validation_fraction, data.text_field)
+    if is_main:
+        prepare_dataset(inputs, out, tokenizer, seq_len=data.seq_len, validation_fraction=data.validation_fraction,
+                        text_field=data.text_field, progress=config.progress)
+    dist.barrier()
+    return out
+
+
+def data_info(dataset) -> DataInfo:
+    return DataInfo(vocab_size=dataset.vocab_size, eos_token_id=dataset.eos_token_id,
+                    mask_token_id=dataset.mask_token_id, special_token_ids=list(dataset.special_token_ids))
+
+
+@dataclasses.dataclass
+class Data:
+    path: Path
+    train: Any                 # PackedDataset
+    validation: Optional[Any]  # PackedDataset or None
+    info: DataInfo
+    fingerprint: str
+
+
+def load_data(config: TrainConfig, env) -> tuple[TrainConfig, Data]:
+    from headless.data.loader import PackedDataset
+    from headless.data.prepare import dataset_fingerprint
+
+    path = resolve_dataset(config, env)
+    train = PackedDataset(path, "train")
+    if train.seq_len != config.data.seq_len and config.data.path:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, seq_len=train.seq_len))
+    try:
+        validation = PackedDataset(path, "validation")
+        if len(validation) == 0:
+            validation = None
+    except HeadlessError:
+        validation = None
+    return config, Data(path, train, validation, data_info(train), dataset_fingerprint(path))
+
+
+def check_data_fits(data: Data, model) -> None:
+    """The tokenizer, every token id of the shards and the sequence length against the model, once."""
+    rows = model.input_embedding_weight().shape[0]
+    train = data.train
+    if train.vocab_size > rows:
+        raise HeadlessError(f"the dataset's tokenizer has {train.vocab_size} tokens but the model's embedding "
+                            f"has {rows} rows; use a matching tokenizer or a larger model.vocab_size")
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if max_pos is not None and train.seq_len > max_pos:
+        raise HeadlessError(f"sequence length {train.seq_len} of the dataset exceeds the model's "
+                            f"{max_pos} positions")
+    for split in (s for s in (data.train, data.validation) if s is not None):
+        top = split.max_token_id()
+        if top >= min(rows, split.vocab_size):
+            raise HeadlessError(f"the {split.split} shards of {data.path} hold token id {top}, outside the "
+                                f"tokenizer's {split.vocab_size} ids / the model's {rows} rows; prepare the "
+                                "dataset again with its tokenizer")
+
+
+@dataclasses.dataclass
+class Run:
+    """The stateful parts of a run and what the loop needs to drive them."""
+
+    config: TrainConfig
+    env: Any
+    data: Data
+    model: torch.nn.Module         # the plain LanguageModel
+    wrapped: torch.nn.Module       # DDP / FSDP2 / the model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: Any                    # BatchIterator
+    params: dict
+    autocast_dtype: Optional[torch.dtype]
+    graphs: bool                   # CUDA graphs captured: mark each step
+    trainable: list
+    tokens_per_step: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+
+def build_model(config: TrainConfig, data: Data):
+    from headless.models import build_model as build
+
+    model = build(config.model, config.objective, config.loss_kind, data.info.vocab_size,
+                  pad_token_id=getattr(data.train.tokenizer, "pad_token_id", None),
+                  eos_token_id=data.info.eos_token_id)
+    check_data_fits(data, model)
+    if config.trainable == "head":
+        if not model.has_head:
+            raise HeadlessError("trainable=head needs a model with a vocabulary head (flavour vanilla)")
+        for name, param in model.named_parameters():
+            param.requires_grad = not name.startswith("hf." + model.hf.base_model_prefix + ".")
+    return model
+
+
+def build_run(config: TrainConfig, env, data: Data, model) -> Run:
+    """Wrap, optimize, schedule, load: `model` holds its (restored) weights already, since
+    DDP/FSDP2 broadcast rank 0's weights when wrapping.  The schedule reads `run.config` at every
+    step: a time budget fixes the schedule's length after calibration."""
+    from headless.data.loader import BatchIterator
+    from headless.models import count_parameters
+
+    device = env.device
+    params = count_parameters(model)
+    model.to(device)
+    strategy = config.distributed
+    if strategy == "auto":
+        strategy = "ddp" if env.world_size > 1 else "none"
+    wrapped = dist.wrap_model(model, strategy, env, mixed_precision=config.precision)
+    model.loss_group = dist.loss_group(config.objective.negatives, env)
+    optimizer = build_optimizer(model, config, device)  # after wrapping: FSDP2 swaps in sharded params
+    box: dict = {}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, box["run"].config if box else config))
+    cuda = device.type == "cuda"
+    loader = BatchIterator(data.train, config.batch_size, seed=config.seed, rank=env.rank,
+                           world_size=env.world_size, pin_memory=cuda, prefetch=2 if cuda else 0)
+    graphs = False
+    if config.compile:
+        mode = config.compile_mode
+        if env.world_size > 1 and mode in ("reduce-overhead", "max-autotune"):
+            mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+            if env.is_main:
+                print(f"compile_mode={config.compile_mode}: CUDA graphs are not used with several processes "
+                      f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
+        graphs = model.compile_backbone(mode)
+    amp = None if strategy == "fsdp2" else compute_dtype(config.precision, device)  # FSDP2 casts itself
+    trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
+    tokens_per_step = config.batch_size * config.grad_accum * env.world_size * data.train.seq_len
+    box["run"] = Run(config, env, data, model, wrapped, optimizer, scheduler, loader, params, amp, graphs, trainable,
+                     tokens_per_step)
+    return box["run"]

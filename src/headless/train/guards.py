@@ -1,0 +1,164 @@
+"""Guards of the loop: the time budget, the non-finite-step guard and the stop signals.
+
+Each is a small stateful object the loop consults once per step without a host sync (the time
+budget syncs twice per run, the non-finite guard reads back on log and save steps).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import torch
+
+from headless.config import TrainConfig
+from headless.errors import HeadlessError
+
+
+class TrainingInterrupted(HeadlessError):
+    """SIGTERM / SIGINT arrived: a checkpoint was saved, the run can be resumed.  The CLI exits
+    with 128 + the signal number (143 for SIGTERM, 130 for SIGINT), as shells do."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """Turns SIGTERM (what clusters send before they kill) and SIGINT into a flag that the loop
+    reads at the end of a step: it then saves a checkpoint and stops.  Only in the main thread
+    (Python delivers signals there); a second signal of either kind gives up at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def interrupted(self, step: int, run_dir) -> TrainingInterrupted:
+        name = signal.Signals(self.received).name if self.received else "a signal"
+        return TrainingInterrupted(f"stopped by {name} at step {step}; checkpoint saved, continue with "
+                                   f"`headless pretrain --run-dir {run_dir} --resume`", self.received)
+
+    def agreed(self, world_size: int, all_reduce, device, check: bool) -> bool:
+        """Whether to stop now.  One process: the flag, every step.  Several: on `check` steps
+        (log/save steps, which synchronise anyway) the ranks agree, so all stop at the same step."""
+        if world_size == 1:
+            return self.received is not None
+        if not check:
+            return False
+        flag = torch.tensor(float(self.received or 0), device=device)
+        signum = int(all_reduce(flag, op="max"))
+        if signum and self.received is None:
+            self.received = signum
+        return bool(signum)
+
+
+class TimeBudget:
+    """Turns `time_budget_s` into max_steps from the measured steady-state seconds per step.
+
+    Steps 1..skip are untimed (compilation, CUDA-graph capture); the next `calibration_steps` are
+    timed between two device synchronisations, the only ones this adds to the run.  The resolved
+    max_steps is min(config.max_steps, budget / seconds per step): config.max_steps is a cap.
+    """
+
+    def __init__(self, config: TrainConfig, counters: dict, device: torch.device):
+        self.budget, self.device, self.counters = config.time_budget_s, device, counters
+        self.start_at = config.calibration_skip
+        self.end_at = config.calibration_skip + config.calibration_steps
+        self.cap = config.max_steps
+        self.pending = self.budget is not None and "resolved_max_steps" not in counters
+        self.t0 = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def observe(self, step: int):
+        if step == self.start_at:
+            self.t0 = self._now()
+        elif step == self.end_at and self.t0 is not None:
+            per_step = (self._now() - self.t0) / (self.end_at - self.start_at)
+            resolved = max(step, min(self.cap, int(self.budget / per_step)))
+            self.counters.update(steady_s_per_step=per_step, resolved_max_steps=resolved)
+            self.pending = False
+            return resolved
+        return None
+
+    @staticmethod
+    def fix_length(config: TrainConfig, max_steps: int) -> TrainConfig:
+        """The resolved max_steps, and the schedule's length with it unless that was set."""
+        import dataclasses
+
+        optim = config.optim
+        if optim.schedule_steps is None:
+            optim = dataclasses.replace(optim, schedule_steps=max_steps)
+        return dataclasses.replace(config, max_steps=max_steps, optim=optim)
+
+    def keep_steps(self, config: TrainConfig) -> frozenset[int]:
+        """The steps of `checkpoint_fractions`, once max_steps is final (with a time budget, none
+        before the step at which it became final)."""
+        if self.pending:
+            return frozenset()
+        first = self.end_at if self.budget is not None else 1
+        return frozenset(max(first, round(f * config.max_steps)) for f in config.checkpoint_fractions)
+
+
+class NonFiniteGuard:
+    """Counts the steps skipped for a non-finite loss or gradient, on the device.
+
+    `record` (every step) only queues device ops; `check` (log and save steps, and the last step)
+    reads the count back, updates counters["nan_skips"] (an int, as checkpoints and the summary
+    store it), logs the skips since the last check and raises once there are more than
+    `max_skips`.  So a diverged run is stopped at the next log or save step, not at the step that
+    went bad; the skipped steps in between changed nothing (see `skip_if_nonfinite`).
+    """
+
+    def __init__(self, device: torch.device, counters: dict, max_skips: int, step: int):
+        self.counters, self.max_skips = counters, max_skips
+        self.base = int(counters["nan_skips"])  # skips of the run before a resume
+        self.last_check = step
+        self.count = torch.zeros((), dtype=torch.int64, device=device)  # skips since this process started
+        self.last_bad = torch.zeros((), dtype=torch.int64, device=device)  # 1-based step, 0: none
+
+    def record(self, bad: torch.Tensor, step_number: int) -> None:
+        self.count += bad
+        self.last_bad = torch.maximum(self.last_bad, bad * step_number)
+
+    def check(self, step: int, logger) -> None:
+        count, last_bad = torch.stack([self.count, self.last_bad]).tolist()
+        total = self.base + count
+        new = total - self.counters["nan_skips"]
+        self.counters["nan_skips"] = total
+        since, self.last_check = self.last_check, step
+        if new <= 0:
+            return
+        if logger:
+            logger.write(f"step {step}: {new} step(s) with a non-finite loss/gradient skipped in steps "
+                         f"{since + 1}-{step}, the last at step {last_bad} ({total}/{self.max_skips})")
+        if total > self.max_skips:
+            raise HeadlessError(f"training diverged: {total} non-finite steps (last at step {last_bad}); "
+                                "lower optim.lr or check the data")

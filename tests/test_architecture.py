@@ -1,0 +1,86 @@
+"""The import graph follows the layers of docs/architecture.md: a module imports only its own
+layer and the layers before it (never a later one), so the loss cannot know the trainer and the
+trainer cannot know the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "headless"
+
+# in import order: each layer may import itself and those above it in this list
+LAYERS = [
+    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "paths", "loss_kinds", "config"]),
+    ("data", ["data"]),
+    ("objective/loss", ["objectives", "losses"]),
+    ("model", ["attention", "models"]),
+    ("parallel", ["train.distributed"]),
+    ("checkpoints", ["train.checkpoint"]),
+    ("trainer", ["train"]),
+    ("export", ["export", "finetune"]),
+    ("evaluation", ["eval"]),
+    ("bench", ["bench"]),
+    ("reproduction", ["reproduce"]),
+    ("cli", ["cli", "__main__"]),
+]
+
+
+def layer_of(module: str) -> int:
+    name = module.removeprefix("headless").lstrip(".") or "__init__"
+    best = None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if name == prefix or name.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (index, len(prefix))
+    assert best is not None, f"{module} belongs to no layer of docs/architecture.md"
+    return best[0]
+
+
+def imports() -> list[tuple[str, str]]:
+    edges = []
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        module = ".".join(("headless",) + parts).removesuffix(".__init__")
+        if module == "headless.__init__":
+            module = "headless"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("headless"):
+                package = SRC.joinpath(*node.module.split(".")[1:])
+                for alias in node.names:  # `from headless.train import distributed`: the submodule
+                    sub = (package / f"{alias.name}.py").is_file() or (package / alias.name).is_dir()
+                    edges.append((module, f"{node.module}.{alias.name}" if sub else node.module))
+            elif isinstance(node, ast.Import):
+                edges += [(module, a.name) for a in node.names if a.name.startswith("headless")]
+    return edges
+
+
+def test_no_upward_imports():
+    upward = []
+    for source, target in imports():
+        if source == "headless":  # the package's lazy public API names everything
+            continue
+        if layer_of(target) > layer_of(source):
+            upward.append(f"{source} ({LAYERS[layer_of(source)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert not upward, "\n".join(upward)
+
+
+def _package(module: str) -> str:
+    """The top-level module or subpackage a module belongs to (headless.train.loop -> train)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_no_private_reach_ins():
+    """A `_private` name is imported only inside the module or subpackage that defines it."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        source = ".".join(("headless",) + path.relative_to(SRC).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("headless"):
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and _package(node.module) != _package(source):
+                        found.append(f"{source} imports {node.module}.{alias.name}")
+    assert not found, "\n".join(found)
