@@ -181,11 +181,25 @@ EOF2
     B="$H bench --steps 6 --warmup 4 --compile --profile --sync-debug --objectives backbone,cwt"
     $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert" compile_mode=reduce-overhead || true
     $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304 --output "$RES/p160" compile_mode=reduce-overhead || true
+    # the experimental sync-free CWT (objective.cwt_sync_free): static MLM and CLM
+    B="$H bench --steps 8 --warmup 4 --compile --sync-debug --objectives cwt"
+    $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-static-sync-free" \
+       compile_mode=reduce-overhead objective.masking=static objective.cwt_sync_free=true || true
+    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304,256000 --output "$RES/p160-sync-free" \
+       compile_mode=reduce-overhead objective.cwt_sync_free=true || true
     ;;
-  syncs)  # CWT with one host sync (the default, all_rows for CLM) and with none (objective.sync_free)
-    B="$H bench --steps 8 --warmup 4 --compile --sync-debug --objectives cwt,cwt-sync-free"
-    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304,256000 --output "$RES/p160" compile_mode=reduce-overhead || true
-    $B --preset pythia-70m --batch-sizes 8,32 --vocab-sizes 50304 --output "$RES/p70" compile_mode=reduce-overhead || true
+  syncs)  # host syncs per step and tokens/s: MLM with Bernoulli vs static masking (objective.masking), CLM
+    B="$H bench --steps 8 --warmup 4 --compile --sync-debug --objectives backbone,cwt,ce-hf"
+    $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-bernoulli" compile_mode=reduce-overhead || true
+    $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-static" compile_mode=reduce-overhead \
+       objective.masking=static || true
+    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304 --output "$RES/p160" compile_mode=reduce-overhead || true
+    # the experimental sync-free CWT (objective.cwt_sync_free): static MLM and CLM
+    B="$H bench --steps 8 --warmup 4 --compile --sync-debug --objectives cwt"
+    $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-static-sync-free" \
+       compile_mode=reduce-overhead objective.masking=static objective.cwt_sync_free=true || true
+    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304,256000 --output "$RES/p160-sync-free" \
+       compile_mode=reduce-overhead objective.cwt_sync_free=true || true
     ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

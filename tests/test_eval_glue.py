@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("scipy")  # headless.eval needs it; collect (skipped) without it
+pytest.importorskip("sklearn")  # headless.eval needs it; collect (skipped) without it
+
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.classification import Example, encode

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("scipy")  # headless.eval needs it; collect (skipped) without it
+pytest.importorskip("sklearn")  # headless.eval needs it; collect (skipped) without it
+
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.xnli import load_xnli, run_xnli

@@ -121,3 +121,25 @@ def test_nce_untied_uses_its_own_target_matrix():
 
 def test_public_api():
     assert headless.vanilla_ce_loss is vanilla_ce_loss
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_static_rows_equals_the_selected_rows(path, reduction):
+    """static_rows (score every row, zero the ignored ones: no selection) is the same loss, gradients
+    and accuracy as selecting the kept rows."""
+    outputs, ids, weight, bias = _batch()
+    ref = vanilla_ce_loss(outputs, ids, weight, bias, implementation="reference", reduction=reduction)
+    got = vanilla_ce_loss(outputs, ids, weight, bias, implementation=path, reduction=reduction,
+                          static_rows=True, chunk_size=7)
+    torch.testing.assert_close(got.loss, ref.loss, rtol=0, atol=1e-9)
+    for a, b in zip(_grads(got, outputs, weight, bias), _grads(ref, outputs, weight, bias)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    assert int(got.num_targets) == int(ref.num_targets) == 96
+    assert float(got.accuracy) == pytest.approx(float(ref.accuracy))
+    none = torch.full_like(ids, -100)
+    with pytest.raises(HeadlessError, match="ignored"):
+        vanilla_ce_loss(outputs, none, weight, bias, static_rows=True)
+    empty = vanilla_ce_loss(outputs, none, weight, bias, static_rows=True, allow_empty=True, reduction="sum")
+    assert float(empty.loss) == 0 and int(empty.num_targets) == 0
+    assert all(float(g.abs().sum()) == 0 for g in _grads(empty, outputs, weight, bias))

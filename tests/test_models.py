@@ -72,3 +72,112 @@ def test_nce_has_a_separate_target_matrix():
     model = build_model(config.model, config.objective, "nce", 100, 0, 2)
     assert model.target_embedding is not None
     assert model.target_embedding.weight.data_ptr() != model.input_embedding_weight().data_ptr()
+
+
+class _CountNonzero(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts aten.nonzero calls: a selection whose size the host must read."""
+
+    calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.nonzero:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("loss", ["cwt", "ce", "ce+cwt", "nce"])
+def test_static_masking_gathers_the_same_loss_and_gradients_as_selection(loss):
+    """objective.masking=static gathers the loss positions with static shapes (no nonzero) and
+    scores the empty slots of short rows as ignored: in float64, the same loss and gradients as the
+    reference path (Bernoulli config: selected positions, reference implementations)."""
+    from headless.objectives import gather_static_positions, mlm_mask, static_mask_count
+
+    flavour = "vanilla" if loss.startswith("ce") else "headless"
+    static = load_config("tiny", flavour=flavour, overrides=SMALL + ["model.dropout=0", f"objective.loss={loss}",
+                                                                     "objective.masking=static"])
+    ref_cfg = load_config("tiny", flavour=flavour, overrides=SMALL + ["model.dropout=0", f"objective.loss={loss}",
+                                                                      "objective.loss_implementation=reference"])
+    torch.manual_seed(0)
+    model = build_model(static.model, static.objective, loss, 100, 0, 2).double()
+    reference = build_model(ref_cfg.model, ref_cfg.objective, loss, 100, 0, 2).double()
+    reference.load_state_dict(model.state_dict())
+    ids = torch.randint(4, 100, (3, 32))
+    ids[2, 3:] = 0  # a row with 3 eligible positions, fewer than the 5 the static count asks for
+    _, labels = mlm_mask(ids, mask_token_id=3, vocab_size=100, special_token_ids=[0, 1, 2], masking="static", key=1)
+    k = static_mask_count(32, 0.15)
+    assert k == 5 and (labels != -100).sum(dim=1).tolist() == [5, 5, 3]
+    results, selections = [], []
+    for m in (model, reference):
+        m.zero_grad()
+        with _CountNonzero() as count:
+            out = m(ids, labels)
+            out.loss.backward()
+        selections.append(count.calls)
+        results.append((out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    assert selections[0] == 0 < selections[1]  # no data-dependent selection (a host sync on GPU)
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=1e-10)
+    assert int(a.num_targets) == int(b.num_targets) == 13
+    assert ga.keys() == gb.keys() and ga
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=0, atol=1e-10, msg=name)
+    # the gather itself: each row's positions in order, then ignored slots
+    hidden = torch.arange(3 * 32, dtype=torch.float64).view(3, 32, 1)
+    outputs, targets = gather_static_positions(hidden, labels, k)
+    assert outputs.shape == (15, 1) and targets.shape == (15,)
+    assert targets[-2:].tolist() == [-100, -100]
+    kept = labels != -100
+    assert torch.equal(targets[targets != -100], labels[kept])
+    assert torch.equal(outputs[targets != -100, 0], hidden[kept][:, 0])
+
+
+def test_experimental_cwt_sync_free_scores_the_same_clm_loss():
+    """objective.cwt_sync_free (CLM: every position scored, the ignored ones zeroed) gives the same
+    loss and gradients; off CUDA the device-side unique is not used, the rest of the path is."""
+    losses = []
+    for flag in ("false", "true"):
+        cfg = load_config("tiny-gpt", overrides=SMALL + ["model.dropout=0", f"objective.cwt_sync_free={flag}"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, cfg.objective, "cwt", 100, 0, 2).double()
+        ids = torch.randint(3, 100, (2, 32), generator=torch.Generator().manual_seed(1))
+        labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+        labels[0, 10:14] = -100
+        with _CountNonzero() as count:
+            out = model(ids, labels)
+            out.loss.backward()
+        losses.append((out.loss.detach(), model.input_embedding_weight().grad.clone(), count.calls))
+    (a, ga, na), (b, gb, nb) = losses
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-10)
+    assert na > 0 and nb == 0  # no selection of the loss positions
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("loss", ["cwt", "ce"])
+def test_static_masking_loss_has_no_host_sync_on_gpu(loss):
+    """The loss of a static-masked MLM batch (and, with the experimental cwt_sync_free, CWT's too)
+    never makes the host wait for the GPU, forward and backward."""
+    from headless.losses.cwt import triton_usable
+    from headless.objectives import mlm_mask
+
+    flavour = "vanilla" if loss == "ce" else "headless"
+    cfg = load_config("tiny", flavour=flavour, overrides=SMALL + ["objective.masking=static",
+                                                                  "objective.cwt_sync_free=true"])
+    model = build_model(cfg.model, cfg.objective, loss, 100, 0, 2).cuda()
+    if loss == "cwt" and not triton_usable(model.input_embedding_weight()):
+        pytest.skip("the sync-free CWT path needs the Triton kernel")
+    model.with_accuracy = False  # as on the trainer's ordinary steps
+    ids = torch.randint(4, 100, (8, 32))
+    _, labels = mlm_mask(ids, mask_token_id=3, vocab_size=100, special_token_ids=[0, 1, 2], masking="static", key=1)
+    ids, labels = ids.cuda(), labels.cuda()
+    model.loss(model.hidden_states(ids), labels).loss.backward()  # warm-up: Triton autotuning synchronises
+    hidden = model.hidden_states(ids)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = model.loss(hidden, labels)
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out.loss).item() and out.num_targets.item() == 8 * round(0.15 * 32)

@@ -26,7 +26,6 @@ OBJECTIVES = {
     "cwt": ("headless", "cwt", "auto"),              # ours: de-duplicated; Triton on CUDA, chunked on CPU
     "cwt-chunked": ("headless", "cwt", "chunked"),   # ours, pure PyTorch online log-sum-exp
     "cwt-paper": ("headless", "cwt", "reference"),   # the paper's K x K score matrix
-    "cwt-sync-free": ("headless", "cwt", "auto"),    # CLM: no host sync at all (objective.sync_free)
     "cwt-liger": ("headless", "cwt", "liger"),       # de-duplicated CWT through Liger's fused linear CE
     "cwt-cce": ("headless", "cwt", "cce"),           # de-duplicated CWT through Cut Cross-Entropy (exact)
     "cwt-torch": ("headless", "cwt", "torch"),       # de-duplicated CWT through F.linear_cross_entropy
@@ -72,8 +71,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     from headless.train.step import DataInfo, make_inputs, train_step as trainer_step
 
     flavour, loss, impl = OBJECTIVES[objective]
-    extra = [f"model.vocab_size={vocab}", f"batch_size={batch}", f"objective.loss_implementation={impl}",
-             f"objective.sync_free={objective == 'cwt-sync-free'}"]
+    extra = [f"model.vocab_size={vocab}", f"batch_size={batch}", f"objective.loss_implementation={impl}"]
     if seq_len:
         extra += [f"data.seq_len={seq_len}"]
     config = load_config(preset, overrides=extra + overrides, flavour=flavour)

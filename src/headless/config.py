@@ -64,12 +64,17 @@ class ObjectiveConfig:
     mask_prob: float = 0.15
     replace_prob: float = 0.8
     random_prob: float = 0.1
-    exact_masking: bool = False
+    # bernoulli: each position with mask_prob (BERT); exact: round(p·n) of a row's n eligible ones
+    # (the official code); static: round(p·seq_len) per row, a constant count the model gathers
+    # with static shapes (docs/training.md)
+    masking: Literal["bernoulli", "exact", "static"] = "bernoulli"
     temperature: float = 1.0
     negatives: Literal["rank", "global"] = "rank"
     max_negatives: Optional[int] = None
     loss_implementation: str = "auto"
-    sync_free: bool = False  # CLM + Triton: CWT with no host sync (measured slower: docs/performance.md)
+    # EXPERIMENTAL, not measured on a GPU yet: CWT with no host sync at all (device-side unique
+    # targets, Triton kernels bounded by their count); CLM, or MLM with masking: static; CUDA only
+    cwt_sync_free: bool = False
     respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
 
 

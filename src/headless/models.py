@@ -234,36 +234,44 @@ class LanguageModel(nn.Module):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+        if self.loss_kind == "ce" and self.objective.loss_implementation == "hf":
+            return self._hf_loss(input_ids, labels, attention_mask)
+        return self.loss(self.hidden_states(input_ids, attention_mask), labels)
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
+        """The configured loss of hidden [B, L, D] at the positions whose label is not -100.
+
+        With `objective.masking: static` (MLM) each row has at most static_mask_count(L) loss
+        positions, which are gathered with static shapes and scored with `static_rows` (the few
+        empty slots of short rows masked out): no selection whose size the host must read.
+        `objective.cwt_sync_free` (experimental) also removes CWT's `torch.unique` sync."""
         from headless.losses import LossOutput, cwt_loss, vanilla_ce_loss
-        from headless.objectives import select_loss_positions
+        from headless.objectives import gather_static_positions, select_loss_positions, static_mask_count
 
         obj = self.objective
-        if self.loss_kind == "ce" and obj.loss_implementation == "hf":
-            return self._hf_loss(input_ids, labels, attention_mask)
-        hidden = self.hidden_states(input_ids, attention_mask)
-        if obj.loss_implementation == "none":  # benchmarks only: the backbone's cost, no loss at all
-            from headless.losses.cwt import device_scalar
-
-            count = (labels != -100).sum()
-            return LossOutput(loss=hidden.float().mean() * count, num_targets=count, accuracy=None,
-                              num_unique=device_scalar(0, hidden.device))
+        static = obj.masking == "static" and not self.causal
+        # experimental: no host sync in CWT, which needs rows with static shapes (CLM: every position)
+        sync_free = obj.cwt_sync_free and (static or self.causal)
         # the trainer checked the token ids against the vocabulary once (no per-step host check)
         contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
                            group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy,
-                           check_ids=False)
+                           check_ids=False, static_rows=static or sync_free, sync_free=sync_free)
+        if static:
+            outputs, targets = gather_static_positions(hidden, labels, static_mask_count(labels.shape[1],
+                                                                                         obj.mask_prob))
         kind = self.loss_kind
-        if kind in ("cwt", "nce"):  # the loss selects the scored positions itself (one selection)
+        if kind in ("cwt", "nce"):
             weight = self.input_embedding_weight() if kind == "cwt" else self.target_embedding.weight
-            # CLM scores nearly every position: zeroing the few ignored ones beats selecting the
-            # others, which would make the host wait for the GPU (cwt_loss's all_rows)
-            return cwt_loss(hidden, labels, weight, implementation=obj.loss_implementation,
-                            all_rows=self.causal, sync_free=obj.sync_free, **contrastive)
-        outputs, targets = select_loss_positions(hidden, labels)
+            if not static:  # the loss selects the scored positions itself (one selection)
+                outputs, targets = hidden, labels
+            return cwt_loss(outputs, targets, weight, implementation=obj.loss_implementation, **contrastive)
+        if not static:
+            outputs, targets = select_loss_positions(hidden, labels)
         parts = head_parts(self.hf)
         ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
                              getattr(parts.projection, "bias", None), reduction="sum",
                              implementation=obj.loss_implementation, allow_empty=True,
-                             with_accuracy=self.with_accuracy, check_ids=False)
+                             with_accuracy=self.with_accuracy, check_ids=False, static_rows=static)
         if kind == "ce":
             return ce
         cw = cwt_loss(outputs, targets, self.input_embedding_weight(), **contrastive)
@@ -293,6 +301,19 @@ class LanguageModel(nn.Module):
         return LossOutput(loss=out.loss.float() * count, num_targets=count, accuracy=accuracy, num_unique=None)
 
 
+class BackboneOnly(LanguageModel):
+    """`objective.loss_implementation: none`, for `headless bench` only: the backbone's cost with no
+    loss at all (the mean of the hidden states), the floor the losses are compared against."""
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
+        from headless.losses import LossOutput
+        from headless.losses.cwt import device_scalar
+
+        count = (labels != -100).sum()
+        return LossOutput(loss=hidden.float().mean() * count, num_targets=count, accuracy=None,
+                          num_unique=device_scalar(0, hidden.device))
+
+
 def _is_decoder(hf_model: nn.Module) -> bool:
     """A causal language model (GPT-NeoX, Llama, GPT-2, ...), as opposed to an MLM encoder."""
     return getattr(hf_model.config, "model_type", "") in ("gpt_neox", "llama", "gpt2")
@@ -317,7 +338,8 @@ def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vo
                           attn=cfg.attn_implementation, init_from=None)
     if model_vocab < vocab_size:
         raise HeadlessError(f"tokenizer has {vocab_size} tokens but the model's embedding has only {model_vocab} rows")
-    return LanguageModel(hf, loss_kind, objective)
+    cls = BackboneOnly if objective.loss_implementation == "none" else LanguageModel
+    return cls(hf, loss_kind, objective)
 
 
 def count_parameters(model: nn.Module) -> dict:

@@ -295,7 +295,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
              allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True,
-             all_rows: bool = False, sync_free: bool = False) -> LossOutput:
+             static_rows: bool = False, sync_free: bool = False) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
@@ -321,15 +321,19 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     the fused paths where it costs a no-grad pass: with_accuracy=False skips it). check_ids=False
     skips the host-side range check of target_ids (one GPU synchronisation fewer).
 
-    all_rows=True (same value and gradients; reduction "sum"/"mean", no group, no max_negatives):
-    score EVERY position and zero the ignored ones instead of selecting the kept rows first, which
-    costs a host synchronisation (paths auto/triton/chunked/dedup; the others select as usual); the ignored targets become one extra class whose bias (-1e30)
-    removes it from every softmax. Only `torch.unique` then makes the host wait. Worth it when few
-    positions are ignored (CLM), not for MLM (85% ignored rows would be scored for nothing).
-    sync_free=True (with all_rows and the Triton kernel): not even that: the unique targets are
-    found with data-independent shapes (`static_unique`, classes padded to the number of positions)
-    and the kernel reads their count on the GPU. Same values; measured SLOWER on an H100 (its fused
-    backward over padded classes: docs/performance.md), so it is off by default.
+    static_rows=True (same value and gradients; reduction "sum"/"mean", no group, no max_negatives;
+    paths auto/triton/chunked/dedup, the others select as usual): score EVERY position given and
+    zero the ignored ones instead of selecting the kept rows, whose count the host would have to
+    read (a GPU synchronisation). The ignored targets become one extra class whose bias (-1e30)
+    removes it from every softmax. For rows gathered with static shapes, a few of them ignored
+    (static MLM masking: `LanguageModel`); `torch.unique` still synchronises. Scoring every
+    position of a CLM batch this way measured no faster than selecting (docs/performance.md), and
+    for Bernoulli MLM it would score the 85% unmasked rows for nothing.
+    sync_free=True (EXPERIMENTAL, off everywhere by default, not measured on a GPU yet; with
+    static_rows and the Triton kernel, ignored elsewhere): not even `torch.unique` makes the host
+    wait. The unique targets are found on the device with static shapes (`device_unique`, classes
+    padded to the number of positions) and the kernels skip every tile past their count, which they
+    read on the GPU. Same value and gradients.
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -339,13 +343,13 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         raise HeadlessError(f"{fn}: temperature must be > 0, got {temperature}")
     if max_negatives is not None and max_negatives < 1:
         raise HeadlessError(f"{fn}: max_negatives must be >= 1 (or None), got {max_negatives}")
-    if all_rows and group is None and max_negatives is None and reduction != "none" \
+    if static_rows and group is None and max_negatives is None and reduction != "none" \
             and implementation in ("auto", "triton", "chunked", "dedup"):
         check_inputs(fn, outputs, target_ids, embedding_weight, "embedding_weight")
         if check_ids:
             select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
-        return _cwt_all_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index, reduction,
-                             implementation, chunk_size, allow_empty, with_accuracy, sync_free)
+        return _cwt_static_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index,
+                                reduction, implementation, chunk_size, allow_empty, with_accuracy, sync_free)
     rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
                                check_ids=check_ids)
     acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
@@ -377,10 +381,11 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
                       accuracy, device_scalar(num_unique, ids.device))
 
 
-def static_unique(keys: Tensor, pad_value: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def device_unique(keys: Tensor, pad_value: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`torch.unique(keys, return_inverse=True, return_counts=True)` with shapes that do not depend
-    on the data, so the host never waits for the GPU: (uniq [N] sorted and padded with `pad_value`,
-    inverse [N], counts [N] (0 on padding), number of unique values [1] on the device)."""
+    on the data (U <= N), so the host never waits for the GPU: (uniq [N] sorted then padded with
+    `pad_value`, inverse [N], counts [N] (0 on padding), number of unique values [1] on the device).
+    A sort, a cumulative sum and three scatters."""
     ordered, order = keys.sort()
     first = torch.ones_like(ordered, dtype=torch.bool)
     first[1:] = ordered[1:] != ordered[:-1]
@@ -403,9 +408,9 @@ def _resolve_implementation(implementation: str, outputs: Tensor) -> str:
 _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes it exactly 0
 
 
-def _cwt_all_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
-                  allow_empty, with_accuracy, sync_free=False) -> LossOutput:
-    """`cwt_loss(all_rows=True)`: the de-duplicated loss over every position, ignored ones zeroed."""
+def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
+                     allow_empty, with_accuracy, sync_free=False) -> LossOutput:
+    """`cwt_loss(static_rows=True)`: the de-duplicated loss over every position, ignored ones zeroed."""
     o = outputs.reshape(-1, outputs.shape[-1])
     ids = target_ids.reshape(-1).long()
     valid = ids != ignore_index
@@ -415,8 +420,8 @@ def _cwt_all_rows(outputs, target_ids, weight, scale, ignore_index, reduction, i
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
     keys = torch.where(valid, ids, vocab)
     num_classes = None
-    if implementation == "triton" and sync_free:  # classes padded to N, the count stays on the GPU
-        uniq, inverse, counts, num_classes = static_unique(keys, pad_value=vocab)
+    if implementation == "triton" and sync_free:  # classes padded to N, their count stays on the GPU
+        uniq, inverse, counts, num_classes = device_unique(keys, pad_value=vocab)
     else:
         uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
     real = uniq < vocab

@@ -199,6 +199,27 @@ if triton is not None:
             _accumulate_dot(dc_ptr, cols, cmask, grad.to(o_ptr.dtype.element_ty), o_ptr, rows, rmask, D, i > 0,
                             BLOCK_D)
 
+    @triton.jit
+    def _sum_splits_kernel(buf_ptr, out_ptr, nu_ptr, n_split, split_stride, U, D, BLOCK_R: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+        """out[:nu] = Σ_s buf[s, :nu] (fp32 partials of the dC kernel), out[nu:] = 0 with nu read on
+        the GPU: past the real class count the reduction reads nothing and writes zeros."""
+        nu = tl.load(nu_ptr).to(tl.int32)
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (rows < U)[:, None] & (cols < D)[None, :]
+        real = mask & (rows < nu)[:, None]
+        offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
+        acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+        if tl.program_id(0) * BLOCK_R < nu:
+            ptr = buf_ptr + offsets
+            for _ in range(0, n_split):  # split_stride = U·D elements between partials
+                acc += tl.load(ptr, mask=real, other=0.0)
+                ptr += split_stride
+        tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_SUM_BLOCK = (16, 16) if _INTERPRET else (32, 128)  # rows x columns of a reduction program
 
 # The "gemm" backward's G buffer: 256 MiB in bf16 whatever K and U (tiny in the interpreter, so that
 # CPU tests cross several class chunks).
@@ -254,11 +275,16 @@ class _LinearCE(torch.autograd.Function):
             planned = max(1, U // 4) if has_nu else U
             n_split = max(1, min(triton.cdiv(K, _MAX_BLOCK_K),
                                  2 * _num_sms(outputs.device) // max(1, triton.cdiv(planned, 128))))
-            alloc = torch.zeros if has_nu else torch.empty  # rows past the real count stay zero
-            buf = alloc(n_split, U, D, device=outputs.device, dtype=torch.float32)
+            buf = torch.empty(n_split, U, D, device=outputs.device, dtype=torch.float32)
             grid = lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), n_split)  # noqa: E731
             _bwd_dc_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None, HAS_NU=has_nu)
-            d_cls = (buf[0] if n_split == 1 else buf.sum(0)).to(classes.dtype)
+            if has_nu:  # padded rows were never written: the reduction reads the real ones only
+                d_cls = torch.empty_like(classes)
+                grid = (triton.cdiv(U, _SUM_BLOCK[0]), triton.cdiv(D, _SUM_BLOCK[1]))
+                _sum_splits_kernel[grid](buf, d_cls, num_classes, n_split, U * D, U, D,
+                                         BLOCK_R=_SUM_BLOCK[0], BLOCK_C=_SUM_BLOCK[1])
+            else:
+                d_cls = (buf[0] if n_split == 1 else buf.sum(0)).to(classes.dtype)
         return d_out, d_cls, None, None, None, None, None
 
 
@@ -292,9 +318,11 @@ def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None
     backward="gemm" (default, faster): G by class chunks + cuBLAS; "fused": two all-Triton kernels,
     no G buffer at all. Both deterministic.
 
-    num_classes: a one-element integer tensor on the device: only classes[:num_classes] exist, the
-    rest is padding (zero gradient). The kernels read the count themselves, so a caller with
-    data-dependent U (CWT's unique targets) can allocate an upper bound and never wait for the GPU.
+    num_classes (EXPERIMENTAL, not measured on a GPU yet; no default path uses it): a one-element
+    integer tensor on the device: only classes[:num_classes] exist, the rest is padding (zero
+    gradient). The kernels read the count themselves and skip every tile past it (forward, dO,
+    dC and the reduction of dC's partials), so a caller with data-dependent U (CWT's unique
+    targets, `cwt_loss(sync_free=True)`) can allocate an upper bound and never wait for the GPU.
     Uses the "fused" backward (the "gemm" one would loop over chunks on the host).
     """
     if backward not in ("gemm", "fused"):

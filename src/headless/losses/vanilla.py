@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headless.errors import HeadlessError
-from headless.losses.cwt import (LossOutput, _triton_module, accumulation_dtype, check_choice, cwt_loss, device_scalar,
-                                 empty_output, linear_logsumexp, reduce_rows, row_dot, select_rows,
-                                 triton_usable, REDUCTIONS)
+from headless.losses.cwt import (LossOutput, _triton_module, accumulation_dtype, check_choice, check_inputs,
+                                 cwt_loss, device_scalar, empty_output, linear_logsumexp, reduce_rows, row_dot,
+                                 select_rows, triton_usable, REDUCTIONS)
 
 VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch", "liger", "cce")
 AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
@@ -38,7 +38,7 @@ def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool
 def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, head_bias: Tensor | None = None, *,
                     ignore_index: int = -100, reduction: str = "mean", implementation: str = "auto",
                     chunk_size: int | None = None, allow_empty: bool = False,
-                    with_accuracy: bool = True, check_ids: bool = True) -> LossOutput:
+                    with_accuracy: bool = True, check_ids: bool = True, static_rows: bool = False) -> LossOutput:
     """Cross-entropy of outputs [..., D] projected on head_weight [V, D] (+ head_bias [V]).
 
     Paths (same value): "reference" (logits + F.cross_entropy), "chunked" (online log-sum-exp,
@@ -48,12 +48,28 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
     accuracy = top-1 over the vocabulary (the target's logit is the maximum; ties count as
     correct). With the fused paths it costs an extra forward pass: with_accuracy=False skips it.
     check_ids=False skips the host-side range check of target_ids (a GPU synchronisation).
+    static_rows=True (reduction "sum"/"mean"): score every position and zero the ignored ones
+    instead of selecting the others (a selection whose size the host must read), as in `cwt_loss`:
+    for rows gathered with static shapes (static MLM masking), a few of them ignored.
     """
     fn = "vanilla_ce_loss"
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("implementation", implementation, VANILLA_IMPLEMENTATIONS)
-    rows, o, ids = select_rows(fn, outputs, target_ids, head_weight, ignore_index, "head_weight", head_bias,
-                               check_ids=check_ids)
+    valid = None  # static rows: bool[N], the rows that count
+    if static_rows and reduction != "none":
+        check_inputs(fn, outputs, target_ids, head_weight, "head_weight", head_bias)
+        if check_ids:
+            select_rows(fn, outputs, target_ids, head_weight, ignore_index, "head_weight", head_bias)
+        rows, o = None, outputs.reshape(-1, outputs.shape[-1])
+        flat = target_ids.reshape(-1).long()
+        valid = flat != ignore_index
+        ids = torch.where(valid, flat, 0)  # any real class: the row's loss is zeroed below
+        if not allow_empty and not o.is_cuda and not bool(valid.any()):  # on CPU the check is free
+            raise HeadlessError(f"{fn}: every target is ignored (ignore_index={ignore_index}); "
+                                "pass allow_empty=True to get a zero loss for such batches")
+    else:
+        rows, o, ids = select_rows(fn, outputs, target_ids, head_weight, ignore_index, "head_weight", head_bias,
+                                   check_ids=check_ids)
     acc = accumulation_dtype(outputs, head_weight)
     if ids.numel() == 0:
         return empty_output(fn, allow_empty, ignore_index, target_ids, [o, head_weight, head_bias], acc, reduction)
@@ -87,11 +103,19 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
     else:
         from headless.losses.external import linear_ce
 
-        losses = linear_ce(o, head_weight, head_bias, ids, 1.0, implementation, rows=reduction == "none")
+        losses = linear_ce(o, head_weight, head_bias, ids, 1.0, implementation,
+                           rows=reduction == "none" or valid is not None)
     if stats is None and with_accuracy:
         with torch.no_grad():
             _, best, target = linear_logsumexp(o, head_weight, head_bias, ids, chunk_size=chunk_size)
         stats = (best, target)
+    if valid is not None:
+        count = valid.sum()
+        total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
+        accuracy = None if stats is None else \
+            ((stats[1] >= stats[0]) & valid).sum().float() / count.clamp_min(1)
+        loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
+        return LossOutput(loss, count, accuracy, None)
     accuracy = (stats[1] >= stats[0]).float().mean() if stats is not None else None
     return LossOutput(reduce_rows(losses, rows, target_ids, reduction),
                       device_scalar(ids.numel(), ids.device), accuracy, None)

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from headless.config import TrainConfig
-from headless.objectives import IGNORE_INDEX, clm_labels, document_ids_from_eos, mlm_mask
+from headless.objectives import IGNORE_INDEX, clm_labels, document_ids_from_eos, mix64, mlm_mask
 
 
 @dataclass
@@ -27,13 +27,11 @@ class DataInfo:
     special_token_ids: list
 
 
-def row_generator(seed: int, step: int, row: int, split: int = 0) -> torch.Generator:
-    """Masking randomness of one sequence, keyed by its place in the run: (step, row of the global
-    batch).  A resumed run masks exactly as before, and so does the same global batch split over
-    another number of ranks or micro-batches."""
-    gen = torch.Generator()
-    gen.manual_seed(((seed * 1_000_003 + step) * 1_000_033 + row) * 4 + split)
-    return gen
+def masking_key(seed: int, step: int, split: int = 0) -> int:
+    """The key of a step's masks.  Each sequence's masks hash (key, its row of the global batch,
+    position), so a resumed run masks exactly as before, and so does the same global batch split
+    over another number of ranks or micro-batches."""
+    return mix64(mix64(mix64(seed) ^ step) ^ split)
 
 
 def global_row(micro: int, rank: int, world_size: int, batch_size: int) -> int:
@@ -45,13 +43,11 @@ def make_inputs(batch: torch.Tensor, config: TrainConfig, info: DataInfo, *, ste
                 split: int = 0):
     """(input_ids, labels) for the configured objective; labels hold the ORIGINAL token ids."""
     obj = config.objective
-    if config.objective_kind == "mlm":
-        rows = [mlm_mask(row[None], mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
-                         special_token_ids=info.special_token_ids, mask_prob=obj.mask_prob,
-                         replace_prob=obj.replace_prob, random_prob=obj.random_prob, exact=obj.exact_masking,
-                         generator=row_generator(config.seed, step, first_row + i, split))
-                for i, row in enumerate(batch)]
-        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+    if config.objective_kind == "mlm":  # one vectorised call for the micro-batch (on its device)
+        return mlm_mask(batch, mask_token_id=info.mask_token_id, vocab_size=info.vocab_size,
+                        special_token_ids=info.special_token_ids, mask_prob=obj.mask_prob,
+                        replace_prob=obj.replace_prob, random_prob=obj.random_prob, masking=obj.masking,
+                        key=masking_key(config.seed, step, split), first_row=first_row)
     doc_ids = None
     if obj.respect_documents and info.eos_token_id is not None:
         doc_ids = document_ids_from_eos(batch, info.eos_token_id)
