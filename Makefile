@@ -1,5 +1,6 @@
-# The two commands of the README.  `make demo` installs and trains a tiny headless model on the
-# embedded default corpus; `make test` installs the test extras and runs the suite.
+# The two commands of the README.  `make demo` installs, trains the tiny headless encoder and its
+# vanilla twin on the embedded default corpus and prints what they learned (headless/demo.py);
+# `make test` installs the test extras and runs the suite.
 PYTHON ?= python3
 
 .PHONY: install install-dev demo test
@@ -15,7 +16,7 @@ install-dev: install
 	$(PYTHON) -m pip install -q -e ".[dev,eval]"
 
 demo: install
-	headless pretrain --preset tiny
+	$(PYTHON) -m headless.demo
 
 test: install-dev
 	$(PYTHON) -m pytest -q --durations=15

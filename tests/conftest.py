@@ -52,3 +52,29 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic fixtures (tests/fixtures.py): no ../shared needed
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory) -> dict:
+    """Synthetic corpus + LAMBADA / zero-shot / GLUE / XNLI files, laid out like ../shared/data."""
+    from fixtures import write_all
+
+    return write_all(tmp_path_factory.mktemp("fixture-data"))
+
+
+@pytest.fixture(scope="session")
+def fixture_tokenizers(fixture_data, tmp_path_factory) -> dict:
+    """A byte-level BPE and a WordPiece tokenizer (512 tokens) trained on the synthetic corpus (~1 s)."""
+    from headless.data.tokenizers import train_tokenizer
+
+    root = tmp_path_factory.mktemp("fixture-tokenizers")
+    out = {}
+    for kind in ("bpe", "wordpiece"):
+        train_tokenizer([str(fixture_data["corpus"])], kind=kind, vocab_size=512, output_dir=root / kind,
+                        progress=False)
+        out[kind] = root / kind
+    return out

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headless"
 
 # in import order: each layer may import itself and those above it in this list
 LAYERS = [
-    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "paths", "loss_kinds", "config"]),
+    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "loss_kinds", "fit", "config"]),
     ("data", ["data"]),
     ("objective/loss", ["objectives", "losses"]),
     ("model", ["attention", "models"]),
@@ -22,6 +22,7 @@ LAYERS = [
     ("evaluation", ["eval"]),
     ("bench", ["bench"]),
     ("reproduction", ["reproduce"]),
+    ("integrations", ["integrations", "demo"]),
     ("cli", ["cli", "__main__"]),
 ]
 

@@ -37,8 +37,10 @@ def _heldout_ce(model_dir, data) -> float:
         return float(lm(input_ids=ids, labels=ids).loss)
 
 
-def test_finetune_head_starts_from_embeddings_and_lowers_heldout_loss(neox_data, tmp_path):
+def test_finetune_head_starts_from_embeddings_and_lowers_heldout_loss(neox_data, tmp_path, monkeypatch):
     import transformers as tf
+
+    monkeypatch.chdir(tmp_path)  # the fine-tuning run goes to ./runs/
 
     from headless.export import export
     from headless.finetune import finetune_head
@@ -73,7 +75,7 @@ def test_probe_trains_only_the_head(neox_data, tmp_path):
 
     start = tf.AutoModelForCausalLM.from_pretrained(export(tmp_path / "hlm", tmp_path / "start", add_head=True))
     finetune_head(tmp_path / "hlm", tmp_path / "probe", data=str(neox_data), tokens=4 * 4 * 64, batch_size=4,
-                  probe=True, progress=False)
+                  probe=True, progress=False, run_dir=str(tmp_path / "probe-run"))
     probe = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "probe")
     assert torch.equal(probe.get_input_embeddings().weight, start.get_input_embeddings().weight)
     assert torch.equal(probe.gpt_neox.layers[0].mlp.dense_h_to_4h.weight, start.gpt_neox.layers[0].mlp.dense_h_to_4h.weight)

@@ -66,7 +66,7 @@ def test_pretrain_export_and_load_with_transformers(datasets, tmp_path, arch, fl
     import transformers as tf
 
     from headless.export import export
-    from headless.export import _load_run_model
+    from headless.export import load_run_model
 
     config = _config(datasets, tmp_path, arch, flavour)
     summary = pretrain(config)
@@ -81,7 +81,7 @@ def test_pretrain_export_and_load_with_transformers(datasets, tmp_path, arch, fl
 
     out = export(run, tmp_path / "export")
     base = tf.AutoModel.from_pretrained(out).eval()
-    model = _load_run_model(run, None)[1].eval()
+    model = load_run_model(run, None)[1].eval()
     ids = torch.randint(5, 1000, (2, 20))
     with torch.no_grad():
         expected = model.hidden_states(ids)
@@ -161,8 +161,9 @@ def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys):
     base = ["pretrain", "--preset", "tiny", *SMALL, "max_steps=2"]
     _fails([*base, f"data.path={tmp_path / 'missing'}"], capsys, "not a prepared dataset")
     _fails([*base, f"data.path={datasets['neox']}", "model.vocab_size=1024"], capsys, "smaller than the tokenizer")
-    _fails([*base, f"data.path={datasets['bert']}", "model.max_position_embeddings=32", "data.seq_len=32"], capsys,
-           "exceeds the model's 32 positions")
+    _fails([*base, f"data.path={datasets['bert']}", "model.max_position_embeddings=32"], capsys,
+           "set model.max_position_embeddings=64")
+    _fails([*base, f"data.path={datasets['bert']}", "data.seq_len=32"], capsys, "data.seq_len=32 but")
     _fails([*base, "optim.lr=-1"], capsys, "optim.lr must be > 0")
     busy = tmp_path / "busy"
     busy.mkdir()

@@ -31,19 +31,19 @@ ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "modernbert", "distil
 class ModelConfig:
     """The backbone.  Either built from these shape fields, or loaded from `init_from` (an HF dir)."""
 
-    architecture: Architecture = "bert"
-    init_from: Optional[str] = None
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
+    architecture: Architecture = "bert"  # the Hugging Face model family; encoders train with MLM, decoders with CLM
+    init_from: Optional[str] = None  # an HF model directory to start from (its shape fields win over the ones below)
+    hidden_size: int = 256  # width D of the hidden states and embeddings
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads (hidden_size must be a multiple)
     intermediate_size: Optional[int] = None  # default 4 * hidden_size
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = 512  # longest input; with data.path, a preset's value grows to fit
     vocab_size: Optional[int] = None  # default: the tokenizer's size rounded up to pad_vocab_multiple
-    pad_vocab_multiple: int = 64
-    dropout: float = 0.1
+    pad_vocab_multiple: int = 64  # round the embedding rows up to a multiple of this (fast matmuls)
+    dropout: float = 0.1  # hidden and attention dropout
     rotary_pct: float = 0.25  # gpt-neox only
     tie_word_embeddings: bool = True  # vanilla flavour: tie the head to the input embeddings
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # HF attention backend: sdpa, eager, flash_attention_2, headless_sdpa
     extra: dict = field(default_factory=dict)  # passed verbatim to the HF config
 
     @property
@@ -60,18 +60,18 @@ class ObjectiveConfig:
     """
 
     kind: Literal["auto", "mlm", "clm"] = "auto"  # auto: mlm for encoders, clm for decoders
-    loss: Literal[("auto", *LOSSES)] = "auto"  # the names of headless.loss_kinds.LOSSES
-    mask_prob: float = 0.15
-    replace_prob: float = 0.8
-    random_prob: float = 0.1
+    loss: Literal[("auto", *LOSSES)] = "auto"  # auto: cwt if headless, else ce; ce+cwt, nce: ablations (loss_kinds.LOSSES)
+    mask_prob: float = 0.15  # MLM: fraction of tokens chosen for prediction
+    replace_prob: float = 0.8  # MLM: of the chosen tokens, the fraction replaced by the mask token
+    random_prob: float = 0.1  # MLM: of the chosen tokens, the fraction replaced by a random token
     # bernoulli: each position with mask_prob (BERT); exact: round(p·n) of a row's n eligible ones
     # (the official code); static: round(p·seq_len) per row, a constant count the model gathers
     # with static shapes (docs/training.md)
     masking: Literal["bernoulli", "exact", "static"] = "bernoulli"
-    temperature: float = 1.0
-    negatives: Literal["rank", "global"] = "rank"
-    max_negatives: Optional[int] = None
-    loss_implementation: str = "auto"
+    temperature: float = 1.0  # CWT: the logits O @ E[targets]^T are divided by this
+    negatives: Literal["rank", "global"] = "rank"  # CWT negatives: this process's batch, or every process's
+    max_negatives: Optional[int] = None  # CWT: cap on the unique target ids scored against (none: all of the batch)
+    loss_implementation: str = "auto"  # auto, reference, dedup, chunked, triton, hf, liger, cce, ... (docs/losses.md)
     # EXPERIMENTAL, not measured on a GPU yet: CWT with no host sync at all (device-side unique
     # targets, Triton kernels bounded by their count); CLM, or MLM with masking: static; CUDA only
     cwt_sync_free: bool = False
@@ -86,26 +86,28 @@ class DataConfig:
     install can train without any download.
     """
 
-    path: Optional[str] = None
-    inputs: list = field(default_factory=list)
+    path: Optional[str] = None  # a directory made by `headless prepare` (its seq_len and tokenizer are used)
+    inputs: list = field(default_factory=list)  # raw text sources prepared on the fly (default: the embedded corpus)
     tokenizer: Optional[str] = None  # None: train a BPE tokenizer of tokenizer_vocab_size on the corpus
-    tokenizer_vocab_size: int = 8192
-    seq_len: int = 128
-    validation_fraction: float = 0.01
-    text_field: str = "text"
+    tokenizer_vocab_size: int = 8192  # size of the tokenizer trained when data.tokenizer is not given
+    seq_len: int = 128  # tokens per training sequence; follows data.path when it is given
+    validation_fraction: float = 0.01  # fraction of documents held out for validation (on-the-fly data)
+    text_field: str = "text"  # JSON field / column that holds the text
     cache_dir: Optional[str] = None  # where on-the-fly datasets go (default ~/.cache/headless)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-8
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 5e-4  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # decoupled weight decay (not on norms and biases)
+    beta1: float = 0.9  # AdamW beta1, in [0, 1)
+    beta2: float = 0.98  # AdamW beta2, in [0, 1)
+    eps: float = 1e-8  # AdamW epsilon
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # learning-rate decay after the warm-up
+    warmup_steps: int = 100  # linear warm-up from 0 to optim.lr
+    min_lr_ratio: float = 0.0  # the schedule decays to optim.lr * min_lr_ratio
     # Gradient-norm clipping threshold; null or 0 turns clipping off (the norm is still logged).
     grad_clip: Optional[float] = 1.0
     # Length of the LR schedule (warm-up included), apart from max_steps (the stop criterion).
@@ -119,29 +121,29 @@ class TrainConfig:
     """One pretraining run.  `batch_size` is per device and micro-step; the global batch is
     batch_size * grad_accum * world_size sequences."""
 
-    flavour: Literal["headless", "vanilla"] = "headless"
+    flavour: Literal["headless", "vanilla"] = "headless"  # headless: CWT, no head; vanilla: cross-entropy head
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run_dir: Optional[str] = None  # default runs/<preset>-<flavour>-<timestamp>
-    seed: int = 0
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_steps: int = 1000
-    device: str = "auto"
+    seed: int = 0  # seeds the weights, the data order and the masks
+    batch_size: int = 16  # sequences per device and micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 1000  # optimizer steps of the run
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the backbone (the loss has data-dependent shapes and stays eager)
     # reduce-overhead adds CUDA graphs: the host no longer launches the backbone's kernels one by one
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    distributed: Literal["auto", "none", "ddp", "fsdp2"] = "auto"
-    eval_every: int = 200
-    eval_batches: int = 20
-    log_every: int = 10
-    save_every: int = 500
-    keep_last: int = 2
-    progress: bool = True
-    tensorboard: bool = True
+    distributed: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # auto: ddp under a multi-process torchrun
+    eval_every: int = 200  # validation every N steps (and at the end)
+    eval_batches: int = 20  # validation batches per evaluation
+    log_every: int = 10  # metrics.jsonl / TensorBoard / progress-bar numbers every N steps
+    save_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_last: int = 2  # checkpoints kept on disk
+    progress: bool = True  # show a progress bar
+    tensorboard: bool = True  # write TensorBoard logs to RUN_DIR/tensorboard
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
     # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
@@ -150,8 +152,8 @@ class TrainConfig:
     # per step; the faster flavour therefore takes more steps.  Needs warm-up to cover the
     # calibration, so that no step before it depends on max_steps.
     time_budget_s: Optional[float] = None
-    calibration_skip: int = 10
-    calibration_steps: int = 20
+    calibration_skip: int = 10  # time budget: untimed first steps (compilation, CUDA-graph capture)
+    calibration_steps: int = 20  # time budget: timed steps that give the seconds per step
     # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
     # of a learning curve.
     checkpoint_fractions: list = field(default_factory=list)
@@ -383,16 +385,22 @@ def load_config(
             raise HeadlessError(f"preset file not found: {path}")
         data = read_yaml(path)
         data.setdefault("preset", Path(preset).stem)
+    user: dict = {}  # what the user wrote (file, overrides): never adapted, see headless.fit
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"config file not found: {path}")
-        data = deep_merge(data, read_yaml(path))
+        user = read_yaml(path)
+        data = deep_merge(data, user)
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         data = deep_merge(data, update)
+        user = deep_merge(user, update)
     if flavour:
         data["flavour"] = flavour
+    from headless.fit import fit_to_dataset
+
+    data = fit_to_dataset(data, user)
     return from_dict(TrainConfig, data).validate()
 
 

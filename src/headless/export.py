@@ -33,7 +33,7 @@ Load with `transformers.{auto}.from_pretrained(PATH)`.
 """
 
 
-def _load_run_model(run_dir: Path, checkpoint: Optional[str]):
+def load_run_model(run_dir: Path, checkpoint: Optional[str]):
     """The run's model with the weights of `checkpoint` (default: the newest that verifies); only
     the weights are read, so a checkpoint without optimizer or RNG state exports too."""
     from headless.config import config_from_file
@@ -69,7 +69,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
         if not overwrite:
             raise HeadlessError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
         check_replaceable(out_dir, "export", protect=(run_dir,))  # never a run, a dataset, a parent
-    config, model, tokenizer, step = _load_run_model(run_dir, checkpoint)
+    config, model, tokenizer, step = load_run_model(run_dir, checkpoint)
 
     if add_head:
         if config.model.is_encoder:

@@ -72,7 +72,9 @@ def finetune_head(
     if output_dir.exists() and any(output_dir.iterdir()):
         raise HeadlessError(f"{output_dir} exists and is not empty")
     dataset = PackedDataset(data, "train")
-    run_dir = Path(run_dir) if run_dir else output_dir.parent / f"{output_dir.name}-run"
+    # the run (optimizer state, checkpoints, logs) is training output: it goes under runs/, never next
+    # to the exported model (which is all that OUTPUT holds)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(output_dir)
     init_dir = run_dir.parent / f".{run_dir.name}-init"
     shutil.rmtree(init_dir, ignore_errors=True)
     init = _headless_with_head(model_dir, init_dir)
@@ -96,7 +98,7 @@ def finetune_head(
         # paper §4.2: constant LR after a warm-up, no weight decay on the new head's run (Tab. 15)
         "optim": {"lr": lr, "schedule": "constant", "weight_decay": 0.0,
                   "warmup_steps": warmup_steps if warmup_steps is not None else min(2000, steps // 10)},
-        "eval_every": max(1, steps // 5), "save_every": max(1, steps // 2), "log_every": max(1, min(10, steps // 10)),
+        **schedule(steps),
     })
     if overrides:
         config = load_config(overrides=_merge(config.to_dict(), overrides))
@@ -104,6 +106,25 @@ def finetune_head(
     export(run_dir, output_dir)
     shutil.rmtree(init_dir, ignore_errors=True)
     return summary
+
+
+def default_run_dir(output_dir: Path) -> Path:
+    """runs/<OUTPUT name>-finetune-head (a fresh name if that one is taken)."""
+    base = Path("runs") / f"{Path(output_dir).resolve().name}-finetune-head"
+    run_dir, n = base, 1
+    while run_dir.exists() and any(run_dir.iterdir()):
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def schedule(steps: int) -> dict:
+    """Validation about five times a run but at most every 50 steps (short runs: only at the end, which
+    the trainer always evaluates); one checkpoint, at the end, for runs under 1000 steps."""
+    eval_every = max(steps // 5, 50)
+    return {"eval_every": eval_every if eval_every < steps else steps,
+            "save_every": steps if steps < 1000 else max(500, steps // 4), "keep_last": 1,
+            "log_every": max(1, min(10, steps // 10))}
 
 
 def _merge(base: dict, overrides: list[str]) -> dict:

@@ -343,12 +343,23 @@ def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vo
 
 
 def count_parameters(model: nn.Module) -> dict:
-    """Total and non-embedding parameter counts (the latter drives the FLOPs estimate)."""
+    """Total and non-embedding parameter counts (the latter drives the FLOPs estimate).
+
+    Embedding = every nn.Embedding (tokens, positions, NCE's target matrix) plus an untied vocabulary
+    projection (`get_output_embeddings`): a vanilla twin's V x D head is vocabulary, not backbone (its
+    FLOPs are counted with the output scoring), so a decoder's twins report the same non-embedding
+    count; an MLM head's D x D transform stays non-embedding."""
     total = sum(p.numel() for p in model.parameters())
     emb = 0
     seen = set()
+    vocab_weights = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
     for module in model.modules():
-        if isinstance(module, nn.Embedding) and id(module.weight) not in seen:
-            seen.add(id(module.weight))
-            emb += module.weight.numel()
+        get_out = getattr(module, "get_output_embeddings", None)
+        out = get_out() if callable(get_out) else None
+        if isinstance(out, nn.Module) and isinstance(getattr(out, "weight", None), torch.Tensor):
+            vocab_weights.append(out.weight)
+    for weight in vocab_weights:
+        if id(weight) not in seen:
+            seen.add(id(weight))
+            emb += weight.numel()
     return {"total": total, "embedding": emb, "non_embedding": total - emb}

@@ -1,6 +1,10 @@
 """The `headless` command.  Each subcommand lives in its own module of this package, parses its
 arguments and calls one library function; nothing here does real work.
 
+Conventions shared by every command (headless.cli.options): config fields as `--optim.lr 1e-3`
+or `optim.lr=1e-3` in any order, `--no-progress` (alias `--quiet`, `-q`), one-line errors with a
+"did you mean" for unknown options, exit status 2 for any bad input.
+
 A command module exposes `register(subparsers)`, which adds its parser(s) and sets `func` to a
 callable taking the parsed `argparse.Namespace` and returning an exit status (or None for 0).
 """
@@ -27,7 +31,9 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from headless.cli.options import Parser
+
+    parser = Parser(
         prog="headless",
         description="Pretrain headless language models with Contrastive Weight Tying (CWT).",
     )
@@ -47,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from headless.cli.options import parse
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)  # one-line errors, "did you mean", key=value anywhere (cli/options.py)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

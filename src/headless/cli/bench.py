@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from headless.cli.options import add_config_options, add_progress_flag
+
 
 def _ints(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x]
@@ -10,7 +12,7 @@ def _ints(text: str) -> list[int]:
 def register(subparsers) -> None:
     from headless.bench import OBJECTIVES
 
-    p = subparsers.add_parser("bench", help="time headless vs vanilla training steps (tokens/s, MFU, memory)",
+    p = subparsers.add_parser("bench", usage="headless bench [--preset P] [options] [--KEY VALUE | KEY=VALUE ...]", help="time headless vs vanilla training steps (tokens/s, MFU, memory)",
                               description="Full training steps of each objective on one backbone, side by side: "
                               "tokens/s, MFU, peak memory; table + JSON + PNG. Objectives: "
                               + ", ".join(f"{k} ({v[0]} {v[1]}, {v[2]})" for k, v in OBJECTIVES.items()))
@@ -30,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", action="store_true", help="also search the largest micro-batch that fits (GPU)")
     p.add_argument("--output", default=None, help="directory for bench.json, bench.md, bench.png")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    add_progress_flag(p)
+    add_config_options(p, skip={"flavour", "run_dir", "preset", "progress", "device", "compile", "batch_size",
+                                "data.seq_len", "max_steps"})
     p.set_defaults(func=_bench)
 
 
@@ -39,7 +44,7 @@ def _bench(args) -> int:
     rows = bench(args.preset, objectives=args.objectives.split(","), vocab_sizes=args.vocab_sizes,
                  batch_sizes=args.batch_sizes, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
                  device=args.device, compile=args.compile, max_batch=args.max_batch, overrides=args.overrides,
-                 output=args.output, profile=args.profile,
+                 output=args.output, profile=args.profile, progress=not args.quiet,
                  sync_debug=args.sync_debug)
     print(format_table(rows))
     return 0

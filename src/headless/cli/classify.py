@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from headless.cli.options import add_progress_flag
 from headless.errors import HeadlessError
 
 
@@ -21,7 +22,7 @@ def _common(parser: argparse.ArgumentParser, *, batch_help: str, epochs_help: st
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU only)")
     parser.add_argument("--output", type=Path, help="results directory (default eval-results/<model name>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add_progress_flag(parser, "no progress bars or per-epoch lines")
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
                       help="standard: lr 2e-5, 3 epochs, linear decay, CE, wd 0.01, last epoch; paper: "
                            "lr 1e-5, 10 epochs, constant LR, balanced CE, wd 0, best epoch")
     glue.add_argument("--data-dir", type=Path, help="GLUE TSV layout (TASK/train.tsv, TASK/dev.tsv); "
-                      "default: the nyu-mll/glue hub dataset")
+                      "default: $HEADLESS_SHARED_DATA/glue, else the nyu-mll/glue hub dataset")
     _common(glue, batch_help="default 32", epochs_help="override the recipe's epochs",
             lr_help="override the recipe's learning rate")
     glue.set_defaults(func=_glue)
@@ -48,9 +49,10 @@ def register(subparsers) -> None:
         "xnli", help="fine-tune an encoder on XNLI (cross-lingual transfer or per language)",
         description="Fine-tune a Hugging Face encoder directory on XNLI and write xnli.json + xnli.md.")
     xnli.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
-    xnli.add_argument("--data-dir", type=Path, required=True,
+    xnli.add_argument("--data-dir", type=Path, default=None,
                       help="dev-<lang>.tsv files (split by line: first half fine-tunes, last half "
-                           "evaluates) or the XNLI-1.0 xnli.dev.tsv + xnli.test.tsv")
+                           "evaluates) or the XNLI-1.0 xnli.dev.tsv + xnli.test.tsv (default: "
+                           "$HEADLESS_SHARED_DATA/xnli, else the facebook/xnli hub dataset)")
     xnli.add_argument("--mode", choices=("transfer", "target", "both"), default="transfer",
                       help="transfer: fine-tune on English, evaluate every language; target: "
                            "fine-tune and evaluate within each language")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from headless.cli.options import add_progress_flag
+
 INPUT_HELP = ("text sources: .txt/.jsonl/.parquet files (optionally .gz/.xz/.zst), directories, globs, "
               "a datasets.save_to_disk directory, hf:NAME[:CONFIG][@SPLIT], or python-docs "
               "(default: the embedded python-docs corpus)")
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--output", "-o", required=True, metavar="DIR", help="dataset directory to write")
     prepare.add_argument("--tokenizer", "-t", required=True, metavar="SPEC",
                          help="tokenizer.json, WordPiece vocab.txt, tokenizer directory or hub name")
-    prepare.add_argument("--seq-len", type=int, required=True, metavar="N", help="tokens per sequence")
+    prepare.add_argument("--seq-len", "--seq_len", type=int, required=True, metavar="N", help="tokens per sequence")
     prepare.add_argument("--validation-fraction", type=float, default=0.01, metavar="F",
                          help="fraction of documents held out for validation (default: 0.01)")
     prepare.add_argument("--validation-input", action="append", metavar="INPUT",
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-documents", type=int, default=None, metavar="N", help="read at most N documents")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
     prepare.add_argument("--overwrite", action="store_true", help="replace a dataset prepared with other settings")
-    prepare.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_progress_flag(prepare, "no progress bar")
     prepare.set_defaults(func=_prepare)
 
     tokenizer = subparsers.add_parser("tokenizer", help="tokenizer utilities",
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--text-field", default="text", metavar="F")
     train.add_argument("--min-frequency", type=int, default=2, metavar="N")
     train.add_argument("--max-documents", type=int, default=None, metavar="N")
-    train.add_argument("--quiet", "-q", action="store_true")
+    add_progress_flag(train, "no progress bar")
     train.set_defaults(func=_train_tokenizer)
 
 

@@ -12,7 +12,8 @@ REPRODUCE_EPILOG = """examples:
   headless reproduce decoder budget_s=3600 seed=1 data_root=/data/shared
   headless reproduce decoder compare=tokens steps=5000        # equal tokens instead of equal time
   headless report results/*.json --output docs/results/reproduction
-study settings are key=value pairs (see --show-config); `pretrain=[k=v,...]` adds to the twins' config."""
+study settings are key=value pairs or --key value options (see --show-config); `pretrain=[k=v,...]`
+adds to the twins' TrainConfig overrides."""
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("--work-dir", default="runs/reproduce", help="data, runs and scratch (default runs/reproduce)")
     p.add_argument("--output", default=None, help="folder for the pieces and report (default WORK_DIR/STUDY/results)")
     p.add_argument("--show-config", action="store_true", help="print the resolved study settings and exit")
+    from headless.cli.options import add_config_options
+    from headless.reproduce.config import StudyConfig
+
+    add_config_options(p, cls=StudyConfig, skip={"study"})
     p.set_defaults(func=_reproduce)
 
     r = subparsers.add_parser("report", help="merge `headless reproduce` pieces into tables and curves",

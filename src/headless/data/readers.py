@@ -9,6 +9,7 @@ up front so a typo fails in a second, not after an hour of tokenisation.
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import io
 import json
@@ -105,17 +106,49 @@ def resolve_inputs(inputs: Any) -> list[Source]:
     return sources
 
 
-def _open_binary(source: Source) -> IO[bytes]:
-    if source.compression == ".gz":
-        import gzip
-        return gzip.open(source.location, "rb")
-    if source.compression == ".xz":
-        import lzma
-        return lzma.open(source.location, "rb")
-    if source.compression == ".zst":
-        import zstandard
-        return io.BufferedReader(zstandard.open(source.location, "rb"))   # adds line iteration
-    return open(source.location, "rb")
+_BYTES_READ = [0]
+
+
+def bytes_read() -> int:
+    """Bytes read so far from input files, as stored on disk (compressed bytes for .gz/.xz/.zst):
+    what `headless prepare`'s progress bar counts against the inputs' total size."""
+    return _BYTES_READ[0]
+
+
+class _CountingFile(io.FileIO):
+    def readinto(self, buffer) -> int | None:
+        n = super().readinto(buffer)
+        _BYTES_READ[0] += n or 0
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        _BYTES_READ[0] += len(data or b"")
+        return data
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        _BYTES_READ[0] += len(data)
+        return data
+
+
+@contextlib.contextmanager
+def _open_binary(source: Source) -> Iterator[IO[bytes]]:
+    with io.BufferedReader(_CountingFile(source.location, "rb")) as raw:
+        if source.compression == ".gz":
+            import gzip
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                yield fh
+        elif source.compression == ".xz":
+            import lzma
+            with lzma.LZMAFile(raw, "rb") as fh:
+                yield fh
+        elif source.compression == ".zst":
+            import zstandard
+            with io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)) as fh:  # adds line iteration
+                yield fh
+        else:
+            yield raw
 
 
 def _decode(data: bytes, name: str, base_offset: int = 0) -> str:

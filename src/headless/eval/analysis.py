@@ -55,10 +55,11 @@ EMBEDDED_TEXT = [
 
 
 def default_texts(num_documents: int = 64) -> tuple[list[str], str]:
-    """Paragraphs of the enwiki validation shard in ../shared/data if present, else the embedded text."""
-    root = os.environ.get("HEADLESS_SHARED_DATA")
-    path = (Path(root) if root else Path.cwd().parent / "shared" / "data") / ENWIKI_VALIDATION
-    if not path.is_file():
+    """Paragraphs of $HEADLESS_SHARED_DATA/enwiki/validation if present, else the embedded text."""
+    from headless.eval.datasets import shared_path
+
+    path = shared_path(ENWIKI_VALIDATION)
+    if path is None:
         return list(EMBEDDED_TEXT), "embedded text"
     texts = []
     with lzma.open(path, "rt", encoding="utf-8") as f:

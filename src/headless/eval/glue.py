@@ -146,7 +146,9 @@ def _from_hub(task: GlueTask, key: str, split: str) -> list[Example]:
         data = load_dataset("nyu-mll/glue", key, split=split)
     except Exception as err:  # offline, no such split...: tell the user the one fix
         raise HeadlessError(f"could not get GLUE {task.name} from the Hugging Face hub "
-                            f"({type(err).__name__}); pass --data-dir with the GLUE TSV layout") from err
+                            f"({type(err).__name__}); pass --data-dir with the GLUE TSV layout, or set "
+                            f"HEADLESS_SHARED_DATA to an absolute folder laid out like ../shared/data "
+                            f"(with glue/{task.name}/train.tsv)") from err
     a, b = task.hub
     return [Example(row[a], None if b is None else row[b], float(row["label"]) if task.labels is None
                     else int(row["label"])) for row in data]
@@ -210,6 +212,10 @@ def run_glue(
     seeds = parse_seeds(seeds)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise HeadlessError(f"--data-dir {data_dir} is not a directory")
+    if data_dir is None:  # then $HEADLESS_SHARED_DATA/glue, then the hub (headless.eval.datasets)
+        from headless.eval.datasets import shared_path
+
+        data_dir = shared_path("glue")
     if tasks is None:
         tasks = available_tasks(data_dir) if data_dir is not None else list(GLUE_TASKS)
         if not tasks:

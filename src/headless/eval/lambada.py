@@ -26,9 +26,11 @@ DEFAULT_FILE = Path("lambada") / "lambada_openai_dev.jsonl"
 
 
 def default_data_path() -> Path:
-    """../shared/data/lambada/lambada_openai_dev.jsonl (or under $HEADLESS_SHARED_DATA)."""
-    root = os.environ.get("HEADLESS_SHARED_DATA")
-    return (Path(root) if root else Path.cwd().parent / "shared" / "data") / DEFAULT_FILE
+    """$HEADLESS_SHARED_DATA/lambada/lambada_openai_dev.jsonl, else the hub's lambada_openai test set
+    (see headless.eval.datasets); the error names --data, the variable and the hub dataset."""
+    from headless.eval.datasets import HUB_LAMBADA, lambada_from_hub, resolve
+
+    return resolve(None, DEFAULT_FILE, flag="--data", what="LAMBADA", hub=HUB_LAMBADA[0], from_hub=lambada_from_hub)
 
 
 def read_lambada(path: str | os.PathLike, limit: int | None = None) -> list[tuple[str, str]]:
@@ -62,6 +64,8 @@ def evaluate_lambada(
 ) -> dict:
     """Accuracy and perplexities on LAMBADA; writes lambada.{json,md} (+ per-example predictions
     in the JSON) to `output_dir` when given."""
+    if data is not None and not Path(data).is_file():
+        raise HeadlessError(f"LAMBADA: data file {data} not found")
     path = Path(data) if data is not None else default_data_path()
     if limit is not None and limit < 1:
         raise HeadlessError(f"--limit must be positive, got {limit}")

@@ -86,13 +86,18 @@ def _subset_indices(n: int, limit: int | None) -> list[int]:
     return sorted(random.Random(0).sample(range(n), limit))
 
 
-def load_xnli(data_dir: str | Path, languages: list[str] | None = None, *,
+def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *,
               max_train_examples: int | None = None, max_eval_examples: int | None = None
               ) -> tuple[str, dict[str, tuple[list[Example], list[Example]]]]:
     """(layout, {language: (fine-tuning examples, evaluation examples)}).
 
     Subsets take the same item indices in every language, so the languages stay parallel.
     """
+    if data_dir is None:
+        from headless.eval.datasets import HUB_XNLI, resolve, xnli_from_hub
+
+        data_dir = resolve(None, "xnli", flag="--data-dir", what="XNLI", hub=HUB_XNLI,
+                           from_hub=lambda: xnli_from_hub(languages))
     root = Path(data_dir)
     if not root.is_dir():
         raise HeadlessError(f"XNLI --data-dir {root} is not a directory")
@@ -134,7 +139,7 @@ def load_xnli(data_dir: str | Path, languages: list[str] | None = None, *,
 def run_xnli(
     model_dir: str | Path,
     *,
-    data_dir: str | Path,
+    data_dir: str | Path | None = None,
     mode: str = "transfer",
     languages: list[str] | None = None,
     train_language: str = "en",

@@ -44,15 +44,26 @@ class Example:
         return [(self.context, sep + c) for c in self.choices]
 
 
-def default_data_dir() -> Path:
-    root = os.environ.get("HEADLESS_SHARED_DATA")
-    return (Path(root) if root else Path.cwd().parent / "shared" / "data") / "zeroshot"
+def default_data_dir() -> Path | None:
+    """$HEADLESS_SHARED_DATA/zeroshot when it exists (else None: task files come from the hub)."""
+    from headless.eval.datasets import shared_path
+
+    return shared_path("zeroshot")
 
 
 def task_path(task: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """A task name (boolq, piqa, arc_easy, pubmedqa) or the path of a jsonl file."""
+    """A task name (boolq, piqa, arc_easy, pubmedqa) or the path of a jsonl file.  Names resolve in
+    --data-dir, else $HEADLESS_SHARED_DATA/zeroshot, else the hub dataset lm-eval's task reads."""
+    from headless.eval.datasets import HUB_ZEROSHOT, resolve, zeroshot_from_hub
+
     if task in TASK_FILES:
-        return Path(data_dir or default_data_dir()) / TASK_FILES[task]
+        if data_dir is not None:
+            path = Path(data_dir) / TASK_FILES[task]
+            if not path.is_file():
+                raise HeadlessError(f"zero-shot task {task}: {path} not found (--data-dir)")
+            return path
+        return resolve(None, Path("zeroshot") / TASK_FILES[task], flag="--data-dir", what=f"zero-shot task {task}",
+                       hub=HUB_ZEROSHOT[task][0], from_hub=lambda: zeroshot_from_hub(task))
     if task.endswith(".jsonl") or os.sep in task:
         return Path(task)
     raise HeadlessError(f"unknown task {task!r}: use {', '.join(TASK_FILES)} or the path of a .jsonl file")

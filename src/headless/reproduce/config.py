@@ -33,7 +33,7 @@ class StudyConfig:
     fractions: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # checkpoints evaluated
     seed: int = 0  # pretraining seed (masks, data order, initialisation)
     pretrain: list = field(default_factory=list)  # key=value overrides of the twins' TrainConfig
-    # data: a folder laid out like ../shared/data (MANIFEST.md); None: $HEADLESS_SHARED_DATA or ../shared/data
+    # data: a folder laid out like ../shared/data (MANIFEST.md); None: $HEADLESS_SHARED_DATA
     data_root: Optional[str] = None
     enwiki_shards: Optional[int] = None  # None: every train shard found
     books: bool = True  # Project Gutenberg English books in the pretraining mix (decoder, encoder)
@@ -86,9 +86,15 @@ class StudyConfig:
 
     @property
     def root(self) -> Path:
-        from headless.paths import shared_data_dir
+        from headless.eval.datasets import ENV_VAR, shared_data_root
 
-        return Path(self.data_root) if self.data_root else shared_data_dir()
+        root = Path(self.data_root) if self.data_root else shared_data_root()
+        if root is None:
+            raise HeadlessError(f"no study data: pass data_root=PATH (a folder laid out like ../shared/data) "
+                                f"or set {ENV_VAR} to an absolute one")
+        if not root.is_dir():
+            raise HeadlessError(f"data_root {root} is not a directory")
+        return root
 
 
 # What `headless reproduce STUDY` runs with no override: the protocols of docs/reproduction.md.

@@ -111,7 +111,8 @@ def check_data_fits(data: Data, model) -> None:
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if max_pos is not None and train.seq_len > max_pos:
         raise HeadlessError(f"sequence length {train.seq_len} of the dataset exceeds the model's "
-                            f"{max_pos} positions")
+                            f"{max_pos} positions; set model.max_position_embeddings={train.seq_len} "
+                            f"(or prepare the data with --seq-len {max_pos})")
     for split in (s for s in (data.train, data.validation) if s is not None):
         top = split.max_token_id()
         if top >= min(rows, split.vocab_size):

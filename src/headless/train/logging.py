@@ -98,7 +98,14 @@ class RunLogger:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"{split}/{key}", value, step)
 
+    def advance(self, step: int) -> None:
+        """Every step: move the bar (tqdm redraws at most every 0.1 s, with its ETA and steps/s).
+        Host-side only: no device value is read, so this adds no synchronisation."""
+        if self._bar is not None and step > self._bar.n:
+            self._bar.update(step - self._bar.n)
+
     def progress(self, step: int, postfix: dict[str, str]) -> None:
+        """Log steps: refresh the numbers shown after the bar (loss, tokens/s, MFU)."""
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix(postfix, refresh=False)

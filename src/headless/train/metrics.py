@@ -46,6 +46,8 @@ class Metrics:
         run = self.run
         self.counters["tokens"] += run.tokens_per_step
         self.window_tokens += run.tokens_per_step
+        if self.logger:
+            self.logger.advance(step)  # the bar moves every step; its numbers refresh on log steps
         if run.loader.epoch != self.epoch:
             self.epoch = run.loader.epoch
             self.write(f"step {step}: the training data ran out; epoch {self.epoch} starts (reshuffled)")

@@ -1,0 +1,117 @@
+"""CWT inside the Hugging Face `Trainer` (and so `accelerate`, which the Trainer runs on).
+
+    from transformers import AutoModel, DataCollatorForLanguageModeling, TrainingArguments
+    from headless.integrations.hf import CWTTrainer
+
+    model = AutoModel.from_config(config)       # a base model: headless means no vocabulary head
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True)   # or mlm=False for CLM
+    CWTTrainer(model=model, args=TrainingArguments(...), train_dataset=ds, data_collator=collator).train()
+
+`compute_cwt_loss(model, batch)` is the same loss for a hand-written loop (plain torch or
+`accelerate.Accelerator`).  Label conventions are HF's, converted here:
+
+* MLM: `labels` holds the original token at masked positions and -100 elsewhere (the MLM collator's
+  output); each masked position's output retrieves its token's input embedding.
+* CLM: `labels` is *unshifted* (HF's causal-LM convention: `labels == input_ids`, padding -100);
+  it is shifted here, so that the output at t retrieves the token at t + 1 (headless's own
+  `clm_labels` builds the shifted form directly).  With `eos_token_id`, positions whose next token
+  starts another packed document are ignored (`document_ids_from_eos`), as `headless pretrain` does.
+
+Under `accelerate`/DDP the wrapped model is called (so gradient hooks fire) and the embedding is read
+from the unwrapped one; negatives are this process's batch (`headless pretrain` can also gather them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from headless.losses import LossOutput, cwt_loss
+from headless.objectives import IGNORE_INDEX, document_ids_from_eos
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, accelerate wrappers
+        model = model.module
+    return model
+
+
+def _is_causal(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "is_decoder", False)) or getattr(config, "model_type", "") in (
+        "gpt_neox", "llama", "gpt2", "mistral", "qwen2", "gemma", "phi", "opt")
+
+
+def shift_clm_labels(labels: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+                     eos_token_id: Optional[int] = None) -> torch.Tensor:
+    """HF's unshifted causal labels -> headless's `labels[:, t] = target of position t` (= token t+1)."""
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    if eos_token_id is not None and input_ids is not None:
+        docs = document_ids_from_eos(input_ids, eos_token_id)
+        shifted[:, :-1] = shifted[:, :-1].masked_fill(docs[:, :-1] != docs[:, 1:], IGNORE_INDEX)
+    return shifted
+
+
+def compute_cwt_loss(model: nn.Module, inputs: dict[str, Any], *, causal: Optional[bool] = None,
+                     eos_token_id: Optional[int] = None, temperature: float = 1.0,
+                     num_items_in_batch: Optional[int | torch.Tensor] = None, **loss_kwargs) -> LossOutput:
+    """The CWT loss of one HF-style batch (`input_ids`, `labels`, optional `attention_mask`).
+
+    `causal` defaults to the model's type (decoders: CLM).  With `num_items_in_batch` (the Trainer's
+    count of label tokens over a whole gradient-accumulation step) the loss is summed and divided by it,
+    so accumulated steps equal one large step; otherwise it is the mean over this batch's targets."""
+    base = _unwrap(model)
+    causal = _is_causal(base) if causal is None else causal
+    input_ids, labels = inputs["input_ids"], inputs["labels"]
+    if causal:
+        labels = shift_clm_labels(labels, input_ids, eos_token_id)
+    kwargs = {"input_ids": input_ids}
+    if inputs.get("attention_mask") is not None:
+        kwargs["attention_mask"] = inputs["attention_mask"]
+    has_head = callable(getattr(base, "get_output_embeddings", None)) and base.get_output_embeddings() is not None
+    out = model(**kwargs, output_hidden_states=has_head)
+    hidden = out.hidden_states[-1] if has_head else out.last_hidden_state
+    weight = base.get_input_embeddings().weight
+    if num_items_in_batch is None:
+        return cwt_loss(hidden, labels, weight, temperature=temperature, **loss_kwargs)
+    result = cwt_loss(hidden, labels, weight, temperature=temperature, reduction="sum", **loss_kwargs)
+    count = num_items_in_batch.to(result.loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+    return LossOutput(loss=result.loss / count, num_targets=result.num_targets, accuracy=result.accuracy,
+                      num_unique=result.num_unique)
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class CWTTrainer(Trainer):
+        """`transformers.Trainer` whose loss is CWT (`compute_cwt_loss`); everything else is the Trainer's.
+
+        Extra keyword arguments: `causal` (default: from the model type), `eos_token_id` (CLM: respect
+        packed document boundaries), `temperature`, `cwt_kwargs` (passed to `headless.cwt_loss`)."""
+
+        def __init__(self, *args, causal: Optional[bool] = None, eos_token_id: Optional[int] = None,
+                     temperature: float = 1.0, cwt_kwargs: Optional[dict] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.cwt_options = dict(causal=causal, eos_token_id=eos_token_id, temperature=temperature,
+                                    **(cwt_kwargs or {}))
+            # a base model's forward takes no `labels`: keep the column and treat it as the label
+            self.label_names = ["labels"]
+            self.can_return_loss = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = compute_cwt_loss(model, inputs, num_items_in_batch=num_items_in_batch, **self.cwt_options)
+            outputs = {"loss": out.loss}
+            return (out.loss, outputs) if return_outputs else out.loss
+
+    return CWTTrainer
+
+
+def __getattr__(name: str):  # transformers' Trainer (and accelerate) load only when CWTTrainer is used
+    if name == "CWTTrainer":
+        cls = _trainer_class()
+        globals()["CWTTrainer"] = cls
+        return cls
+    raise AttributeError(name)
