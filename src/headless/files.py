@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 from headless.errors import HeadlessError
 
 MARKER_PREFIX = ".headless-"
-KINDS = ("run", "dataset", "export", "tokenizer")
+KINDS = ("run", "dataset", "export", "tokenizer", "scratch")  # scratch: a reproduce piece's evaluation folder
 
 
 # -- writes ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headless.errors import HeadlessError
+from headless.files import sha256_file
 from headless.reproduce.config import StudyConfig
 
 
@@ -34,17 +35,9 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def content_fingerprint(paths: list[Path], **settings) -> str:
     """sha256 over (file name, content hash) pairs and the settings: location-independent."""
-    entries = sorted((p.name, file_sha256(p)) for p in paths)
+    entries = sorted((p.name, sha256_file(p)) for p in paths)
     blob = json.dumps({"files": entries, "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

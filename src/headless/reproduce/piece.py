@@ -10,7 +10,6 @@ pretraining run and resumes an interrupted one.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from headless.errors import HeadlessError
+from headless.files import atomic_write_json, mark, marked_kinds
 from headless.reproduce.config import FLAVOURS, StudyConfig
 from headless.reproduce.data import content_fingerprint, prepare_study_data
 from headless.reproduce import evaluate
@@ -99,7 +99,12 @@ def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path
     point: dict[str, Any] = {"step": step, "tokens": int(counters.get("tokens", 0)), "pretrain_gpu_s": pretrain_s,
                              "wall_s": float(counters.get("elapsed", 0.0)), "variants": {}}
     scratch = work / f"eval-step-{step}"
-    shutil.rmtree(scratch, ignore_errors=True)  # only ever our own scratch from an interrupted piece
+    if scratch.exists():  # an interrupted piece's scratch: removed only if a piece made it
+        if "scratch" not in marked_kinds(scratch):
+            raise HeadlessError(f"{scratch} exists and was not made by `headless reproduce`; move it away")
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    mark(scratch, "scratch")
     try:
         if config.study == "decoder":
             if flavour == "vanilla":
@@ -184,12 +189,6 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         "command": command,
     }
     if output is not None:
-        write_json(piece, Path(output))
+        atomic_write_json(Path(output), piece)
     return piece
 
-
-def write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -9,13 +9,13 @@ value available (fine-tuning seeds x pretraining seeds); `n` says how many.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from headless.errors import HeadlessError
-from headless.reproduce.piece import PIECE_FORMAT, write_json
+from headless.files import atomic_write, atomic_write_json
+from headless.reproduce.piece import PIECE_FORMAT
 
 REPORT_FORMAT = "headless-reproduce-report/1"
 
@@ -95,8 +95,9 @@ def curves(pieces: list[dict]) -> dict[str, list[dict]]:
                 "gpu_s": statistics.fmean(v["gpu_s"] for _, v in entries),
                 "tokens": statistics.fmean(p["tokens"] for p, _ in entries),
                 "epochs": statistics.fmean(p["epochs"] for p, _ in entries),
-                "scores": {k: _stats([x for _, v in entries for x in v["scores"].get(k, [])]) for k in metrics
-                           if any(k in v["scores"] for _, v in entries)},
+                "scores": {k: dict(_stats([x for _, v in entries for x in v["scores"].get(k, [])]),
+                                   **({"format": "lr"} if k.endswith("_lr") else {}))
+                           for k in metrics if any(k in v["scores"] for _, v in entries)},
             })
         out[name] = rows
     return out
@@ -164,6 +165,8 @@ def build_report(pieces: list[dict]) -> dict:
 def _fmt(stats: dict | None, digits: int = 2) -> str:
     if not stats:
         return "–"
+    if stats.get("format") == "lr":  # a chosen fine-tuning learning rate, not a score
+        return f"{stats['mean']:.0e}"
     if stats["n"] > 1:
         return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})"
     return f"{stats['mean']:.{digits}f}"
@@ -270,11 +273,8 @@ def write_report(piece_paths: list[str | Path], output_dir: str | Path) -> dict:
     if out.exists() and not out.is_dir():
         raise HeadlessError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(report, out / f"{report['study']}-report.json")
-    md = out / f"{report['study']}-report.md"
-    tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
-    tmp.write_text(report_markdown(report), encoding="utf-8")
-    os.replace(tmp, md)
+    atomic_write_json(out / f"{report['study']}-report.json", report)
+    atomic_write(out / f"{report['study']}-report.md", report_markdown(report))
     plot_report(report, out)
     return report
 
