@@ -222,3 +222,22 @@ def test_headline_interpolates_headless_at_vanillas_gpu_time(tmp_path):
     # headless (hlm_ft) points at 30, 55, 105 GPU s with scores 1, 2, 3; vanilla ends at 100 s
     assert entry["headless_at_vanilla_gpu_s"] == pytest.approx(2 + 45 / 50)
     assert score_at([{"gpu_s": 10, "scores": {"m": {"mean": 1}}}], "m", 10) is None
+
+
+def test_piece_never_deletes_a_scratch_folder_it_did_not_make(tmp_path):
+    """A piece clears WORK/STUDY/eval-step-N left by an interrupted piece, but only if a piece made
+    it (its marker): a user's folder of that name is refused with one line and left alone."""
+    from headless.files import mark
+    from headless.reproduce.config import StudyConfig
+    from headless.reproduce.piece import _evaluate_point
+
+    foreign = tmp_path / "eval-step-7"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(HeadlessError, match="was not made by `headless reproduce`"):
+        _evaluate_point(StudyConfig(), "vanilla", tmp_path / "run", tmp_path, tmp_path, 7, True, 1.0)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    mark(foreign, "scratch")  # a piece's own leftover: cleared, then the missing checkpoint is reported
+    with pytest.raises(HeadlessError, match="curve checkpoint"):
+        _evaluate_point(StudyConfig(), "vanilla", tmp_path / "run", tmp_path, tmp_path, 7, True, 1.0)
+    assert not foreign.exists()

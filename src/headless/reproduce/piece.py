@@ -93,16 +93,16 @@ def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path
                     final: bool, seconds_per_step: Optional[float]) -> dict:
     from headless.export import export
 
-    ckpt, state = _checkpoint(run_dir, step)
-    counters = state.get("counters", {})
-    pretrain_s = step * seconds_per_step if seconds_per_step else float(counters.get("elapsed", 0.0))
-    point: dict[str, Any] = {"step": step, "tokens": int(counters.get("tokens", 0)), "pretrain_gpu_s": pretrain_s,
-                             "wall_s": float(counters.get("elapsed", 0.0)), "variants": {}}
     scratch = work / f"eval-step-{step}"
     if scratch.exists():  # an interrupted piece's scratch: removed only if a piece made it
         if "scratch" not in marked_kinds(scratch):
             raise HeadlessError(f"{scratch} exists and was not made by `headless reproduce`; move it away")
         shutil.rmtree(scratch)
+    ckpt, state = _checkpoint(run_dir, step)
+    counters = state.get("counters", {})
+    pretrain_s = step * seconds_per_step if seconds_per_step else float(counters.get("elapsed", 0.0))
+    point: dict[str, Any] = {"step": step, "tokens": int(counters.get("tokens", 0)), "pretrain_gpu_s": pretrain_s,
+                             "wall_s": float(counters.get("elapsed", 0.0)), "variants": {}}
     scratch.mkdir(parents=True)
     mark(scratch, "scratch")
     try:
