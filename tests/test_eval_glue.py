@@ -185,3 +185,16 @@ def test_paper_setup_bert_with_the_pythia_tokenizer(neox_tokenizer_file, glue_di
     results = run_glue(tmp_path / "m", tasks=["rte"], data_dir=glue_dir, **FAST)
     assert results["tasks"]["rte"]["eval_examples"] == {"dev": 16}
     assert 0.0 <= results["average"]["mean"] <= 1.0
+
+
+def test_a_non_finite_fine_tuning_loss_is_one_line(tiny_bert_dir, glue_dir, monkeypatch):
+    """The NaN check stays on the device during an epoch (no host sync per step) and is read at
+    the epoch's end: a diverged fine-tuning still ends with one clear error."""
+    import torch
+
+    import headless.eval.classification as classification
+
+    real = classification.F.cross_entropy
+    monkeypatch.setattr(classification.F, "cross_entropy", lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))
+    with pytest.raises(HeadlessError, match="non-finite in epoch 1; lower --lr"):
+        run_glue(tiny_bert_dir, tasks=["rte"], data_dir=glue_dir, **FAST)

@@ -308,7 +308,8 @@ def finetune(
         order = torch.randperm(len(train), generator=generator).tolist()
         bar = tqdm(range(0, len(train), recipe.batch_size), desc=f"{desc} seed {seed} epoch {epoch}",
                    disable=None if progress else True, leave=False, unit="batch")
-        for start in bar:
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # read once per epoch: no sync per step
+        for i, start in enumerate(bar):
             inputs, labels = _batch(train, order[start : start + recipe.batch_size], pad_id,
                                     regression, device)
             with _autocast(device, bf16):
@@ -319,15 +320,17 @@ def finetune(
                 loss = balanced_cross_entropy(logits, labels)
             else:
                 loss = F.cross_entropy(logits, labels)
-            if not torch.isfinite(loss):
-                raise HeadlessError(f"{desc}: the loss became {loss.item()} at epoch {epoch}; "
-                                    "lower --lr (or drop --bf16)")
+            nonfinite |= ~torch.isfinite(loss.detach())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if not bar.disable and i % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if bool(nonfinite):
+            raise HeadlessError(f"{desc}: the loss became non-finite in epoch {epoch}; "
+                                "lower --lr (or drop --bf16)")
         if recipe.select == "best" or epoch == recipe.epochs:
             history.append({name: metric(predict(model, data, batch_size=2 * recipe.batch_size,
                                                  pad_id=pad_id, regression=regression,

@@ -101,7 +101,8 @@ class StudyConfig:
 STUDY_DEFAULTS: dict[str, dict] = {
     "decoder": {"preset": "pythia-70m", "budget_s": 240.0,
                 "pretrain": ["grad_accum=4", "optim.warmup_steps=200", "eval_every=100000", "log_every=50"]},
-    "encoder": {"preset": "bert-small", "budget_s": 120.0,
+    # encoder pieces spend most of their time in GLUE fine-tuning: two curve points, two rates
+    "encoder": {"preset": "bert-small", "budget_s": 120.0, "fractions": [0.5, 1.0], "glue_lrs": [1e-4, 3e-5],
                 "pretrain": ["batch_size=256", "optim.lr=1e-3", "optim.warmup_steps=500", "optim.beta2=0.98",
                              "eval_every=100000", "log_every=100", "compile=true",
                              "compile_mode=reduce-overhead"]},
