@@ -35,11 +35,19 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def content_fingerprint(paths: list[Path], **settings) -> str:
+def file_hashes(paths: list[Path]) -> list[tuple[str, str]]:
+    """(file name, content sha256) of each file: what a fingerprint is made of, read once."""
+    return [(p.name, sha256_file(p)) for p in paths]
+
+
+def fingerprint(entries: list[tuple[str, str]], **settings) -> str:
     """sha256 over (file name, content hash) pairs and the settings: location-independent."""
-    entries = sorted((p.name, sha256_file(p)) for p in paths)
-    blob = json.dumps({"files": entries, "settings": settings}, sort_keys=True, default=str)
+    blob = json.dumps({"files": sorted(entries), "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def content_fingerprint(paths: list[Path], **settings) -> str:
+    return fingerprint(file_hashes(paths), **settings)
 
 
 def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
@@ -61,7 +69,8 @@ def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
     return train, validation
 
 
-def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path]) -> Path:
+def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], train_hashes: list[tuple[str, str]]
+                     ) -> Path:
     """The Pythia tokenizer (decoder), BERT's uncased vocabulary (encoder), or a cased WordPiece
     tokenizer the study trains on its own multilingual mix (trained once per work directory)."""
     from headless.data.tokenizers import train_tokenizer
@@ -71,7 +80,7 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path]) -> 
         return _need(root / "tokenizers" / "gpt-neox-20b" / "tokenizer.json", "the GPT-NeoX tokenizer")
     if config.study == "encoder":
         return _need(root / "tokenizers" / "bert-base-uncased" / "vocab.txt", "the BERT uncased vocabulary")
-    key = content_fingerprint(train, vocab=config.tokenizer_vocab_size)
+    key = fingerprint(train_hashes, vocab=config.tokenizer_vocab_size)
     out = work_dir / "tokenizers" / f"multilingual-wordpiece-{config.tokenizer_vocab_size}-{key}"
     if not (out / "tokenizer.json").is_file():
         train_tokenizer([str(p) for p in train], kind="wordpiece", vocab_size=config.tokenizer_vocab_size,
@@ -86,16 +95,16 @@ def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) 
 
     work_dir = Path(work_dir)
     train, validation = pretraining_files(config)
-    tok_path = tokenizer_source(config, work_dir, train)
-    tokenizer = load_tokenizer(str(tok_path))
-    fingerprint = content_fingerprint(train + validation, tokenizer=tokenizer_hash(tokenizer), seq_len=seq_len,
-                                      validation=[p.name for p in validation])
-    out = work_dir / "data" / f"{config.study}-{fingerprint}"
+    train_hashes = file_hashes(train)
+    tokenizer = load_tokenizer(str(tokenizer_source(config, work_dir, train, train_hashes)))
+    key = fingerprint(train_hashes + file_hashes(validation), tokenizer=tokenizer_hash(tokenizer), seq_len=seq_len,
+                      validation=[p.name for p in validation])
+    out = work_dir / "data" / f"{config.study}-{key}"
     cores = os.cpu_count() or 1
     manifest = prepare_dataset([str(p) for p in train], out, tokenizer, seq_len=seq_len,
                                num_workers=min(8, cores - 1) if cores > 4 else None,
                                validation_inputs=[str(p) for p in validation] or None,
                                validation_fraction=0.0 if validation else 0.01, progress=config.progress)
     train_tokens = int(manifest["splits"]["train"]["num_tokens"])
-    return StudyData(dataset=out, fingerprint=fingerprint, train_tokens=train_tokens,
+    return StudyData(dataset=out, fingerprint=key, train_tokens=train_tokens,
                      inputs=[p.name for p in train] + [f"validation: {p.name}" for p in validation])

@@ -23,9 +23,9 @@ from headless.reproduce.config import StudyConfig
 
 
 def _bf16(device: str) -> bool:
-    import torch
+    from headless.runtime import resolve_device
 
-    return device != "cpu" and torch.cuda.is_available()
+    return resolve_device(device).type == "cuda"
 
 
 def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final: bool) -> dict[str, list[float]]:
@@ -62,40 +62,39 @@ def hlm_finetune(model_dir: Path, out_dir: Path, run_dir: Path, config: StudyCon
 
 def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[str, list[float]]:
     """Per task: each learning rate with the first seed, the best on dev kept, then the other seeds
-    at that rate; `glue_avg` averages the tasks' main scores seed by seed."""
+    at that rate; `glue_avg` averages the tasks' main scores seed by seed.  One `run_glue` call per
+    rate covers every task, so each task's data is read and tokenized once per call, not per task."""
     from headless.eval.glue import glue_task, run_glue
 
     common = dict(max_train_examples=config.glue_max_train_examples, device=config.device,
                   bf16=_bf16(config.device), data_dir=config.root / "glue", progress=False)
-    scores: dict[str, list[float]] = {}
-    for task in config.glue_tasks:
-        key = glue_task(task)[0]
-        if config.glue_recipe == "paper":
-            result = run_glue(model_dir, tasks=[task], recipe="paper", seeds=seeds, **common)
-            scores[key] = [100 * v for v in result["tasks"][key]["main"]["values"]]
-            continue
-        best = None
-        for lr in config.glue_lrs:
-            result = run_glue(model_dir, tasks=[task], recipe="standard", lr=lr, epochs=config.glue_epochs,
-                              seeds=seeds[:1], **common)
-            value = 100 * result["tasks"][key]["main"]["values"][0]
-            if best is None or value > best[0]:
-                best = (value, lr)
-        values = [best[0]]
+    keys = [glue_task(t)[0] for t in config.glue_tasks]
+
+    def main_scores(result: dict) -> dict[str, list[float]]:
+        return {k: [100 * v for v in result["tasks"][k]["main"]["values"]] for k in keys if k in result["tasks"]}
+
+    if config.glue_recipe == "paper":
+        scores = main_scores(run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common))
+    else:
+        first = {lr: main_scores(run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
+                                          seeds=seeds[:1], **common)) for lr in config.glue_lrs}
+        best = {k: max(config.glue_lrs, key=lambda lr: first[lr][k][0]) for k in keys}  # first rate wins ties
+        scores = {k: list(first[best[k]][k]) for k in keys}
         if len(seeds) > 1:
-            result = run_glue(model_dir, tasks=[task], recipe="standard", lr=best[1], epochs=config.glue_epochs,
-                              seeds=seeds[1:], **common)
-            values += [100 * v for v in result["tasks"][key]["main"]["values"]]
-        scores[key] = values
-        scores[f"{key}_lr"] = [best[1]]
-    tasks = [glue_task(t)[0] for t in config.glue_tasks]
-    scores["glue_avg"] = [statistics.fmean(scores[t][i] for t in tasks) for i in range(len(seeds))]
+            for lr in dict.fromkeys(best.values()):
+                tasks = [k for k in keys if best[k] == lr]
+                more = main_scores(run_glue(model_dir, tasks=tasks, recipe="standard", lr=lr,
+                                            epochs=config.glue_epochs, seeds=seeds[1:], **common))
+                for k in tasks:
+                    scores[k] += more[k]
+        scores.update({f"{k}_lr": [best[k]] for k in keys})
+    scores["glue_avg"] = [statistics.fmean(scores[k][i] for k in keys) for i in range(len(seeds))]
     return scores
 
 
 # XNLI languages that the multilingual pretraining mix covers (en from enwiki)
 def covered_languages(config: StudyConfig) -> list[str]:
-    return ["en"] + [lang for lang in config.languages]
+    return ["en", *config.languages]
 
 
 def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[str, list[float]]:

@@ -9,6 +9,7 @@ pretraining run and resumes an interrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -20,7 +21,7 @@ from typing import Any, Optional
 from headless.errors import HeadlessError
 from headless.files import atomic_write_json, mark, marked_kinds
 from headless.reproduce.config import FLAVOURS, StudyConfig
-from headless.reproduce.data import content_fingerprint, prepare_study_data
+from headless.reproduce.data import content_fingerprint, fingerprint, prepare_study_data
 from headless.reproduce import evaluate
 
 PIECE_FORMAT = "headless-reproduce-piece/1"
@@ -143,11 +144,11 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     seq_len = config.seq_len or load_config(config.preset).data.seq_len
     files = eval_files(config)  # fail on missing evaluation data before hours of pretraining
     data = prepare_study_data(config, work, seq_len)
-    probe = train_config(config, flavour, data.dataset, Path("run"))
+    cfg = train_config(config, flavour, data.dataset, Path("run"))
     # one run directory per distinct pretraining config: a piece re-run reuses or resumes its own run
-    key = content_fingerprint([], config={k: v for k, v in probe.to_dict().items() if k not in ("progress", "device")})
+    key = fingerprint([], config={k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device")})
     run_dir = work / "runs" / f"{flavour}-seed{config.seed}-{key}"
-    cfg = train_config(config, flavour, data.dataset, run_dir)
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     summary = _pretrained_run(cfg, run_dir)
 
     steps = int(summary["steps"])
