@@ -61,3 +61,15 @@ def test_bench_profile_writes_kernel_tables(tmp_path):
         text = open(row["profile"]).read()
         assert "self_cpu_time_total" in text and "aten::" in text  # a real profiler table of this case
     assert rows[0]["loss"] > 0 and rows[1]["loss"] > 0  # MLM: HF's own loss on the masked positions
+
+
+def test_bench_times_the_presets_own_vocabulary_by_default():
+    """A bare `--preset bert-small` once timed V=8,192 instead of BERT's 30,522 (H200 session of
+    issue #14): the default V is the preset's."""
+    from headless.bench import preset_vocab_size
+
+    assert preset_vocab_size("bert-small") == 30522
+    assert preset_vocab_size("pythia-160m") == 50304
+    rows = bench("tiny", objectives=["cwt"], batch_sizes=[2], seq_len=16, steps=1, warmup=0, device="cpu",
+                 progress=False)
+    assert rows[0]["vocab_size"] == preset_vocab_size("tiny") == 4096

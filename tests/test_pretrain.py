@@ -307,3 +307,55 @@ def test_time_budget_needs_warmup_over_the_calibration():
 
     with pytest.raises(HeadlessError, match="warmup_steps >= calibration_skip"):
         load_config("tiny", overrides=["time_budget_s=10", "optim.warmup_steps=5"])
+
+
+def test_time_budget_waits_for_steady_windows_and_measures_the_rest(monkeypatch):
+    """Windows are timed until one is no faster than the last (CUDA graphs capture new shapes for
+    a while): a first window at 5x the steady step time must not fix max_steps."""
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=40", "max_steps=100000"])
+    per_window = {6: 0.5, 10: 0.2, 14: 0.1, 18: 0.099}  # seconds per step in the window ending there
+    clock = {"t": 0.0}
+    times = {2: 0.0}
+    for end in sorted(per_window):
+        times[end] = times[max(t for t in times if t < end)] + 4 * per_window[end]
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
+    resolved = None
+    for step in range(1, 19):
+        clock["t"] = times.get(step, clock["t"])
+        resolved = budget.observe(step) or resolved
+        if step < 18:
+            assert resolved is None, step
+    assert resolved == int(10 / 0.099)
+    assert budget.counters["calibrated_at"] == 18 and budget.counters["steady_s_per_step"] == pytest.approx(0.099)
+    # the tail: 10 more steps at 0.1 s, with a 5-second save in the middle that is not counted
+    clock["t"] += 0.5
+    budget.pause()
+    clock["t"] += 5.0
+    budget.unpause()
+    clock["t"] += 0.5
+    budget.finish(28)
+    assert budget.counters["measured_s_per_step"] == pytest.approx(0.1)
+
+
+def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=12"])
+    clock = {"t": 0.0}
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
+    results = []
+    for step in range(1, 13):
+        clock["t"] = {2: 0.0, 6: 4.0, 10: 6.0}.get(step, clock["t"])  # 1.0 then 0.5 s per step: never settled
+        results.append(budget.observe(step))
+    assert [r for r in results if r] == [20]  # fixed at step 10 (the next window would end past warm-up)
+    assert budget.counters["calibrated_at"] == 10

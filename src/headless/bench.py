@@ -230,7 +230,16 @@ def largest_batch(preset, objective, vocab, seq_len, device, compile, overrides,
     return good
 
 
-def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_sizes: list[int] = (8192,),
+def preset_vocab_size(preset: str) -> int:
+    """The vocabulary a preset trains with (its model.vocab_size, else its tokenizer's size): the
+    bench's default V, so that a bare `--preset bert-small` is timed at BERT's 30,522 rows."""
+    from headless.config import load_config
+
+    config = load_config(preset)
+    return int(config.model.vocab_size or config.data.tokenizer_vocab_size)
+
+
+def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_sizes: Optional[list[int]] = None,
           batch_sizes: list[int] = (8,), seq_len: Optional[int] = None, steps: int = 10, warmup: int = 3,
           device: str = "auto", compile: bool = False, max_batch: bool = False, overrides: list[str] = (),
           output: Optional[str] = None, progress: bool = True, profile: bool = False,
@@ -243,6 +252,7 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
     from headless.runtime import resolve_device
 
     dev = resolve_device(device)
+    vocab_sizes = list(vocab_sizes) if vocab_sizes else [preset_vocab_size(preset)]
     rows = []
     cases = [(o, v, b) for v in vocab_sizes for b in batch_sizes for o in objectives]
     from tqdm.auto import tqdm

@@ -147,13 +147,15 @@ class TrainConfig:
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
     # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
-    # time.  max_steps is then set once, after `calibration_steps` timed steps (which follow
-    # `calibration_skip` untimed ones: compilation, CUDA-graph capture), from the measured seconds
-    # per step; the faster flavour therefore takes more steps.  Needs warm-up to cover the
-    # calibration, so that no step before it depends on max_steps.
+    # time.  max_steps is then set once, after `calibration_skip` untimed steps (compilation) and
+    # windows of `calibration_steps` timed ones, when a window is no faster than the one before
+    # (CUDA graphs keep capturing new shapes for a while), from the measured seconds per step; the
+    # faster flavour therefore takes more steps.  The calibration ends by the end of warm-up, so that
+    # no step before it depends on max_steps.
     time_budget_s: Optional[float] = None
-    calibration_skip: int = 10  # time budget: untimed first steps (compilation, CUDA-graph capture)
-    calibration_steps: int = 20  # time budget: timed steps that give the seconds per step
+    calibration_skip: int = 10  # time budget: untimed first steps (compilation)
+    calibration_steps: int = 20  # time budget: steps per timed window
+    calibration_tolerance: float = 0.05  # time budget: a window this much faster than the last is not steady yet
     # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
     # of a learning curve.
     checkpoint_fractions: list = field(default_factory=list)
@@ -219,6 +221,7 @@ class TrainConfig:
             (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0"),
             (self.calibration_skip >= 1 and self.calibration_steps >= 1,
              "calibration_skip and calibration_steps must be >= 1"),
+            (0 <= self.calibration_tolerance < 1, "calibration_tolerance must be in [0, 1)"),
             (self.time_budget_s is None
              or self.optim.warmup_steps >= self.calibration_skip + self.calibration_steps,
              f"time_budget_s needs optim.warmup_steps >= calibration_skip + calibration_steps "

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
                               + ", ".join(f"{k} ({v[0]} {v[1]}, {v[2]})" for k, v in OBJECTIVES.items()))
     p.add_argument("--preset", default="tiny")
     p.add_argument("--objectives", default="cwt,ce", help="comma-separated, from: " + ", ".join(OBJECTIVES))
-    p.add_argument("--vocab-sizes", default="8192", type=_ints, help="comma-separated, e.g. 32768,50304,256000")
+    p.add_argument("--vocab-sizes", default=None, type=_ints,
+                   help="comma-separated, e.g. 32768,50304,256000; default: the preset's vocabulary")
     p.add_argument("--batch-sizes", default="8", type=_ints, help="comma-separated micro-batch sizes")
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")

@@ -152,7 +152,10 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     summary = _pretrained_run(cfg, run_dir)
 
     steps = int(summary["steps"])
-    per_step = summary.get("steady_s_per_step")
+    # GPU seconds are the steady-state seconds per step measured over the run (saves and validation
+    # excluded), else the calibrated ones that fixed max_steps
+    planned = summary.get("steady_s_per_step")
+    per_step = summary.get("measured_s_per_step") or planned
     tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len  # one process: the equal-compute runs
     curve = sorted(summary.get("checkpoint_steps") or [steps])
     from tqdm.auto import tqdm
@@ -176,7 +179,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         "eval_fingerprint": content_fingerprint(files),
         "pretrain": {
             "preset": config.preset, "steps": steps, "tokens": int(summary.get("tokens", steps * tokens_per_step)),
-            "tokens_per_step": tokens_per_step, "steady_s_per_step": per_step,
+            "tokens_per_step": tokens_per_step, "steady_s_per_step": planned,
+            "measured_s_per_step": summary.get("measured_s_per_step"),
+            "planned_gpu_s": steps * planned if planned else None,
             "tokens_per_s": tokens_per_step / per_step if per_step else summary.get("tokens_per_s_last"),
             "gpu_s": steps * per_step if per_step else summary.get("wall_time_s"),
             "wall_time_s": summary.get("wall_time_s"), "epochs": summary.get("tokens", 0) / data.train_tokens,

@@ -202,13 +202,16 @@ def report_markdown(report: dict) -> str:
                          f"{at_text} | {crossing_text(entry['crossing'])} |")
         else:
             lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
-    lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s | parameters | "
-              "peak GiB | device |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s "
+              "(planned) | parameters | peak GiB | device |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in report["pieces"]:
         t = p["pretrain"]
         lines.append(f"| {p['flavour']} | {p['seed']} | {t['steps']:,} | {t['tokens']:,} | "
-                     f"{(t.get('tokens_per_s') or 0):,.0f} | {t.get('epochs', 0):.2f} | {(t.get('gpu_s') or 0):.0f} | "
+                     f"{(t.get('tokens_per_s') or 0):,.0f} | {t.get('epochs', 0):.2f} | {(t.get('gpu_s') or 0):.0f} "
+                     f"({(t.get('planned_gpu_s') or t.get('gpu_s') or 0):.0f}) | "
                      f"{(t.get('parameters') or 0) / 1e6:.1f}M | {t.get('peak_mem_gib') or 0:.1f} | {p.get('device')} |")
+    lines += ["", "GPU s: steps x the seconds per step measured over the run (saves and validation excluded); "
+              "in brackets, steps x the calibrated seconds per step that fixed max_steps."]
     final_metrics = sorted({k for v in variants for k in curve[v][-1]["scores"]})
     lines += ["", "## Final checkpoint, every score", "",
               "| score | " + " | ".join(VARIANT_NAMES.get(v, v) for v in variants) + " |",

@@ -32,8 +32,11 @@ class Evaluator:
         self.batches = validation_batches(data.validation, config, data.info, run.env) if data.validation else []
         self.last: dict = {}
 
+    def due(self, step: int, last: bool) -> bool:
+        return bool(self.batches) and (step % self.every == 0 or last)
+
     def maybe(self, step: int, last: bool) -> Optional[dict]:
-        if not self.batches or not (step % self.every == 0 or last):
+        if not self.due(step, last):
             return None
         run = self.run
         run.model.with_accuracy = True

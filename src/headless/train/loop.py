@@ -52,7 +52,7 @@ def _train(started) -> dict[str, Any]:
     metrics = Metrics(run, state.step, counters)
     evaluator = Evaluator(run, metrics.logger)
     nan_guard = NonFiniteGuard(device, counters, run.config.max_nan_skips, state.step)
-    budget = TimeBudget(run.config, counters, device)
+    budget = TimeBudget(run.config, counters, device, state.step)
     keep_steps = budget.keep_steps(run.config)
     start_time = time.perf_counter() - counters["elapsed"]
     metrics.header()
@@ -72,7 +72,7 @@ def _train(started) -> dict[str, Any]:
                                  clip_grad_norm=dist.clip_grad_norm_)
                 nan_guard.record(out.bad, state.step + 1)
                 state.step = step = state.step + 1
-                if budget.pending and (resolved := budget.observe(step)) is not None:
+                if (resolved := budget.observe(step)) is not None:
                     run.config = config = budget.fix_length(config, resolved)
                     keep_steps = budget.keep_steps(config)
                     if env.is_main:
@@ -86,11 +86,18 @@ def _train(started) -> dict[str, Any]:
                 if log or periodic:
                     nan_guard.check(step, metrics.logger)  # may raise HeadlessError("training diverged ...")
                 metrics.step(step, out, log)
-                evaluator.maybe(step, last)
+                if last:
+                    budget.finish(step)
+                if evaluator.due(step, last):
+                    budget.pause()
+                    evaluator.maybe(step, last)
+                    budget.unpause()
                 stop = signals.agreed(env.world_size, dist.all_reduce, device, check=log or periodic)
                 if periodic or last or step in keep_steps or stop:
                     counters["elapsed"] = time.perf_counter() - start_time
+                    budget.pause()
                     save(started, keep_steps)
+                    budget.unpause()
                 if stop and not last:  # at the last step the run simply ends
                     raise signals.interrupted(step, config.run_dir)
     finally:
