@@ -124,6 +124,13 @@ def crossing(headless: list[dict], vanilla: list[dict], metric: str, higher: boo
     return {"status": "not reached", "vanilla_final": target, "best_headless": best[1] if best else None}
 
 
+def _gpu_s_text(pretrain: dict) -> str:
+    planned = pretrain.get("planned_gpu_s") or pretrain.get("gpu_s") or 0
+    if not pretrain.get("measured_s_per_step"):
+        return f"not measured ({planned:.0f})"
+    return f"{pretrain['steps'] * pretrain['measured_s_per_step']:.0f} ({planned:.0f})"
+
+
 def score_at(points: list[dict], metric: str, gpu_s: float) -> float | None:
     """The curve's mean score at `gpu_s`, linearly interpolated; None when `gpu_s` is at or past
     the curve's last point (no extrapolation) or before its first."""
@@ -207,11 +214,15 @@ def report_markdown(report: dict) -> str:
     for p in report["pieces"]:
         t = p["pretrain"]
         lines.append(f"| {p['flavour']} | {p['seed']} | {t['steps']:,} | {t['tokens']:,} | "
-                     f"{(t.get('tokens_per_s') or 0):,.0f} | {t.get('epochs', 0):.2f} | {(t.get('gpu_s') or 0):.0f} "
-                     f"({(t.get('planned_gpu_s') or t.get('gpu_s') or 0):.0f}) | "
+                     f"{(t.get('tokens_per_s') or 0):,.0f} | {t.get('epochs', 0):.2f} | {_gpu_s_text(t)} | "
                      f"{(t.get('parameters') or 0) / 1e6:.1f}M | {t.get('peak_mem_gib') or 0:.1f} | {p.get('device')} |")
     lines += ["", "GPU s: steps x the seconds per step measured over the run (saves and validation excluded); "
               "in brackets, steps x the calibrated seconds per step that fixed max_steps."]
+    unmeasured = [f"{p['flavour']} seed {p['seed']}" for p in report["pieces"]
+                  if not p["pretrain"].get("measured_s_per_step")]
+    if unmeasured:
+        lines += ["", f"**Not measured**: {', '.join(unmeasured)} ran before the run's step time was measured; "
+                  "its GPU s above and in the curves are the calibration's plan, not what the run spent."]
     final_metrics = sorted({k for v in variants for k in curve[v][-1]["scores"]})
     lines += ["", "## Final checkpoint, every score", "",
               "| score | " + " | ".join(VARIANT_NAMES.get(v, v) for v in variants) + " |",
