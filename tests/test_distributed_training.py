@@ -90,3 +90,18 @@ def test_killed_rank_stops_the_job_and_resume_continues_on_1_and_2_processes(dat
 
     with pytest.raises(AssertionError, match="global batch would change"):
         _run(1, ["pretrain", "--run-dir", str(tmp_path / "resume-1"), "--resume", "batch_size=2", "max_steps=14"])
+
+
+def test_time_budget_gives_every_rank_the_same_max_steps(datasets, tmp_path):  # noqa: F811
+    """The real collective under gloo (the agreement itself is unit-tested in test_pretrain.py:
+    DDP keeps ranks in lockstep, so here their windows rarely differ)."""
+    import json
+
+    run = tmp_path / "budget"
+    out = _run(2, ["pretrain", "--preset", "tiny", *SMALL, f"data.path={datasets['bert']}", "batch_size=2",
+                   "max_steps=100000", "time_budget_s=1.5", "calibration_skip=2", "calibration_steps=3",
+                   "optim.warmup_steps=20", "save_every=100000", "eval_every=100000", "--run-dir", str(run)])
+    summary = json.loads((run / "summary.json").read_text())
+    assert 5 <= summary["steps"] < 100000, out[-2000:]
+    assert summary["measured_s_per_step"] > 0
+    assert f"max_steps={summary['steps']}" in out

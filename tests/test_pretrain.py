@@ -359,3 +359,25 @@ def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
         results.append(budget.observe(step))
     assert [r for r in results if r] == [20]  # fixed at step 10 (the next window would end past warm-up)
     assert budget.counters["calibrated_at"] == 10
+
+
+def test_time_budget_takes_the_slowest_ranks_window():
+    """Ranks time their own windows; each must fix the same max_steps, or the one that went on
+    would wait forever on a collective.  So a window is the slowest rank's."""
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=6", "max_steps=100000"])
+    other_rank = 0.25  # this rank measures 0.1 s per step, the other 0.25
+
+    def all_reduce(tensor, op):
+        assert op == "max"
+        return torch.maximum(tensor, torch.tensor(other_rank, dtype=tensor.dtype))
+
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0, world_size=2, all_reduce=all_reduce)
+    clock = iter([0.0, 0.4])
+    budget._now = lambda sync=True: next(clock)
+    assert budget.observe(2) is None
+    assert budget.observe(6) == 40  # 10 s / 0.25 s, not 10 / 0.1

@@ -86,15 +86,19 @@ class TimeBudget:
     window measured 68 ms for a 13.5 ms step (bert-small on the H200).  The last window gives the
     seconds per step; if none settles before warm-up ends (the last step whose learning rate does
     not depend on max_steps), the last window there is taken.  max_steps = min(config.max_steps,
-    budget / seconds per step): config.max_steps is a cap.
+    budget / seconds per step): config.max_steps is a cap.  Under several ranks each window is the
+    slowest rank's, so that every rank stops at the same step.
 
     The rest of the run is timed too (checkpoint saves and validation excluded, at their own
     synchronisations), so the summary shows the seconds per step actually spent next to the
     calibrated ones: `measured_s_per_step`.
     """
 
-    def __init__(self, config: TrainConfig, counters: dict, device: torch.device, step: int):
+    def __init__(self, config: TrainConfig, counters: dict, device: torch.device, step: int,
+                 world_size: int = 1, all_reduce=None):
         self.budget, self.device, self.counters = config.time_budget_s, device, counters
+        # several ranks: each window's time is the slowest rank's, so all fix the same max_steps
+        self.world_size, self.all_reduce = world_size, all_reduce
         self.window, self.tolerance = config.calibration_steps, config.calibration_tolerance
         self.start_at, self.limit = config.calibration_skip, config.optim.warmup_steps
         self.cap = config.max_steps
@@ -120,6 +124,8 @@ class TimeBudget:
             self.t0 = now
             return None
         per_step, self.t0 = (now - self.t0) / self.window, now
+        if self.world_size > 1:
+            per_step = float(self.all_reduce(torch.tensor(per_step, dtype=torch.float64, device=self.device), op="max"))
         settled = self.previous is not None and per_step >= (1 - self.tolerance) * self.previous
         self.previous = per_step
         if not settled and step + self.window <= self.limit:

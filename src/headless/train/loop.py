@@ -52,7 +52,7 @@ def _train(started) -> dict[str, Any]:
     metrics = Metrics(run, state.step, counters)
     evaluator = Evaluator(run, metrics.logger)
     nan_guard = NonFiniteGuard(device, counters, run.config.max_nan_skips, state.step)
-    budget = TimeBudget(run.config, counters, device, state.step)
+    budget = TimeBudget(run.config, counters, device, state.step, env.world_size, dist.all_reduce)
     keep_steps = budget.keep_steps(run.config)
     start_time = time.perf_counter() - counters["elapsed"]
     metrics.header()
