@@ -6,6 +6,11 @@
 # Data: .data/STUDY laid out like ../shared/data (the files the study reads; docs/reproduction.md
 # says which), carried to the GPU machine.  SMOKE=1 first runs the same study at a 10-second budget
 # with small evaluation limits, so that a broken path fails in one minute, not ten.
+#
+# WALL=SECONDS stops the piece cleanly before a job's time limit: SIGTERM makes the trainer save a
+# checkpoint, and every checkpoint already evaluated is kept in its run.  Running the same command
+# again in the same tree (on the GPU box: the next call, while the machine is still warm) resumes
+# the pretraining and evaluates only what is left, so one piece can span several jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1
@@ -21,8 +26,17 @@ if [ "${SMOKE:-0}" = 1 ]; then
      --flavour "$FLAVOUR" --work-dir runs/reproduce --output runs/smoke/$STUDY 2>&1 | tail -25
   echo "smoke passed"
 fi
-$H "$@" --flavour "$FLAVOUR" --work-dir runs/reproduce --output "$RES" 2>&1 | tee "$RES/$STUDY-$FLAVOUR.log"
+STOP=()
+[ -n "${WALL:-}" ] && STOP=(timeout -s TERM -k 30 "$WALL")
+set +e
+"${STOP[@]}" $H "$@" --flavour "$FLAVOUR" --work-dir runs/reproduce --output "$RES" 2>&1 | tee -a "$RES/$STUDY-$FLAVOUR.log"
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" = 124 ] || [ "$rc" = 143 ]; then
+  echo "stopped at WALL=${WALL}s; runs/reproduce keeps the run and the finished evaluations: run the same command again to continue"
+fi
 for run in runs/reproduce/$STUDY/runs/*/; do  # the pretraining runs' own summaries and metrics
   name=$(basename "$run"); cp "$run/summary.md" "$RES/$name-summary.md" 2>/dev/null || true
   cp "$run/metrics.jsonl" "$RES/$name-metrics.jsonl" 2>/dev/null || true
 done
+exit "$rc"

@@ -241,3 +241,30 @@ def test_piece_never_deletes_a_scratch_folder_it_did_not_make(tmp_path):
     with pytest.raises(HeadlessError, match="curve checkpoint"):
         _evaluate_point(StudyConfig(), "vanilla", tmp_path / "run", tmp_path, tmp_path, 7, True, 1.0)
     assert not foreign.exists()
+
+
+def test_piece_run_again_reuses_its_pretraining_and_finished_evaluations(mini_root, tmp_path, monkeypatch, capsys):
+    """A piece stopped by a job's time limit during evaluation, run again, evaluates only what it
+    had not finished; here every point had finished, so nothing is evaluated twice."""
+    from headless.reproduce import piece as piece_module
+    from headless.reproduce import run_piece
+
+    config = _study("encoder", mini_root, "preset=tiny", "seq_len=64", "glue_tasks=[rte]", "glue_lrs=[1e-4]",
+                    "glue_epochs=1", "seeds=[0]", "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]")
+    first = run_piece(config, "headless", work_dir=tmp_path / "work", output=tmp_path / "a.json")
+    assert len(first["points"]) == 2
+
+    def no_second_evaluation(*args, **kwargs):
+        raise AssertionError("a finished point was evaluated again")
+
+    monkeypatch.setattr(piece_module, "_evaluate_point", no_second_evaluation)
+    capsys.readouterr()
+    again = run_piece(config, "headless", work_dir=tmp_path / "work", output=tmp_path / "b.json")
+    out = capsys.readouterr().out
+    assert "reusing the finished pretraining run" in out and out.count("reusing the evaluation of step") == 2
+    assert again["points"] == first["points"]
+    # a different evaluation setting is not served from that cache
+    other = _study("encoder", mini_root, "preset=tiny", "seq_len=64", "glue_tasks=[rte]", "glue_lrs=[3e-4]",
+                   "glue_epochs=1", "seeds=[0]", "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]")
+    with pytest.raises(AssertionError, match="evaluated again"):
+        run_piece(other, "headless", work_dir=tmp_path / "work", output=tmp_path / "c.json")

@@ -4,7 +4,8 @@ A piece fits one GPU job: it prepares the study's data (once per work directory)
 at equal GPU time (or equal tokens), evaluates the checkpoints kept at `fractions` of the run, and
 writes one small JSON (no checkpoint has to travel).  `headless report` merges pieces from any
 number of runs or machines.  Re-running a piece in the same work directory reuses a finished
-pretraining run and resumes an interrupted one.
+pretraining run, resumes an interrupted one, and reuses the checkpoints it had already evaluated,
+so a piece too long for one job finishes over several (scripts/reproduce_gpu.sh, WALL=...).
 """
 
 from __future__ import annotations
@@ -160,12 +161,24 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     curve = sorted(summary.get("checkpoint_steps") or [steps])
     from tqdm.auto import tqdm
 
+    eval_fingerprint = content_fingerprint(files)
+    # each evaluated point is kept in the run, so that a piece stopped mid-evaluation (a job's time
+    # limit) and run again evaluates only the points it had not finished
+    eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=per_step, config={
+        k: v for k, v in config.to_dict().items() if k not in ("progress", "device")})
     points = []
     for step in tqdm(curve, desc=f"{config.study}/{flavour}: evaluating checkpoints", unit="ckpt",
                      disable=None if config.progress else True):
-        point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, per_step)
-        point["fraction"] = step / steps
-        point["epochs"] = point["tokens"] / data.train_tokens
+        done = run_dir / "reproduce-points" / f"step-{step}-{eval_key}.json"
+        if done.is_file():
+            point = json.loads(done.read_text())
+            print(f"reusing the evaluation of step {step} ({done})", flush=True)
+        else:
+            point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, per_step)
+            point["fraction"] = step / steps
+            point["epochs"] = point["tokens"] / data.train_tokens
+            done.parent.mkdir(exist_ok=True)
+            atomic_write_json(done, point)
         points.append(point)
         print(f"{config.study}/{flavour} step {step}: " + "; ".join(
             f"{v}: " + ", ".join(f"{k} {s['scores'][k][0]:.4g}" for k in list(s["scores"])[:4])
@@ -176,7 +189,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         "compare": config.compare, "budget_s": config.budget_s if config.compare == "time" else None,
         "steps_requested": config.steps if config.compare == "tokens" else None,
         "data": {"fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "inputs": data.inputs},
-        "eval_fingerprint": content_fingerprint(files),
+        "eval_fingerprint": eval_fingerprint,
         "pretrain": {
             "preset": config.preset, "steps": steps, "tokens": int(summary.get("tokens", steps * tokens_per_step)),
             "tokens_per_step": tokens_per_step, "steady_s_per_step": planned,
