@@ -318,7 +318,7 @@ def test_time_budget_waits_for_steady_windows_and_measures_the_rest(monkeypatch)
 
     config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
                                             "optim.warmup_steps=40", "max_steps=100000"])
-    per_window = {6: 0.5, 10: 0.2, 14: 0.1, 18: 0.099}  # seconds per step in the window ending there
+    per_window = {6: 0.5, 10: 0.2, 14: 0.1, 18: 0.099, 22: 0.1005}  # seconds per step, window ending there
     clock = {"t": 0.0}
     times = {2: 0.0}
     for end in sorted(per_window):
@@ -326,20 +326,20 @@ def test_time_budget_waits_for_steady_windows_and_measures_the_rest(monkeypatch)
     budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
     monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
     resolved = None
-    for step in range(1, 19):
+    for step in range(1, 23):
         clock["t"] = times.get(step, clock["t"])
         resolved = budget.observe(step) or resolved
-        if step < 18:
-            assert resolved is None, step
-    assert resolved == int(10 / 0.099)
-    assert budget.counters["calibrated_at"] == 18 and budget.counters["steady_s_per_step"] == pytest.approx(0.099)
+        if step < 22:
+            assert resolved is None, step  # 0.2, 0.1, 0.099 are not three steady windows
+    assert resolved == int(10 / 0.1)  # the median of 0.1, 0.099, 0.1005
+    assert budget.counters["calibrated_at"] == 22 and budget.counters["steady_s_per_step"] == pytest.approx(0.1)
     # the tail: 10 more steps at 0.1 s, with a 5-second save in the middle that is not counted
     clock["t"] += 0.5
     budget.pause()
     clock["t"] += 5.0
     budget.unpause()
     clock["t"] += 0.5
-    budget.finish(28)
+    budget.finish(32)
     assert budget.counters["measured_s_per_step"] == pytest.approx(0.1)
 
 
@@ -357,7 +357,7 @@ def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
     for step in range(1, 13):
         clock["t"] = {2: 0.0, 6: 4.0, 10: 6.0}.get(step, clock["t"])  # 1.0 then 0.5 s per step: never settled
         results.append(budget.observe(step))
-    assert [r for r in results if r] == [20]  # fixed at step 10 (the next window would end past warm-up)
+    assert [r for r in results if r] == [20]  # at step 10 (the next window ends past warm-up), from the latest window
     assert budget.counters["calibrated_at"] == 10
 
 
