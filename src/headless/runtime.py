@@ -82,3 +82,13 @@ def parse_dtype(name: "Optional[str | torch.dtype]") -> "torch.dtype":
     if name not in _DTYPE_NAMES:
         raise HeadlessError(f"bad dtype {name!r}: use one of float32, bfloat16, float16")
     return _dtype(name)
+
+
+def to_device(tensor: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
+    """Asynchronous host-to-GPU copy.  Fresh CPU tensors (masked inputs, labels, fine-tuning
+    batches) are pageable, and a copy from pageable memory blocks the host until the GPU has caught
+    up, which serialises host and GPU once per copy; a pinned staging copy (cheap, from the caching
+    host allocator) keeps `non_blocking` truly so."""
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from headless.errors import HeadlessError
 from headless.eval.metrics import balanced_cross_entropy
+from headless.runtime import to_device
 
 log = logging.getLogger(__name__)
 _ANNOUNCED: set[str] = set()
@@ -207,7 +208,8 @@ def _batch(data: Encoded, idx: Sequence[int], pad_id: int, regression: bool, dev
         batch["token_type_ids"] = types
     labels = torch.tensor([data.labels[i] for i in idx],
                           dtype=torch.float if regression else torch.long)
-    return {k: v.to(device) for k, v in batch.items()}, labels.to(device)
+    # pinned, non-blocking copies: a pageable copy would wait for the GPU on every batch
+    return {k: to_device(v, device) for k, v in batch.items()}, to_device(labels, device)
 
 
 def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:

@@ -15,6 +15,7 @@ import torch
 
 from headless.config import TrainConfig
 from headless.objectives import IGNORE_INDEX, clm_labels, document_ids_from_eos, mix64, mlm_mask
+from headless.runtime import to_device
 
 
 @dataclass
@@ -88,15 +89,15 @@ def forward_backward(
         total = local
         scale = world_size / max(total, 1)
     else:  # the global count stays on the device: no host sync (a Python float would need one)
-        total = all_reduce(_to_device(torch.tensor(local, dtype=torch.int64), device))
+        total = all_reduce(to_device(torch.tensor(local, dtype=torch.int64), device))
         scale = (world_size / total.clamp(min=1).double()).float()  # rounded as the float path was
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     unique = torch.zeros((), device=device)
     for i, (input_ids, labels) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        input_ids = _to_device(input_ids, device)
-        labels = _to_device(labels, device)
+        input_ids = to_device(input_ids, device)
+        labels = to_device(labels, device)
         with no_sync(not last), _autocast(device, autocast_dtype):
             out = model(input_ids, labels)
         (out.loss.float() * scale).backward()
@@ -160,15 +161,6 @@ def train_step(
     if scheduler is not None:
         scheduler.step()
     return TrainStepOutput(result, grad_norm, bad)
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Asynchronous host-to-GPU copy.  The objective's labels and masked inputs are fresh pageable
-    tensors, and a copy from pageable memory may block the host until the GPU has caught up; a
-    pinned staging copy (cheap, from the caching host allocator) keeps `non_blocking` truly so."""
-    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
