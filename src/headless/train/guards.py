@@ -80,15 +80,15 @@ class TimeBudget:
     """Turns `time_budget_s` into max_steps from the measured steady-state seconds per step.
 
     Steps 1..skip are untimed (compilation).  Then windows of `calibration_steps` steps are timed
-    between device synchronisations until three in a row agree within `calibration_tolerance`:
-    with CUDA graphs and a masked-position count that changes from batch
-    to batch, new shapes are still being captured for a few hundred steps, and a single early
+    between device synchronisations until three in a row agree within `calibration_tolerance`, and
+    their median is the seconds per step.  With CUDA graphs and a masked-position count that changes
+    from batch to batch, new shapes are still being captured for a few hundred steps: one early
     window measured 68 ms for a 13.5 ms step (bert-small on the H200), and "no faster than the last
-    window" stopped 7 % high (19.1 vs 17.8 ms, multilingual).  The median of those three windows
-    gives the seconds per step; if they never agree before warm-up ends (the last step whose
-    learning rate does not depend on max_steps), the latest window is taken.  max_steps = min(config.max_steps,
-    budget / seconds per step): config.max_steps is a cap.  Under several ranks each window is the
-    slowest rank's, so that every rank stops at the same step.
+    window" stopped 7 % high (19.1 vs 17.8 ms, multilingual).  If no three windows agree before
+    warm-up ends (the last step whose learning rate does not depend on max_steps), the latest window
+    is taken.  max_steps = min(config.max_steps, budget / seconds per step): config.max_steps is a
+    cap.  Under several ranks each window is the slowest rank's, so that every rank stops at the
+    same step.
 
     The rest of the run is timed too (checkpoint saves and validation excluded, at their own
     synchronisations), so the summary shows the seconds per step actually spent next to the
