@@ -164,7 +164,11 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     eval_fingerprint = content_fingerprint(files)
     # each evaluated point is kept in the run, so that a piece stopped mid-evaluation (a job's time
     # limit) and run again evaluates only the points it had not finished
-    eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=per_step, config={
+    # (the package's own source is in the key: a changed evaluation never serves a stale score)
+    import headless
+
+    code = content_fingerprint(sorted(Path(headless.__file__).parent.rglob("*.py")))
+    eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=per_step, code=code, config={
         k: v for k, v in config.to_dict().items() if k not in ("progress", "device")})
     points = []
     for step in tqdm(curve, desc=f"{config.study}/{flavour}: evaluating checkpoints", unit="ckpt",
