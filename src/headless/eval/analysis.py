@@ -30,9 +30,9 @@ from headless.eval.scoring import (
     load_tokenizer_dir,
     markdown_table,
     model_dir_config,
-    resolve_device,
     write_outputs,
 )
+from headless.runtime import resolve_device
 
 ENWIKI_VALIDATION = Path("enwiki") / "validation" / "enwiki-029.jsonl.xz"
 EMBEDDED_TEXT = [
@@ -207,7 +207,7 @@ def analyze_models(
     texts, source = (read_texts(text), str(text)) if text else default_texts(num_sequences)
     texts = texts[:num_sequences]
     pairs = read_synonyms(synonyms)
-    dev = resolve_device(device)
+    dev = resolve_device(device, mps=True)
     models = []
     for model_dir in model_dirs:
         model, tokenizer = load_encoder(model_dir, dev)

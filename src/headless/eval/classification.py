@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from headless.errors import HeadlessError
 from headless.eval.metrics import balanced_cross_entropy
+from headless.files import atomic_write
 from headless.runtime import to_device
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,6 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    from headless.runtime import resolve_device as resolve
-
-    return resolve(spec)
 
 
 @contextlib.contextmanager
@@ -213,14 +208,19 @@ def _batch(data: Encoded, idx: Sequence[int], pad_id: int, regression: bool, dev
 
 
 def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
-    from headless.train.optim import decay_groups  # the trainer's rule: no decay on biases and norms
+    from headless.train.optim import (
+        decay_groups,  # the trainer's rule: no decay on biases and norms
+    )
 
     groups = decay_groups(model, recipe.weight_decay)
     return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
 def _schedule(optimizer, recipe: Recipe, total_steps: int):
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     warmup = math.ceil(recipe.warmup_ratio * total_steps)
     if recipe.schedule == "linear":
@@ -380,13 +380,6 @@ def parse_seeds(seeds: Sequence[int] | str | int) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise HeadlessError(f"--seeds needs distinct integers, got {seeds}")
     return seeds
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file so a crash never leaves half a results file."""
-    from headless.files import atomic_write as write
-
-    write(path, text)
 
 
 def fmt_score(summary: Mapping | None) -> str:

@@ -20,9 +20,18 @@ from pathlib import Path
 
 from headless.errors import HeadlessError
 from headless.eval.classification import (
-    Example, Recipe, encode, finetune, fmt_score, load_tokenizer, parse_seeds, resolve_device,
-    summarize, write_results)
+    Example,
+    Recipe,
+    encode,
+    finetune,
+    fmt_score,
+    load_tokenizer,
+    parse_seeds,
+    summarize,
+    write_results,
+)
 from headless.eval.metrics import classification_metrics
+from headless.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from headless.eval.scoring import (
     load_tokenizer_dir,
     markdown_table,
     model_dir_config,
-    resolve_device,
     write_outputs,
 )
+from headless.runtime import resolve_device
 
 INSTALL_HINT = "lm-evaluation-harness is not installed: pip install 'headless[eval]' (or pip install 'lm_eval[hf]')"
 
@@ -80,7 +80,7 @@ def run_harness(
         tasks=list(tasks),
         num_fewshot=num_fewshot,
         batch_size=batch_size,
-        device=str(resolve_device(device)),
+        device=str(resolve_device(device, mps=True)),
         limit=limit,
         task_manager=manager,
         log_samples=log_samples,

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from headless.errors import HeadlessError
+from headless.runtime import parse_dtype, resolve_device
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,6 @@ class Score:
     num_tokens: int
     is_greedy: bool
 
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    from headless.runtime import resolve_device as resolve
-
-    return resolve(device, mps=True)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    from headless.runtime import parse_dtype
-
-    return parse_dtype(dtype)
 
 
 def model_dir_config(model_dir: str | os.PathLike):
@@ -93,7 +83,7 @@ def load_causal_lm(model_dir: str | os.PathLike, *, device: str | None = "auto",
     tokenizer = load_tokenizer_dir(model_dir)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            Path(model_dir), dtype=resolve_dtype(dtype), output_loading_info=True
+            Path(model_dir), dtype=parse_dtype(dtype), output_loading_info=True
         )
     except ValueError as err:
         raise HeadlessError(f"{model_dir} is not a causal language model: {str(err).splitlines()[0]}") from None
@@ -105,7 +95,7 @@ def load_causal_lm(model_dir: str | os.PathLike, *, device: str | None = "auto",
             "--add-head or fine-tune one with `headless finetune-head`"
         )
     check_vocab(tokenizer, model, model_dir)
-    dev = resolve_device(device)
+    dev = resolve_device(device, mps=True)
     return model.to(dev).eval(), tokenizer, dev
 
 
