@@ -53,6 +53,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def json_digest(obj: Any, length: int = 64) -> str:
+    """sha256 of `obj` as canonical JSON (sorted keys; str() for what JSON lacks): the one way run
+    keys, config fingerprints and content fingerprints are made."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def tmp_sibling(path: Path, pid: Optional[int] = None) -> Path:
     """`.NAME.tmp-PID` beside `path`: the one temporary name every writer here uses."""
     path = Path(path).absolute()

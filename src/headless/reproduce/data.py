@@ -9,14 +9,12 @@ refuses to merge pieces whose data differ.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from headless.errors import HeadlessError
-from headless.files import sha256_file
+from headless.files import json_digest, sha256_file
 from headless.reproduce.config import StudyConfig
 
 
@@ -42,8 +40,7 @@ def file_hashes(paths: list[Path]) -> list[tuple[str, str]]:
 
 def fingerprint(entries: list[tuple[str, str]], **settings) -> str:
     """sha256 over (file name, content hash) pairs and the settings: location-independent."""
-    blob = json.dumps({"files": sorted(entries), "settings": settings}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_digest({"files": sorted(entries), "settings": settings}, 16)
 
 
 def content_fingerprint(paths: list[Path], **settings) -> str:

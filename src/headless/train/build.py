@@ -7,8 +7,6 @@ Nothing here trains; nothing in the loop builds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +15,7 @@ import torch
 
 from headless.config import TrainConfig
 from headless.errors import HeadlessError
+from headless.files import json_digest
 from headless.runtime import compute_dtype
 from headless.train import distributed as dist
 from headless.train.optim import build_optimizer, lr_factor
@@ -29,7 +28,7 @@ def cache_dir(config: TrainConfig) -> Path:
 
 
 def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(list(parts), 16)
 
 
 def _input_key(inputs: list[str]) -> list[str]:

@@ -4,7 +4,6 @@ in an order where a refused command writes nothing (see `headless.train.rundir`)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,11 +13,19 @@ import torch
 
 from headless.config import TrainConfig
 from headless.errors import HeadlessError
+from headless.files import json_digest
 from headless.train import distributed as dist
 from headless.train.build import Run, build_model, build_run, load_data
 from headless.train.checkpoint import Checkpointer, ModelState, OptimizerState, RngState
-from headless.train.rundir import (RESUMABLE, accept_resume, default_run_dir, negative_pool, open_run_dir,
-                                   saved_config, write_config)
+from headless.train.rundir import (
+    RESUMABLE,
+    accept_resume,
+    default_run_dir,
+    negative_pool,
+    open_run_dir,
+    saved_config,
+    write_config,
+)
 
 
 def config_fingerprint(config: TrainConfig) -> str:
@@ -30,7 +37,7 @@ def config_fingerprint(config: TrainConfig) -> str:
         for part in parents:
             node = node.get(part, {})
         node.pop(last, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(data)
 
 
 @dataclasses.dataclass
