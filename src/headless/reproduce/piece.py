@@ -178,7 +178,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             point = json.loads(done.read_text())
             print(f"reusing the evaluation of step {step} ({done})", flush=True)
         else:
+            started = time.perf_counter()
             point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, per_step)
+            point["eval_wall_s"] = time.perf_counter() - started  # export + every evaluation: plans job sizes
             point["fraction"] = step / steps
             point["epochs"] = point["tokens"] / data.train_tokens
             done.parent.mkdir(exist_ok=True)
@@ -186,7 +188,8 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         points.append(point)
         print(f"{config.study}/{flavour} step {step}: " + "; ".join(
             f"{v}: " + ", ".join(f"{k} {s['scores'][k][0]:.4g}" for k in list(s["scores"])[:4])
-            for v, s in point["variants"].items()), flush=True)
+            for v, s in point["variants"].items())
+            + (f" (evaluated in {point['eval_wall_s']:.0f} s)" if "eval_wall_s" in point else ""), flush=True)
 
     piece = {
         "format": PIECE_FORMAT, "study": config.study, "flavour": flavour, "seed": config.seed,
