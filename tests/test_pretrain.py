@@ -309,38 +309,76 @@ def test_time_budget_needs_warmup_over_the_calibration():
         load_config("tiny", overrides=["time_budget_s=10", "optim.warmup_steps=5"])
 
 
-def test_time_budget_waits_for_steady_windows_and_measures_the_rest(monkeypatch):
-    """Windows are timed until one is no faster than the last (CUDA graphs capture new shapes for
-    a while): a first window at 5x the steady step time must not fix max_steps."""
+def _drive(budget, monkeypatch, per_window: dict, last_step: int, skip: int = 2, window: int = 4):
+    """Feed `budget` a fake clock: per_window[end] seconds per step for the window ending at `end`."""
+    clock = {"t": 0.0}
+    times = {skip: 0.0}
+    for end in sorted(per_window):
+        times[end] = times[end - window] + window * per_window[end]
+    monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
+    resolved = {}
+    for step in range(1, last_step + 1):
+        clock["t"] = times.get(step, clock["t"])
+        if (value := budget.observe(step)) is not None:
+            resolved[step] = value
+    return clock, resolved
+
+
+def test_time_budget_calibrates_at_the_end_of_warmup_not_at_the_first_agreeing_windows(monkeypatch):
+    """The H200 case: CUDA graphs capture new MLM shapes at a steady rate, so early windows agree
+    with each other (30 ms) and are still twice the steady step (15 ms).  Fixing max_steps there
+    gave vanilla bert-small half its budget; the calibration must wait for warm-up's end."""
     import torch
 
     from headless.train.guards import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
                                             "optim.warmup_steps=40", "max_steps=100000"])
-    per_window = {6: 0.5, 10: 0.2, 14: 0.1, 18: 0.099, 22: 0.1005}  # seconds per step, window ending there
-    clock = {"t": 0.0}
-    times = {2: 0.0}
-    for end in sorted(per_window):
-        times[end] = times[max(t for t in times if t < end)] + 4 * per_window[end]
+    per_window = {end: (0.3 if end <= 18 else 0.15) for end in range(6, 39, 4)}  # windows end at 6, 10, ..., 38
+    per_window[30] = 0.151
     budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
-    monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
-    resolved = None
-    for step in range(1, 23):
-        clock["t"] = times.get(step, clock["t"])
-        resolved = budget.observe(step) or resolved
-        if step < 22:
-            assert resolved is None, step  # 0.2, 0.1, 0.099 are not three steady windows
-    assert resolved == int(10 / 0.1)  # the median of 0.1, 0.099, 0.1005
-    assert budget.counters["calibrated_at"] == 22 and budget.counters["steady_s_per_step"] == pytest.approx(0.1)
-    # the tail: 10 more steps at 0.1 s, with a 5-second save in the middle that is not counted
-    clock["t"] += 0.5
+    clock, resolved = _drive(budget, monkeypatch, per_window, 38)
+    assert resolved == {38: int(100 / 0.15)}  # the last window within warm-up; median of .151, .15, .15
+    assert budget.counters["calibrated_at"] == 38
+    assert budget.counters["steady_s_per_step"] == pytest.approx(0.15)
+    assert budget.counters["calibration_spread"] == pytest.approx(0.151 / 0.15 - 1)
+    # the tail: 10 more steps at 0.15 s, with a 5-second save in the middle that is not counted
+    clock["t"] += 0.75
     budget.pause()
     clock["t"] += 5.0
     budget.unpause()
-    clock["t"] += 0.5
-    budget.finish(32)
-    assert budget.counters["measured_s_per_step"] == pytest.approx(0.1)
+    clock["t"] += 0.75
+    assert budget.finish(48) is None  # as calibrated: nothing to say
+    assert budget.counters["measured_s_per_step"] == pytest.approx(0.15)
+
+
+def test_time_budget_says_when_the_run_was_slower_than_calibrated(monkeypatch):
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=14", "max_steps=100000"])
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    clock, resolved = _drive(budget, monkeypatch, {6: 0.1, 10: 0.1, 14: 0.1}, 14)
+    assert resolved == {14: 1000}
+    clock["t"] += 10 * 0.2  # the rest of the run took twice as long per step
+    warning = budget.finish(24)
+    assert budget.counters["measured_s_per_step"] == pytest.approx(0.2)
+    assert warning and "0.2 ms" not in warning and "200.0 ms each, not the calibrated 100.0 ms" in warning
+    assert "about 5 s of steps, not the budget's 100 s" in warning
+
+
+def test_time_budget_stops_calibrating_when_the_budget_would_be_spent_in_warmup(monkeypatch):
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=3", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=40", "max_steps=100000"])
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    _, resolved = _drive(budget, monkeypatch, {6: 0.3, 10: 0.3}, 10)
+    assert resolved == {6: 10}  # 10 steps x 0.3 s would reach the 3 s budget before the next window ends
 
 
 def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
@@ -348,7 +386,7 @@ def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
 
     from headless.train.guards import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
                                             "optim.warmup_steps=12"])
     clock = {"t": 0.0}
     budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
@@ -357,7 +395,7 @@ def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
     for step in range(1, 13):
         clock["t"] = {2: 0.0, 6: 4.0, 10: 6.0}.get(step, clock["t"])  # 1.0 then 0.5 s per step: never settled
         results.append(budget.observe(step))
-    assert [r for r in results if r] == [20]  # at step 10 (the next window ends past warm-up), from the latest window
+    assert [r for r in results if r] == [200]  # at step 10 (the next window ends past warm-up), from the latest window
     assert budget.counters["calibrated_at"] == 10
 
 

@@ -147,15 +147,15 @@ class TrainConfig:
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
     # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
-    # time.  max_steps is then set once, after `calibration_skip` untimed steps (compilation) and
-    # windows of `calibration_steps` timed ones, when three windows in a row agree (CUDA graphs
-    # keep capturing new shapes for a while), from the measured seconds per step; the
-    # faster flavour therefore takes more steps.  The calibration ends by the end of warm-up, so that
-    # no step before it depends on max_steps.
+    # time.  max_steps is set once, at the end of warm-up (the last step whose learning rate does
+    # not depend on it), from the median of the last three windows of `calibration_steps` timed
+    # steps after `calibration_skip` untimed ones (compilation): as late as possible, because CUDA
+    # graphs keep capturing new shapes for a few hundred MLM steps.  The faster flavour therefore
+    # takes more steps.  A longer optim.warmup_steps gives a later, steadier calibration.
     time_budget_s: Optional[float] = None
     calibration_skip: int = 10  # time budget: untimed first steps (compilation)
     calibration_steps: int = 20  # time budget: steps per timed window
-    calibration_tolerance: float = 0.05  # time budget: three windows within this of each other are steady
+    calibration_tolerance: float = 0.05  # time budget: windows (and the run) further apart than this are reported
     # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
     # of a learning curve.
     checkpoint_fractions: list = field(default_factory=list)

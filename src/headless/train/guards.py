@@ -80,15 +80,18 @@ class TimeBudget:
     """Turns `time_budget_s` into max_steps from the measured steady-state seconds per step.
 
     Steps 1..skip are untimed (compilation).  Then windows of `calibration_steps` steps are timed
-    between device synchronisations until three in a row agree within `calibration_tolerance`, and
-    their median is the seconds per step.  With CUDA graphs and a masked-position count that changes
-    from batch to batch, new shapes are still being captured for a few hundred steps: one early
-    window measured 68 ms for a 13.5 ms step (bert-small on the H200), and "no faster than the last
-    window" stopped 7 % high (19.1 vs 17.8 ms, multilingual).  If no three windows agree before
-    warm-up ends (the last step whose learning rate does not depend on max_steps), the latest window
-    is taken.  max_steps = min(config.max_steps, budget / seconds per step): config.max_steps is a
-    cap.  Under several ranks each window is the slowest rank's, so that every rank stops at the
-    same step.
+    between device synchronisations up to the end of warm-up (the last step whose learning rate
+    does not depend on max_steps), and the median of the last three windows is the seconds per
+    step: the calibration is as late as the schedule allows.  Stopping at the first three windows
+    that agree is not enough: with CUDA graphs and a masked-position count that changes from
+    batch to batch, new shapes are captured at a steady rate for a few hundred steps, so early
+    windows can agree with each other and still be slow (bert-small vanilla on the H200: three
+    windows by step 70 agreed on 30.4 ms; the run then measured 15.6 ms per step, and got half the
+    budget).  Calibration stops earlier only when the budget would be spent before warm-up ends.
+    `calibration_spread` records how far the three windows were apart; past `calibration_tolerance`
+    the run says so.  max_steps = min(config.max_steps, budget / seconds per step): config.max_steps
+    is a cap.  Under several ranks each window is the slowest rank's, so that every rank stops at
+    the same step.
 
     The rest of the run is timed too (checkpoint saves and validation excluded, at their own
     synchronisations), so the summary shows the seconds per step actually spent next to the
@@ -128,12 +131,13 @@ class TimeBudget:
         if self.world_size > 1:
             per_step = float(self.all_reduce(torch.tensor(per_step, dtype=torch.float64, device=self.device), op="max"))
         self.windows.append(per_step)
-        last = self.windows[-3:]
-        settled = len(last) == 3 and max(last) <= (1 + self.tolerance) * min(last)
-        if not settled and step + self.window <= self.limit:
+        # go on while the next window still ends within warm-up and the budget is not spent by then
+        if step + self.window <= self.limit and (step + self.window) * per_step < self.budget:
             return None
-        per_step = sorted(last)[1] if settled else per_step  # the median of three, else the latest
+        last = self.windows[-3:]
+        per_step = sorted(last)[1] if len(last) == 3 else per_step  # the median of three, else the latest
         resolved = max(step, min(self.cap, int(self.budget / per_step)))
+        self.counters["calibration_spread"] = max(last) / min(last) - 1
         self.counters.update(steady_s_per_step=per_step, resolved_max_steps=resolved, calibrated_at=step)
         self.pending = False
         self.tail_from, self.tail_t0 = step, now
@@ -148,12 +152,20 @@ class TimeBudget:
         if self.tail_t0 is not None:
             self.paused_s += self._now(sync=False) - self.paused_at
 
-    def finish(self, step: int) -> None:
-        """At the last step: counters["measured_s_per_step"], the tail's seconds per step."""
-        if self.tail_t0 is not None and step > self.tail_from:
-            seconds = self._now() - self.tail_t0 - self.paused_s
-            self.counters["measured_s_per_step"] = seconds / (step - self.tail_from)
-            self.tail_t0 = None
+    def finish(self, step: int) -> str | None:
+        """At the last step: counters["measured_s_per_step"], the tail's seconds per step; returns a
+        warning when it is off the calibrated figure by more than the tolerance (then the run had
+        steps x measured seconds, not its budget)."""
+        if self.tail_t0 is None or step <= self.tail_from:
+            return None
+        seconds = self._now() - self.tail_t0 - self.paused_s
+        measured = self.counters["measured_s_per_step"] = seconds / (step - self.tail_from)
+        self.tail_t0 = None
+        planned = self.counters.get("steady_s_per_step")
+        if self.budget is None or not planned or abs(measured / planned - 1) <= self.tolerance:
+            return None
+        return (f"step {step}: the steps took {measured * 1e3:.1f} ms each, not the calibrated {planned * 1e3:.1f} ms: "
+                f"this run had about {step * measured:.0f} s of steps, not the budget's {self.budget:g} s")
 
     @staticmethod
     def fix_length(config: TrainConfig, max_steps: int) -> TrainConfig:

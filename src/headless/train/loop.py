@@ -79,15 +79,19 @@ def _train(started) -> dict[str, Any]:
                         write_config(config, Path(config.run_dir))
                     if metrics.logger:
                         metrics.logger.set_total(resolved)
+                    spread = counters["calibration_spread"]
                     metrics.write(f"step {step}: {counters['steady_s_per_step'] * 1e3:.1f} ms per step measured; "
-                                  f"the time budget of {config.time_budget_s:g} s gives max_steps={resolved}")
+                                  f"the time budget of {config.time_budget_s:g} s gives max_steps={resolved}"
+                                  + (f" (warning: the last three timed windows differ by {100 * spread:.0f} %: the "
+                                     "step time was not steady yet; a longer optim.warmup_steps calibrates later)"
+                                     if spread > config.calibration_tolerance else ""))
                 last = step == config.max_steps
                 log, periodic = step % config.log_every == 0 or last, step % config.save_every == 0
                 if log or periodic:
                     nan_guard.check(step, metrics.logger)  # may raise HeadlessError("training diverged ...")
                 metrics.step(step, out, log)
-                if last:
-                    budget.finish(step)
+                if last and (warning := budget.finish(step)):
+                    metrics.write(warning)
                 if evaluator.due(step, last):
                     budget.pause()
                     evaluator.maybe(step, last)

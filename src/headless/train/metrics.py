@@ -108,6 +108,8 @@ def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep
         "peak_mem_gib": last_train.get("peak_mem_gib"), "nan_skips": state.counters["nan_skips"],
         "time_budget_s": config.time_budget_s, "steady_s_per_step": state.counters.get("steady_s_per_step"),
         "measured_s_per_step": state.counters.get("measured_s_per_step"),
+        "calibrated_at": state.counters.get("calibrated_at"),
+        "calibration_spread": state.counters.get("calibration_spread"),
         "checkpoint_steps": sorted(keep_steps),
     }
     if env.is_main:
