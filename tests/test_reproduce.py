@@ -189,6 +189,26 @@ def test_report_refuses_mixed_studies_data_and_duplicates(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing half-written
 
 
+def test_glue_averages_with_and_without_rte_seed_by_seed(tmp_path):
+    """`glue_avg_no_rte` is the paper's Tab. 1 average; an encoder piece written before it existed
+    gets it when the report loads the piece."""
+    from headless.reproduce.evaluate import with_glue_averages
+    from headless.reproduce.report import load_piece
+
+    scores = {"cola": [10.0, 20.0], "sst2": [80.0, 90.0], "rte": [50.0, 60.0], "rte_lr": [1e-4]}
+    with_glue_averages(scores, ["cola", "sst2", "rte"])
+    assert scores["glue_avg"] == [pytest.approx(140 / 3), pytest.approx(170 / 3)]
+    assert scores["glue_avg_no_rte"] == [45.0, 55.0]
+    assert "glue_avg_no_rte" not in with_glue_averages({"sst2": [1.0], "rte": [2.0]}, ["sst2", "rte"])  # one task
+
+    piece = _piece("vanilla", study="encoder")
+    for point in piece["points"]:
+        point["variants"]["vanilla"]["scores"] = {"cola": [10.0], "sst2": [80.0], "rte": [50.0],
+                                                  "glue_avg": [140 / 3], "sst2_lr": [1e-4]}
+    loaded = load_piece(_write(tmp_path, "old.json", piece))
+    assert loaded["points"][0]["variants"]["vanilla"]["scores"]["glue_avg_no_rte"] == [45.0]
+
+
 def test_crossing_interpolates_in_gpu_time():
     from headless.reproduce.report import crossing
 
