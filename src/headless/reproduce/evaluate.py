@@ -93,8 +93,8 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[
 
 def with_glue_averages(scores: dict[str, list[float]], keys: list[str]) -> dict[str, list[float]]:
     """`glue_avg`, the tasks' main scores averaged seed by seed, and `glue_avg_no_rte`, the same
-    without RTE as the paper's Tab. 1 reports it (RTE's 277 dev examples make it the noisiest task,
-    near chance for small models).  The report calls it on pieces written before the second one."""
+    without RTE as the paper's Tab. 1 reports it (RTE's 139 shared dev examples make it the noisiest
+    task, near chance for small models).  The report calls it on pieces written before the second one."""
     seeds = range(min(len(scores[k]) for k in keys))
     scores["glue_avg"] = [statistics.fmean(scores[k][i] for k in keys) for i in seeds]
     rest = [k for k in keys if k != "rte"]
