@@ -188,12 +188,6 @@ EOF2
     $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-static" compile_mode=reduce-overhead \
        objective.masking=static || true
     $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304 --output "$RES/p160" compile_mode=reduce-overhead || true
-    # the experimental sync-free CWT (objective.cwt_sync_free): static MLM and CLM
-    B="$H bench --steps 8 --warmup 4 --compile --sync-debug --objectives cwt"
-    $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-static-sync-free" \
-       compile_mode=reduce-overhead objective.masking=static objective.cwt_sync_free=true || true
-    $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304,256000 --output "$RES/p160-sync-free" \
-       compile_mode=reduce-overhead objective.cwt_sync_free=true || true
     ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

@@ -70,6 +70,20 @@ def test_yaml_round_trip(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["flavour"] == "vanilla"
 
 
+def test_a_removed_setting_in_an_old_run_config(tmp_path):
+    """Run directories from before the sync-free CWT path was removed hold
+    objective.cwt_sync_free: false (resume and export must still read them); true fails clearly."""
+    data = load_config("tiny").to_dict()
+    data["objective"]["cwt_sync_free"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert config_from_file(tmp_path / "config.yaml") == load_config("tiny")
+    data["objective"]["cwt_sync_free"] = True
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(HeadlessError) as err:
+        config_from_file(tmp_path / "config.yaml")
+    assert "cwt_sync_free was removed" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_config_file_on_top_of_preset(tmp_path):
     (tmp_path / "mine.yaml").write_text("optim:\n  lr: 0.002\nmodel:\n  num_layers: 1\n")
     config = load_config("tiny", tmp_path / "mine.yaml")

@@ -26,11 +26,8 @@ def reference(outputs, classes, bias, labels, scale):
     return F.cross_entropy(scores, labels, reduction="none", ignore_index=-100)
 
 
-def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="gemm", pad=0):
-    """Relative errors (loss, d_outputs, d_classes) vs float64, with a random upstream gradient.
-
-    pad > 0: `pad` garbage classes follow the U real ones and the kernel gets num_classes=U on the
-    device; they must change nothing and get a zero gradient."""
+def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="gemm"):
+    """Relative errors (loss, d_outputs, d_classes) vs float64, with a random upstream gradient."""
     gen = torch.Generator().manual_seed(seed)
     o = torch.randn(K, D, generator=gen) * 0.5
     c = torch.randn(U, D, generator=gen) * 0.5
@@ -40,21 +37,9 @@ def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="g
     w = torch.randn(K, generator=gen)
     o1 = o.to(device, dtype).requires_grad_()
     c1 = c.to(device, dtype).requires_grad_()
-    if pad:
-        # NaN padding: a tile past the device-side count that were read would poison the result
-        nan = torch.full((pad, D), float("nan"), dtype=dtype, device=device)
-        c_pad = torch.cat([c1, nan]).detach().requires_grad_()
-        b_pad = None if b is None else torch.cat([b, torch.full((pad,), float("nan"))]).to(device)
-        loss = linear_ce_triton(o1, c_pad, b_pad, y.to(device), scale, backward=backward,
-                                num_classes=torch.tensor([U], device=device))
-        (loss * w.to(device)).sum().backward()
-        padded_zero = bool((c_pad.grad[U:] == 0).all())
-        c1.grad = c_pad.grad[:U]
-    else:
-        loss = linear_ce_triton(o1, c1, None if b is None else b.to(device), y.to(device), scale,
-                                backward=backward)
-        (loss * w.to(device)).sum().backward()
-        padded_zero = True
+    loss = linear_ce_triton(o1, c1, None if b is None else b.to(device), y.to(device), scale,
+                            backward=backward)
+    (loss * w.to(device)).sum().backward()
     # the reference sees the same (rounded) inputs, in float64
     o2 = o1.detach().cpu().double().requires_grad_()
     c2 = c1.detach().cpu().double().requires_grad_()
@@ -73,7 +58,7 @@ def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="g
         "d_classes": rel(c1.grad, c2.grad),
         "dtype_ok": loss.dtype == torch.float32 and o1.grad.dtype == dtype and c1.grad.dtype == dtype,
         "ignored_zero": bool((loss.detach().cpu()[ignored] == 0).all()
-                             and (o1.grad.cpu()[ignored] == 0).all()) and padded_zero,
+                             and (o1.grad.cpu()[ignored] == 0).all()),
     }
 
 
@@ -104,9 +89,6 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     out = [dict(shape=c[:3], mode=m, **compare(*c[:3], dtype=torch.float32, device="cpu", bias=c[3], seed=i,
                                                backward=m))
            for i, c in enumerate(cases) for m in ("gemm", "fused")]
-    out += [dict(shape=c[:3], mode="num_classes", dtype=str(dt), **compare(*c[:3], dtype=dt, device="cpu",
-                                                                           bias=c[3], seed=i, pad=p))
-            for i, (c, p) in enumerate(zip(cases, (21, 3, 40, 17))) for dt in (torch.float32, torch.float64)]
     print(json.dumps(out))
     """
 )
@@ -116,8 +98,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
                     "test needs it; the GPU test covers the kernel on CUDA")
 def test_matches_float64_reference_in_triton_interpreter():
     """Tiny blocks (16) in interpreter mode: ragged K, U, D tails, several row splits / class chunks,
-    U=1, no bias; both backward modes; and (experimental) a device-side class count with NaN padding
-    past it, float32 and float64 inputs."""
+    U=1, no bias; both backward modes."""
     env = dict(os.environ, TRITON_INTERPRET="1")  # must be set before triton is imported
     proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT, os.path.dirname(__file__)],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -128,7 +109,7 @@ def test_matches_float64_reference_in_triton_interpreter():
             assert case[key] < 1e-5, case  # fp32 arithmetic, exact dots in the interpreter
 
 
-_SYNC_FREE_SCRIPT = textwrap.dedent(
+_STATIC_ROWS_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from headless.losses import cwt, cwt_loss
@@ -143,7 +124,7 @@ _SYNC_FREE_SCRIPT = textwrap.dedent(
         ids[1, :3] = 39  # the largest id, next to the "ignored" class
         res = []
         for kw in (dict(implementation="reference"),
-                   dict(implementation="triton", static_rows=True, sync_free=True)):
+                   dict(implementation="triton", static_rows=True)):
             E.grad = o.grad = None
             r = cwt_loss(o, ids, E, reduction="sum", temperature=0.5, **kw)
             r.loss.backward()
@@ -159,13 +140,13 @@ _SYNC_FREE_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install triton)")
-def test_experimental_sync_free_cwt_matches_the_reference_in_triton_interpreter():
-    """cwt_loss(static_rows=True, sync_free=True): device-side unique targets (padded to the number of
-    positions) and the kernels bounded by their count on the GPU: the reference value, gradients and
-    metrics (float32 and float64 inputs; the kernel accumulates in fp32)."""
+def test_static_rows_cwt_matches_the_reference_in_triton_interpreter():
+    """cwt_loss(static_rows=True) with the kernel (ignored rows as label -100, the excluded class):
+    the reference value, gradients and metrics (float32 and float64 inputs; the kernel accumulates
+    in fp32)."""
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _SYNC_FREE_SCRIPT], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _STATIC_ROWS_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case in json.loads(proc.stdout.strip().splitlines()[-1]):
@@ -213,10 +194,8 @@ def test_gradient_reaches_embedding_through_index_and_is_deterministic(backward)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("sync_free", [False, True])
-def test_cwt_static_rows_on_gpu_matches_the_reference(sync_free):
-    """cwt_loss(static_rows=True) with the kernel: ignored rows as label -100, the excluded class;
-    sync_free (experimental): padded classes and a device-side class count."""
+def test_cwt_static_rows_on_gpu_matches_the_reference():
+    """cwt_loss(static_rows=True) with the kernel: ignored rows as label -100, the excluded class."""
     from headless.losses import cwt_loss
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -227,7 +206,7 @@ def test_cwt_static_rows_on_gpu_matches_the_reference(sync_free):
     ids[1, 100:300] = -100
     results = []
     for kw in (dict(implementation="reference"),
-               dict(implementation="triton", static_rows=True, sync_free=sync_free)):
+               dict(implementation="triton", static_rows=True)):
         E.grad = o.grad = None
         out = cwt_loss(o, ids, E, reduction="sum", **kw)
         out.loss.backward()

@@ -311,24 +311,3 @@ def test_static_rows_falls_back_where_it_does_not_apply():
         gen = dict(generator=torch.Generator().manual_seed(0)) if "max_negatives" in kw else {}
         b = cwt_loss(outputs, ids, weight, **kw, **gen).loss
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-
-
-def test_device_unique_equals_torch_unique():
-    from headless.losses.cwt import device_unique
-
-    g = torch.Generator().manual_seed(0)
-    for keys in [torch.randint(0, 30, (200,), generator=g), torch.tensor([5]), torch.tensor([3, 3, 3, 9])]:
-        uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-        s_uniq, s_inverse, s_counts, n = device_unique(keys, pad_value=99)
-        U = uniq.numel()
-        assert int(n) == U and s_uniq.shape == keys.shape  # static shapes: padded to the input
-        assert torch.equal(s_uniq[:U], uniq) and (s_uniq[U:] == 99).all()
-        assert torch.equal(s_inverse, inverse) and torch.equal(s_counts[:U], counts) and (s_counts[U:] == 0).all()
-
-
-def test_experimental_sync_free_is_ignored_off_the_gpu_kernel():
-    """sync_free only changes how the Triton kernel finds its classes: elsewhere the same result."""
-    outputs, ids, weight = _batch(K=90, V=20)
-    a = _loss_and_grads(outputs, ids, weight, static_rows=True, sync_free=True, reduction="sum")
-    b = _loss_and_grads(outputs, ids, weight, implementation="reference", reduction="sum")
-    _assert_same(a, b)

@@ -72,9 +72,6 @@ class ObjectiveConfig:
     negatives: Literal["rank", "global"] = "rank"  # CWT negatives: this process's batch, or every process's
     max_negatives: Optional[int] = None  # CWT: cap on the unique target ids scored against (none: all of the batch)
     loss_implementation: str = "auto"  # auto, reference, dedup, chunked, triton, hf, liger, cce, ... (docs/losses.md)
-    # EXPERIMENTAL, not measured on a GPU yet: CWT with no host sync at all (device-side unique
-    # targets, Triton kernels bounded by their count); CLM, or MLM with masking: static; CUDA only
-    cwt_sync_free: bool = False
     respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
 
 
@@ -309,9 +306,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Settings that were removed but that the config.yaml of older run directories still holds: loading
+# them (resume, export) must keep working while their default value is given; any other value
+# fails with the reason.
+_REMOVED = {
+    "objective.cwt_sync_free": (False, ("objective.cwt_sync_free was removed: the sync-free CWT path "
+                                        "measured 14% slower on pythia-160m (H200); drop the key")),
+}
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    for key in [k for k in data if prefix + k in _REMOVED and k not in names]:
+        default, reason = _REMOVED[prefix + key]
+        if data[key] is not default:
+            raise HeadlessError(f"invalid config: {reason}")
+        data = {k: v for k, v in data.items() if k != key}
     for key in data:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)

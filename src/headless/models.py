@@ -243,19 +243,16 @@ class LanguageModel(nn.Module):
 
         With `objective.masking: static` (MLM) each row has at most static_mask_count(L) loss
         positions, which are gathered with static shapes and scored with `static_rows` (the few
-        empty slots of short rows masked out): no selection whose size the host must read.
-        `objective.cwt_sync_free` (experimental) also removes CWT's `torch.unique` sync."""
+        empty slots of short rows masked out): no selection whose size the host must read."""
         from headless.losses import LossOutput, cwt_loss, vanilla_ce_loss
         from headless.objectives import gather_static_positions, select_loss_positions, static_mask_count
 
         obj = self.objective
         static = obj.masking == "static" and not self.causal
-        # experimental: no host sync in CWT, which needs rows with static shapes (CLM: every position)
-        sync_free = obj.cwt_sync_free and (static or self.causal)
         # the trainer checked the token ids against the vocabulary once (no per-step host check)
         contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
                            group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy,
-                           check_ids=False, static_rows=static or sync_free, sync_free=sync_free)
+                           check_ids=False, static_rows=static)
         if static:
             outputs, targets = gather_static_positions(hidden, labels, static_mask_count(labels.shape[1],
                                                                                          obj.mask_prob))

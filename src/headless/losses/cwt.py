@@ -295,7 +295,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
              allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True,
-             static_rows: bool = False, sync_free: bool = False) -> LossOutput:
+             static_rows: bool = False) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
@@ -329,11 +329,6 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     (static MLM masking: `LanguageModel`); `torch.unique` still synchronises. Scoring every
     position of a CLM batch this way measured no faster than selecting (docs/performance.md), and
     for Bernoulli MLM it would score the 85% unmasked rows for nothing.
-    sync_free=True (EXPERIMENTAL, off everywhere by default, not measured on a GPU yet; with
-    static_rows and the Triton kernel, ignored elsewhere): not even `torch.unique` makes the host
-    wait. The unique targets are found on the device with static shapes (`device_unique`, classes
-    padded to the number of positions) and the kernels skip every tile past their count, which they
-    read on the GPU. Same value and gradients.
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -349,7 +344,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         if check_ids:
             select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
         return _cwt_static_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index,
-                                reduction, implementation, chunk_size, allow_empty, with_accuracy, sync_free)
+                                reduction, implementation, chunk_size, allow_empty, with_accuracy)
     rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
                                check_ids=check_ids)
     acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
@@ -381,21 +376,6 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
                       accuracy, device_scalar(num_unique, ids.device))
 
 
-def device_unique(keys: Tensor, pad_value: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`torch.unique(keys, return_inverse=True, return_counts=True)` with shapes that do not depend
-    on the data (U <= N), so the host never waits for the GPU: (uniq [N] sorted then padded with
-    `pad_value`, inverse [N], counts [N] (0 on padding), number of unique values [1] on the device).
-    A sort, a cumulative sum and three scatters."""
-    ordered, order = keys.sort()
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    group = first.long().cumsum(0) - 1
-    inverse = torch.empty_like(group).scatter_(0, order, group)
-    uniq = torch.full_like(keys, pad_value).scatter_(0, group, ordered)
-    counts = torch.zeros_like(group).scatter_add_(0, group, torch.ones_like(group))
-    return uniq, inverse, counts, group[-1:] + 1
-
-
 def _resolve_implementation(implementation: str, outputs: Tensor) -> str:
     """"auto" -> the Triton kernel on CUDA when available, else chunked; "triton" must be usable."""
     if implementation == "auto":
@@ -409,7 +389,7 @@ _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes
 
 
 def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
-                     allow_empty, with_accuracy, sync_free=False) -> LossOutput:
+                     allow_empty, with_accuracy) -> LossOutput:
     """`cwt_loss(static_rows=True)`: the de-duplicated loss over every position, ignored ones zeroed."""
     o = outputs.reshape(-1, outputs.shape[-1])
     ids = target_ids.reshape(-1).long()
@@ -419,19 +399,14 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
     implementation = _resolve_implementation(implementation, outputs)
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
     keys = torch.where(valid, ids, vocab)
-    num_classes = None
-    if implementation == "triton" and sync_free:  # classes padded to N, their count stays on the GPU
-        uniq, inverse, counts, num_classes = device_unique(keys, pad_value=vocab)
-    else:
-        uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
     real = uniq < vocab
     classes = weight[uniq.clamp(max=vocab - 1)]
     bias = torch.where(real, counts.to(acc).log(), torch.full_like(counts, _EXCLUDED, dtype=acc))
     labels = torch.where(valid, inverse, torch.full_like(inverse, -100))
     safe = inverse.clamp(max=uniq.numel() - 1)
     if implementation == "triton":  # a negative label: loss 0 and no gradient for that row
-        ce = _triton_module().linear_ce_triton(o, classes, bias.float(), labels, float(scale),
-                                               num_classes=num_classes)
+        ce = _triton_module().linear_ce_triton(o, classes, bias.float(), labels, float(scale))
         losses = torch.where(valid, ce + bias[safe].to(ce.dtype), torch.zeros_like(ce))
     else:
         mode = "dense" if implementation == "dedup" else "chunked"

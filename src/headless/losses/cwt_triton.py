@@ -97,17 +97,15 @@ if triton is not None:
 
     @triton.autotune(configs=_configs("fwd"), key=["D"])
     @triton.jit
-    def _fwd_kernel(o_ptr, c_ptr, b_ptr, y_ptr, loss_ptr, lse_ptr, nu_ptr, K, U, D, scale,
-                    HAS_BIAS: tl.constexpr, HAS_NU: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _fwd_kernel(o_ptr, c_ptr, b_ptr, y_ptr, loss_ptr, lse_ptr, K, U, D, scale,
+                    HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
         rmask = rows < K
         y = tl.load(y_ptr + rows, mask=rmask, other=-1)
         m_i = tl.full([BLOCK_K], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_K], tl.float32)
         t_i = tl.zeros([BLOCK_K], tl.float32)
-        if HAS_NU:  # only the first nu_ptr[0] classes are real: the count never leaves the GPU
-            U = tl.load(nu_ptr).to(tl.int32)
         for u0 in range(0, U, BLOCK_U):
             cols = u0 + tl.arange(0, BLOCK_U)
             cmask = cols < U
@@ -149,11 +147,9 @@ if triton is not None:
 
     @triton.autotune(configs=_configs("bwd"), key=["D"])
     @triton.jit
-    def _bwd_do_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, nu_ptr, do_ptr, K, U, D, scale,
-                       HAS_BIAS: tl.constexpr, HAS_NU: tl.constexpr, BLOCK_K: tl.constexpr,
-                       BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
-        if HAS_NU:
-            U = tl.load(nu_ptr).to(tl.int32)
+    def _bwd_do_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, do_ptr, K, U, D, scale,
+                       HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
         rmask = rows < K
         y = tl.load(y_ptr + rows, mask=rmask, other=-1)
@@ -170,21 +166,17 @@ if triton is not None:
 
     @triton.autotune(configs=_configs("bwd"), key=["D"])
     @triton.jit
-    def _bwd_dc_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, nu_ptr, dc_ptr, K, U, D, scale,
-                       HAS_BIAS: tl.constexpr, HAS_NU: tl.constexpr, BLOCK_K: tl.constexpr,
-                       BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _bwd_dc_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, dc_ptr, K, U, D, scale,
+                       HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
         cols = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+        cmask = cols < U
         split = tl.program_id(1)
         n_split = tl.num_programs(1)
-        dc_ptr += split.to(tl.int64) * U * D  # this split's fp32 partial buffer ([U, D], U allocated)
-        n_blocks = tl.cdiv(tl.cdiv(K, BLOCK_K) - split, n_split)  # row blocks of this split
-        if HAS_NU:  # class blocks past the real count do nothing (their rows stay zero)
-            U = tl.load(nu_ptr).to(tl.int32)
-            n_blocks = tl.where(tl.program_id(0) * BLOCK_U < U, n_blocks, 0)
-        cmask = cols < U
+        dc_ptr += split.to(tl.int64) * U * D  # this split's fp32 partial buffer
         if HAS_BIAS:
             bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
-        for i in range(0, n_blocks):
+        for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK_K) - split, n_split)):  # row blocks of this split
             rows = (split + i * n_split) * BLOCK_K + tl.arange(0, BLOCK_K)
             rmask = rows < K
             y = tl.load(y_ptr + rows, mask=rmask, other=-1)
@@ -199,27 +191,6 @@ if triton is not None:
             _accumulate_dot(dc_ptr, cols, cmask, grad.to(o_ptr.dtype.element_ty), o_ptr, rows, rmask, D, i > 0,
                             BLOCK_D)
 
-    @triton.jit
-    def _sum_splits_kernel(buf_ptr, out_ptr, nu_ptr, n_split, split_stride, U, D, BLOCK_R: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
-        """out[:nu] = Σ_s buf[s, :nu] (fp32 partials of the dC kernel), out[nu:] = 0 with nu read on
-        the GPU: past the real class count the reduction reads nothing and writes zeros."""
-        nu = tl.load(nu_ptr).to(tl.int32)
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = (rows < U)[:, None] & (cols < D)[None, :]
-        real = mask & (rows < nu)[:, None]
-        offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
-        acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-        if tl.program_id(0) * BLOCK_R < nu:
-            ptr = buf_ptr + offsets
-            for _ in range(0, n_split):  # split_stride = U·D elements between partials
-                acc += tl.load(ptr, mask=real, other=0.0)
-                ptr += split_stride
-        tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-_SUM_BLOCK = (16, 16) if _INTERPRET else (32, 128)  # rows x columns of a reduction program
 
 # The "gemm" backward's G buffer: 256 MiB in bf16 whatever K and U (tiny in the interpreter, so that
 # CPU tests cross several class chunks).
@@ -234,58 +205,46 @@ def _num_sms(device: torch.device) -> int:
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, outputs, classes, bias, labels, scale, backward, num_classes):
+    def forward(ctx, outputs, classes, bias, labels, scale, backward):
         K, D = outputs.shape
         U = classes.shape[0]
         loss = torch.empty(K, device=outputs.device, dtype=torch.float32)
         lse = torch.empty_like(loss)
         grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]),)  # noqa: E731
         _fwd_kernel[grid](outputs, classes, bias if bias is not None else loss, labels, loss, lse,
-                          num_classes if num_classes is not None else labels, K, U, D, scale,
-                          HAS_BIAS=bias is not None, HAS_NU=num_classes is not None)
-        ctx.save_for_backward(outputs, classes, bias, labels, lse, num_classes)
+                          K, U, D, scale, HAS_BIAS=bias is not None)
+        ctx.save_for_backward(outputs, classes, bias, labels, lse)
         ctx.scale, ctx.mode = scale, backward
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        outputs, classes, bias, labels, lse, num_classes = ctx.saved_tensors
+        outputs, classes, bias, labels, lse = ctx.saved_tensors
         K, D = outputs.shape
         U = classes.shape[0]
         scale = ctx.scale
-        has_nu = num_classes is not None
         # scale·dL/dloss_k, zero on ignored rows: the kernels then need no ignore logic.
         g = (grad_loss.float() * scale * (labels >= 0)).contiguous()
         b = bias if bias is not None else g
-        args = (outputs, classes, b, labels, lse, g, num_classes if has_nu else labels)
+        args = (outputs, classes, b, labels, lse, g)
         need_out, need_cls = ctx.needs_input_grad[:2]
         if ctx.mode == "gemm":
-            return (*_backward_gemm(args[:6], K, U, D, scale, bias is not None, need_out, need_cls),
-                    None, None, None, None, None)
+            return (*_backward_gemm(args, K, U, D, scale, bias is not None, need_out, need_cls), None, None, None, None)
         d_out = d_cls = None
         if need_out:
             buf = torch.empty(K, D, device=outputs.device, dtype=torch.float32)
             grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]),)  # noqa: E731
-            _bwd_do_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None, HAS_NU=has_nu)
+            _bwd_do_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None)
             d_out = buf.to(outputs.dtype)
         if need_cls:
             # Few classes (CWT: U ≪ K) leave most SMs idle: split the rows over a 2nd grid axis.
-            # With a device-side class count the real U is unknown here: plan for a quarter of the
-            # allocated classes (CWT's unique targets are typically 1/4 of the positions or fewer).
-            planned = max(1, U // 4) if has_nu else U
             n_split = max(1, min(triton.cdiv(K, _MAX_BLOCK_K),
-                                 2 * _num_sms(outputs.device) // max(1, triton.cdiv(planned, 128))))
+                                 2 * _num_sms(outputs.device) // max(1, triton.cdiv(U, 128))))
             buf = torch.empty(n_split, U, D, device=outputs.device, dtype=torch.float32)
             grid = lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), n_split)  # noqa: E731
-            _bwd_dc_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None, HAS_NU=has_nu)
-            if has_nu:  # padded rows were never written: the reduction reads the real ones only
-                d_cls = torch.empty_like(classes)
-                grid = (triton.cdiv(U, _SUM_BLOCK[0]), triton.cdiv(D, _SUM_BLOCK[1]))
-                _sum_splits_kernel[grid](buf, d_cls, num_classes, n_split, U * D, U, D,
-                                         BLOCK_R=_SUM_BLOCK[0], BLOCK_C=_SUM_BLOCK[1])
-            else:
-                d_cls = (buf[0] if n_split == 1 else buf.sum(0)).to(classes.dtype)
-        return d_out, d_cls, None, None, None, None, None
+            _bwd_dc_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None)
+            d_cls = (buf[0] if n_split == 1 else buf.sum(0)).to(classes.dtype)
+        return d_out, d_cls, None, None, None, None
 
 
 def _backward_gemm(args, K, U, D, scale, has_bias, need_out, need_cls):
@@ -309,7 +268,7 @@ def _backward_gemm(args, K, U, D, scale, has_bias, need_out, need_cls):
 
 
 def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None, labels: Tensor,
-                     scale: float = 1.0, *, backward: str = "gemm", num_classes: Tensor | None = None) -> Tensor:
+                     scale: float = 1.0, *, backward: str = "gemm") -> Tensor:
     """Per-row loss [K] (fp32) of ``softmax(scale·outputs @ classesᵀ + class_bias)`` against ``labels``.
 
     outputs [K, D] and classes [U, D] (bf16/fp16/fp32; classes are cast to outputs' dtype) get
@@ -317,13 +276,6 @@ def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None
     marks an ignored row: loss 0, zero gradient. Labels ≥ U are not checked (that would cost a sync).
     backward="gemm" (default, faster): G by class chunks + cuBLAS; "fused": two all-Triton kernels,
     no G buffer at all. Both deterministic.
-
-    num_classes (EXPERIMENTAL, not measured on a GPU yet; no default path uses it): a one-element
-    integer tensor on the device: only classes[:num_classes] exist, the rest is padding (zero
-    gradient). The kernels read the count themselves and skip every tile past it (forward, dO,
-    dC and the reduction of dC's partials), so a caller with data-dependent U (CWT's unique
-    targets, `cwt_loss(sync_free=True)`) can allocate an upper bound and never wait for the GPU.
-    Uses the "fused" backward (the "gemm" one would loop over chunks on the host).
     """
     if backward not in ("gemm", "fused"):
         raise ValueError(f"backward must be 'gemm' or 'fused', got {backward!r}")
@@ -344,11 +296,6 @@ def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
-    if num_classes is not None:
-        if num_classes.numel() != 1 or num_classes.is_floating_point() or num_classes.device != outputs.device:
-            raise ValueError("num_classes must be a one-element integer tensor on the outputs' device")
-        num_classes = num_classes.reshape(1).contiguous()
-        backward = "fused"
     if triton is None:
         raise RuntimeError("linear_ce_triton needs triton: pip install 'headless[gpu]'")
     if outputs.is_cuda and outputs.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
@@ -356,4 +303,4 @@ def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None
         # fp32 accumulation): the backward GEMMs are not autocast and would otherwise run in fp32.
         outputs = outputs.to(torch.get_autocast_dtype("cuda"))
     return _LinearCE.apply(outputs.contiguous(), classes.to(outputs.dtype).contiguous(), class_bias,
-                           labels.long().contiguous(), scale, backward, num_classes)
+                           labels.long().contiguous(), scale, backward)
