@@ -198,3 +198,16 @@ def test_a_non_finite_fine_tuning_loss_is_one_line(tiny_bert_dir, glue_dir, monk
     monkeypatch.setattr(classification.F, "cross_entropy", lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))
     with pytest.raises(HeadlessError, match="non-finite in epoch 1; lower --lr"):
         run_glue(tiny_bert_dir, tasks=["rte"], data_dir=glue_dir, **FAST)
+
+
+def test_workers_give_the_same_scores_as_one_process(tiny_bert_dir, glue_dir):
+    """`workers=2` fine-tunes (task, seed) runs in two spawned processes: each run seeds itself
+    and loads a fresh model, so every score equals the one-process run's, in the same order."""
+    common = dict(tasks=["rte", "stsb"], seeds=[0, 1], data_dir=glue_dir, **FAST)
+    one = run_glue(tiny_bert_dir, **common)
+    two = run_glue(tiny_bert_dir, workers=2, **common)
+    for task in ("rte", "stsb"):
+        assert two["tasks"][task]["main"]["values"] == pytest.approx(one["tasks"][task]["main"]["values"], abs=1e-6)
+    assert two["average"] == pytest.approx(one["average"])
+    with pytest.raises(HeadlessError, match="workers must be >= 1"):
+        run_glue(tiny_bert_dir, workers=0, **common)

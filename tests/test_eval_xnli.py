@@ -102,3 +102,13 @@ def test_cli_bad_mode_inputs_exit_2(tiny_bert_dir, tmp_path, capsys):
     status = main(["xnli", str(tiny_bert_dir), "--data-dir", str(tmp_path), "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert status == 2 and "fine-tunes on 'en'" in err and len(err.splitlines()) == 1
+
+
+def test_xnli_workers_keep_every_score_in_its_place(tiny_bert_dir, xnli_dir):
+    common = dict(data_dir=xnli_dir, mode="both", languages=["en", "de"], seeds=[0, 1], **FAST)
+    one = run_xnli(tiny_bert_dir, **common)
+    two = run_xnli(tiny_bert_dir, workers=2, **common)
+    for mode in ("transfer", "target"):
+        for lang in ("en", "de"):
+            assert two["modes"][mode]["languages"][lang]["values"] == pytest.approx(
+                one["modes"][mode]["languages"][lang]["values"], abs=1e-6)

@@ -10,6 +10,12 @@ from headless.cli.options import add_progress_flag
 from headless.errors import HeadlessError
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def _common(parser: argparse.ArgumentParser, *, batch_help: str, epochs_help: str, lr_help: str) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (default 0); "
                         "tables report mean ± std over them")
@@ -21,6 +27,9 @@ def _common(parser: argparse.ArgumentParser, *, batch_help: str, epochs_help: st
     parser.add_argument("--max-eval-examples", type=int, help="evaluate on a fixed random subset")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU only)")
+    parser.add_argument("--workers", type=_positive, default=1,
+                        help="fine-tune this many (task, seed) runs side by side, one process each; a small "
+                             "model leaves a GPU mostly idle, so several can share it (default 1)")
     parser.add_argument("--output", type=Path, help="results directory (default eval-results/<model name>)")
     add_progress_flag(parser, "no progress bars or per-epoch lines")
 
@@ -99,7 +108,7 @@ def _glue(args: argparse.Namespace) -> int:
         lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
         max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
         device=args.device, bf16=args.bf16, data_dir=args.data_dir, output_dir=_output(args, model_dir),
-        progress=not args.quiet)
+        progress=not args.quiet, workers=args.workers)
     from headless.eval.glue import glue_markdown
 
     print(glue_markdown(results), end="")
@@ -116,6 +125,6 @@ def _xnli(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_seq_len=args.max_seq_len,
         max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
         device=args.device, bf16=args.bf16, output_dir=_output(args, args.model_dir),
-        progress=not args.quiet)
+        progress=not args.quiet, workers=args.workers)
     print(xnli_markdown(results), end="")
     return 0

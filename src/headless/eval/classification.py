@@ -346,6 +346,39 @@ def finetune(
     return {"scores": history[-1], "epoch": recipe.epochs, "history": history}
 
 
+def _finetune_job(job: dict) -> dict:
+    return finetune(**job)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)  # N processes x all cores each would oversubscribe the CPU
+
+
+def finetune_all(jobs: Sequence[dict], *, workers: int = 1) -> list[dict]:
+    """`finetune(**job)` for every job, the results in job order.
+
+    With workers > 1 the jobs run in that many processes (spawned: each has its own CUDA context).
+    A small model's fine-tuning step is bound by the host's Python and kernel launches, not by the
+    GPU, so several processes can share one GPU.  Every job seeds itself and loads a fresh copy of
+    the model, so the results do not depend on `workers` (tested on CPU).  A job's
+    metric must be picklable then (a functools.partial, not a lambda)."""
+    jobs = list(jobs)
+    if workers < 1:
+        raise HeadlessError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(jobs) <= 1:
+        return [finetune(**job) for job in jobs]
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(workers, len(jobs))
+    jobs = [dict(job, progress=False) for job in jobs]  # one bar per process would interleave
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        return list(pool.map(_finetune_job, jobs))
+
+
 def _check_labels(data: Encoded, num_labels: int, desc: str) -> None:
     if num_labels == 1:
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -23,7 +24,7 @@ from headless.eval.classification import (
     Example,
     Recipe,
     encode,
-    finetune,
+    finetune_all,
     fmt_score,
     load_tokenizer,
     parse_seeds,
@@ -209,11 +210,13 @@ def run_glue(
     data_dir: str | Path | None = None,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Fine-tune `model_dir` on each task with each seed; returns (and writes) the results.
 
     Tasks default to every task found under `data_dir` (all nine from the hub without one).
-    epochs/lr/batch_size override the recipe.  Writes glue.json and glue.md to `output_dir`.
+    epochs/lr/batch_size override the recipe.  `workers` processes fine-tune side by side
+    (`finetune_all`).  Writes glue.json and glue.md to `output_dir`.
     """
     if recipe not in RECIPES:
         raise HeadlessError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
@@ -237,16 +240,21 @@ def run_glue(
                "max_eval_examples": max_eval_examples, "tasks": {}}
     data = {key: load_glue_task(key, data_dir, max_train_examples=max_train_examples,
                                 max_eval_examples=max_eval_examples) for key in keys}  # fail before training
+    jobs = []
     for key, (train, devs) in data.items():
         task = GLUE_TASKS[key]
         log.info("%s: %d training examples, %s", task.name, len(train),
                  ", ".join(f"{len(v)} {k}" for k, v in devs.items()))
         train_enc = encode(tokenizer, train, max_seq_len)
         dev_enc = {name: encode(tokenizer, ex, max_seq_len) for name, ex in devs.items()}
-        runs = [finetune(model_dir, tokenizer, train_enc, dev_enc, num_labels=task.num_labels,
-                         metric=lambda p, y, m=task.metric: classification_metrics(m, p, y),
-                         recipe=chosen, seed=seed, device=dev, bf16=bf16, progress=progress,
-                         desc=task.name) for seed in seeds]
+        jobs += [dict(model_dir=model_dir, tokenizer=tokenizer, train=train_enc, evals=dev_enc,
+                      num_labels=task.num_labels, metric=functools.partial(classification_metrics, task.metric),
+                      recipe=chosen, seed=seed, device=dev, bf16=bf16, progress=progress, desc=task.name)
+                 for seed in seeds]
+    done = iter(finetune_all(jobs, workers=workers))  # every task and seed at once: `workers` processes
+    for key, (train, devs) in data.items():
+        task = GLUE_TASKS[key]
+        runs = [next(done) for _ in seeds]
         metrics = {name: {metric: summarize([r["scores"][name][metric] for r in runs])
                           for metric in runs[0]["scores"][name] if metric != "main"}
                    for name in devs}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import logging
 import random
 import statistics
@@ -25,7 +26,7 @@ from headless.eval.classification import (
     Example,
     Recipe,
     encode,
-    finetune,
+    finetune_all,
     fmt_score,
     load_tokenizer,
     parse_seeds,
@@ -163,8 +164,10 @@ def run_xnli(
     bf16: bool = False,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
-    """Fine-tune and evaluate `model_dir` on XNLI; returns (and writes xnli.json/.md) the results."""
+    """Fine-tune and evaluate `model_dir` on XNLI; returns (and writes xnli.json/.md) the results.
+    `workers` processes fine-tune side by side (`finetune_all`)."""
     if mode not in MODES:
         raise HeadlessError(f"unknown XNLI mode {mode!r}; choose from {', '.join(MODES)}")
     recipe = XNLI_RECIPE.override(epochs=epochs, lr=lr, batch_size=batch_size)
@@ -183,20 +186,27 @@ def run_xnli(
     encoded = {lang: (encode(tokenizer, tr, max_seq_len), encode(tokenizer, ev, max_seq_len))
                for lang, (tr, ev) in data.items()}
 
-    def run(train_lang: str, eval_langs: list[str], seed: int) -> dict:
-        return finetune(model_dir, tokenizer, encoded[train_lang][0],
-                        {lang: encoded[lang][1] for lang in eval_langs}, num_labels=len(XNLI_LABELS),
-                        metric=lambda p, y: classification_metrics("accuracy", p, y), recipe=recipe,
-                        seed=seed, device=dev, bf16=bf16, progress=progress,
-                        desc=f"XNLI {train_lang}")["scores"]
+    def job(train_lang: str, eval_langs: list[str], seed: int) -> dict:
+        return dict(model_dir=model_dir, tokenizer=tokenizer, train=encoded[train_lang][0],
+                    evals={lang: encoded[lang][1] for lang in eval_langs}, num_labels=len(XNLI_LABELS),
+                    metric=functools.partial(classification_metrics, "accuracy"), recipe=recipe,
+                    seed=seed, device=dev, bf16=bf16, progress=progress, desc=f"XNLI {train_lang}")
 
+    # every fine-tuning of every mode at once, in `workers` processes (finetune_all)
+    plan = ([("transfer", seed, None) for seed in seeds] if "transfer" in modes else []) + \
+           ([("target", seed, lang) for seed in seeds for lang in report] if "target" in modes else [])
+    runs = finetune_all([job(train_language, report, seed) if lang is None else job(lang, [lang], seed)
+                         for _, seed, lang in plan], workers=workers)
     per_seed: dict[str, list[dict[str, float]]] = {}  # mode -> [{lang: accuracy} per seed]
-    if "transfer" in modes:
-        per_seed["transfer"] = [{lang: s["accuracy"] for lang, s in run(train_language, report, seed).items()}
-                                for seed in seeds]
-    if "target" in modes:
-        per_seed["target"] = [{lang: run(lang, [lang], seed)[lang]["accuracy"] for lang in report}
-                              for seed in seeds]
+    for (mode_name, seed, lang), run in zip(plan, runs):
+        scores = run["scores"]
+        if mode_name == "transfer":
+            per_seed.setdefault("transfer", []).append({name: s["accuracy"] for name, s in scores.items()})
+        else:
+            target = per_seed.setdefault("target", [])
+            if lang == report[0]:
+                target.append({})
+            target[-1][lang] = scores[lang]["accuracy"]
     results = {"benchmark": "xnli", "model": str(model_dir), "layout": layout, "train_language": train_language,
                "recipe": dataclasses.asdict(recipe), "seeds": seeds, "max_seq_len": max_seq_len,
                "train_examples": len(data[report[0]][0]), "eval_examples": len(data[report[0]][1]),

@@ -59,6 +59,7 @@ class StudyConfig:
     xnli_modes: list = field(default_factory=lambda: ["transfer", "target"])
     xnli_lr: float = 5e-5
     xnli_epochs: int = 10
+    eval_workers: int = 1  # GLUE / XNLI fine-tunings run side by side in this many processes (one GPU)
     device: str = "auto"
     progress: bool = True
 
@@ -72,6 +73,7 @@ class StudyConfig:
             (self.finetune_tokens > 0, "finetune_tokens must be > 0"),
             (bool(self.seeds) and bool(self.curve_seeds), "seeds and curve_seeds must not be empty"),
             (bool(self.glue_lrs), "glue_lrs must not be empty"),
+            (self.eval_workers >= 1, "eval_workers must be >= 1"),
             (all(m in ("transfer", "target") for m in self.xnli_modes) and bool(self.xnli_modes),
              "xnli_modes must be transfer and/or target"),
             (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),

@@ -67,7 +67,8 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[
     from headless.eval.glue import glue_task, run_glue
 
     common = dict(max_train_examples=config.glue_max_train_examples, device=config.device,
-                  bf16=_bf16(config.device), data_dir=config.root / "glue", progress=False)
+                  bf16=_bf16(config.device), data_dir=config.root / "glue", progress=False,
+                  workers=config.eval_workers)
     keys = [glue_task(t)[0] for t in config.glue_tasks]
 
     def main_scores(result: dict) -> dict[str, list[float]]:
@@ -113,7 +114,8 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[
 
     mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
     result = run_xnli(model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
-                      epochs=config.xnli_epochs, device=config.device, bf16=_bf16(config.device), progress=False)
+                      epochs=config.xnli_epochs, device=config.device, bf16=_bf16(config.device), progress=False,
+                      workers=config.eval_workers)
     covered = set(covered_languages(config))
     scores: dict[str, list[float]] = {}
     for name, block in result["modes"].items():

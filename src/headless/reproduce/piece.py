@@ -169,7 +169,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
 
     code = content_fingerprint(sorted(Path(headless.__file__).parent.rglob("*.py")))
     eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=per_step, code=code, config={
-        k: v for k, v in config.to_dict().items() if k not in ("progress", "device")})
+        k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "eval_workers")})
     points = []
     for step in tqdm(curve, desc=f"{config.study}/{flavour}: evaluating checkpoints", unit="ckpt",
                      disable=None if config.progress else True):
