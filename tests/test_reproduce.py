@@ -288,3 +288,24 @@ def test_piece_run_again_reuses_its_pretraining_and_finished_evaluations(mini_ro
                    "glue_epochs=1", "seeds=[0]", "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]")
     with pytest.raises(AssertionError, match="evaluated again"):
         run_piece(other, "headless", work_dir=tmp_path / "work", output=tmp_path / "c.json")
+
+
+def test_one_twin_settings_reach_that_twin_only_and_the_report_names_them(tmp_path):
+    """`vanilla_pretrain=[objective.loss_implementation=hf]` is the paper's baseline (HF's head at
+    every position); it must not touch the headless twin, and the report must say it was used."""
+    from headless.reproduce import load_study
+    from headless.reproduce.piece import train_config
+    from headless.reproduce.report import report_markdown, build_report, load_piece
+
+    config = load_study("encoder", overrides=["vanilla_pretrain=[objective.loss_implementation=hf]",
+                                              "headless_pretrain=[objective.temperature=0.5]"])
+    assert config.pretrain[:2] == ["batch_size=256", "optim.lr=1e-3"]  # the study's defaults are kept
+    vanilla = train_config(config, "vanilla", tmp_path / "data", tmp_path / "run")
+    headless = train_config(config, "headless", tmp_path / "data", tmp_path / "run")
+    assert vanilla.objective.loss_implementation == "hf" and vanilla.objective.temperature == 1.0
+    assert headless.objective.loss_implementation == "auto" and headless.objective.temperature == 0.5
+
+    pieces = [_piece("headless"), _piece("vanilla")]
+    pieces[1]["study_config"] = {"vanilla_pretrain": ["objective.loss_implementation=hf"]}
+    loaded = [load_piece(_write(tmp_path, f"{i}.json", p)) for i, p in enumerate(pieces)]
+    assert "vanilla seed 0: `objective.loss_implementation=hf`" in report_markdown(build_report(loaded))

@@ -33,6 +33,10 @@ class StudyConfig:
     fractions: list = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # checkpoints evaluated
     seed: int = 0  # pretraining seed (masks, data order, initialisation)
     pretrain: list = field(default_factory=list)  # key=value overrides of the twins' TrainConfig
+    # key=value overrides of one twin only, after `pretrain`: e.g. the paper's vanilla baseline,
+    # HF's head at every position: vanilla_pretrain=[objective.loss_implementation=hf]
+    headless_pretrain: list = field(default_factory=list)
+    vanilla_pretrain: list = field(default_factory=list)
     # data: a folder laid out like ../shared/data (MANIFEST.md); None: $HEADLESS_SHARED_DATA
     data_root: Optional[str] = None
     enwiki_shards: Optional[int] = None  # None: every train shard found
@@ -130,14 +134,17 @@ def load_study(study: str, config_file: str | Path | None = None, overrides: lis
         data = deep_merge(data, read_yaml(path))
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
-        if "pretrain" in update and isinstance(update["pretrain"], list):
-            update["pretrain"] = list(data.get("pretrain", [])) + update["pretrain"]  # add to, not replace
+        for key in ("pretrain", "headless_pretrain", "vanilla_pretrain"):
+            if key in update and isinstance(update[key], list):
+                update[key] = list(data.get(key, [])) + update[key]  # add to, not replace
         data = deep_merge(data, update)
     if data.get("study", study) != study:
         raise HeadlessError(f"the config is for study {data['study']!r}, not {study!r}")
     config = from_dict(StudyConfig, data)
     # a list given as one string from YAML/CLI ("pretrain=compile=false") stays a list of strings
     config.pretrain = [str(p) for p in config.pretrain]
+    config.headless_pretrain = [str(p) for p in config.headless_pretrain]
+    config.vanilla_pretrain = [str(p) for p in config.vanilla_pretrain]
     try:  # YAML reads 1e-4 (no dot) as a string
         config.glue_lrs = [float(x) for x in config.glue_lrs]
         config.fractions = [float(x) for x in config.fractions]

@@ -55,7 +55,8 @@ def train_config(config: StudyConfig, flavour: str, dataset: Path, run_dir: Path
     """The twin's TrainConfig: the preset, the study's overrides, the budget and curve checkpoints."""
     from headless.config import load_config
 
-    overrides = list(config.pretrain) + [
+    own = config.headless_pretrain if flavour == "headless" else config.vanilla_pretrain
+    overrides = list(config.pretrain) + list(own) + [
         f"data.path={dataset}", f"run_dir={run_dir}", f"seed={config.seed}", f"device={config.device}",
         f"progress={str(config.progress).lower()}", f"checkpoint_fractions={json.dumps(config.fractions)}",
         "save_every=100000000", "keep_last=1"]

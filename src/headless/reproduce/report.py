@@ -163,6 +163,7 @@ def build_report(pieces: list[dict]) -> dict:
     result = {"format": REPORT_FORMAT, "study": study, "compare": pieces[0]["compare"],
               "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
               "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
+                          "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
                           "pretrain": p["pretrain"], "device": p["environment"].get("device")} for p in pieces],
               "curves": curve, "headline": {}}
     for metric, label, higher in HEADLINE[study]["metrics"]:
@@ -229,6 +230,9 @@ def report_markdown(report: dict) -> str:
                      f"{(t.get('parameters') or 0) / 1e6:.1f}M | {t.get('peak_mem_gib') or 0:.1f} | {p.get('device')} |")
     lines += ["", "GPU s: steps x the seconds per step measured over the run (saves and validation excluded); "
               "in brackets, steps x the calibrated seconds per step that fixed max_steps."]
+    own = [f"{p['flavour']} seed {p['seed']}: `{' '.join(p['overrides'])}`" for p in report["pieces"] if p.get("overrides")]
+    if own:
+        lines += ["", "Settings of one twin only (`headless_pretrain` / `vanilla_pretrain`): " + "; ".join(own) + "."]
     unmeasured = [f"{p['flavour']} seed {p['seed']}" for p in report["pieces"]
                   if not p["pretrain"].get("measured_s_per_step")]
     if unmeasured:
