@@ -325,7 +325,7 @@ def _drive(budget, monkeypatch, per_window: dict, last_step: int, skip: int = 2,
 
 
 def test_time_budget_calibrates_at_the_end_of_warmup_not_at_the_first_agreeing_windows(monkeypatch):
-    """The H200 case: CUDA graphs capture new MLM shapes at a steady rate, so early windows agree
+    """The H200 case: the first few hundred MLM steps are steadily slow, so early windows agree
     with each other (30 ms) and are still twice the steady step (15 ms).  Fixing max_steps there
     gave vanilla bert-small half its budget; the calibration must wait for warm-up's end."""
     import torch

@@ -146,8 +146,8 @@ class TrainConfig:
     # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
     # time.  max_steps is set once, at the end of warm-up (the last step whose learning rate does
     # not depend on it), from the median of the last three windows of `calibration_steps` timed
-    # steps after `calibration_skip` untimed ones (compilation): as late as possible, because CUDA
-    # graphs keep capturing new shapes for a few hundred MLM steps.  The faster flavour therefore
+    # steps after `calibration_skip` untimed ones (compilation): as late as possible, because the
+    # first few hundred MLM steps ran up to 2x slow on the H200.  The faster flavour therefore
     # takes more steps.  A longer optim.warmup_steps gives a later, steadier calibration.
     time_budget_s: Optional[float] = None
     calibration_skip: int = 10  # time budget: untimed first steps (compilation)

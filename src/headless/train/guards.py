@@ -83,8 +83,8 @@ class TimeBudget:
     between device synchronisations up to the end of warm-up (the last step whose learning rate
     does not depend on max_steps), and the median of the last three windows is the seconds per
     step: the calibration is as late as the schedule allows.  Stopping at the first three windows
-    that agree is not enough: with CUDA graphs and a masked-position count that changes from
-    batch to batch, new shapes are captured at a steady rate for a few hundred steps, so early
+    that agree is not enough: the first few hundred MLM steps ran up to twice as slow as the rest
+    on the H200 (cause not profiled; the compiled backbone does not recompile), steadily, so early
     windows can agree with each other and still be slow (bert-small vanilla on the H200: three
     windows by step 70 agreed on 30.4 ms; the run then measured 15.6 ms per step, and got half the
     budget).  Calibration stops earlier only when the budget would be spent before warm-up ends.
