@@ -309,3 +309,14 @@ def test_one_twin_settings_reach_that_twin_only_and_the_report_names_them(tmp_pa
     pieces[1]["study_config"] = {"vanilla_pretrain": ["objective.loss_implementation=hf"]}
     loaded = [load_piece(_write(tmp_path, f"{i}.json", p)) for i, p in enumerate(pieces)]
     assert "vanilla seed 0: `objective.loss_implementation=hf`" in report_markdown(build_report(loaded))
+
+
+def test_report_says_when_the_twins_measured_times_differ(tmp_path):
+    from headless.reproduce.report import build_report, load_piece, report_markdown
+
+    pieces = [_piece("headless"), _piece("vanilla")]
+    same = report_markdown(build_report([load_piece(_write(tmp_path, f"a{i}.json", p)) for i, p in enumerate(pieces)]))
+    assert "was not equal" not in same
+    pieces[1]["pretrain"]["gpu_s"] = 51.0  # vanilla's calibration was fooled: half the budget
+    text = report_markdown(build_report([load_piece(_write(tmp_path, f"b{i}.json", p)) for i, p in enumerate(pieces)]))
+    assert "was not equal**: 100 s of steps for headless against 51 s for vanilla" in text

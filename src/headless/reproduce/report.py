@@ -221,6 +221,14 @@ def report_markdown(report: dict) -> str:
                          f"{at_text} | {crossing_text(entry['crossing'])} |")
         else:
             lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
+    gpu = {f: [p["pretrain"]["gpu_s"] for p in report["pieces"] if p["flavour"] == f and p["pretrain"].get("gpu_s")]
+           for f in ("headless", "vanilla")}
+    if report["compare"] == "time" and all(gpu.values()):
+        h, v = (statistics.fmean(gpu[f]) for f in ("headless", "vanilla"))
+        if abs(h / v - 1) > 0.1:
+            lines += ["", f"**The twins' pretraining time was not equal**: {h:.0f} s of steps for headless against "
+                      f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
+                      "\"headless at vanilla's GPU s\" column is the equal-time reading."]
     lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s "
               "(planned) | parameters | peak GiB | device |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in report["pieces"]:
