@@ -320,3 +320,36 @@ def test_report_says_when_the_twins_measured_times_differ(tmp_path):
     pieces[1]["pretrain"]["gpu_s"] = 51.0  # vanilla's calibration was fooled: half the budget
     text = report_markdown(build_report([load_piece(_write(tmp_path, f"b{i}.json", p)) for i, p in enumerate(pieces)]))
     assert "was not equal**: 100 s of steps for headless against 51 s for vanilla" in text
+
+
+@pytest.mark.slow
+def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(mini_root, tmp_path):
+    """`torchrun --nproc_per_node 2 -m headless reproduce encoder --flavour headless ...` (gloo):
+    one piece, its tokens and GPU seconds counting both processes; `both` flavours are refused."""
+    import os
+    import subprocess
+    import sys
+
+    from headless.train.distributed import free_port
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "headless", "reproduce", "encoder",
+               f"data_root={mini_root}", "budget_s=1.5", "fractions=[1.0]", "progress=false", "device=cpu",
+               "preset=tiny", "seq_len=64", "glue_tasks=[rte]", "glue_lrs=[1e-4]", "glue_epochs=1", "seeds=[0]",
+               "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]", "--work-dir", str(tmp_path / "work"),
+               "--output", str(tmp_path / "out"), *args]
+        return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=600)
+
+    done = launch("--flavour", "headless")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert done.stdout.count("piece written:") == 1  # rank 0 only
+    piece = json.loads((tmp_path / "out" / "encoder-headless-seed0.json").read_text())
+    pretrain = piece["pretrain"]
+    assert pretrain["world_size"] == 2 and pretrain["tokens_per_step"] == 2 * 4 * 64
+    assert pretrain["gpu_s"] == pytest.approx(2 * pretrain["steps"] * pretrain["measured_s_per_step"])
+    assert piece["points"][-1]["variants"]["headless"]["scores"]["rte"]
+
+    refused = launch("--flavour", "both")
+    assert refused.returncode != 0 and "under torchrun a launch runs one piece" in refused.stdout + refused.stderr

@@ -17,12 +17,19 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
               output_dir: str | Path | None = None, command: str | None = None) -> dict:
     """Run the study's pieces for `flavours` into OUTPUT_DIR (default WORK_DIR/STUDY/results) and,
     when both twins are there, the report; returns {"pieces": [paths], "report": report or None}."""
+    import os
+
+    from headless.errors import HeadlessError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and len(flavours) > 1:
+        raise HeadlessError("under torchrun a launch runs one piece: pass --flavour headless or --flavour vanilla "
+                            "(rank 0 evaluates while the other ranks have finished), then `headless report`")
     out = Path(output_dir) if output_dir else Path(work_dir) / config.study / "results"
     paths = []
     for flavour in flavours:
         path = out / f"{config.study}-{flavour}-seed{config.seed}.json"
-        run_piece(config, flavour, work_dir=work_dir, output=path, command=command)
-        paths.append(path)
+        if run_piece(config, flavour, work_dir=work_dir, output=path, command=command) is not None:
+            paths.append(path)  # rank 0 (or the one process): the other ranks only pretrain
     report = write_report(paths, out) if len(set(flavours)) == 2 else None
     return {"pieces": paths, "report": report}
 

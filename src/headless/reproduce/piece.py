@@ -133,8 +133,11 @@ def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path
 
 
 def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs/reproduce",
-              output: str | Path | None = None, command: str | None = None) -> dict:
-    """Pretrain and evaluate one twin; returns the piece (also written to `output` as JSON)."""
+              output: str | Path | None = None, command: str | None = None) -> dict | None:
+    """Pretrain and evaluate one twin; returns the piece (also written to `output` as JSON).
+
+    Under torchrun every rank pretrains, and rank 0 alone prepares the data and evaluates: the
+    other ranks return None once pretraining is done.  GPU seconds count all processes."""
     import torch
 
     if flavour not in FLAVOURS:
@@ -143,22 +146,34 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     work = Path(work_dir) / config.study
     from headless.config import load_config
 
+    from headless.train import distributed as dist
+
     seq_len = config.seq_len or load_config(config.preset).data.seq_len
     files = eval_files(config)  # fail on missing evaluation data before hours of pretraining
-    data = prepare_study_data(config, work, seq_len)
-    cfg = train_config(config, flavour, data.dataset, Path("run"))
-    # one run directory per distinct pretraining config: a piece re-run reuses or resumes its own run
-    key = fingerprint([], config={k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device")})
-    run_dir = work / "runs" / f"{flavour}-seed{config.seed}-{key}"
-    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-    summary = _pretrained_run(cfg, run_dir)
+    # under torchrun every rank pretrains (the trainer's DDP/FSDP2) and rank 0 alone prepares the
+    # data first and evaluates afterwards; one process: no group, nothing changes
+    env = dist.init_distributed(config.device)
+    try:
+        data = dist.rank_zero_first(lambda: prepare_study_data(config, work, seq_len))
+        cfg = train_config(config, flavour, data.dataset, Path("run"))
+        # one run directory per distinct pretraining config: a piece re-run reuses or resumes its own run
+        key = fingerprint([], config={k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device")})
+        run_dir = work / "runs" / f"{flavour}-seed{config.seed}-{key}"
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+        summary = _pretrained_run(cfg, run_dir)
+    finally:
+        dist.shutdown()  # the trainer ends the group it used; a reused run never started it
+    if not env.is_main:
+        return None
 
     steps = int(summary["steps"])
+    world = env.world_size  # GPU seconds count every process's seconds
     # GPU seconds are the steady-state seconds per step measured over the run (saves and validation
     # excluded), else the calibrated ones that fixed max_steps
     planned = summary.get("steady_s_per_step")
     per_step = summary.get("measured_s_per_step") or planned
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len  # one process: the equal-compute runs
+    gpu_per_step = per_step * world if per_step else None  # GPU seconds per step, all processes
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len * world
     curve = sorted(summary.get("checkpoint_steps") or [steps])
     from tqdm.auto import tqdm
 
@@ -169,7 +184,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     import headless
 
     code = content_fingerprint(sorted(Path(headless.__file__).parent.rglob("*.py")))
-    eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=per_step, code=code, config={
+    eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=gpu_per_step, code=code, config={
         k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "eval_workers")})
     points = []
     for step in tqdm(curve, desc=f"{config.study}/{flavour}: evaluating checkpoints", unit="ckpt",
@@ -180,7 +195,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             print(f"reusing the evaluation of step {step} ({done})", flush=True)
         else:
             started = time.perf_counter()
-            point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, per_step)
+            point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, gpu_per_step)
             point["eval_wall_s"] = time.perf_counter() - started  # export + every evaluation: plans job sizes
             point["fraction"] = step / steps
             point["epochs"] = point["tokens"] / data.train_tokens
@@ -202,9 +217,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "preset": config.preset, "steps": steps, "tokens": int(summary.get("tokens", steps * tokens_per_step)),
             "tokens_per_step": tokens_per_step, "steady_s_per_step": planned,
             "measured_s_per_step": summary.get("measured_s_per_step"),
-            "planned_gpu_s": steps * planned if planned else None,
+            "planned_gpu_s": steps * planned * world if planned else None, "world_size": world,
             "tokens_per_s": tokens_per_step / per_step if per_step else summary.get("tokens_per_s_last"),
-            "gpu_s": steps * per_step if per_step else summary.get("wall_time_s"),
+            "gpu_s": steps * gpu_per_step if per_step else summary.get("wall_time_s"),
             "wall_time_s": summary.get("wall_time_s"), "epochs": summary.get("tokens", 0) / data.train_tokens,
             "parameters": summary.get("parameters"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
             "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": summary.get("mfu_last"),

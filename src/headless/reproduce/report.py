@@ -73,7 +73,8 @@ def check_compatible(pieces: list[dict]) -> None:
     _same(pieces, "studies", lambda p: p["study"])
     _same(pieces, "pretraining data", lambda p: p["data"]["fingerprint"])
     _same(pieces, "evaluation data", lambda p: p["eval_fingerprint"])
-    _same(pieces, "comparisons", lambda p: [p["compare"], p["budget_s"], p.get("steps_requested")])
+    _same(pieces, "comparisons", lambda p: [p["compare"], p["budget_s"], p.get("steps_requested"),
+                                            f"{p['pretrain'].get('world_size', 1)} process(es)"])
     seen: dict[tuple, str] = {}
     for p in pieces:
         key = (p["flavour"], p["seed"])

@@ -92,6 +92,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rank_zero_first(fn, timeout_s: float = 24 * 3600.0):
+    """fn() on rank 0, then on the other ranks, which then find rank 0's work (a prepared dataset,
+    a trained tokenizer) and only read it.  The wait is a barrier on a gloo group of its own with a
+    long timeout, so that minutes of data preparation do not trip the job's collective timeout; if
+    rank 0 fails, torchrun stops the waiting ranks."""
+    if not _initialized() or dist.get_world_size() == 1:
+        return fn()
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        result = fn() if dist.get_rank() == 0 else None
+        dist.barrier(group=group)
+        return result if dist.get_rank() == 0 else fn()
+    finally:
+        dist.destroy_process_group(group)
+
+
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all_reduce over the job ("sum", "mean", "max", "min"); returns the tensor."""
     if not _initialized():
