@@ -323,9 +323,11 @@ def test_report_says_when_the_twins_measured_times_differ(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(mini_root, tmp_path):
-    """`torchrun --nproc_per_node 2 -m headless reproduce encoder --flavour headless ...` (gloo):
-    one piece, its tokens and GPU seconds counting both processes; `both` flavours are refused."""
+@pytest.mark.parametrize("study", ["encoder", "decoder"])
+def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(study, mini_root, tmp_path):
+    """`torchrun --nproc_per_node 2 -m headless reproduce STUDY --flavour headless ...` (gloo): one
+    piece, its tokens and GPU seconds counting both processes; rank 0's HLM+FT (the trainer, alone)
+    must not try to join the finished job; `both` flavours are refused."""
     import os
     import subprocess
     import sys
@@ -334,22 +336,26 @@ def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(
 
     def launch(*args: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "headless", "reproduce", "encoder",
+               "--master_port", str(free_port()), "-m", "headless", "reproduce", study,
                f"data_root={mini_root}", "budget_s=1.5", "fractions=[1.0]", "progress=false", "device=cpu",
-               "preset=tiny", "seq_len=64", "glue_tasks=[rte]", "glue_lrs=[1e-4]", "glue_epochs=1", "seeds=[0]",
-               "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]", "--work-dir", str(tmp_path / "work"),
-               "--output", str(tmp_path / "out"), *args]
+               "seq_len=64", "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]",
+               "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "out"), *args, *own]
         return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                               timeout=600)
 
+    own = (["preset=tiny", "glue_tasks=[rte]", "glue_lrs=[1e-4]", "glue_epochs=1", "seeds=[0]"] if study == "encoder"
+           else ["preset=tiny-gpt", "finetune_tokens=1024", "heldout_sequences=4", "zeroshot_tasks=[]",
+                 "lambada_limit=8"])
     done = launch("--flavour", "headless")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert done.stdout.count("piece written:") == 1  # rank 0 only
-    piece = json.loads((tmp_path / "out" / "encoder-headless-seed0.json").read_text())
+    piece = json.loads((tmp_path / "out" / f"{study}-headless-seed0.json").read_text())
     pretrain = piece["pretrain"]
-    assert pretrain["world_size"] == 2 and pretrain["tokens_per_step"] == 2 * 4 * 64
+    train = piece["train_config"]
+    assert pretrain["world_size"] == 2 and pretrain["tokens_per_step"] == 2 * train["batch_size"] * train["grad_accum"] * 64
     assert pretrain["gpu_s"] == pytest.approx(2 * pretrain["steps"] * pretrain["measured_s_per_step"])
-    assert piece["points"][-1]["variants"]["headless"]["scores"]["rte"]
+    final = piece["points"][-1]["variants"]
+    assert final["headless"]["scores"]["rte"] if study == "encoder" else final["hlm_ft"]["scores"]["lambada_acc"]
 
     refused = launch("--flavour", "both")
     assert refused.returncode != 0 and "under torchrun a launch runs one piece" in refused.stdout + refused.stderr

@@ -195,7 +195,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             print(f"reusing the evaluation of step {step} ({done})", flush=True)
         else:
             started = time.perf_counter()
-            point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps, gpu_per_step)
+            with dist.single_process():  # rank 0 alone: HLM+FT's trainer must not join the finished job
+                point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps,
+                                        gpu_per_step)
             point["eval_wall_s"] = time.perf_counter() - started  # export + every evaluation: plans job sizes
             point["fraction"] = step / steps
             point["epochs"] = point["tokens"] / data.train_tokens

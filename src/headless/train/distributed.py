@@ -92,6 +92,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+
+
+@contextlib.contextmanager
+def single_process():
+    """Hide torchrun's variables, so that work done by one rank alone after the job's collectives
+    (rank 0's evaluation: HLM+FT runs the trainer) does not try to join the finished job."""
+    saved = {k: os.environ.pop(k) for k in _LAUNCH_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def rank_zero_first(fn, timeout_s: float = 24 * 3600.0):
     """fn() on rank 0, then on the other ranks, which then find rank 0's work (a prepared dataset,
     a trained tokenizer) and only read it.  The wait is a barrier on a gloo group of its own with a
