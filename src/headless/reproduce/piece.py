@@ -221,7 +221,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "measured_s_per_step": summary.get("measured_s_per_step"),
             "planned_gpu_s": steps * planned * world if planned else None, "world_size": world,
             "tokens_per_s": tokens_per_step / per_step if per_step else summary.get("tokens_per_s_last"),
-            "gpu_s": steps * gpu_per_step if per_step else summary.get("wall_time_s"),
+            "gpu_s": steps * gpu_per_step if per_step else (summary.get("wall_time_s") or 0.0) * world,
             "wall_time_s": summary.get("wall_time_s"), "epochs": summary.get("tokens", 0) / data.train_tokens,
             "parameters": summary.get("parameters"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
             "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": summary.get("mfu_last"),
