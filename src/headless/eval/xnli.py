@@ -197,16 +197,11 @@ def run_xnli(
            ([("target", seed, lang) for seed in seeds for lang in report] if "target" in modes else [])
     runs = finetune_all([job(train_language, report, seed) if lang is None else job(lang, [lang], seed)
                          for _, seed, lang in plan], workers=workers)
-    per_seed: dict[str, list[dict[str, float]]] = {}  # mode -> [{lang: accuracy} per seed]
-    for (mode_name, seed, lang), run in zip(plan, runs):
-        scores = run["scores"]
-        if mode_name == "transfer":
-            per_seed.setdefault("transfer", []).append({name: s["accuracy"] for name, s in scores.items()})
-        else:
-            target = per_seed.setdefault("target", [])
-            if lang == report[0]:
-                target.append({})
-            target[-1][lang] = scores[lang]["accuracy"]
+    by_seed: dict[str, dict[int, dict[str, float]]] = {}  # mode -> seed -> {lang: accuracy}
+    for (mode_name, seed, _), run in zip(plan, runs):
+        by_seed.setdefault(mode_name, {}).setdefault(seed, {}).update(
+            {name: s["accuracy"] for name, s in run["scores"].items()})
+    per_seed = {m: list(seeds_.values()) for m, seeds_ in by_seed.items()}  # mode -> [{lang: accuracy} per seed]
     results = {"benchmark": "xnli", "model": str(model_dir), "layout": layout, "train_language": train_language,
                "recipe": dataclasses.asdict(recipe), "seeds": seeds, "max_seq_len": max_seq_len,
                "train_examples": len(data[report[0]][0]), "eval_examples": len(data[report[0]][1]),

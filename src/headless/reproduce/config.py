@@ -121,6 +121,9 @@ STUDY_DEFAULTS: dict[str, dict] = {
 }
 
 
+PRETRAIN_KEYS = ("pretrain", "headless_pretrain", "vanilla_pretrain")  # key=value lists: CLI items add to them
+
+
 def load_study(study: str, config_file: str | Path | None = None, overrides: list[str] | dict | None = None
                ) -> StudyConfig:
     """The study's defaults <- a YAML file <- key=value overrides, validated."""
@@ -136,7 +139,7 @@ def load_study(study: str, config_file: str | Path | None = None, overrides: lis
         data = deep_merge(data, read_yaml(path))
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
-        for key in ("pretrain", "headless_pretrain", "vanilla_pretrain"):
+        for key in PRETRAIN_KEYS:
             if key in update and isinstance(update[key], list):
                 update[key] = list(data.get(key, [])) + update[key]  # add to, not replace
         data = deep_merge(data, update)
@@ -144,9 +147,8 @@ def load_study(study: str, config_file: str | Path | None = None, overrides: lis
         raise HeadlessError(f"the config is for study {data['study']!r}, not {study!r}")
     config = from_dict(StudyConfig, data)
     # a list given as one string from YAML/CLI ("pretrain=compile=false") stays a list of strings
-    config.pretrain = [str(p) for p in config.pretrain]
-    config.headless_pretrain = [str(p) for p in config.headless_pretrain]
-    config.vanilla_pretrain = [str(p) for p in config.vanilla_pretrain]
+    for key in PRETRAIN_KEYS:
+        setattr(config, key, [str(p) for p in getattr(config, key)])
     try:  # YAML reads 1e-4 (no dot) as a string
         config.glue_lrs = [float(x) for x in config.glue_lrs]
         config.fractions = [float(x) for x in config.fractions]

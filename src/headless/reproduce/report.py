@@ -140,7 +140,7 @@ def _gpu_s_text(pretrain: dict) -> str:
     planned = pretrain.get("planned_gpu_s") or pretrain.get("gpu_s") or 0
     if not pretrain.get("measured_s_per_step"):
         return f"not measured ({planned:.0f})"
-    return f"{pretrain['steps'] * pretrain['measured_s_per_step']:.0f} ({planned:.0f})"
+    return f"{pretrain['gpu_s']:.0f} ({planned:.0f})"  # the piece's own figure: every process counted
 
 
 def score_at(points: list[dict], metric: str, gpu_s: float) -> float | None:
