@@ -284,22 +284,27 @@ def test_divergence_is_raised_at_the_next_log_step(datasets, tmp_path, monkeypat
 
 
 def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_checkpoints(datasets, tmp_path):
-    """`time_budget_s` resolves max_steps once, from the steady-state seconds per step measured
-    after the untimed first steps; curve checkpoints at `checkpoint_fractions` survive keep_last."""
+    """`time_budget_s` resolves max_steps from the steady-state seconds per step measured after
+    the untimed first steps, and again at a fifth of the run; curve checkpoints at
+    `checkpoint_fractions` survive keep_last."""
     from headless.train.checkpoint import list_checkpoints
 
-    config = _config(datasets, tmp_path, "bert", "headless", "max_steps=100000", "time_budget_s=0.8",
+    config = _config(datasets, tmp_path, "bert", "headless", "max_steps=100000", "time_budget_s=3",
                      "calibration_skip=2", "calibration_steps=3", "optim.warmup_steps=5",
                      "checkpoint_fractions=[0.5,1.0]", "keep_last=1", "save_every=100000", "eval_every=100000")
     summary = pretrain(config)
     per_step = summary["steady_s_per_step"]
     assert per_step > 0
     steps = summary["steps"]
-    assert steps == max(5, int(0.8 / per_step))  # the budget, not the 100000 cap
+    assert steps == max(5, int(3 / per_step))  # the budget, not the 100000 cap
     assert summary["checkpoint_steps"] == sorted({round(0.5 * steps), steps})
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "run")]
     assert saved == summary["checkpoint_steps"]
-    assert load_config(tmp_path / "run" / "config.yaml").max_steps == steps  # what --resume will read
+    saved_config = load_config(tmp_path / "run" / "config.yaml")  # what --resume will read
+    assert saved_config.max_steps == saved_config.optim.schedule_steps == steps
+    # planned again at a fifth of the first plan, from the steps since the calibration
+    assert summary["calibrated_at"] < summary["replanned_at"] < summary["checkpoint_steps"][0]
+    assert summary["calibrated_s_per_step"] > 0
 
 
 def test_time_budget_needs_warmup_over_the_calibration():
@@ -319,8 +324,8 @@ def _drive(budget, monkeypatch, per_window: dict, last_step: int, skip: int = 2,
     resolved = {}
     for step in range(1, last_step + 1):
         clock["t"] = times.get(step, clock["t"])
-        if (value := budget.observe(step)) is not None:
-            resolved[step] = value
+        if (plan := budget.observe(step)) is not None:
+            resolved[step] = plan.max_steps
     return clock, resolved
 
 
@@ -365,7 +370,7 @@ def test_time_budget_says_when_the_run_was_slower_than_calibrated(monkeypatch):
     clock["t"] += 10 * 0.2  # the rest of the run took twice as long per step
     warning = budget.finish(24)
     assert budget.counters["measured_s_per_step"] == pytest.approx(0.2)
-    assert warning and "0.2 ms" not in warning and "200.0 ms each, not the calibrated 100.0 ms" in warning
+    assert warning and "0.2 ms" not in warning and "200.0 ms each, not the planned 100.0 ms" in warning
     assert "about 5 s of steps, not the budget's 100 s" in warning
 
 
@@ -395,8 +400,79 @@ def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
     for step in range(1, 13):
         clock["t"] = {2: 0.0, 6: 4.0, 10: 6.0}.get(step, clock["t"])  # 1.0 then 0.5 s per step: never settled
         results.append(budget.observe(step))
-    assert [r for r in results if r] == [200]  # at step 10 (the next window ends past warm-up), from the latest window
+    assert [r.max_steps for r in results if r] == [200]  # at step 10 (the next window ends past warm-up), from the latest window
     assert budget.counters["calibrated_at"] == 10
+
+
+def test_time_budget_plans_again_from_the_steps_timed_since_the_calibration(monkeypatch):
+    """The H200 case: windows at warm-up's end said 19.5 ms, the run then spent 18.0 ms per step
+    (vanilla bert-small; 24.4 against 18.6 for vanilla multilingual).  At a fifth of the first
+    plan, max_steps is planned again from every step since the calibration; the schedule's length
+    and the curve's checkpoints follow, and the run then spends its budget."""
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=14", "max_steps=100000",
+                                            "checkpoint_fractions=[0.5,1.0]"])
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    clock, plans = _drive(budget, monkeypatch, {6: 0.2, 10: 0.2, 14: 0.2}, 14)
+    assert plans == {14: 500}
+    assert budget.counters["replan_at"] == 100  # a fifth of 500
+    config = budget.fix_length(config, 500)
+    assert (config.max_steps, config.optim.schedule_steps) == (500, 500)
+    assert budget.keep_steps(config) == {250, 500}
+    plan = None
+    for step in range(15, 101):  # the steps really take 0.125 s
+        clock["t"] += 0.125
+        plan = budget.observe(step) or plan
+    assert plan.max_steps == 800 and budget.counters["replanned_at"] == 100
+    assert "0.125" not in plan.message and "125.0 ms per step over the 86 steps since the calibration" in plan.message
+    assert "max_steps planned again: 800 (was 500)" in plan.message
+    config = budget.fix_length(config, plan.max_steps)
+    assert (config.max_steps, config.optim.schedule_steps) == (800, 800)
+    assert budget.keep_steps(config) == {400, 800}
+    assert budget.counters["calibrated_s_per_step"] == pytest.approx(0.2)  # the first plan stays on record
+    assert budget.counters["steady_s_per_step"] == pytest.approx(0.125)
+    clock["t"] += 700 * 0.125
+    assert budget.finish(800) is None  # as planned: 800 x 0.125 s = the budget
+    assert budget.counters["measured_s_per_step"] == pytest.approx(0.125)
+
+
+def test_time_budget_plans_again_before_the_first_curve_checkpoint_and_keeps_a_set_schedule(monkeypatch):
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=14", "max_steps=100000", "optim.schedule_steps=3000",
+                                            "checkpoint_fractions=[0.1,1.0]"])
+    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    _drive(budget, monkeypatch, {6: 0.1, 10: 0.1, 14: 0.1}, 14)
+    assert budget.counters["replan_at"] == 80  # 0.8 x the 10 % checkpoint of 1000 steps, before it
+    assert budget.fix_length(config, 1000).optim.schedule_steps == 3000  # the config's own length stays
+
+
+def test_time_budget_skips_the_replan_when_the_run_is_short_or_resumed_just_before_it(monkeypatch):
+    import torch
+
+    from headless.train.guards import TimeBudget
+
+    short = load_config("tiny", overrides=["time_budget_s=3", "calibration_skip=2", "calibration_steps=4",
+                                           "optim.warmup_steps=14", "max_steps=100000"])
+    budget = TimeBudget(short, {}, torch.device("cpu"), step=0)
+    _drive(budget, monkeypatch, {6: 0.1, 10: 0.1, 14: 0.1}, 14)
+    assert "replan_at" not in budget.counters  # a fifth of 30 steps comes before 5 windows have passed
+
+    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+                                            "optim.warmup_steps=14", "max_steps=1000"])
+    counters = {"resolved_max_steps": 1000, "steady_s_per_step": 0.1, "replan_at": 200}
+    resumed = TimeBudget(config, counters, torch.device("cpu"), step=195)  # the tail starts at 197
+    clock = {"t": 0.0}
+    monkeypatch.setattr(resumed, "_now", lambda sync=True: clock["t"])
+    plans = [resumed.observe(step) for step in range(196, 260)]
+    assert plans == [None] * len(plans) and "replan_at" not in counters and "replanned_at" not in counters
 
 
 def test_time_budget_takes_the_slowest_ranks_window():
@@ -418,4 +494,4 @@ def test_time_budget_takes_the_slowest_ranks_window():
     clock = iter([0.0, 0.4])
     budget._now = lambda sync=True: next(clock)
     assert budget.observe(2) is None
-    assert budget.observe(6) == 40  # 10 s / 0.25 s, not 10 / 0.1
+    assert budget.observe(6).max_steps == 40  # 10 s / 0.25 s, not 10 / 0.1

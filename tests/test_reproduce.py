@@ -320,6 +320,11 @@ def test_report_says_when_the_twins_measured_times_differ(tmp_path):
     pieces[1]["pretrain"]["gpu_s"] = 51.0  # vanilla's calibration was fooled: half the budget
     text = report_markdown(build_report([load_piece(_write(tmp_path, f"b{i}.json", p)) for i, p in enumerate(pieces)]))
     assert "was not equal**: 100 s of steps for headless against 51 s for vanilla" in text
+    for vanilla_s, flagged in ((93.0, True), (97.0, False)):  # more than the trainer's 5 % tolerance apart
+        pieces[1]["pretrain"]["gpu_s"] = vanilla_s
+        text = report_markdown(build_report([load_piece(_write(tmp_path, f"c{vanilla_s}-{i}.json", p))
+                                             for i, p in enumerate(pieces)]))
+        assert ("was not equal" in text) == flagged, vanilla_s
 
 
 @pytest.mark.slow

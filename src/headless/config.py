@@ -144,15 +144,18 @@ class TrainConfig:
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
     # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
-    # time.  max_steps is set once, at the end of warm-up (the last step whose learning rate does
+    # time.  max_steps is planned at the end of warm-up (the last step whose learning rate does
     # not depend on it), from the median of the last three windows of `calibration_steps` timed
-    # steps after `calibration_skip` untimed ones (compilation): as late as possible, because the
-    # first few hundred MLM steps ran up to 2x slow on the H200.  The faster flavour therefore
-    # takes more steps.  A longer optim.warmup_steps gives a later, steadier calibration.
+    # steps after `calibration_skip` untimed ones (compilation), and planned again once, at
+    # `calibration_replan` of that plan, from every step timed since: short windows were 5-30 %
+    # off the run's own step time on the H200.  The faster flavour therefore takes more steps.
     time_budget_s: Optional[float] = None
     calibration_skip: int = 10  # time budget: untimed first steps (compilation)
     calibration_steps: int = 20  # time budget: steps per timed window
     calibration_tolerance: float = 0.05  # time budget: windows (and the run) further apart than this are reported
+    # time budget: max_steps is planned again at this fraction of the first plan (earlier when a
+    # checkpoint fraction comes sooner), from all steps timed since the calibration; 0: never
+    calibration_replan: float = 0.2
     # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
     # of a learning curve.
     checkpoint_fractions: list = field(default_factory=list)
@@ -219,6 +222,7 @@ class TrainConfig:
             (self.calibration_skip >= 1 and self.calibration_steps >= 1,
              "calibration_skip and calibration_steps must be >= 1"),
             (0 <= self.calibration_tolerance < 1, "calibration_tolerance must be in [0, 1)"),
+            (0 <= self.calibration_replan < 1, "calibration_replan must be in [0, 1)"),
             (self.time_budget_s is None
              or self.optim.warmup_steps >= self.calibration_skip + self.calibration_steps,
              f"time_budget_s needs optim.warmup_steps >= calibration_skip + calibration_steps "

@@ -169,7 +169,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     steps = int(summary["steps"])
     world = env.world_size  # GPU seconds count every process's seconds
     # GPU seconds are the steady-state seconds per step measured over the run (saves and validation
-    # excluded), else the calibrated ones that fixed max_steps
+    # excluded), else the planned ones that fixed max_steps
     planned = summary.get("steady_s_per_step")
     per_step = summary.get("measured_s_per_step") or planned
     gpu_per_step = per_step * world if per_step else None  # GPU seconds per step, all processes
@@ -219,6 +219,8 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "preset": config.preset, "steps": steps, "tokens": int(summary.get("tokens", steps * tokens_per_step)),
             "tokens_per_step": tokens_per_step, "steady_s_per_step": planned,
             "measured_s_per_step": summary.get("measured_s_per_step"),
+            "calibrated_s_per_step": summary.get("calibrated_s_per_step"), "calibrated_at": summary.get("calibrated_at"),
+            "replanned_at": summary.get("replanned_at"),
             "planned_gpu_s": steps * planned * world if planned else None, "world_size": world,
             "tokens_per_s": tokens_per_step / per_step if per_step else summary.get("tokens_per_s_last"),
             "gpu_s": steps * gpu_per_step if per_step else (summary.get("wall_time_s") or 0.0) * world,

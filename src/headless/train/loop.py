@@ -72,19 +72,14 @@ def _train(started) -> dict[str, Any]:
                                  clip_grad_norm=dist.clip_grad_norm_)
                 nan_guard.record(out.bad, state.step + 1)
                 state.step = step = state.step + 1
-                if (resolved := budget.observe(step)) is not None:
-                    run.config = config = budget.fix_length(config, resolved)
+                if (plan := budget.observe(step)) is not None:
+                    run.config = config = budget.fix_length(config, plan.max_steps)
                     keep_steps = budget.keep_steps(config)
                     if env.is_main:
                         write_config(config, Path(config.run_dir))
                     if metrics.logger:
-                        metrics.logger.set_total(resolved)
-                    spread = counters["calibration_spread"]
-                    metrics.write(f"step {step}: {counters['steady_s_per_step'] * 1e3:.1f} ms per step measured; "
-                                  f"the time budget of {config.time_budget_s:g} s gives max_steps={resolved}"
-                                  + (f" (warning: the last three timed windows differ by {100 * spread:.0f} %: the "
-                                     "step time was not steady yet; a longer optim.warmup_steps calibrates later)"
-                                     if spread > config.calibration_tolerance else ""))
+                        metrics.logger.set_total(plan.max_steps)
+                    metrics.write(plan.message)
                 last = step == config.max_steps
                 log, periodic = step % config.log_every == 0 or last, step % config.save_every == 0
                 if log or periodic:

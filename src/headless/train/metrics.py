@@ -109,6 +109,8 @@ def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep
         "time_budget_s": config.time_budget_s, "steady_s_per_step": state.counters.get("steady_s_per_step"),
         "measured_s_per_step": state.counters.get("measured_s_per_step"),
         "calibrated_at": state.counters.get("calibrated_at"),
+        "calibrated_s_per_step": state.counters.get("calibrated_s_per_step"),
+        "replanned_at": state.counters.get("replanned_at"),
         "calibration_spread": state.counters.get("calibration_spread"),
         "checkpoint_steps": sorted(keep_steps),
     }
