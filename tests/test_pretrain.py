@@ -157,7 +157,8 @@ def _fails(args, capsys, message):
     assert len(err.splitlines()) == 1, err
 
 
-def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys):
+def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run directories go under ./runs
     base = ["pretrain", "--preset", "tiny", *SMALL, "max_steps=2"]
     _fails([*base, f"data.path={tmp_path / 'missing'}"], capsys, "not a prepared dataset")
     _fails([*base, f"data.path={datasets['neox']}", "model.vocab_size=1024"], capsys, "smaller than the tokenizer")
@@ -165,6 +166,7 @@ def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys):
            "set model.max_position_embeddings=64")
     _fails([*base, f"data.path={datasets['bert']}", "data.seq_len=32"], capsys, "data.seq_len=32 but")
     _fails([*base, "optim.lr=-1"], capsys, "optim.lr must be > 0")
+    assert not list((tmp_path / "runs").glob("*")), "refused runs left their directories behind"
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("precious")

@@ -224,6 +224,10 @@ def test_10_bad_files_give_one_line(datasets, tmp_path, capsys, shared_data):  #
     ids.tofile(shard)
     base = ["pretrain", "--preset", "tiny", *SMALL, "max_steps=2"]
     _fails([*base, f"data.path={bad}", "--run-dir", str(tmp_path / "r1")], capsys, "hold token id 60000")
+    assert not (tmp_path / "r1").exists()  # the refused start takes back the directory it made
+    (tmp_path / "mine").mkdir()
+    _fails([*base, f"data.path={bad}", "--run-dir", str(tmp_path / "mine")], capsys, "hold token id 60000")
+    assert list((tmp_path / "mine").iterdir()) == []  # the user's directory stays, as it was
 
     a_file = tmp_path / "file"
     a_file.write_text("x")

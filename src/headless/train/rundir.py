@@ -9,6 +9,8 @@ Order of a start (`open_run_dir`), so that a refused command leaves the director
    its first checkpoint (that is cleared: there is nothing to resume);
 4. a resume picks the newest checkpoint that verifies and checks the new config against it
    (`accept_resume`): only then is config.yaml written (`write_config`).
+A start refused before step 4 takes back its lock file and marker, and the directory if it made
+it (`undo_open`), so that a bad command leaves nothing behind, not even an empty run.
 """
 
 from __future__ import annotations
@@ -122,6 +124,20 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
         lock.release()
         raise
     return lock
+
+
+def undo_open(run_dir: Path, created: bool) -> None:
+    """A start refused before it wrote anything (bad data, a bad resume): take back the lock file
+    and the marker `open_run_dir` added, and the directory too if this command created it."""
+    try:
+        if not run_dir.is_dir() or _contents(run_dir):
+            return
+        for path in run_dir.iterdir():  # only the lock and headless's own markers are left
+            path.unlink()
+        if created:
+            run_dir.rmdir()
+    except OSError:  # best effort: the start's own error is the one to report
+        pass
 
 
 def write_config(config: TrainConfig, run_dir: Path) -> None:

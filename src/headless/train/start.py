@@ -24,6 +24,7 @@ from headless.train.rundir import (
     negative_pool,
     open_run_dir,
     saved_config,
+    undo_open,
     write_config,
 )
 
@@ -89,12 +90,14 @@ def start(config: TrainConfig, resume: bool, env) -> Started:
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     run_dir = Path(dist.broadcast_object(str(run_dir)))
     config = dataclasses.replace(config, run_dir=str(run_dir))
+    created = not run_dir.exists()
     lock = _on_main(env, lambda: open_run_dir(run_dir, resume, say=lambda m: _say(env, m)))
     try:
         return _start(config, resume, env, run_dir, lock)
     except BaseException:
         if lock is not None:
             lock.release()
+            undo_open(run_dir, created)  # refused before writing anything: leave no empty run behind
         raise
 
 
