@@ -327,6 +327,21 @@ def test_report_says_when_the_twins_measured_times_differ(tmp_path):
         assert ("was not equal" in text) == flagged, vanilla_s
 
 
+def test_report_says_when_the_twins_pretrained_on_different_gpus(tmp_path):
+    from headless.reproduce.report import build_report, load_piece, report_markdown
+
+    def text(uuids, name):
+        pieces = [_piece("headless"), _piece("vanilla")]
+        for piece, uuid in zip(pieces, uuids):
+            piece["environment"]["device_uuid"] = uuid
+        return report_markdown(build_report([load_piece(_write(tmp_path, f"{name}{i}.json", p))
+                                             for i, p in enumerate(pieces)]))
+
+    assert "different GPUs" in text(["GPU-a", "GPU-b"], "two")
+    assert "different GPUs" not in text(["GPU-a", "GPU-a"], "one")
+    assert "different GPUs" not in text([None, "GPU-b"], "unknown")  # older pieces did not record it
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("study", ["encoder", "decoder"])
 def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(study, mini_root, tmp_path):

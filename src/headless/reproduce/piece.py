@@ -231,7 +231,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         "points": points,
         "study_config": config.to_dict(), "train_config": cfg.to_dict(),
         "environment": {"host": platform.node(), "python": sys.version.split()[0], "torch": torch.__version__,
-                        "device": summary.get("device"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                        "device": summary.get("device"), "device_uuid": summary.get("device_uuid"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "command": command,
     }
     if output is not None:

@@ -165,7 +165,8 @@ def build_report(pieces: list[dict]) -> dict:
               "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
               "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
-                          "pretrain": p["pretrain"], "device": p["environment"].get("device")} for p in pieces],
+                          "pretrain": p["pretrain"], "device": p["environment"].get("device"),
+                          "device_uuid": p["environment"].get("device_uuid")} for p in pieces],
               "curves": curve, "headline": {}}
     for metric, label, higher in HEADLINE[study]["metrics"]:
         entry: dict[str, Any] = {"label": label, "higher_is_better": higher}
@@ -230,6 +231,11 @@ def report_markdown(report: dict) -> str:
             lines += ["", f"**The twins' pretraining time was not equal**: {h:.0f} s of steps for headless against "
                       f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
                       "\"headless at vanilla's GPU s\" column is the equal-time reading."]
+    gpus = {f: {p["device_uuid"] for p in report["pieces"] if p["flavour"] == f} for f in ("headless", "vanilla")}
+    if all(gpus.values()) and None not in gpus["headless"] | gpus["vanilla"] and gpus["headless"] != gpus["vanilla"]:
+        lines += ["", "**The twins pretrained on different GPUs**: a machine's own speed then enters their step "
+                  "times, and so the steps each got at equal time. Pieces run one after the other on one machine "
+                  "compare the flavours alone."]
     lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s "
               "(planned) | parameters | peak GiB | device |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in report["pieces"]:

@@ -91,6 +91,13 @@ class Metrics:
             self.logger.close()
 
 
+def _gpu_uuid(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return str(uuid) if uuid is not None else None
+
+
 def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep_steps) -> dict:
     """The run's summary: returned by `pretrain` and written to summary.json / summary.md / curves.png."""
     from headless.train.logging import plot_curves, write_summary
@@ -102,6 +109,8 @@ def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep
         "tokens": state.counters["tokens"], "parameters": params["total"],
         "non_embedding_parameters": params["non_embedding"], "world_size": env.world_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        # which GPU: two sessions' H200s ran the same step 15 % apart (docs/reproduction.md)
+        "device_uuid": _gpu_uuid(device),
         "wall_time_s": elapsed, "final_train_loss": last_train.get("loss"),
         "final_val_loss": last_val.get("loss"), "final_val_accuracy": last_val.get("accuracy"),
         "tokens_per_s_last": last_train.get("tokens_per_s"), "mfu_last": last_train.get("mfu"),
