@@ -100,7 +100,7 @@ class TimeBudget:
     three studies), so max_steps is planned once more at `calibration_replan` of the first plan
     (before the first checkpoint fraction), from every step timed since the calibration: a few
     thousand steps.  The cosine's length moves with it; at a fifth of the run that changes the
-    learning rate by about 1 % for a 10 % longer or shorter plan.  max_steps = min(config.max_steps,
+    learning rate by about 2 % for a 10 % longer or shorter plan.  max_steps = min(config.max_steps,
     budget / seconds per step): config.max_steps is a cap.  Under several ranks every measurement
     is the slowest rank's, so that every rank stops at the same step.
 
