@@ -476,6 +476,19 @@ def test_time_budget_skips_the_replan_when_the_run_is_short_or_resumed_just_befo
     plans = [resumed.observe(step) for step in range(196, 260)]
     assert plans == [None] * len(plans) and "replan_at" not in counters and "replanned_at" not in counters
 
+    counters = {"resolved_max_steps": 1000, "steady_s_per_step": 0.1, "replan_at": 200, "calibrated_at": 14}
+    uncapped = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+                                              "optim.warmup_steps=14", "max_steps=100000"])
+    resumed = TimeBudget(uncapped, counters, torch.device("cpu"), step=100)  # timed from step 102
+    monkeypatch.setattr(resumed, "_now", lambda sync=True: clock["t"])
+    plans = {}
+    for step in range(101, 201):
+        clock["t"] += 0.05
+        if (plan := resumed.observe(step)) is not None:
+            plans[step] = plan
+    assert list(plans) == [200] and plans[200].max_steps == 2000  # 100 s / 0.05 s
+    assert "over the 98 steps since the resume" in plans[200].message
+
 
 def test_time_budget_takes_the_slowest_ranks_window():
     """Ranks time their own windows; each must fix the same max_steps, or the one that went on

@@ -195,8 +195,9 @@ class TimeBudget:
         before = int(self.counters["resolved_max_steps"])
         resolved = self._steps(step, per_step)
         self.counters.update(steady_s_per_step=per_step, resolved_max_steps=resolved, replanned_at=step)
+        since = "calibration" if self.tail_from == self.counters.get("calibrated_at") else "resume"
         return Plan(resolved, f"step {step}: {per_step * 1e3:.1f} ms per step over the {timed} steps since the "
-                              f"calibration; max_steps planned again: {resolved} (was {before})")
+                              f"{since}; max_steps planned again: {resolved} (was {before})")
 
     def pause(self):
         """Enter a stretch that is not training (a checkpoint save, validation)."""
