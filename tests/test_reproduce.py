@@ -327,6 +327,28 @@ def test_report_says_when_the_twins_measured_times_differ(tmp_path):
         assert ("was not equal" in text) == flagged, vanilla_s
 
 
+def test_report_gives_the_difference_with_its_standard_error_and_marks_noise(tmp_path):
+    """Three fine-tuning seeds per twin: the headline's difference carries the standard error of a
+    difference of means, and a difference under two of them says it is within noise."""
+    from headless.reproduce.report import build_report, load_piece, report_markdown
+
+    def headline(headless_final, vanilla_final, name):
+        pieces = [_piece("headless"), _piece("vanilla")]
+        for piece, values in zip(pieces, (headless_final, vanilla_final)):
+            for variant in piece["points"][-1]["variants"].values():
+                variant["scores"]["lambada_acc"] = list(values)
+        report = build_report([load_piece(_write(tmp_path, f"{name}{i}.json", p)) for i, p in enumerate(pieces)])
+        return report["headline"]["lambada_acc"], report_markdown(report)
+
+    entry, text = headline([4.0, 5.0, 6.0], [4.5, 5.5, 6.5], "close")  # std 1 each: se = sqrt(2/3)
+    assert entry["delta"] == pytest.approx(-0.5) and entry["delta_se"] == pytest.approx((2 / 3) ** 0.5)
+    assert "-0.50 ± 0.82 (within noise)" in text and "lower bound" in text
+    entry, text = headline([9.0, 10.0, 11.0], [4.5, 5.5, 6.5], "far")
+    assert "+4.50 ± 0.82 |" in text  # not marked
+    entry, text = headline([5.0], [4.0], "one")  # one seed: no error to give
+    assert entry["delta_se"] is None and "| +1.00 |" in text and "lower bound" not in text
+
+
 def test_report_says_when_the_twins_pretrained_on_different_gpus(tmp_path):
     from headless.reproduce.report import build_report, load_piece, report_markdown
 

@@ -9,6 +9,7 @@ value available (fine-tuning seeds x pretraining seeds); `n` says how many.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,20 @@ def score_at(points: list[dict], metric: str, gpu_s: float) -> float | None:
     return None
 
 
+def _se_of_difference(a: dict, b: dict) -> float | None:
+    """The standard error of a difference of two means (None unless both have a spread)."""
+    if a.get("n", 1) < 2 or b.get("n", 1) < 2:
+        return None
+    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
+def _delta_text(entry: dict, key: str = "delta") -> str:
+    delta, se = entry[key], entry.get("delta_se")
+    if se is None:
+        return f"{delta:+.2f}"
+    return f"{delta:+.2f} ± {se:.2f}" + (" (within noise)" if abs(delta) < 2 * se else "")
+
+
 def build_report(pieces: list[dict]) -> dict:
     check_compatible(pieces)
     pieces = sorted(pieces, key=lambda p: (p["flavour"], p["seed"]))
@@ -172,7 +187,7 @@ def build_report(pieces: list[dict]) -> dict:
         entry: dict[str, Any] = {"label": label, "higher_is_better": higher}
         if head in curve and van in curve and metric in curve[head][-1]["scores"] and metric in curve[van][-1]["scores"]:
             h, v = curve[head][-1]["scores"][metric], curve[van][-1]["scores"][metric]
-            entry.update(headless=h, vanilla=v, delta=h["mean"] - v["mean"],
+            entry.update(headless=h, vanilla=v, delta=h["mean"] - v["mean"], delta_se=_se_of_difference(h, v),
                          crossing=crossing(curve[head], curve[van], metric, higher),
                          gpu_s={"headless": curve[head][-1]["gpu_s"], "vanilla": curve[van][-1]["gpu_s"]})
             at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
@@ -219,10 +234,14 @@ def report_markdown(report: dict) -> str:
             at = entry.get("headless_at_vanilla_gpu_s")
             at_text = "–" if at is None else f"{at:.2f} ({entry['delta_at_vanilla_gpu_s']:+.2f})"
             lines.append(f"| {entry['label']} | {_fmt(entry['headless'])} | {_fmt(entry['vanilla'])} | "
-                         f"{entry['delta']:+.2f} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
+                         f"{_delta_text(entry)} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
                          f"{at_text} | {crossing_text(entry['crossing'])} |")
         else:
             lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
+    if any(entry.get("delta_se") is not None for entry in report["headline"].values()):
+        lines += ["", "Difference ± its standard error, over the seeds each twin's final score has (fine-tuning "
+                  "seeds × pretraining seeds). Under two standard errors it is marked *within noise*; with one "
+                  "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound."]
     gpu = {f: [p["pretrain"]["gpu_s"] for p in report["pieces"] if p["flavour"] == f and p["pretrain"].get("gpu_s")]
            for f in ("headless", "vanilla")}
     if report["compare"] == "time" and all(gpu.values()):
