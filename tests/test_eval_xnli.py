@@ -79,6 +79,40 @@ def test_xnli_release_layout(tmp_path):
     assert [e.label for e in data["en"][0]] == [1, 2] and [e.label for e in data["fr"][1]] == [1]
 
 
+def test_train_files_fine_tune_and_the_whole_dev_set_evaluates(tmp_path):
+    """train-<lang>.tsv beside dev-<lang>.tsv (the paper's protocol: MNLI-sized fine-tuning data):
+    fine-tune on the train file, evaluate on all of dev; train files need not be parallel, and a
+    language without one can still be evaluated by transfer."""
+    dev = ["p\th\tentailment", "p\th\tneutral", "p\th\tcontradiction", "p\th\tneutral"]
+    for lang in ("en", "de", "fr"):
+        (tmp_path / f"dev-{lang}.tsv").write_text("\n".join(dev) + "\n")
+    (tmp_path / "train-en.tsv").write_text("\n".join(["a\tb\tentailment"] * 7) + "\n")
+    (tmp_path / "train-de.tsv").write_text("\n".join(["a\tb\tneutral"] * 3) + "\n")
+    layout, data = load_xnli(tmp_path)
+    assert layout == "train+dev"
+    assert [len(data[lang][0]) for lang in ("en", "de", "fr")] == [7, 3, 0]
+    assert all(len(data[lang][1]) == 4 for lang in data)  # the whole dev set evaluates
+    assert {e.label for e in data["de"][0]} == {1}
+    _, small = load_xnli(tmp_path, max_train_examples=5)
+    assert [len(small[lang][0]) for lang in ("en", "de")] == [5, 3]
+
+
+def test_target_mode_needs_a_train_file_per_language(tiny_bert_dir, tmp_path):
+    dev = ["p\th\tentailment", "p\th\tneutral", "p\th\tcontradiction"]
+    for lang in ("en", "fr"):
+        (tmp_path / f"dev-{lang}.tsv").write_text("\n".join(dev) + "\n")
+    (tmp_path / "train-fr.tsv").write_text("\n".join(dev) + "\n")
+    with pytest.raises(HeadlessError, match="no train-<lang>.tsv in .* for en"):
+        run_xnli(tiny_bert_dir, data_dir=tmp_path, mode="target", epochs=1, device="cpu", progress=False)
+    with pytest.raises(HeadlessError, match=r"fine-tunes on 'en', which has no fine-tuning data .*\(train-en.tsv\)"):
+        run_xnli(tiny_bert_dir, data_dir=tmp_path, mode="transfer", epochs=1, device="cpu", progress=False)
+    (tmp_path / "train-en.tsv").write_text("\n".join(dev * 2) + "\n")
+    result = run_xnli(tiny_bert_dir, data_dir=tmp_path, mode="both", epochs=1, device="cpu", progress=False,
+                      output_dir=tmp_path / "out")
+    assert result["layout"] == "train+dev" and result["train_examples"] == 6 and result["eval_examples"] == 3
+    assert set(result["modes"]["transfer"]["languages"]) == set(result["modes"]["target"]["languages"]) == {"en", "fr"}
+
+
 @pytest.mark.parametrize("case, message", [
     ("label", "label 'maybe' is not one of entailment, neutral, contradiction"),
     ("columns", "expected 3 tab-separated columns"),

@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     xnli.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
     xnli.add_argument("--data-dir", type=Path, default=None,
                       help="dev-<lang>.tsv files (split by line: first half fine-tunes, last half "
+                           "evaluates; with train-<lang>.tsv beside them, those fine-tune and all of dev "
                            "evaluates) or the XNLI-1.0 xnli.dev.tsv + xnli.test.tsv (default: "
                            "$HEADLESS_SHARED_DATA/xnli, else the facebook/xnli hub dataset)")
     xnli.add_argument("--mode", choices=("transfer", "target", "both"), default="transfer",

@@ -1,9 +1,12 @@
 """XNLI fine-tuning (`headless xnli MODEL_DIR`): cross-lingual transfer and per-language training.
 
-Two data layouts are accepted in --data-dir:
+Three data layouts are accepted in --data-dir:
 - `dev-<lang>.tsv` files (`premise<TAB>hypothesis<TAB>label`, no header, parallel across languages,
   as in ../shared/data/xnli): with no training set, the items are split by line number, the first
   half to fine-tune and the last half to evaluate, identically for every language;
+- the same with `train-<lang>.tsv` files beside them (the same columns; for example MNLI, or XNLI's
+  machine-translated train split, the paper's fine-tuning data): fine-tune on train-<lang>.tsv,
+  evaluate on all of dev-<lang>.tsv.  Transfer mode needs only the source language's;
 - the XNLI-1.0 release (`xnli.dev.tsv`, `xnli.test.tsv`, with a `language` column): fine-tune on
   dev, evaluate on test.
 Modes: "transfer" fine-tunes on English only and evaluates every language (zero-shot transfer);
@@ -120,7 +123,7 @@ def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *
         found = [lang for lang in (languages or XNLI_LANGUAGES) if lang in dev and lang in test]
         splits = {lang: (dev[lang], test[lang]) for lang in found}
     else:
-        layout = "dev-split"
+        layout = "train+dev" if any(root.glob("train-*.tsv")) else "dev-split"
         found = languages or [lang for lang in XNLI_LANGUAGES if (root / f"dev-{lang}.tsv").is_file()]
         splits = {}
         for lang in found:
@@ -128,9 +131,14 @@ def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *
             if not path.is_file():
                 raise HeadlessError(f"missing XNLI file {path} for language {lang!r}")
             items = _read_parallel(path)
-            half = len(items) // 2  # same line split for every language: the files are parallel
-            splits[lang] = (items[:half], items[half:])
-        sizes = {lang: len(a) + len(b) for lang, (a, b) in splits.items()}
+            if layout == "train+dev":  # a language without a train file can still be evaluated
+                train = root / f"train-{lang}.tsv"
+                splits[lang] = (_read_parallel(train) if train.is_file() else [], items)
+            else:
+                half = len(items) // 2  # same line split for every language: the files are parallel
+                splits[lang] = (items[:half], items[half:])
+        sizes = {lang: len(items) if layout == "train+dev" else len(a) + len(items)
+                 for lang, (a, items) in splits.items()}
         if len(set(sizes.values())) > 1:
             raise HeadlessError(f"the dev-<lang>.tsv files are not parallel (line counts {sizes})")
     if not splits:
@@ -140,8 +148,11 @@ def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *
     if missing:
         raise HeadlessError(f"language(s) {', '.join(missing)} not found in {root}")
     first_train, first_eval = next(iter(splits.values()))
-    keep_train = _subset_indices(len(first_train), max_train_examples)
     keep_eval = _subset_indices(len(first_eval), max_eval_examples)
+    if layout == "train+dev":  # train files need not be parallel (nor present): each is subset alone
+        return layout, {lang: ([tr[i] for i in _subset_indices(len(tr), max_train_examples)] if tr else [],
+                               [ev[i] for i in keep_eval]) for lang, (tr, ev) in splits.items()}
+    keep_train = _subset_indices(len(first_train), max_train_examples)
     return layout, {lang: ([tr[i] for i in keep_train if i < len(tr)], [ev[i] for i in keep_eval if i < len(ev)])
                     for lang, (tr, ev) in splits.items()}
 
@@ -179,8 +190,13 @@ def run_xnli(
     layout, data = load_xnli(data_dir, wanted, max_train_examples=max_train_examples,
                              max_eval_examples=max_eval_examples)
     report = [lang for lang in data if not languages or lang in languages]
-    if "transfer" in modes and train_language not in data:
-        raise HeadlessError(f"transfer mode fine-tunes on {train_language!r}, which is not in {data_dir}")
+    if "transfer" in modes and (train_language not in data or not data[train_language][0]):
+        raise HeadlessError(f"transfer mode fine-tunes on {train_language!r}, which has no fine-tuning data in "
+                            f"{data_dir}" + (f" (train-{train_language}.tsv)" if layout == "train+dev" else ""))
+    untrained = [lang for lang in report if not data[lang][0]]
+    if "target" in modes and untrained:
+        raise HeadlessError(f"target mode fine-tunes in each language: no train-<lang>.tsv in {data_dir} for "
+                            f"{', '.join(untrained)}")
     dev = resolve_device(device)
     tokenizer = load_tokenizer(model_dir)
     encoded = {lang: (encode(tokenizer, tr, max_seq_len), encode(tokenizer, ev, max_seq_len))
@@ -204,7 +220,8 @@ def run_xnli(
     per_seed = {m: list(seeds_.values()) for m, seeds_ in by_seed.items()}  # mode -> [{lang: accuracy} per seed]
     results = {"benchmark": "xnli", "model": str(model_dir), "layout": layout, "train_language": train_language,
                "recipe": dataclasses.asdict(recipe), "seeds": seeds, "max_seq_len": max_seq_len,
-               "train_examples": len(data[report[0]][0]), "eval_examples": len(data[report[0]][1]),
+               "train_examples": len(data[train_language if "transfer" in modes else report[0]][0]),
+               "eval_examples": len(data[report[0]][1]),
                "modes": {m: {"languages": {lang: summarize([s[lang] for s in runs]) for lang in report},
                              "average": summarize([statistics.fmean(s.values()) for s in runs])}
                          for m, runs in per_seed.items()}}

@@ -63,6 +63,9 @@ class StudyConfig:
     xnli_modes: list = field(default_factory=lambda: ["transfer", "target"])
     xnli_lr: float = 5e-5
     xnli_epochs: int = 10
+    # XNLI fine-tuning examples per language (a fixed random subset); with train-<lang>.tsv files
+    # in xnli/ (MNLI-sized, the paper's protocol) a cap keeps a point within one job
+    xnli_max_train_examples: Optional[int] = None
     eval_workers: int = 1  # GLUE / XNLI fine-tunings run side by side in this many processes (one GPU)
     device: str = "auto"
     progress: bool = True
@@ -81,6 +84,8 @@ class StudyConfig:
             (all(m in ("transfer", "target") for m in self.xnli_modes) and bool(self.xnli_modes),
              "xnli_modes must be transfer and/or target"),
             (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),
+            (all(n is None or n >= 1 for n in (self.glue_max_train_examples, self.xnli_max_train_examples)),
+             "glue_max_train_examples and xnli_max_train_examples must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -114,7 +114,8 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[
 
     mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
     result = run_xnli(model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
-                      epochs=config.xnli_epochs, device=config.device, bf16=_bf16(config.device), progress=False,
+                      epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
+                      device=config.device, bf16=_bf16(config.device), progress=False,
                       workers=config.eval_workers)
     covered = set(covered_languages(config))
     scores: dict[str, list[float]] = {}
