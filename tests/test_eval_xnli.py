@@ -146,3 +146,39 @@ def test_xnli_workers_keep_every_score_in_its_place(tiny_bert_dir, xnli_dir):
         for lang in ("en", "de"):
             assert two["modes"][mode]["languages"][lang]["values"] == pytest.approx(
                 one["modes"][mode]["languages"][lang]["values"], abs=1e-6)
+
+
+def test_hub_train_fine_tunes_on_the_hubs_train_split_of_the_languages_it_needs(tiny_bert_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    """--hub-train: the paper's protocol from the hub (MultiNLI and its translations), fetched
+    only for the languages the modes fine-tune on, into a cache of its own."""
+    from headless.eval import datasets as evdata
+
+    calls = []
+
+    def hub(name, config, split):
+        calls.append((config, split))
+        size = 9 if split == "train" else 4
+        return [{"premise": f"{config} premise {i}", "hypothesis": "a\thypothesis", "label": i % 3} for i in range(size)]
+
+    monkeypatch.setattr(evdata, "_load_hub", hub)
+    monkeypatch.setenv("HEADLESS_CACHE", str(tmp_path / "cache"))
+    result = run_xnli(tiny_bert_dir, mode="transfer", languages=["fr"], epochs=1, device="cpu", progress=False,
+                      hub_train=True, output_dir=tmp_path / "out")
+    assert sorted(calls) == [("en", "train"), ("en", "validation"), ("fr", "validation")]
+    assert result["layout"] == "train+dev" and result["train_examples"] == 9 and result["eval_examples"] == 4
+    assert (tmp_path / "cache" / "eval-data" / "xnli-train" / "train-en.tsv").is_file()
+    assert not (tmp_path / "cache" / "eval-data" / "xnli").exists()  # the dev-split cache stays as it was
+
+    assert main(["xnli", str(tiny_bert_dir), "--hub-train", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "leave out --data-dir" in err
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network\nsecond line")
+
+    monkeypatch.setattr(evdata, "_load_hub", offline)
+    monkeypatch.setenv("HEADLESS_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["xnli", str(tiny_bert_dir), "--hub-train", "--mode", "target", "--languages", "de"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not load the hub dataset facebook/xnli (ConnectionError" in err

@@ -68,6 +68,11 @@ def register(subparsers) -> None:
                            "fine-tune and evaluate within each language")
     xnli.add_argument("--languages", help="comma-separated language codes (default: all found)")
     xnli.add_argument("--train-language", default="en", help="source language of transfer mode")
+    xnli.add_argument("--hub-train", action="store_true",
+                      help="fine-tune on the facebook/xnli train splits (MultiNLI and its machine "
+                           "translations, ~393k pairs per language: the paper's protocol) and evaluate on "
+                           "its validation splits; fetched once into ~/.cache/headless/eval-data/xnli-train. "
+                           "Use --max-train-examples to fine-tune on a subset")
     _common(xnli, batch_help="default 128 (the paper's)", epochs_help="default 10",
             lr_help="default 2e-5")
     xnli.set_defaults(func=_xnli)
@@ -126,6 +131,6 @@ def _xnli(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_seq_len=args.max_seq_len,
         max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
         device=args.device, bf16=args.bf16, output_dir=_output(args, args.model_dir),
-        progress=not args.quiet, workers=args.workers)
+        progress=not args.quiet, workers=args.workers, hub_train=args.hub_train)
     print(xnli_markdown(results), end="")
     return 0

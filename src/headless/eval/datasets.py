@@ -140,17 +140,21 @@ def zeroshot_from_hub(task: str) -> Path:
 HUB_XNLI = "facebook/xnli"
 
 
-def xnli_from_hub(languages=None) -> Path:
-    """dev-<lang>.tsv files (premise, hypothesis, label) from the hub's XNLI validation splits."""
+def xnli_from_hub(languages=None, train_languages=()) -> Path:
+    """dev-<lang>.tsv files (premise, hypothesis, label) from the hub's XNLI validation splits;
+    for `train_languages`, also train-<lang>.tsv from its train splits (MultiNLI, machine-translated:
+    the paper's fine-tuning data, about 393k pairs per language)."""
     from headless.eval.xnli import XNLI_LABELS, XNLI_LANGUAGES
 
-    root = hub_cache_dir() / "xnli"
-    for lang in languages or XNLI_LANGUAGES:
-        path = root / f"dev-{lang}.tsv"
+    root = hub_cache_dir() / ("xnli-train" if train_languages else "xnli")  # apart: train files change the layout
+    clean = lambda text: " ".join(str(text).split())  # noqa: E731 (no tabs or newlines in a TSV cell)
+    wanted = list(languages or XNLI_LANGUAGES)
+    files = [("dev", "validation", lang) for lang in wanted] + [("train", "train", lang) for lang in train_languages]
+    for prefix, split, lang in files:
+        path = root / f"{prefix}-{lang}.tsv"
         if path.is_file():
             continue
-        ds = _load_hub(HUB_XNLI, lang, "validation")
-        clean = lambda text: " ".join(str(text).split())  # noqa: E731 (no tabs or newlines in a TSV cell)
+        ds = _load_hub(HUB_XNLI, lang, split)
         root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with tmp.open("w", encoding="utf-8") as f:

@@ -100,12 +100,26 @@ def _subset_indices(n: int, limit: int | None) -> list[int]:
 
 
 def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *,
-              max_train_examples: int | None = None, max_eval_examples: int | None = None
-              ) -> tuple[str, dict[str, tuple[list[Example], list[Example]]]]:
+              max_train_examples: int | None = None, max_eval_examples: int | None = None,
+              hub_train: list[str] | None = None) -> tuple[str, dict[str, tuple[list[Example], list[Example]]]]:
     """(layout, {language: (fine-tuning examples, evaluation examples)}).
 
     Subsets take the same item indices in every language, so the languages stay parallel.
+    `hub_train`: languages to fine-tune on the hub's train splits (the paper's protocol); the hub's
+    validation splits then evaluate, whatever else is set.
     """
+    if hub_train:
+        if data_dir is not None:
+            raise HeadlessError("--hub-train fetches its own XNLI data from the hub; leave out --data-dir")
+        from headless.eval.datasets import HUB_XNLI, xnli_from_hub
+
+        try:
+            data_dir = xnli_from_hub(languages, train_languages=hub_train)
+        except HeadlessError:
+            raise
+        except Exception as err:  # offline, or the dataset is missing from the cache
+            raise HeadlessError(f"--hub-train: could not load the hub dataset {HUB_XNLI} "
+                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     if data_dir is None:
         from headless.eval.datasets import HUB_XNLI, resolve, xnli_from_hub
 
@@ -176,9 +190,11 @@ def run_xnli(
     output_dir: str | Path | None = None,
     progress: bool = True,
     workers: int = 1,
+    hub_train: bool = False,
 ) -> dict:
     """Fine-tune and evaluate `model_dir` on XNLI; returns (and writes xnli.json/.md) the results.
-    `workers` processes fine-tune side by side (`finetune_all`)."""
+    `workers` processes fine-tune side by side (`finetune_all`); `hub_train` fine-tunes on the
+    hub's train splits (MultiNLI and its translations, as the paper does)."""
     if mode not in MODES:
         raise HeadlessError(f"unknown XNLI mode {mode!r}; choose from {', '.join(MODES)}")
     recipe = XNLI_RECIPE.override(epochs=epochs, lr=lr, batch_size=batch_size)
@@ -187,8 +203,11 @@ def run_xnli(
     wanted = list(dict.fromkeys(languages)) if languages else None
     if wanted and "transfer" in modes and train_language not in wanted:
         wanted.append(train_language)  # needed to fine-tune; not reported unless asked for
+    # --hub-train fetches the train splits that the modes fine-tune on, not all fifteen
+    train_on = (([train_language] if "transfer" in modes else [])
+                + (list(wanted or XNLI_LANGUAGES) if "target" in modes else [])) if hub_train else []
     layout, data = load_xnli(data_dir, wanted, max_train_examples=max_train_examples,
-                             max_eval_examples=max_eval_examples)
+                             max_eval_examples=max_eval_examples, hub_train=list(dict.fromkeys(train_on)))
     report = [lang for lang in data if not languages or lang in languages]
     if "transfer" in modes and (train_language not in data or not data[train_language][0]):
         raise HeadlessError(f"transfer mode fine-tunes on {train_language!r}, which has no fine-tuning data in "
@@ -199,7 +218,7 @@ def run_xnli(
                             f"{', '.join(untrained)}")
     dev = resolve_device(device)
     tokenizer = load_tokenizer(model_dir)
-    encoded = {lang: (encode(tokenizer, tr, max_seq_len), encode(tokenizer, ev, max_seq_len))
+    encoded = {lang: (encode(tokenizer, tr, max_seq_len) if tr else None, encode(tokenizer, ev, max_seq_len))
                for lang, (tr, ev) in data.items()}
 
     def job(train_lang: str, eval_langs: list[str], seed: int) -> dict:
