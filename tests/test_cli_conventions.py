@@ -74,6 +74,15 @@ def test_help_lists_every_config_field_with_its_doc():
             assert doc, f"{key} has no doc comment in headless/config.py"
 
 
+def test_a_comment_wrapped_over_lines_reads_as_one_sentence():
+    from headless.cli.options import field_docs
+    from headless.reproduce.config import StudyConfig
+
+    doc = field_docs(StudyConfig)["xnli_max_train_examples"]
+    assert "train-<lang>.tsv files in xnli/ (MNLI-sized" in doc and "; in xnli/" not in doc
+    assert field_docs(TrainConfig)["calibration_skip"] == "time budget: untimed first steps (compilation)"
+
+
 @pytest.mark.parametrize("command", [["prepare", "x", "-o", "y", "-t", "z", "--seq-len", "4"], ["pretrain"],
                                      ["finetune-head", "a", "b", "--data", "d"], ["eval", "lambada", "m"],
                                      ["eval", "zeroshot", "m"], ["glue", "m"], ["xnli", "m"], ["bench"],

@@ -99,7 +99,9 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         field_line = re.match(r"^\s{4}(\w+)\s*:[^#\n]*?(?:#\s*(.+))?$", line)
         if field_line and not line.lstrip().startswith(("def ", "return ", "@")):
-            docs[field_line.group(1)] = "; ".join(above + [field_line.group(2).strip()] if field_line.group(2) else above)
+            # the lines above are one wrapped sentence; an inline comment is a clause of its own
+            parts = ([" ".join(above)] if above else []) + ([field_line.group(2).strip()] if field_line.group(2) else [])
+            docs[field_line.group(1)] = "; ".join(parts)
         above = []
     return {k: v for k, v in docs.items() if v}
 
