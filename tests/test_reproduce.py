@@ -343,6 +343,10 @@ def test_report_gives_the_difference_with_its_standard_error_and_marks_noise(tmp
     entry, text = headline([4.0, 5.0, 6.0], [4.5, 5.5, 6.5], "close")  # std 1 each: se = sqrt(2/3)
     assert entry["delta"] == pytest.approx(-0.5) and entry["delta_se"] == pytest.approx((2 / 3) ** 0.5)
     assert "-0.50 ± 0.82 (within noise)" in text and "lower bound" in text
+    assert "not reached" in text  # headless's final 5.0 stays under vanilla's 5.5
+    entry, text = headline([5.5, 6.5, 7.5], [4.5, 5.5, 6.5], "noisy-win")  # +1.0 ± 0.82: a crossing, in noise
+    assert entry["crossing"]["status"] == "reached"
+    assert "of vanilla's GPU time; the final scores are within noise |" in text
     entry, text = headline([9.0, 10.0, 11.0], [4.5, 5.5, 6.5], "far")
     assert "+4.50 ± 0.82 |" in text  # not marked
     entry, text = headline([5.0], [4.0], "one")  # one seed: no error to give

@@ -64,13 +64,13 @@ def _reproduce(args) -> int:
 
 
 def _print_headline(report: dict) -> None:
-    from headless.reproduce.report import crossing_text
+    from headless.reproduce.report import crossing_text, delta_text, within_noise
 
     for entry in report["headline"].values():
         if "delta" in entry:
             print(f"{entry['label']}: headless {entry['headless']['mean']:.2f} vs vanilla "
-                  f"{entry['vanilla']['mean']:.2f} ({entry['delta']:+.2f}); headless reaches vanilla's final "
-                  f"score at {crossing_text(entry['crossing'])}")
+                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}); headless reaches vanilla's final "
+                  f"score at {crossing_text(entry['crossing'], within_noise(entry))}")
 
 
 def _report(args) -> int:

@@ -163,11 +163,17 @@ def _se_of_difference(a: dict, b: dict) -> float | None:
     return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
 
 
-def _delta_text(entry: dict, key: str = "delta") -> str:
-    delta, se = entry[key], entry.get("delta_se")
+def within_noise(entry: dict) -> bool:
+    """Whether the final difference is under two standard errors (False when there is no error)."""
+    se = entry.get("delta_se")
+    return se is not None and abs(entry["delta"]) < 2 * se
+
+
+def delta_text(entry: dict) -> str:
+    delta, se = entry["delta"], entry.get("delta_se")
     if se is None:
         return f"{delta:+.2f}"
-    return f"{delta:+.2f} ± {se:.2f}" + (" (within noise)" if abs(delta) < 2 * se else "")
+    return f"{delta:+.2f} ± {se:.2f}" + (" (within noise)" if within_noise(entry) else "")
 
 
 def build_report(pieces: list[dict]) -> dict:
@@ -208,12 +214,14 @@ def _fmt(stats: dict | None, digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f}"
 
 
-def crossing_text(c: dict) -> str:
+def crossing_text(c: dict, noise: bool = False) -> str:
+    """`noise`: the final scores are within noise, so a crossing says little."""
     status = c.get("status")
+    caveat = "; the final scores are within noise" if noise else ""
     if status == "reached":
-        return f"{100 * c['fraction']:.0f}% of vanilla's GPU time"
+        return f"{100 * c['fraction']:.0f}% of vanilla's GPU time{caveat}"
     if status == "at or before the first checkpoint":
-        return f"≤ {100 * c['fraction_max']:.0f}% of vanilla's GPU time (already at the first checkpoint)"
+        return f"≤ {100 * c['fraction_max']:.0f}% of vanilla's GPU time (already at the first checkpoint{caveat})"
     if status == "not reached":
         return "not reached"
     return status or "–"
@@ -234,8 +242,8 @@ def report_markdown(report: dict) -> str:
             at = entry.get("headless_at_vanilla_gpu_s")
             at_text = "–" if at is None else f"{at:.2f} ({entry['delta_at_vanilla_gpu_s']:+.2f})"
             lines.append(f"| {entry['label']} | {_fmt(entry['headless'])} | {_fmt(entry['vanilla'])} | "
-                         f"{_delta_text(entry)} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
-                         f"{at_text} | {crossing_text(entry['crossing'])} |")
+                         f"{delta_text(entry)} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
+                         f"{at_text} | {crossing_text(entry['crossing'], within_noise(entry))} |")
         else:
             lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
     if any(entry.get("delta_se") is not None for entry in report["headline"].values()):
