@@ -139,20 +139,19 @@ def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *
     else:
         layout = "train+dev" if any(root.glob("train-*.tsv")) else "dev-split"
         found = languages or [lang for lang in XNLI_LANGUAGES if (root / f"dev-{lang}.tsv").is_file()]
-        splits = {}
+        splits, sizes = {}, {}
         for lang in found:
             path = root / f"dev-{lang}.tsv"
             if not path.is_file():
                 raise HeadlessError(f"missing XNLI file {path} for language {lang!r}")
             items = _read_parallel(path)
+            sizes[lang] = len(items)
             if layout == "train+dev":  # a language without a train file can still be evaluated
                 train = root / f"train-{lang}.tsv"
                 splits[lang] = (_read_parallel(train) if train.is_file() else [], items)
             else:
                 half = len(items) // 2  # same line split for every language: the files are parallel
                 splits[lang] = (items[:half], items[half:])
-        sizes = {lang: len(items) if layout == "train+dev" else len(a) + len(items)
-                 for lang, (a, items) in splits.items()}
         if len(set(sizes.values())) > 1:
             raise HeadlessError(f"the dev-<lang>.tsv files are not parallel (line counts {sizes})")
     if not splits:

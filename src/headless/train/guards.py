@@ -119,6 +119,7 @@ class TimeBudget:
         self.cap = config.max_steps
         self.pending = self.budget is not None and "resolved_max_steps" not in counters
         self.replan_fraction, self.fractions = config.calibration_replan, list(config.checkpoint_fractions)
+        self.replan_min = 5 * self.window  # steps timed before a re-plan improves on the calibration
         # the schedule's length is the plan's unless the config set its own (a resume reads the plan back)
         length = config.optim.schedule_steps
         self.schedule_follows = length is None or length == counters.get("resolved_max_steps")
@@ -158,7 +159,7 @@ class TimeBudget:
                              resolved_max_steps=resolved, calibrated_at=step)
         # the re-plan: before the first checkpoint fraction, and long enough after this step to count
         at = round(min([self.replan_fraction] + [0.8 * f for f in self.fractions]) * resolved)
-        if self.replan_fraction > 0 and at >= step + 5 * self.window and at < resolved:
+        if self.replan_fraction > 0 and at >= step + self.replan_min and at < resolved:
             self.counters["replan_at"] = at
         self.pending = False
         self.tail_from, self.tail_t0 = step, now
@@ -189,7 +190,7 @@ class TimeBudget:
         first steps); the plan it replaces stays in counters["calibrated_s_per_step"]."""
         del self.counters["replan_at"]
         timed = step - self.tail_from if self.tail_t0 is not None else 0
-        if timed < 5 * self.window:  # resumed just before the re-plan: too few steps to improve on it
+        if timed < self.replan_min:  # resumed just before the re-plan: too few steps to improve on it
             return None
         per_step = self._slowest(self._tail_s_per_step(step))
         before = int(self.counters["resolved_max_steps"])
