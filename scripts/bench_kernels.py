@@ -93,11 +93,7 @@ def cwt_methods(o, E, tgt):
     def materialised():  # the paper's Fig. 9: K×K scores against every target, repeats included
         F.cross_entropy((o @ E[tgt].T).float(), torch.arange(K, device=o.device)).backward()
 
-    def triton_fused():
-        uniq, inv, cnt = torch.unique(tgt, return_inverse=True, return_counts=True)
-        linear_ce_triton(o, E[uniq], cnt.float().log(), inv, 1.0, backward="fused").mean().backward()
-
-    m = {"triton": triton_kernel, "triton[fused]": triton_fused, "materialised": materialised}
+    m = {"triton": triton_kernel, "materialised": materialised}
     if cwt_loss is not None:
         m["headless.chunked"] = lambda: cwt_loss(o, tgt, E, implementation="chunked",
                                                  with_accuracy=False).loss.backward()
@@ -113,7 +109,6 @@ def cwt_methods(o, E, tgt):
 
 def vanilla_methods(o, W, tgt):
     m = {"triton": lambda: linear_ce_triton(o, W, None, tgt, 1.0).mean().backward(),
-         "triton[fused]": lambda: linear_ce_triton(o, W, None, tgt, 1.0, backward="fused").mean().backward(),
          "materialised": lambda: F.cross_entropy((o @ W.T).float(), tgt).backward()}
     if vanilla_ce_loss is not None:
         m["headless.chunked"] = lambda: vanilla_ce_loss(o, tgt, W, implementation="chunked",

@@ -26,7 +26,7 @@ def reference(outputs, classes, bias, labels, scale):
     return F.cross_entropy(scores, labels, reduction="none", ignore_index=-100)
 
 
-def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="gemm"):
+def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0):
     """Relative errors (loss, d_outputs, d_classes) vs float64, with a random upstream gradient."""
     gen = torch.Generator().manual_seed(seed)
     o = torch.randn(K, D, generator=gen) * 0.5
@@ -37,8 +37,7 @@ def compare(K, U, D, *, dtype, device, bias=True, scale=0.7, seed=0, backward="g
     w = torch.randn(K, generator=gen)
     o1 = o.to(device, dtype).requires_grad_()
     c1 = c.to(device, dtype).requires_grad_()
-    loss = linear_ce_triton(o1, c1, None if b is None else b.to(device), y.to(device), scale,
-                            backward=backward)
+    loss = linear_ce_triton(o1, c1, None if b is None else b.to(device), y.to(device), scale)
     (loss * w.to(device)).sum().backward()
     # the reference sees the same (rounded) inputs, in float64
     o2 = o1.detach().cpu().double().requires_grad_()
@@ -76,8 +75,6 @@ def test_rejects_bad_shapes():
         linear_ce_triton(o, c, None, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError):
         linear_ce_triton(o, c, torch.zeros(4), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="backward"):
-        linear_ce_triton(o, c, None, torch.zeros(4, dtype=torch.long), backward="atomics")
 
 
 _INTERPRETER_SCRIPT = textwrap.dedent(
@@ -86,9 +83,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from test_cwt_triton import compare
     cases = [(37, 29, 40, True), (50, 70, 33, False), (5, 130, 20, True), (16, 1, 16, True)]
-    out = [dict(shape=c[:3], mode=m, **compare(*c[:3], dtype=torch.float32, device="cpu", bias=c[3], seed=i,
-                                               backward=m))
-           for i, c in enumerate(cases) for m in ("gemm", "fused")]
+    out = [dict(shape=c[:3], **compare(*c[:3], dtype=torch.float32, device="cpu", bias=c[3], seed=i))
+           for i, c in enumerate(cases)]
     print(json.dumps(out))
     """
 )
@@ -97,8 +93,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (pip install triton) - the interpreter "
                     "test needs it; the GPU test covers the kernel on CUDA")
 def test_matches_float64_reference_in_triton_interpreter():
-    """Tiny blocks (16) in interpreter mode: ragged K, U, D tails, several row splits / class chunks,
-    U=1, no bias; both backward modes."""
+    """Tiny blocks (16) in interpreter mode: ragged K, U, D tails, several class chunks,
+    U=1, no bias."""
     env = dict(os.environ, TRITON_INTERPRET="1")  # must be set before triton is imported
     proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT, os.path.dirname(__file__)],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -157,23 +153,21 @@ def test_static_rows_cwt_matches_the_reference_in_triton_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backward", ["gemm", "fused"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("K,U,D", [(1000, 300, 768), (4093, 5003, 200), (300, 50304, 768), (2047, 1, 200)])
-def test_matches_float64_reference_on_gpu(K, U, D, dtype, tol, backward):
+def test_matches_float64_reference_on_gpu(K, U, D, dtype, tol):
     """tf32 (fp32 inputs) and bf16 operands with fp32 accumulation, on ragged shapes."""
     assert triton_available()
     for seed in range(2):  # fresh inputs: the same function on any input
         errs = compare(K, U, D, dtype=dtype, device="cuda", bias=seed == 0, scale=1.0 / (1 + seed),
-                       seed=seed, backward=backward)
+                       seed=seed)
         assert errs["dtype_ok"] and errs["ignored_zero"], errs
         assert errs["loss"] < tol / 4 and errs["d_outputs"] < tol and errs["d_classes"] < tol, errs
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backward", ["gemm", "fused"])
-def test_gradient_reaches_embedding_through_index_and_is_deterministic(backward):
+def test_gradient_reaches_embedding_through_index_and_is_deterministic():
     """CWT usage: classes = E[unique ids], b = log(count); equals the paper's K×K cross-entropy."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     E = torch.randn(1000, 200, device="cuda", generator=gen).requires_grad_()
@@ -183,7 +177,7 @@ def test_gradient_reaches_embedding_through_index_and_is_deterministic(backward)
     grads = []
     for _ in range(2):
         E.grad = o.grad = None
-        linear_ce_triton(o, E[uniq], counts.float().log(), inv, 1.0, backward=backward).mean().backward()
+        linear_ce_triton(o, E[uniq], counts.float().log(), inv, 1.0).mean().backward()
         grads.append((o.grad.clone(), E.grad.clone()))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
     o2, E2 = o.detach().double().requires_grad_(), E.detach().double().requires_grad_()

@@ -8,14 +8,10 @@ classes score exactly like the paper's K×K matrix with repeats); vanilla CE wit
 Design (see docs/kernels.md):
 - forward: one program per block of rows, online log-sum-exp over blocks of classes, tl.dot over
   blocks of D with fp32 accumulation; only the per-row LSE [K] (fp32) is saved for backward.
-- backward, with ``G = scale·g_k·(P − onehot)``; both modes are deterministic (no atomics):
-  "gemm" (default): a Triton kernel recomputes G for a chunk of classes into a bounded buffer
-  (K × chunk ≤ 2^27 elements), then cuBLAS does ``dO += G @ C_chunk`` and ``dC_chunk = Gᵀ @ O``.
-  "fused": no G buffer; ``dO = G @ C`` parallel over row blocks and ``dC = Gᵀ @ O`` parallel over
-  class blocks (split over row ranges into fp32 partials when class blocks cannot fill the GPU),
-  both recomputing the scores. Each program accumulates its own rows in fp32 in global memory, one
-  D block at a time (a [BLOCK, D] fp32 accumulator for D = 512…1024 does not fit in registers);
-  that read-modify-write traffic makes it 1.4–3.3× slower than "gemm" on H100 (docs/kernels.md).
+- backward, with ``G = scale·g_k·(P − onehot)``, deterministic (no atomics): a Triton kernel
+  recomputes G for a chunk of classes into a bounded buffer (K × chunk ≤ 2^27 elements), then
+  cuBLAS does ``dO += G @ C_chunk`` and ``dC_chunk = Gᵀ @ O``. (An all-Triton backward with no G
+  buffer measured 1.4–3.3× slower on the H100 at every shape and was removed, docs/kernels.md.)
 """
 
 from __future__ import annotations
@@ -44,20 +40,15 @@ def triton_available(device: torch.device | str | None = None) -> bool:
 
 if triton is not None:
 
-    def _configs(kind: str) -> list:
+    def _configs() -> list:
         """A small Hopper-oriented autotune space (compile time grows with every config)."""
         if _INTERPRET:  # tiny blocks so CPU tests exercise many blocks and all the masking
             return [triton.Config({"BLOCK_K": 16, "BLOCK_U": 16, "BLOCK_D": 16}, num_warps=1)]
-        if kind == "fwd":
-            shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4)]
-        else:  # a wide class (row) block halves the fp32 dO (dC) read-modify-write traffic per flop
-            shapes = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3)]
+        shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4)]
         return [
             triton.Config({"BLOCK_K": bk, "BLOCK_U": bu, "BLOCK_D": bd}, num_warps=w, num_stages=s)
             for bk, bu, bd, w, s in shapes
         ]
-
-    _MAX_BLOCK_K = 16 if _INTERPRET else 256  # largest BLOCK_K above: each dC split owns >= 1 row block
 
     @triton.jit
     def _scores(o_ptr, c_ptr, rows, cols, rmask, cmask, D, BLOCK_D: tl.constexpr, acc):
@@ -80,22 +71,7 @@ if triton is not None:
             s += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
         return s
 
-    @triton.jit
-    def _accumulate_dot(out_ptr, out_idx, out_mask, grad, src_ptr, src_idx, src_mask, D, add,
-                        BLOCK_D: tl.constexpr):
-        """out[out_idx] (+)= grad @ src[src_idx] in fp32, one D block at a time; `add` False for the
-        first contribution (then out is written without being read)."""
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + tl.arange(0, BLOCK_D)
-            dmask = d < D
-            src = tl.load(src_ptr + src_idx[:, None] * D + d[None, :], mask=src_mask[:, None] & dmask[None, :],
-                          other=0.0)
-            out = out_ptr + out_idx[:, None] * D + d[None, :]
-            omask = out_mask[:, None] & dmask[None, :]
-            acc = tl.load(out, mask=omask & add, other=0.0)
-            tl.store(out, acc + tl.dot(grad, src), mask=omask)
-
-    @triton.autotune(configs=_configs("fwd"), key=["D"])
+    @triton.autotune(configs=_configs(), key=["D"])
     @triton.jit
     def _fwd_kernel(o_ptr, c_ptr, b_ptr, y_ptr, loss_ptr, lse_ptr, K, U, D, scale,
                     HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
@@ -125,7 +101,7 @@ if triton is not None:
         p = tl.where(valid, tl.exp(s - lse), 0.0)
         return (p - is_target.to(tl.float32)) * g
 
-    @triton.autotune(configs=_configs("fwd"), key=["D"])
+    @triton.autotune(configs=_configs(), key=["D"])
     @triton.jit
     def _grad_chunk_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, out_ptr, K, D, u_start, n_cols,
                            scale, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -145,67 +121,14 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None].to(tl.int64) * n_cols + local[None, :],
                  grad.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
-    @triton.autotune(configs=_configs("bwd"), key=["D"])
-    @triton.jit
-    def _bwd_do_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, do_ptr, K, U, D, scale,
-                       HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-        rmask = rows < K
-        y = tl.load(y_ptr + rows, mask=rmask, other=-1)
-        lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-        g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
-        for u0 in range(0, U, BLOCK_U):
-            cols = u0 + tl.arange(0, BLOCK_U)
-            cmask = cols < U
-            s = _logits(o_ptr, c_ptr, b_ptr, rows, cols, rmask, cmask, D, scale, HAS_BIAS, BLOCK_K, BLOCK_U, BLOCK_D)
-            grad = _grad_tile(s, lse[:, None], g[:, None], cols[None, :] == y[:, None],
-                              rmask[:, None] & cmask[None, :])
-            _accumulate_dot(do_ptr, rows, rmask, grad.to(c_ptr.dtype.element_ty), c_ptr, cols, cmask, D, u0 > 0,
-                            BLOCK_D)
-
-    @triton.autotune(configs=_configs("bwd"), key=["D"])
-    @triton.jit
-    def _bwd_dc_kernel(o_ptr, c_ptr, b_ptr, y_ptr, lse_ptr, g_ptr, dc_ptr, K, U, D, scale,
-                       HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_U: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
-        cols = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
-        cmask = cols < U
-        split = tl.program_id(1)
-        n_split = tl.num_programs(1)
-        dc_ptr += split.to(tl.int64) * U * D  # this split's fp32 partial buffer
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
-        for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK_K) - split, n_split)):  # row blocks of this split
-            rows = (split + i * n_split) * BLOCK_K + tl.arange(0, BLOCK_K)
-            rmask = rows < K
-            y = tl.load(y_ptr + rows, mask=rmask, other=-1)
-            lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-            g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
-            st = _scores(c_ptr, o_ptr, cols, rows, cmask, rmask, D, BLOCK_D,
-                         tl.zeros([BLOCK_U, BLOCK_K], tl.float32)) * scale
-            if HAS_BIAS:
-                st += bias[:, None]
-            grad = _grad_tile(st, lse[None, :], g[None, :], cols[:, None] == y[None, :],
-                              cmask[:, None] & rmask[None, :])
-            _accumulate_dot(dc_ptr, cols, cmask, grad.to(o_ptr.dtype.element_ty), o_ptr, rows, rmask, D, i > 0,
-                            BLOCK_D)
-
-
-# The "gemm" backward's G buffer: 256 MiB in bf16 whatever K and U (tiny in the interpreter, so that
+# The backward's G buffer: 256 MiB in bf16 whatever K and U (tiny in the interpreter, so that
 # CPU tests cross several class chunks).
 _G_CHUNK_ELEMENTS, _CHUNK_STEP = (2**10, 16) if _INTERPRET else (2**27, 256)
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, outputs, classes, bias, labels, scale, backward):
+    def forward(ctx, outputs, classes, bias, labels, scale):
         K, D = outputs.shape
         U = classes.shape[0]
         loss = torch.empty(K, device=outputs.device, dtype=torch.float32)
@@ -214,7 +137,7 @@ class _LinearCE(torch.autograd.Function):
         _fwd_kernel[grid](outputs, classes, bias if bias is not None else loss, labels, loss, lse,
                           K, U, D, scale, HAS_BIAS=bias is not None)
         ctx.save_for_backward(outputs, classes, bias, labels, lse)
-        ctx.scale, ctx.mode = scale, backward
+        ctx.scale = scale
         return loss
 
     @staticmethod
@@ -228,23 +151,7 @@ class _LinearCE(torch.autograd.Function):
         b = bias if bias is not None else g
         args = (outputs, classes, b, labels, lse, g)
         need_out, need_cls = ctx.needs_input_grad[:2]
-        if ctx.mode == "gemm":
-            return (*_backward_gemm(args, K, U, D, scale, bias is not None, need_out, need_cls), None, None, None, None)
-        d_out = d_cls = None
-        if need_out:
-            buf = torch.empty(K, D, device=outputs.device, dtype=torch.float32)
-            grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]),)  # noqa: E731
-            _bwd_do_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None)
-            d_out = buf.to(outputs.dtype)
-        if need_cls:
-            # Few classes (CWT: U ≪ K) leave most SMs idle: split the rows over a 2nd grid axis.
-            n_split = max(1, min(triton.cdiv(K, _MAX_BLOCK_K),
-                                 2 * _num_sms(outputs.device) // max(1, triton.cdiv(U, 128))))
-            buf = torch.empty(n_split, U, D, device=outputs.device, dtype=torch.float32)
-            grid = lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), n_split)  # noqa: E731
-            _bwd_dc_kernel[grid](*args, buf, K, U, D, scale, HAS_BIAS=bias is not None)
-            d_cls = (buf[0] if n_split == 1 else buf.sum(0)).to(classes.dtype)
-        return d_out, d_cls, None, None, None, None
+        return (*_backward_gemm(args, K, U, D, scale, bias is not None, need_out, need_cls), None, None, None)
 
 
 def _backward_gemm(args, K, U, D, scale, has_bias, need_out, need_cls):
@@ -268,17 +175,14 @@ def _backward_gemm(args, K, U, D, scale, has_bias, need_out, need_cls):
 
 
 def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None, labels: Tensor,
-                     scale: float = 1.0, *, backward: str = "gemm") -> Tensor:
+                     scale: float = 1.0) -> Tensor:
     """Per-row loss [K] (fp32) of ``softmax(scale·outputs @ classesᵀ + class_bias)`` against ``labels``.
 
     outputs [K, D] and classes [U, D] (bf16/fp16/fp32; classes are cast to outputs' dtype) get
     gradients; class_bias [U] (None = 0) does not. labels [K] index classes; a negative label (−100)
     marks an ignored row: loss 0, zero gradient. Labels ≥ U are not checked (that would cost a sync).
-    backward="gemm" (default, faster): G by class chunks + cuBLAS; "fused": two all-Triton kernels,
-    no G buffer at all. Both deterministic.
+    Deterministic.
     """
-    if backward not in ("gemm", "fused"):
-        raise ValueError(f"backward must be 'gemm' or 'fused', got {backward!r}")
     if outputs.dim() != 2 or classes.dim() != 2 or outputs.shape[1] != classes.shape[1]:
         raise ValueError(f"expected outputs [K, D] and classes [U, D], got {tuple(outputs.shape)} "
                          f"and {tuple(classes.shape)}")
@@ -303,4 +207,4 @@ def linear_ce_triton(outputs: Tensor, classes: Tensor, class_bias: Tensor | None
         # fp32 accumulation): the backward GEMMs are not autocast and would otherwise run in fp32.
         outputs = outputs.to(torch.get_autocast_dtype("cuda"))
     return _LinearCE.apply(outputs.contiguous(), classes.to(outputs.dtype).contiguous(), class_bias,
-                           labels.long().contiguous(), scale, backward)
+                           labels.long().contiguous(), scale)
