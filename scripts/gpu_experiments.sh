@@ -2,7 +2,7 @@
 # The GPU runs behind the numbers in docs/ (one H100).  Each stage is one command; the results of a
 # stage land in results/<stage>/ and are packed into $OUT/<stage>.tgz when OUT is set.
 #
-#   bash scripts/gpu_experiments.sh smoke|bench|pythia|decoder-eval|encoders
+#   bash scripts/gpu_experiments.sh smoke|bench|pythia|decoder-eval|encoders|...|captured
 #
 # Optional kernels (Liger, Cut Cross-Entropy) on a machine without internet: carry their wheels and
 # install them with `pip install --no-deps --target /tmp/site .whl/*.whl`; /tmp/site is then used.
@@ -188,6 +188,18 @@ EOF2
     $B --preset bert-base --batch-sizes 256 --vocab-sizes 30522 --output "$RES/bert-static" compile_mode=reduce-overhead \
        objective.masking=static || true
     $B --preset pythia-160m --batch-sizes 8 --vocab-sizes 50304 --output "$RES/p160" compile_mode=reduce-overhead || true
+    ;;
+  captured)  # one captured step (sync_free: backbone and loss as one CUDA graph) against the eager-loss paths
+    # cwt-paper = CWT "reference" (K x K pairs), ce-hf = dense vanilla head: with static shapes both are
+    # one graph; cwt / ce / ce-triton keep the eager loss. Both twins side by side in each command.
+    B="$H bench -q --compile --steps 20 --warmup 10 --sync-debug"
+    $B --preset bert-small --batch-sizes 256 --seq-len 128 --objectives backbone,cwt,cwt-paper,ce,ce-hf \
+       --output "$RES/bert-small" compile_mode=reduce-overhead objective.masking=static || true
+    $B --preset bert-base --batch-sizes 256 --seq-len 128 --vocab-sizes 30522 --objectives cwt,cwt-paper,ce,ce-hf,ce-hf-full \
+       --output "$RES/bert-base" compile_mode=reduce-overhead objective.masking=static || true
+    $B --preset pythia-160m --batch-sizes 8 --seq-len 2048 --objectives backbone,cwt,cwt-paper,ce-triton,ce-hf \
+       --output "$RES/p160" compile_mode=reduce-overhead || true
+    python3 -m pytest -q -m gpu tests/test_bench.py -k sync_free 2>&1 | tail -3 | tee "$RES/gpu-test.txt" || true
     ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

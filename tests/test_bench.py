@@ -73,3 +73,18 @@ def test_bench_times_the_presets_own_vocabulary_by_default():
     rows = bench("tiny", objectives=["cwt"], batch_sizes=[2], seq_len=16, steps=1, warmup=0, device="cpu",
                  progress=False)
     assert rows[0]["vocab_size"] == preset_vocab_size("tiny") == 4096
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gpt"])
+def test_sync_free_twins_run_a_captured_step_without_host_syncs_on_gpu(preset):
+    """Static shapes plus the K×K CWT (headless) or the dense head (vanilla): backbone and loss are
+    one CUDA graph, and the trainer's whole step (clipping, non-finite guard, AdamW) makes the
+    host wait for the GPU zero times."""
+    rows = bench(preset, objectives=["cwt-paper", "ce-hf"], batch_sizes=[8], seq_len=64, steps=3, warmup=3,
+                 compile=True, overrides=["objective.masking=static", "compile_mode=reduce-overhead"],
+                 sync_debug=True, progress=False)
+    for row in rows:
+        assert row["compiled_region"] == "model", row
+        assert row["host_syncs_per_step"] == 0, row["host_sync_places"]

@@ -272,7 +272,7 @@ def test_bench_script_runs(capsys):
     assert "cwt/chunked" in printed and "vanilla/torch" in printed
 
 
-@pytest.mark.parametrize("path", ["auto", "chunked", "dedup"])
+@pytest.mark.parametrize("path", ["auto", "chunked", "dedup", "reference"])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("temperature", [1.0, 0.05])
 def test_static_rows_equals_the_selected_rows(path, reduction, temperature):
@@ -288,16 +288,20 @@ def test_static_rows_equals_the_selected_rows(path, reduction, temperature):
     assert int(got[0].num_targets) == int(ref[0].num_targets) == 240
 
 
-def test_static_rows_with_every_target_ignored_and_with_the_last_token_id():
+@pytest.mark.parametrize("path", ["auto", "reference"])
+def test_static_rows_with_every_target_ignored_and_with_the_last_token_id(path):
     outputs, ids, weight = _batch(K=40, V=10, ignore_every=0)
     ids[:] = 9  # the largest id sorts next to the "ignored" class, which must not merge with it
     ids[::3] = -100
     ref = _loss_and_grads(outputs, ids, weight, implementation="reference", reduction="sum")
-    _assert_same(_loss_and_grads(outputs, ids, weight, static_rows=True, reduction="sum"), ref)
+    got = _loss_and_grads(outputs, ids, weight, static_rows=True, reduction="sum", implementation=path)
+    _assert_same(got, ref)
+    assert int(got[0].num_unique) == 1
     none = torch.full_like(ids, -100)
     with pytest.raises(HeadlessError, match="ignored"):
-        cwt_loss(outputs, none, weight, static_rows=True)
-    out = cwt_loss(outputs, none, weight, static_rows=True, allow_empty=True, reduction="sum")
+        cwt_loss(outputs, none, weight, static_rows=True, implementation=path)
+    out = cwt_loss(outputs, none, weight, static_rows=True, allow_empty=True, reduction="sum",
+                   implementation=path)
     out.loss.backward()
     assert float(out.loss.detach()) == 0 and int(out.num_targets) == 0 and int(out.num_unique) == 0
     assert torch.equal(outputs.grad, torch.zeros_like(outputs)) and torch.isfinite(weight.grad).all()

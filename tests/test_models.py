@@ -154,3 +154,99 @@ def test_static_masking_loss_has_no_host_sync_on_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out.loss).item() and out.num_targets.item() == 8 * round(0.15 * 32)
+
+
+# (architecture, loss, flavour, loss implementation): every shape static, no host read
+SYNC_FREE = [("bert", "cwt", "headless", "reference"), ("bert", "ce", "vanilla", "reference"),
+             ("gpt-neox", "cwt", "headless", "reference"), ("gpt-neox", "ce", "vanilla", "chunked")]
+
+
+def _sync_free_case(arch, loss, flavour, impl, extra=()):
+    from headless.objectives import clm_labels, mlm_mask
+
+    kind = "mlm" if arch in ENCODERS else "clm"
+    cfg = load_config("tiny", flavour=flavour, overrides=SMALL + [
+        f"model.architecture={arch}", f"objective.kind={kind}", "objective.masking=static",
+        f"objective.loss_implementation={impl}", *extra])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.objective, loss, 100, 0, 2).double()
+    ids = torch.randint(4, 100, (4, 32))
+    if kind == "mlm":
+        ids, labels = mlm_mask(ids, mask_token_id=3, vocab_size=100, special_token_ids=[0, 1, 2], masking="static",
+                               key=1)
+    else:
+        ids[1, 10] = 2  # an EOS: no position predicts across it
+        from headless.objectives import document_ids_from_eos
+
+        labels = clm_labels(ids, document_ids=document_ids_from_eos(ids, 2))
+    return model, ids, labels
+
+
+@pytest.mark.parametrize("arch,loss,flavour,impl", SYNC_FREE)
+def test_a_sync_free_model_is_one_graph_with_the_eager_loss_and_gradients(arch, loss, flavour, impl):
+    """Backbone and loss trace as ONE graph (fullgraph: any data-dependent size or host read would
+    break it), and the compiled forward and backward equal the eager ones."""
+    model, ids, labels = _sync_free_case(arch, loss, flavour, impl)
+    assert model.sync_free
+    results = []
+    model.zero_grad()
+    with _CountNonzero() as count:
+        model(ids, labels).loss.backward()
+    assert count.calls == 0
+    for run in (model, torch.compile(model, backend="aot_eager", fullgraph=True)):
+        model.zero_grad()
+        out = run(ids, labels)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (eager, ge), (compiled, gc) = results
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-10, atol=1e-10)
+    assert int(compiled.num_targets) == int(eager.num_targets) == int((labels != -100).sum())
+    assert ge.keys() == gc.keys() and ge
+    for name in ge:
+        torch.testing.assert_close(gc[name], ge[name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("loss,impl", [("cwt", "reference"), ("cwt", "auto"), ("ce", "auto")])
+def test_clm_scores_every_position_and_equals_the_selected_ones(loss, impl):
+    """CLM is static too: every position scored, the last and cross-document ones zeroed, with the
+    value and gradients of the selected positions and no selection."""
+    from headless.losses import cwt_loss, vanilla_ce_loss
+    from headless.objectives import select_loss_positions
+
+    model, ids, labels = _sync_free_case("gpt-neox", loss, "headless" if loss == "cwt" else "vanilla", impl)
+    assert model.static_shapes
+    hidden = model.hidden_states(ids).detach().requires_grad_()
+    with _CountNonzero() as count:
+        out = model.loss(hidden, labels)
+    assert count.calls == 0
+    (got,) = torch.autograd.grad(out.loss, hidden)
+    o, t = select_loss_positions(hidden, labels)
+    if loss == "cwt":
+        ref = cwt_loss(o, t, model.input_embedding_weight(), implementation="reference", reduction="sum")
+    else:
+        parts = head_parts(model.hf)
+        ref = vanilla_ce_loss(o, t, parts.projection.weight, implementation="reference", reduction="sum")
+    (want,) = torch.autograd.grad(ref.loss, hidden)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert int(out.num_targets) == int(ref.num_targets) == 4 * 31 - 1
+    assert float(out.accuracy) == float(ref.accuracy)
+
+
+@pytest.mark.parametrize("arch,loss,impl,extra,region", [
+    ("gpt-neox", "cwt", "reference", [], "model"),
+    ("bert", "cwt", "reference", [], "model"),
+    ("bert", "ce", "chunked", [], "model"),
+    ("gpt-neox", "cwt", "auto", [], "backbone"),         # torch.unique: a data-dependent size
+    ("gpt-neox", "ce", "auto", [], "backbone"),          # the Triton kernel on CUDA stays eager
+    ("bert", "cwt", "reference", ["objective.masking=bernoulli"], "backbone"),  # a data-dependent count
+    ("bert", "cwt", "reference", ["objective.max_negatives=8"], "backbone"),  # sampled on the host
+])
+def test_compile_model_takes_backbone_and_loss_together_only_when_nothing_needs_the_host(
+        arch, loss, impl, extra, region):
+    model, _, _ = _sync_free_case(arch, loss, "headless" if loss == "cwt" else "vanilla", impl, extra)
+    assert model.compiled_region is None
+    assert model.compile_model("default") is False  # no CUDA graphs on the CPU
+    assert model.compiled_region == region and model.sync_free == (region == "model")
+    whole = model._compiled_call_impl is not None
+    assert whole == (region == "model") and (model.backbone._compiled_call_impl is not None) == (not whole)

@@ -198,6 +198,7 @@ class LanguageModel(nn.Module):
         # only on the steps it logs
         self.with_accuracy = True
         self.causal = _is_decoder(hf_model)  # CLM: nearly every position is scored
+        self.compiled_region = None  # "model" or "backbone" once compile_model ran
         if loss_kind == "nce":
             emb = self.backbone.get_input_embeddings().weight
             self.target_embedding = nn.Embedding(emb.shape[0], emb.shape[1])
@@ -219,12 +220,42 @@ class LanguageModel(nn.Module):
     def has_head(self) -> bool:
         return self.backbone is not self.hf
 
-    def compile_backbone(self, mode: str = "default") -> bool:
-        """torch.compile the backbone (the loss has data-dependent shapes and stays eager).
+    @property
+    def static_shapes(self) -> bool:
+        """Whether the loss positions come in shapes that the batch's size alone fixes: CLM (every
+        position scored, the few ignored ones zeroed) or MLM with `masking: static` (a constant
+        count per row, gathered with static shapes)."""
+        return self.causal or self.objective.masking == "static"
+
+    @property
+    def sync_free(self) -> bool:
+        """Whether backbone AND loss are one graph with static shapes and no host read, so that
+        torch.compile takes them whole (and CUDA graphs capture the whole forward and backward).
+
+        Needs static shapes and a loss written in plain tensor ops with no data-dependent size:
+        CWT "reference" (the paper's K×K pairs, no `torch.unique`), CE "reference" or "chunked".
+        The de-duplicating CWT paths need `torch.unique`, the Triton kernels stay outside the
+        graph, and global negatives or `max_negatives` gather or sample on the host."""
+        obj = self.objective
+        if not self.static_shapes or self.loss_group is not None or obj.max_negatives:
+            return False
+        if self.loss_kind in ("cwt", "nce"):
+            return obj.loss_implementation == "reference"
+        return self.loss_kind == "ce" and obj.loss_implementation in ("reference", "chunked")
+
+    def compile_model(self, mode: str = "default") -> bool:
+        """torch.compile what can be one graph: backbone and loss together when `sync_free`
+        (`fullgraph`, so a break fails loudly), else the backbone alone, the loss staying eager.
+        `compiled_region` says which.
 
         Returns whether CUDA graphs are captured ("reduce-overhead", "max-autotune" on CUDA): the
         caller must then mark each new step with `torch.compiler.cudagraph_mark_step_begin()`."""
-        self.backbone.compile(mode=mode)
+        if self.sync_free:
+            self.compile(mode=mode, fullgraph=True)
+            self.compiled_region = "model"
+        else:
+            self.backbone.compile(mode=mode)
+            self.compiled_region = "backbone"
         return mode in ("reduce-overhead", "max-autotune") and self.input_embedding_weight().is_cuda
 
     def input_embedding_weight(self) -> torch.Tensor:
@@ -243,17 +274,20 @@ class LanguageModel(nn.Module):
 
         With `objective.masking: static` (MLM) each row has at most static_mask_count(L) loss
         positions, which are gathered with static shapes and scored with `static_rows` (the few
-        empty slots of short rows masked out): no selection whose size the host must read."""
+        empty slots of short rows masked out): no selection whose size the host must read. CLM
+        scores every position the same way, its last and cross-document ones zeroed."""
         from headless.losses import LossOutput, cwt_loss, vanilla_ce_loss
         from headless.objectives import gather_static_positions, select_loss_positions, static_mask_count
 
         obj = self.objective
-        static = obj.masking == "static" and not self.causal
+        static = self.static_shapes
         # the trainer checked the token ids against the vocabulary once (no per-step host check)
         contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
                            group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy,
                            check_ids=False, static_rows=static)
-        if static:
+        if static and self.causal:
+            outputs, targets = hidden, labels
+        elif static:
             outputs, targets = gather_static_positions(hidden, labels, static_mask_count(labels.shape[1],
                                                                                          obj.mask_prob))
         kind = self.loss_kind

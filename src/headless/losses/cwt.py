@@ -322,13 +322,14 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     skips the host-side range check of target_ids (one GPU synchronisation fewer).
 
     static_rows=True (same value and gradients; reduction "sum"/"mean", no group, no max_negatives;
-    paths auto/triton/chunked/dedup, the others select as usual): score EVERY position given and
-    zero the ignored ones instead of selecting the kept rows, whose count the host would have to
-    read (a GPU synchronisation). The ignored targets become one extra class whose bias (-1e30)
-    removes it from every softmax. For rows gathered with static shapes, a few of them ignored
-    (static MLM masking: `LanguageModel`); `torch.unique` still synchronises. Scoring every
-    position of a CLM batch this way measured no faster than selecting (docs/performance.md), and
-    for Bernoulli MLM it would score the 85% unmasked rows for nothing.
+    paths auto/triton/chunked/dedup/reference, the others select as usual): score EVERY position
+    given and zero the ignored ones instead of selecting the kept rows, whose count the host would
+    have to read (a GPU synchronisation). The ignored targets become one extra class whose bias
+    (-1e30) removes it from every softmax. For rows gathered with static shapes, a few of them
+    ignored (static MLM masking, CLM: `LanguageModel`). The de-duplicating paths still
+    synchronise in `torch.unique`; "reference" then scores the K×K pairs without de-duplicating,
+    so every shape is static and no step reads anything on the host (K² floats of memory). For
+    Bernoulli MLM it would score the 85% unmasked rows for nothing.
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -339,7 +340,7 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     if max_negatives is not None and max_negatives < 1:
         raise HeadlessError(f"{fn}: max_negatives must be >= 1 (or None), got {max_negatives}")
     if static_rows and group is None and max_negatives is None and reduction != "none" \
-            and implementation in ("auto", "triton", "chunked", "dedup"):
+            and implementation in ("auto", "triton", "chunked", "dedup", "reference"):
         check_inputs(fn, outputs, target_ids, embedding_weight, "embedding_weight")
         if check_ids:
             select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
@@ -396,6 +397,9 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
     valid = ids != ignore_index
     vocab = weight.shape[0]
     acc = accumulation_dtype(outputs, weight)
+    if implementation == "reference":
+        return _cwt_static_pairs(o, ids, valid, weight, scale, ignore_index, reduction, allow_empty,
+                                 with_accuracy, acc)
     implementation = _resolve_implementation(implementation, outputs)
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
     keys = torch.where(valid, ids, vocab)
@@ -427,6 +431,36 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
     total = losses.sum()
     loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
     return LossOutput(loss, count, accuracy, real.sum())
+
+
+def _cwt_static_pairs(o, ids, valid, weight, scale, ignore_index, reduction, allow_empty, with_accuracy,
+                      acc) -> LossOutput:
+    """`cwt_loss(static_rows=True, implementation="reference")`: the paper's K×K cross-entropy over
+    every given position, ignored targets excluded as columns (bias -1e30) and zeroed as rows.
+    No `torch.unique` and no selection: nothing here depends on the data's values for a shape."""
+    vocab = weight.shape[0]
+    targets = weight[torch.where(valid, ids, 0)]
+    scores = torch.mm(o.to(acc), targets.to(acc).t()) * scale
+    excluded = torch.where(valid, 0.0, _EXCLUDED).to(acc)
+    scores = scores + excluded.unsqueeze(0)
+    positives = torch.arange(ids.numel(), device=ids.device)
+    losses = torch.where(valid, F.cross_entropy(scores, positives, reduction="none"), 0.0)
+    count = valid.sum()
+    if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
+        raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
+                            "pass allow_empty=True to get a zero loss for such batches")
+    accuracy = None
+    if with_accuracy:  # ties count as correct; an excluded column is never the maximum of a kept row
+        with torch.no_grad():
+            detached = scores.detach()
+            hit = detached.diagonal() >= detached.max(dim=1).values
+            accuracy = (hit & valid).sum().float() / count.clamp_min(1)
+    keys = torch.where(valid, ids, vocab).sort().values  # unique targets, counted on the device
+    starts = torch.cat([keys.new_ones(1, dtype=torch.bool), keys[1:] != keys[:-1]])
+    num_unique = (starts & (keys < vocab)).sum()
+    total = losses.sum()
+    loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
+    return LossOutput(loss, count, accuracy, num_unique)
 
 
 def _reference_rows(o, weight, cands, inverse, keep, scale, acc):

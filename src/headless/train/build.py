@@ -187,7 +187,11 @@ def build_run(config: TrainConfig, env, data: Data, model) -> Run:
             if env.is_main:
                 print(f"compile_mode={config.compile_mode}: CUDA graphs are not used with several processes "
                       f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
-        graphs = model.compile_backbone(mode)
+        graphs = model.compile_model(mode)
+        if env.is_main:
+            region = "backbone and loss as one graph" if model.compiled_region == "model" else \
+                "the backbone (the loss runs eagerly)"
+            print(f"compile: {region}, mode={mode}", flush=True)
     amp = None if strategy == "fsdp2" else compute_dtype(config.precision, device)  # FSDP2 casts itself
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
     tokens_per_step = config.batch_size * config.grad_accum * env.world_size * data.train.seq_len
