@@ -510,3 +510,19 @@ def test_time_budget_takes_the_slowest_ranks_window():
     budget._now = lambda sync=True: next(clock)
     assert budget.observe(2) is None
     assert budget.observe(6).max_steps == 40  # 10 s / 0.25 s, not 10 / 0.1
+
+
+def test_a_sync_free_run_compiles_backbone_and_loss_as_one_graph_and_trains_like_eager(datasets, tmp_path, capsys):
+    """Inductor, on the CPU: CLM with the K×K CWT is compiled whole (`compile_model`), and its
+    training losses follow the eager run's step by step."""
+    losses = {}
+    for compiled in (False, True):
+        extra = ["objective.loss_implementation=reference", f"compile={str(compiled).lower()}",
+                 "log_every=1", "eval_every=100"]
+        config = _config(datasets, tmp_path / str(compiled), "gpt-neox", "headless", *extra)
+        pretrain(config)
+        losses[compiled] = _losses(tmp_path / str(compiled) / "run")
+    assert "compile: backbone and loss as one graph" in capsys.readouterr().out
+    assert sorted(losses[True]) == list(range(1, 7))
+    for step, loss in losses[False].items():
+        assert losses[True][step] == pytest.approx(loss, rel=2e-4), step
