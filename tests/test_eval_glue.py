@@ -37,9 +37,17 @@ def test_run_glue_on_real_subsets(tiny_bert_dir, glue_dir, tmp_path):
     assert stsb["main"]["mean"] == pytest.approx(
         (stsb["metrics"]["dev"]["pearson"]["mean"] + stsb["metrics"]["dev"]["spearman"]["mean"]) / 2)
     assert set(saved["tasks"]["mrpc"]["metrics"]["dev"]) == {"f1", "accuracy"}
-    for task in saved["tasks"].values():
+    from headless.eval.glue import GLUE_TASKS
+    from headless.eval.metrics import classification_metrics
+
+    for key, task in saved["tasks"].items():
         assert task["train_examples"] == 24 and task["eval_examples"] == {"dev": 16}
         assert 0.0 <= task["metrics"]["dev"].get("accuracy", {"mean": 0.5})["mean"] <= 1.0
+        # each seed's dev predictions are kept, and they give the reported score (paired tests need them)
+        (preds,) = task["predictions"]["dev"]
+        assert len(preds) == len(task["labels"]["dev"]) == 16
+        main = classification_metrics(GLUE_TASKS[key].metric, preds, task["labels"]["dev"])["main"]
+        assert main == pytest.approx(task["main"]["values"][0], abs=1e-12)
     markdown = (tmp_path / "glue.md").read_text()
     for name in ("SST-2", "MRPC", "STS-B", "RTE", "WNLI", "**Average**", "pearson", "f1"):
         assert name in markdown

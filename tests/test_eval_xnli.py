@@ -35,6 +35,10 @@ def test_run_xnli_both_modes(tiny_bert_dir, xnli_dir, tmp_path):
         mean = sum(v["mean"] for v in langs.values()) / 3
         assert saved["modes"][mode]["average"]["mean"] == pytest.approx(mean)
         assert all(0.0 <= v["mean"] <= 1.0 for v in langs.values())
+        for lang, seeds in saved["modes"][mode]["predictions"].items():  # kept for paired tests
+            (preds,) = seeds
+            hits = sum(p == y for p, y in zip(preds, saved["labels"][lang]))
+            assert len(preds) == 12 and hits / 12 == pytest.approx(langs[lang]["values"][0])
     markdown = (tmp_path / "xnli.md").read_text()
     assert "| de |" in markdown and "**Average**" in markdown and "transfer (fine-tuned on en)" in markdown
 

@@ -107,6 +107,20 @@ def test_encoder_study_toy_budget_end_to_end(mini_root, tmp_path):
     assert len(final["glue_avg"]) == 2 and len(final["rte"]) == 2  # two fine-tuning seeds
     assert final["rte_lr"][0] in (1e-4, 3e-4)
     assert result["report"]["headline"]["glue_avg"]["vanilla"]["n"] == 2
+    for path in result["pieces"]:  # each twin's own pretraining curves travel in its piece
+        t = json.loads(path.read_text())["pretrain"]
+        train = t["curves"]["train"]
+        assert train["step"][-1] == t["steps"] and len(train["loss"]) == len(train["accuracy"]) == len(train["step"])
+        assert t["curves"]["val"]["step"][-1] == t["steps"]
+    assert (tmp_path / "out" / "encoder-pretraining.png").stat().st_size > 1000
+    assert "encoder-pretraining.png" in (tmp_path / "out" / "encoder-report.md").read_text()
+    # the dev predictions of both kept seeds travel, and the headline pairs the twins on them
+    preds = json.loads(result["pieces"][0].read_text())["points"][-1]["variants"]["headless"]["predictions"]
+    assert set(preds) == {"rte/dev", "stsb/dev"} and preds["stsb/dev"]["metric"] == "correlation"
+    assert len(preds["rte/dev"]["seeds"]) == 2 and len(preds["rte/dev"]["seeds"][0]) == len(preds["rte/dev"]["labels"])
+    paired = result["report"]["headline"]["glue_avg"]["paired_bootstrap"]
+    assert paired["low"] <= paired["high"] and paired["seeds"] == {"headless": 2, "vanilla": 2}
+    assert "paired bootstrap" in (tmp_path / "out" / "encoder-report.md").read_text()
 
 
 def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_path):
@@ -122,6 +136,9 @@ def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_
     for key in ("xnli_transfer_avg", "xnli_target_avg", "xnli_transfer_covered", "xnli_transfer_other",
                 "xnli_target_de"):
         assert key in scores
+    preds = piece["points"][-1]["variants"]["headless"]["predictions"]
+    assert {"transfer/en", "transfer/de", "transfer/fr", "target/de"} <= set(preds)
+    assert preds["target/fr"]["labels"] == preds["transfer/fr"]["labels"] and len(preds["target/fr"]["seeds"]) == 1
     assert any("de.jsonl.xz" in name for name in piece["data"]["inputs"])
     tokenizers = list((tmp_path / "work" / "multilingual" / "tokenizers").iterdir())
     assert len(tokenizers) == 1 and (tokenizers[0] / "tokenizer.json").is_file()
@@ -171,6 +188,42 @@ def test_report_is_order_independent_and_draws_curves(tmp_path):
     assert final["headless"]["std"] == pytest.approx(0.0707, abs=1e-3)
     for metric in ("lambada_acc", "heldout_ce"):
         assert (tmp_path / "a" / f"decoder-{metric}.png").stat().st_size > 1000
+    assert not (tmp_path / "a" / "decoder-pretraining.png").exists()  # pieces without curves: no plot
+
+
+def test_pretraining_curves_thin_evenly_and_older_pieces_get_them_from_their_run(tmp_path):
+    import subprocess
+    import sys
+
+    from headless.reproduce.piece import pretraining_curves
+
+    records = [{"split": "train", "step": s, "loss": 10 - s / 100, "accuracy": s / 1000} for s in range(1, 1001)]
+    records += [{"split": "train", "step": 500, "loss": -1.0, "accuracy": 0.9}]  # a resumed run logs it again
+    records += [{"split": "val", "step": s, "loss": 9.0, "accuracy": 0.5} for s in (250, 1000)]
+    records += [{"split": "train", "step": 3, "tokens_per_s": 1.0}]  # not a loss record
+    curves = pretraining_curves(records, max_points=50)
+    train = curves["train"]
+    assert len(train["step"]) == 50 and train["step"][0] == 1 and train["step"][-1] == 1000
+    assert train["step"] == sorted(set(train["step"]))
+    gaps = {b - a for a, b in zip(train["step"], train["step"][1:])}
+    assert max(gaps) - min(gaps) <= 1  # evenly spread
+    assert curves["val"] == {"step": [250, 1000], "loss": [9.0, 9.0], "accuracy": [0.5, 0.5]}
+    assert pretraining_curves(records, max_points=2000)["train"]["loss"][499] == -1.0  # the last record of a step
+
+    piece = _piece("headless", study="encoder")
+    piece["train_config"] = {"log_every": 10}
+    path = _write(tmp_path, "old.json", piece)
+    metrics = tmp_path / "metrics.jsonl"
+    script = Path(__file__).parent.parent / "scripts" / "add_pretraining_curves.py"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= 80))
+    bad = subprocess.run([sys.executable, str(script), str(path), str(metrics)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "not this piece's run" in bad.stderr
+    assert "curves" not in json.loads(path.read_text())["pretrain"]  # refused: the piece is untouched
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= 100))
+    subprocess.run([sys.executable, str(script), str(path), str(metrics)], check=True, capture_output=True)
+    t = json.loads(path.read_text())["pretrain"]
+    assert t["curves"]["train"]["step"][-1] == 100 and "add_pretraining_curves" in t["curves_source"]
+    assert {k: v for k, v in t.items() if not k.startswith("curves")} == piece["pretrain"]
 
 
 def test_report_refuses_mixed_studies_data_and_duplicates(tmp_path):
@@ -207,6 +260,39 @@ def test_glue_averages_with_and_without_rte_seed_by_seed(tmp_path):
                                                   "glue_avg": [140 / 3], "sst2_lr": [1e-4]}
     loaded = load_piece(_write(tmp_path, "old.json", piece))
     assert loaded["points"][0]["variants"]["vanilla"]["scores"]["glue_avg_no_rte"] == [45.0]
+
+
+def test_report_pairs_the_twins_on_their_predictions_and_pools_pretraining_seeds(tmp_path, capsys):
+    from headless.cli import main
+
+    rng = __import__("numpy").random.default_rng(0)
+    labels = rng.integers(0, 2, 200).tolist()
+    paths = []
+    for flavour, hit in (("headless", 0.8), ("vanilla", 0.6)):
+        for seed in (0, 1):
+            piece = _piece(flavour, seed, study="encoder")
+            for point in piece["points"]:
+                preds = [[y if rng.random() < hit else 1 - y for y in labels] for _ in range(2)]
+                acc = [100 * sum(p == y for p, y in zip(ps, labels)) / 200 for ps in preds]
+                point["variants"] = {flavour: {"gpu_s": point["pretrain_gpu_s"], "scores": {
+                    "rte": acc, "sst2": acc, "glue_avg": acc, "glue_avg_no_rte": acc}, "predictions": {
+                    task: {"group": task, "metric": "accuracy", "labels": labels, "seeds": preds}
+                    for task in ("rte", "sst2")}}}
+            paths.append(_write(tmp_path, f"{flavour}{seed}.json", piece))
+    assert main(["report", *map(str, paths), "--output", str(tmp_path / "out"), "--bootstrap", "300"]) == 0
+    printed = capsys.readouterr().out
+    assert "paired bootstrap 95 % [+" in printed
+    report = json.loads((tmp_path / "out" / "encoder-report.json").read_text())
+    paired = report["headline"]["glue_avg"]["paired_bootstrap"]
+    assert 10 < paired["low"] < paired["high"] < 30 and paired["headless_better"] == 1
+    assert paired["seeds"] == {"headless": 4, "vanilla": 4}  # 2 pretraining x 2 fine-tuning seeds
+    assert paired["replicates"] == 300 and paired["examples"] == 400
+    assert "paired_bootstrap" not in report["headline"]["glue_avg_no_rte"]  # one task left: not an average
+    assert "The interval excludes 0." in (tmp_path / "out" / "encoder-report.md").read_text()
+    assert main(["report", *map(str, paths), "--output", str(tmp_path / "none"), "--bootstrap", "0"]) == 0
+    report = json.loads((tmp_path / "none" / "encoder-report.json").read_text())
+    assert "paired_bootstrap" not in report["headline"]["glue_avg"]
+    assert main(["report", *map(str, paths), "--output", str(tmp_path / "bad"), "--bootstrap", "-1"]) != 0
 
 
 def test_crossing_interpolates_in_gpu_time():

@@ -41,6 +41,8 @@ def register(subparsers) -> None:
                               "STUDY-report.md, STUDY-report.json and PNG curves.")
     r.add_argument("pieces", nargs="+", metavar="PIECE.json")
     r.add_argument("--output", required=True, help="folder for the report")
+    r.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="replicates of the paired bootstrap over evaluation examples and seeds (0: none)")
     r.set_defaults(func=_report)
 
 
@@ -68,15 +70,21 @@ def _print_headline(report: dict) -> None:
 
     for entry in report["headline"].values():
         if "delta" in entry:
+            b = entry.get("paired_bootstrap")
+            paired = f"; paired bootstrap 95 % [{b['low']:+.2f}, {b['high']:+.2f}]" if b else ""
             print(f"{entry['label']}: headless {entry['headless']['mean']:.2f} vs vanilla "
-                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}); headless reaches vanilla's final "
-                  f"score at {crossing_text(entry['crossing'], within_noise(entry))}")
+                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}{paired}); headless reaches vanilla's "
+                  f"final score at {crossing_text(entry['crossing'], within_noise(entry))}")
 
 
 def _report(args) -> int:
     from headless.reproduce.report import write_report
 
-    report = write_report(args.pieces, args.output)
+    if args.bootstrap < 0:
+        from headless.errors import HeadlessError
+
+        raise HeadlessError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    report = write_report(args.pieces, args.output, bootstrap=args.bootstrap)
     _print_headline(report)
     print(f"report written: {args.output}/{report['study']}-report.md")
     return 0

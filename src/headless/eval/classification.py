@@ -282,7 +282,8 @@ def finetune(
     `num_labels=1` means regression (MSE).  `metric(preds, labels)` returns a dict with a "main"
     entry; with `recipe.select == "best"` the epoch with the highest mean "main" over `evals` is
     reported (the paper's protocol), otherwise the last epoch.  Returns
-    {"scores": {eval_name: metrics}, "epoch": chosen epoch (1-based), "history": [per-epoch scores]}.
+    {"scores": {eval_name: metrics}, "epoch": chosen epoch (1-based), "history": [per-epoch scores],
+    "predictions": {eval_name: predictions of the chosen epoch}} (for paired tests across models).
     """
     if not len(train):
         raise HeadlessError(f"{desc or 'fine-tuning'}: the training set is empty")
@@ -305,6 +306,7 @@ def finetune(
     generator = torch.Generator().manual_seed(seed)
 
     history: list[dict] = []
+    predictions: list[dict] = []  # per evaluated epoch, like history
     for epoch in range(1, recipe.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
@@ -334,16 +336,18 @@ def finetune(
             raise HeadlessError(f"{desc}: the loss became non-finite in epoch {epoch}; "
                                 "lower --lr (or drop --bf16)")
         if recipe.select == "best" or epoch == recipe.epochs:
-            history.append({name: metric(predict(model, data, batch_size=2 * recipe.batch_size,
-                                                 pad_id=pad_id, regression=regression,
-                                                 device=device, bf16=bf16), data.labels)
-                            for name, data in evals.items()})
+            predictions.append({name: predict(model, data, batch_size=2 * recipe.batch_size, pad_id=pad_id,
+                                              regression=regression, device=device, bf16=bf16)
+                                for name, data in evals.items()})
+            history.append({name: metric(predictions[-1][name], data.labels) for name, data in evals.items()})
             log.info("%s seed %d epoch %d: %s", desc, seed, epoch, _fmt(history[-1]))
+    chosen = len(history) - 1
     if recipe.select == "best":
-        best = max(range(len(history)),
-                   key=lambda i: statistics.fmean(m["main"] for m in history[i].values()))
-        return {"scores": history[best], "epoch": best + 1, "history": history}
-    return {"scores": history[-1], "epoch": recipe.epochs, "history": history}
+        chosen = max(range(len(history)), key=lambda i: statistics.fmean(m["main"] for m in history[i].values()))
+    epoch = chosen + 1 if recipe.select == "best" else recipe.epochs
+    preds = {name: [float(v) if regression else int(v) for v in values]  # unrounded: ranks decide Spearman
+             for name, values in predictions[chosen].items()}
+    return {"scores": history[chosen], "epoch": epoch, "history": history, "predictions": preds}
 
 
 def _finetune_job(job: dict) -> dict:

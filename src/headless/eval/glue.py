@@ -240,13 +240,14 @@ def run_glue(
                "max_eval_examples": max_eval_examples, "tasks": {}}
     data = {key: load_glue_task(key, data_dir, max_train_examples=max_train_examples,
                                 max_eval_examples=max_eval_examples) for key in keys}  # fail before training
-    jobs = []
+    jobs, gold = [], {}
     for key, (train, devs) in data.items():
         task = GLUE_TASKS[key]
         log.info("%s: %d training examples, %s", task.name, len(train),
                  ", ".join(f"{len(v)} {k}" for k, v in devs.items()))
         train_enc = encode(tokenizer, train, max_seq_len)
         dev_enc = {name: encode(tokenizer, ex, max_seq_len) for name, ex in devs.items()}
+        gold[key] = {name: list(enc.labels) for name, enc in dev_enc.items()}
         jobs += [dict(model_dir=model_dir, tokenizer=tokenizer, train=train_enc, evals=dev_enc,
                       num_labels=task.num_labels, metric=functools.partial(classification_metrics, task.metric),
                       recipe=chosen, seed=seed, device=dev, bf16=bf16, progress=progress, desc=task.name)
@@ -262,7 +263,10 @@ def run_glue(
             "name": task.name, "metrics": metrics,
             "main": summarize([statistics.fmean(s["main"] for s in r["scores"].values()) for r in runs]),
             "epochs": [r["epoch"] for r in runs], "train_examples": len(train),
-            "eval_examples": {name: len(ex) for name, ex in devs.items()}}
+            "eval_examples": {name: len(ex) for name, ex in devs.items()},
+            # per dev set: the gold labels and each seed's predictions, for paired tests across models
+            "labels": gold[key],
+            "predictions": {name: [r["predictions"][name] for r in runs] for name in devs}}
     results["average"] = summarize([statistics.fmean(t["main"]["values"][i] for t in results["tasks"].values())
                                     for i in range(len(seeds))])
     write_results(results, glue_markdown(results), output_dir, "glue")

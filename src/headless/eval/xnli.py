@@ -232,17 +232,22 @@ def run_xnli(
     runs = finetune_all([job(train_language, report, seed) if lang is None else job(lang, [lang], seed)
                          for _, seed, lang in plan], workers=workers)
     by_seed: dict[str, dict[int, dict[str, float]]] = {}  # mode -> seed -> {lang: accuracy}
+    preds: dict[str, dict[int, dict[str, list]]] = {}  # mode -> seed -> {lang: predictions}
     for (mode_name, seed, _), run in zip(plan, runs):
         by_seed.setdefault(mode_name, {}).setdefault(seed, {}).update(
             {name: s["accuracy"] for name, s in run["scores"].items()})
+        preds.setdefault(mode_name, {}).setdefault(seed, {}).update(run["predictions"])
     per_seed = {m: list(seeds_.values()) for m, seeds_ in by_seed.items()}  # mode -> [{lang: accuracy} per seed]
     results = {"benchmark": "xnli", "model": str(model_dir), "layout": layout, "train_language": train_language,
                "recipe": dataclasses.asdict(recipe), "seeds": seeds, "max_seq_len": max_seq_len,
                "train_examples": len(data[train_language if "transfer" in modes else report[0]][0]),
                "eval_examples": len(data[report[0]][1]),
                "modes": {m: {"languages": {lang: summarize([s[lang] for s in runs]) for lang in report},
-                             "average": summarize([statistics.fmean(s.values()) for s in runs])}
-                         for m, runs in per_seed.items()}}
+                             "average": summarize([statistics.fmean(s.values()) for s in runs]),
+                             # each seed's predictions per language, for paired tests across models
+                             "predictions": {lang: [preds[m][seed][lang] for seed in by_seed[m]] for lang in report}}
+                         for m, runs in per_seed.items()},
+               "labels": {lang: list(encoded[lang][1].labels) for lang in report}}
     write_results(results, xnli_markdown(results), output_dir, "xnli")
     return results
 

@@ -60,10 +60,23 @@ def hlm_finetune(model_dir: Path, out_dir: Path, run_dir: Path, config: StudyCon
     return time.perf_counter() - start
 
 
-def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[str, list[float]]:
+Predictions = dict[str, dict]  # entry -> {"group", "metric", "labels", "seeds": [[prediction per example] per seed]}
+
+
+def _glue_predictions(result: dict, keys: list[str]) -> Predictions:
+    """Each task's dev sets as entries of `Predictions` (group = the task), for the paired bootstrap."""
+    from headless.eval.glue import GLUE_TASKS
+
+    return {f"{k}/{dev}": {"group": k, "metric": GLUE_TASKS[k].metric, "labels": result["tasks"][k]["labels"][dev],
+                           "seeds": result["tasks"][k]["predictions"][dev]}
+            for k in keys if k in result["tasks"] for dev in result["tasks"][k]["labels"]}
+
+
+def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple[dict[str, list[float]], Predictions]:
     """Per task: each learning rate with the first seed, the best on dev kept, then the other seeds
     at that rate; `glue_avg` averages the tasks' main scores seed by seed.  One `run_glue` call per
-    rate covers every task, so each task's data is read and tokenized once per call, not per task."""
+    rate covers every task, so each task's data is read and tokenized once per call, not per task.
+    Also returns every kept seed's dev predictions (`Predictions`)."""
     from headless.eval.glue import glue_task, run_glue
 
     common = dict(max_train_examples=config.glue_max_train_examples, device=config.device,
@@ -75,21 +88,27 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[
         return {k: [100 * v for v in result["tasks"][k]["main"]["values"]] for k in keys if k in result["tasks"]}
 
     if config.glue_recipe == "paper":
-        scores = main_scores(run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common))
+        result = run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common)
+        scores, predictions = main_scores(result), _glue_predictions(result, keys)
     else:
-        first = {lr: main_scores(run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
-                                          seeds=seeds[:1], **common)) for lr in config.glue_lrs}
+        runs = {lr: run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
+                             seeds=seeds[:1], **common) for lr in config.glue_lrs}
+        first = {lr: main_scores(r) for lr, r in runs.items()}
         best = {k: max(config.glue_lrs, key=lambda lr: first[lr][k][0]) for k in keys}  # first rate wins ties
         scores = {k: list(first[best[k]][k]) for k in keys}
+        predictions = {name: entry for k in keys for name, entry in _glue_predictions(runs[best[k]], [k]).items()}
         if len(seeds) > 1:
             for lr in dict.fromkeys(best.values()):
                 tasks = [k for k in keys if best[k] == lr]
-                more = main_scores(run_glue(model_dir, tasks=tasks, recipe="standard", lr=lr,
-                                            epochs=config.glue_epochs, seeds=seeds[1:], **common))
+                result = run_glue(model_dir, tasks=tasks, recipe="standard", lr=lr, epochs=config.glue_epochs,
+                                  seeds=seeds[1:], **common)
+                more = main_scores(result)
                 for k in tasks:
                     scores[k] += more[k]
+                for name, entry in _glue_predictions(result, tasks).items():
+                    predictions[name]["seeds"] = predictions[name]["seeds"] + entry["seeds"]
         scores.update({f"{k}_lr": [best[k]] for k in keys})
-    return with_glue_averages(scores, keys)
+    return with_glue_averages(scores, keys), predictions
 
 
 def with_glue_averages(scores: dict[str, list[float]], keys: list[str]) -> dict[str, list[float]]:
@@ -109,7 +128,8 @@ def covered_languages(config: StudyConfig) -> list[str]:
     return ["en", *config.languages]
 
 
-def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[str, list[float]]:
+def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple[dict[str, list[float]], Predictions]:
+    """Accuracy per mode and language, the averages, and each seed's predictions (`Predictions`)."""
     from headless.eval.xnli import run_xnli
 
     mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
@@ -131,7 +151,10 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> dict[
             if group:
                 scores[f"xnli_{name}_{label}"] = [100 * statistics.fmean(langs[lang]["values"][i] for lang in group)
                                                   for i in range(n)]
-    return scores
+    predictions = {f"{name}/{lang}": {"group": f"{name}/{lang}", "metric": "accuracy", "labels": result["labels"][lang],
+                                      "seeds": block["predictions"][lang]}
+                   for name, block in result["modes"].items() for lang in block["languages"]}
+    return scores, predictions
 
 
 ENCODER_EVALS: dict[str, Callable] = {"encoder": glue_scores, "multilingual": xnli_scores}

@@ -82,6 +82,24 @@ def _pretrained_run(cfg, run_dir: Path) -> dict:
     return pretrain(cfg)
 
 
+def pretraining_curves(records: list[dict], max_points: int = 200) -> dict[str, dict[str, list]]:
+    """Train and validation loss and accuracy by step from a run's metrics.jsonl records, each
+    thinned evenly to at most `max_points` (first and last kept; a resumed run's repeated steps
+    keep their last record). The report plots them: a twin stuck on the MLM plateau shows here
+    long before any downstream score."""
+    curves = {}
+    for split in ("train", "val"):
+        by_step = {r["step"]: r for r in records if r.get("split") == split and "loss" in r}
+        steps = sorted(by_step)
+        if len(steps) > max_points:
+            steps = [steps[i] for i in sorted({round(i * (len(steps) - 1) / (max_points - 1))
+                                               for i in range(max_points)})]
+        if steps:
+            curves[split] = {"step": steps, "loss": [by_step[s]["loss"] for s in steps],
+                             "accuracy": [by_step[s].get("accuracy") for s in steps]}
+    return curves
+
+
 def _checkpoint(run_dir: Path, step: int) -> tuple[Path, dict]:
     from headless.train.checkpoint import checkpoint_name
 
@@ -125,8 +143,9 @@ def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path
         else:
             model = export(run_dir, scratch / flavour, checkpoint=str(ckpt))
             seeds = list(config.seeds if final else config.curve_seeds)
-            point["variants"][flavour] = {"gpu_s": pretrain_s,
-                                          "scores": evaluate.ENCODER_EVALS[config.study](model, config, seeds)}
+            scores, predictions = evaluate.ENCODER_EVALS[config.study](model, config, seeds)
+            # the predictions travel too: `headless report`'s paired bootstrap resamples the dev examples
+            point["variants"][flavour] = {"gpu_s": pretrain_s, "scores": scores, "predictions": predictions}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return point
@@ -182,6 +201,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     # limit) and run again evaluates only the points it had not finished
     # (the package's own source is in the key: a changed evaluation never serves a stale score)
     import headless
+    from headless.train.logging import read_metrics
 
     code = content_fingerprint(sorted(Path(headless.__file__).parent.rglob("*.py")))
     eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=gpu_per_step, code=code, config={
@@ -227,7 +247,8 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "wall_time_s": summary.get("wall_time_s"), "epochs": summary.get("tokens", 0) / data.train_tokens,
             "parameters": summary.get("parameters"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
             "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": summary.get("mfu_last"),
-            "final_val_loss": summary.get("final_val_loss"), "device": summary.get("device")},
+            "final_val_loss": summary.get("final_val_loss"), "device": summary.get("device"),
+            "curves": pretraining_curves(read_metrics(run_dir))},
         "points": points,
         "study_config": config.to_dict(), "train_config": cfg.to_dict(),
         "environment": {"host": platform.node(), "python": sys.version.split()[0], "torch": torch.__version__,

@@ -116,6 +116,43 @@ def curves(pieces: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+# headline metric -> the prediction groups it averages (reproduce.evaluate.Predictions), for the bootstrap
+BOOTSTRAP_GROUPS = {
+    "glue_avg": lambda groups: groups,
+    "glue_avg_no_rte": lambda groups: [g for g in groups if g != "rte"] if "rte" in groups else [],
+    "xnli_transfer_avg": lambda groups: [g for g in groups if g.startswith("transfer/")],
+    "xnli_target_avg": lambda groups: [g for g in groups if g.startswith("target/")],
+}
+
+
+def final_predictions(pieces: list[dict], variant: str) -> dict[str, dict]:
+    """The predictions of `variant` at the last point of every piece that has them, seeds pooled
+    across pieces (pretraining seeds x fine-tuning seeds, as the scores are); {} if none has."""
+    merged: dict[str, dict] = {}
+    for piece in pieces:
+        found = piece["points"][-1]["variants"].get(variant, {}).get("predictions") if piece["points"] else None
+        for name, entry in (found or {}).items():
+            if name in merged and list(merged[name]["labels"]) != list(entry["labels"]):
+                return {}  # not the same examples: nothing to pool
+            merged.setdefault(name, dict(entry, seeds=[]))["seeds"] += list(entry["seeds"])
+    return merged
+
+
+def headline_bootstrap(pieces: list[dict], head: str, van: str, metric: str, higher: bool,
+                       replicates: int) -> dict | None:
+    """`bootstrap.paired_bootstrap` of a headline metric at the twins' final checkpoints, or None."""
+    from headless.reproduce.bootstrap import paired_bootstrap
+
+    select = BOOTSTRAP_GROUPS.get(metric)
+    h, v = final_predictions(pieces, head), final_predictions(pieces, van)
+    if select is None or not h or not v or replicates < 1:
+        return None
+    groups = select(sorted({e["group"] for e in h.values()}))
+    if len(groups) < (2 if metric == "glue_avg_no_rte" else 1):
+        return None
+    return paired_bootstrap(h, v, groups, higher_is_better=higher, replicates=replicates)
+
+
 def crossing(headless: list[dict], vanilla: list[dict], metric: str, higher: bool) -> dict:
     """Where the headless curve first reaches vanilla's final score, as a fraction of vanilla's GPU
     time (linear interpolation between evaluated checkpoints)."""
@@ -176,7 +213,8 @@ def delta_text(entry: dict) -> str:
     return f"{delta:+.2f} ± {se:.2f}" + (" (within noise)" if within_noise(entry) else "")
 
 
-def build_report(pieces: list[dict]) -> dict:
+def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
+    """The merged report; `bootstrap` replicates of the paired bootstrap (0: none)."""
     check_compatible(pieces)
     pieces = sorted(pieces, key=lambda p: (p["flavour"], p["seed"]))
     study = pieces[0]["study"]
@@ -196,6 +234,9 @@ def build_report(pieces: list[dict]) -> dict:
             entry.update(headless=h, vanilla=v, delta=h["mean"] - v["mean"], delta_se=_se_of_difference(h, v),
                          crossing=crossing(curve[head], curve[van], metric, higher),
                          gpu_s={"headless": curve[head][-1]["gpu_s"], "vanilla": curve[van][-1]["gpu_s"]})
+            paired = headline_bootstrap(pieces, head, van, metric, higher, bootstrap)
+            if paired is not None:
+                entry["paired_bootstrap"] = paired
             at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
             if at is not None:  # HLM+FT's fine-tuning makes headless's last point later than vanilla's
                 entry["headless_at_vanilla_gpu_s"] = at
@@ -250,6 +291,15 @@ def report_markdown(report: dict) -> str:
         lines += ["", "Difference ± its standard error, over the seeds each twin's final score has (fine-tuning "
                   "seeds × pretraining seeds). Under two standard errors it is marked *within noise*; with one "
                   "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound."]
+    for entry in report["headline"].values():
+        b = entry.get("paired_bootstrap")
+        if b:
+            lines += ["", f"**{entry['label']}, paired bootstrap** over the {b['examples']:,} evaluation examples "
+                      f"and the seeds ({b['seeds']['headless']} / {b['seeds']['vanilla']}), {b['replicates']:,} "
+                      f"replicates: the difference lies in [{b['low']:+.2f}, {b['high']:+.2f}] (95 %); headless is "
+                      f"better in {100 * b['headless_better']:.0f} % of the replicates. "
+                      + ("The interval excludes 0." if b["low"] > 0 or b["high"] < 0 else
+                         "The interval includes 0: the evaluation sets cannot tell the twins apart.")]
     gpu = {f: [p["pretrain"]["gpu_s"] for p in report["pieces"] if p["flavour"] == f and p["pretrain"].get("gpu_s")]
            for f in ("headless", "vanilla")}
     if report["compare"] == "time" and all(gpu.values()):
@@ -280,6 +330,12 @@ def report_markdown(report: dict) -> str:
     if unmeasured:
         lines += ["", f"**Not measured**: {', '.join(unmeasured)} ran before the run's step time was measured; "
                   "its GPU s above and in the curves are the calibration's plan, not what the run spent."]
+    if any(p["pretrain"].get("curves") for p in report["pieces"]):
+        lines += ["", f"![pretraining curves]({study}-pretraining.png)", "",
+                  "The twins' own pretraining losses and top-1 accuracies (train and validation) against GPU "
+                  "seconds. They measure different things: CWT retrieves the target among the micro-batch's "
+                  "targets, the vanilla head predicts it among the whole vocabulary. Read them for their shape: "
+                  "a flat accuracy is a twin stuck on the MLM plateau (predicting frequent tokens)."]
     final_metrics = sorted({k for v in variants for k in curve[v][-1]["scores"]})
     lines += ["", "## Final checkpoint, every score", "",
               "| score | " + " | ".join(VARIANT_NAMES.get(v, v) for v in variants) + " |",
@@ -344,10 +400,51 @@ def plot_report(report: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(piece_paths: list[str | Path], output_dir: str | Path) -> dict:
-    """Merge the pieces into OUTPUT_DIR/{report.json, report.md, <study>-<metric>.png}."""
+def plot_pretraining(report: dict, out_dir: Path) -> Path | None:
+    """<study>-pretraining.png: each piece's loss and accuracy (train solid, validation dots)
+    against GPU seconds, or None when no piece carries its curves."""
+    pieces = [p for p in report["pieces"] if p["pretrain"].get("curves")]
+    if not pieces:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"headless": "tab:blue", "vanilla": "tab:orange"}
+    for p in pieces:
+        t = p["pretrain"]
+        per_step = (t.get("gpu_s") or 0) / max(t["steps"], 1)
+        for split, style in (("train", "-"), ("val", "o")):
+            c = t["curves"].get(split)
+            if not c:
+                continue
+            x = [step * per_step for step in c["step"]]
+            label = f"{p['flavour']} seed {p['seed']} ({'validation' if split == 'val' else split})"
+            for ax, key in zip(axes, ("loss", "accuracy")):
+                pts = [(a, b) for a, b in zip(x, c[key]) if b is not None]
+                if pts:
+                    ax.plot(*zip(*pts), style, color=colours.get(p["flavour"]), alpha=0.85, markersize=4,
+                            label=label)
+    for ax, name in zip(axes, ("loss (CWT: in-batch; vanilla: over the vocabulary)", "top-1 accuracy")):
+        ax.set_xlabel("GPU seconds (pretraining steps)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{report['study']}: the twins' pretraining")
+    fig.tight_layout()
+    path = out_dir / f"{report['study']}-pretraining.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(piece_paths: list[str | Path], output_dir: str | Path, bootstrap: int = 1000) -> dict:
+    """Merge the pieces into OUTPUT_DIR/{report.json, report.md, <study>-<metric>.png,
+    <study>-pretraining.png}."""
     pieces = [load_piece(p) for p in piece_paths]
-    report = build_report(pieces)
+    report = build_report(pieces, bootstrap=bootstrap)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise HeadlessError(f"{out} exists and is not a directory")
@@ -355,5 +452,6 @@ def write_report(piece_paths: list[str | Path], output_dir: str | Path) -> dict:
     atomic_write_json(out / f"{report['study']}-report.json", report)
     atomic_write(out / f"{report['study']}-report.md", report_markdown(report))
     plot_report(report, out)
+    plot_pretraining(report, out)
     return report
 
