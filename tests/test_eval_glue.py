@@ -71,6 +71,16 @@ def test_cli_glue_paper_recipe_seeds_and_compare(tiny_bert_dir, glue_dir, tmp_pa
     table = capsys.readouterr().out
     assert "| Task | A | B | B − A |" in table and "| WNLI |" in table and "Average (shared tasks)" in table
     assert (tmp_path / "cmp" / "glue-compare.md").read_text() == table
+    # both files kept their dev predictions on the same 12 RTE examples: B − A is paired on them
+    assert "Paired bootstrap of B − A" in table and "12 dev examples" in table
+    paired = json.loads((tmp_path / "cmp" / "glue-compare.json").read_text())["paired_bootstrap"]
+    assert paired["low"] <= paired["high"] and paired["seeds"] == [1, 2]
+    old = json.loads((tmp_path / "b" / "glue.json").read_text())  # written before predictions were kept
+    for task in old["tasks"].values():
+        del task["predictions"]
+    (tmp_path / "b" / "old.json").write_text(json.dumps(old))
+    assert main(["glue", "compare", str(tmp_path / "a" / "glue.json"), str(tmp_path / "b" / "old.json")]) == 0
+    assert "No paired bootstrap" in capsys.readouterr().out
 
 
 def _write(folder: Path, name: str, text: str) -> None:

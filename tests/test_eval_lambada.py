@@ -80,6 +80,8 @@ def test_cli_end_to_end_and_text_layout(model_dir, lambada_file, tmp_path, capsy
                  "--batch-size", "4", "--device", "cpu", "--output", str(out)]) == 0
     data = json.loads((out / "lambada.json").read_text())
     assert data["num_examples"] == 6 and len(data["examples"]) == 6
+    assert data["correct"] == [int(e["correct"]) for e in data["examples"]]  # per example, in file order
+    assert sum(data["correct"]) / 6 == data["accuracy"]
     assert "accuracy" in (out / "lambada.md").read_text() and "word ppl" in capsys.readouterr().out
     # OpenAI {"text"} layout: the last word is split off and scored as " word".
     rows = [json.loads(line) for line in lambada_file.read_text().splitlines()[:3]]

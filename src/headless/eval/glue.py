@@ -273,6 +273,16 @@ def run_glue(
     return results
 
 
+def glue_predictions(results: dict, keys: list[str] | None = None) -> dict[str, dict]:
+    """The dev predictions of `run_glue` results as `eval.bootstrap` entries (group = the task,
+    one entry per dev set); {} for results written before predictions were kept."""
+    tasks = results["tasks"]
+    return {f"{k}/{dev}": {"group": k, "metric": GLUE_TASKS[k].metric, "labels": tasks[k]["labels"][dev],
+                           "seeds": tasks[k]["predictions"][dev]}
+            for k in (keys if keys is not None else list(tasks)) if k in tasks and "predictions" in tasks[k]
+            for dev in tasks[k]["labels"]}
+
+
 def glue_markdown(results: dict) -> str:
     """One model's table: the score averaged into GLUE, then every metric, mean ± std over seeds."""
     recipe = results["recipe"]
@@ -321,6 +331,16 @@ def compare_glue(a: str | Path, b: str | Path, output_dir: str | Path | None = N
                                      for i in range(len(r["seeds"]))])
 
     row("**Average**" if len(shared) == len(keys) else "**Average (shared tasks)**", average(ra), average(rb))
+    from headless.eval.bootstrap import paired_bootstrap
+
+    paired = shared and paired_bootstrap(glue_predictions(rb, shared), glue_predictions(ra, shared), shared)
+    if paired:
+        lines += ["", f"Paired bootstrap of B − A on that average ({paired['replicates']:,} replicates over the "
+                  f"{paired['examples']:,} dev examples and the seeds): 95 % interval [{paired['low']:+.2f}, "
+                  f"{paired['high']:+.2f}]; B is ahead in {100 * paired['ahead']:.0f} % of them."]
+    elif shared:
+        lines += ["", "No paired bootstrap: the two files do not both carry dev predictions on the same examples."]
     markdown = "\n".join(lines) + "\n"
-    write_results({"benchmark": "glue-compare", "a": ra, "b": rb}, markdown, output_dir, "glue-compare")
+    write_results({"benchmark": "glue-compare", "a": ra, "b": rb, "paired_bootstrap": paired or None}, markdown,
+                  output_dir, "glue-compare")
     return markdown

@@ -87,6 +87,7 @@ def evaluate_lambada(
         "word_perplexity": math.exp(total_nll / n),
         "token_perplexity": math.exp(total_nll / tokens),
         "mean_target_tokens": tokens / n,
+        "correct": [int(s.is_greedy) for s in scores],  # per example, in file order: for paired tests
     }
     if output_dir is not None:
         table = markdown_table(

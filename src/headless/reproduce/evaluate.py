@@ -22,13 +22,19 @@ from typing import Callable
 from headless.reproduce.config import StudyConfig
 
 
+Predictions = dict[str, dict]  # entry -> {"group", "metric", "labels", "seeds": [[prediction per example] per seed]}
+
+
 def _bf16(device: str) -> bool:
     from headless.runtime import resolve_device
 
     return resolve_device(device).type == "cuda"
 
 
-def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final: bool) -> dict[str, list[float]]:
+def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final: bool
+                   ) -> tuple[dict[str, list[float]], Predictions]:
+    """LAMBADA, held-out cross-entropy and (final checkpoint) zero-shot scores; the LAMBADA
+    examples' correctness as `Predictions` (accuracy of 0/1 flags against all-ones labels)."""
     from headless.eval.heldout import heldout_cross_entropy
     from headless.eval.lambada import evaluate_lambada
     from headless.eval.zeroshot import evaluate_zeroshot
@@ -45,7 +51,9 @@ def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final
         for task, result in zs["tasks"].items():
             scores[f"{task}_acc"] = [100 * result["acc"]]
         scores["zeroshot_avg"] = [statistics.fmean(100 * r["acc"] for r in zs["tasks"].values())]
-    return scores
+    predictions = {"lambada": {"group": "lambada", "metric": "accuracy", "labels": [1] * len(lam["correct"]),
+                               "seeds": [lam["correct"]]}}
+    return scores, predictions
 
 
 def hlm_finetune(model_dir: Path, out_dir: Path, run_dir: Path, config: StudyConfig, dataset: Path) -> float:
@@ -60,24 +68,12 @@ def hlm_finetune(model_dir: Path, out_dir: Path, run_dir: Path, config: StudyCon
     return time.perf_counter() - start
 
 
-Predictions = dict[str, dict]  # entry -> {"group", "metric", "labels", "seeds": [[prediction per example] per seed]}
-
-
-def _glue_predictions(result: dict, keys: list[str]) -> Predictions:
-    """Each task's dev sets as entries of `Predictions` (group = the task), for the paired bootstrap."""
-    from headless.eval.glue import GLUE_TASKS
-
-    return {f"{k}/{dev}": {"group": k, "metric": GLUE_TASKS[k].metric, "labels": result["tasks"][k]["labels"][dev],
-                           "seeds": result["tasks"][k]["predictions"][dev]}
-            for k in keys if k in result["tasks"] for dev in result["tasks"][k]["labels"]}
-
-
 def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple[dict[str, list[float]], Predictions]:
     """Per task: each learning rate with the first seed, the best on dev kept, then the other seeds
     at that rate; `glue_avg` averages the tasks' main scores seed by seed.  One `run_glue` call per
     rate covers every task, so each task's data is read and tokenized once per call, not per task.
     Also returns every kept seed's dev predictions (`Predictions`)."""
-    from headless.eval.glue import glue_task, run_glue
+    from headless.eval.glue import glue_predictions, glue_task, run_glue
 
     common = dict(max_train_examples=config.glue_max_train_examples, device=config.device,
                   bf16=_bf16(config.device), data_dir=config.root / "glue", progress=False,
@@ -89,14 +85,14 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
 
     if config.glue_recipe == "paper":
         result = run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common)
-        scores, predictions = main_scores(result), _glue_predictions(result, keys)
+        scores, predictions = main_scores(result), glue_predictions(result, keys)
     else:
         runs = {lr: run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
                              seeds=seeds[:1], **common) for lr in config.glue_lrs}
         first = {lr: main_scores(r) for lr, r in runs.items()}
         best = {k: max(config.glue_lrs, key=lambda lr: first[lr][k][0]) for k in keys}  # first rate wins ties
         scores = {k: list(first[best[k]][k]) for k in keys}
-        predictions = {name: entry for k in keys for name, entry in _glue_predictions(runs[best[k]], [k]).items()}
+        predictions = {name: entry for k in keys for name, entry in glue_predictions(runs[best[k]], [k]).items()}
         if len(seeds) > 1:
             for lr in dict.fromkeys(best.values()):
                 tasks = [k for k in keys if best[k] == lr]
@@ -105,7 +101,7 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                 more = main_scores(result)
                 for k in tasks:
                     scores[k] += more[k]
-                for name, entry in _glue_predictions(result, tasks).items():
+                for name, entry in glue_predictions(result, tasks).items():
                     predictions[name]["seeds"] = predictions[name]["seeds"] + entry["seeds"]
         scores.update({f"{k}_lr": [best[k]] for k in keys})
     return with_glue_averages(scores, keys), predictions

@@ -128,18 +128,18 @@ def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path
     mark(scratch, "scratch")
     try:
         if config.study == "decoder":
+            def scored(model_dir: Path, **extra) -> dict:
+                scores, predictions = evaluate.decoder_scores(model_dir, config, dataset, final=final)
+                return {"gpu_s": pretrain_s, **extra, "scores": scores, "predictions": predictions}
+
             if flavour == "vanilla":
-                model = export(run_dir, scratch / "vanilla", checkpoint=str(ckpt))
-                point["variants"]["vanilla"] = {"gpu_s": pretrain_s,
-                                                "scores": evaluate.decoder_scores(model, config, dataset, final=final)}
+                point["variants"]["vanilla"] = scored(export(run_dir, scratch / "vanilla", checkpoint=str(ckpt)))
             else:
                 raw = export(run_dir, scratch / "raw", checkpoint=str(ckpt), add_head=True)
-                point["variants"]["headless_raw"] = {
-                    "gpu_s": pretrain_s, "scores": evaluate.decoder_scores(raw, config, dataset, final=final)}
+                point["variants"]["headless_raw"] = scored(raw)
                 ft_s = evaluate.hlm_finetune(raw, scratch / "hlm-ft", scratch / "hlm-ft-run", config, dataset)
-                point["variants"]["hlm_ft"] = {
-                    "gpu_s": pretrain_s + ft_s, "finetune_gpu_s": ft_s,
-                    "scores": evaluate.decoder_scores(scratch / "hlm-ft", config, dataset, final=final)}
+                point["variants"]["hlm_ft"] = dict(scored(scratch / "hlm-ft", finetune_gpu_s=ft_s),
+                                                   gpu_s=pretrain_s + ft_s)
         else:
             model = export(run_dir, scratch / flavour, checkpoint=str(ckpt))
             seeds = list(config.seeds if final else config.curve_seeds)

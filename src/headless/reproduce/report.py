@@ -118,6 +118,7 @@ def curves(pieces: list[dict]) -> dict[str, list[dict]]:
 
 # headline metric -> the prediction groups it averages (reproduce.evaluate.Predictions), for the bootstrap
 BOOTSTRAP_GROUPS = {
+    "lambada_acc": lambda groups: [g for g in groups if g == "lambada"],
     "glue_avg": lambda groups: groups,
     "glue_avg_no_rte": lambda groups: [g for g in groups if g != "rte"] if "rte" in groups else [],
     "xnli_transfer_avg": lambda groups: [g for g in groups if g.startswith("transfer/")],
@@ -141,7 +142,7 @@ def final_predictions(pieces: list[dict], variant: str) -> dict[str, dict]:
 def headline_bootstrap(pieces: list[dict], head: str, van: str, metric: str, higher: bool,
                        replicates: int) -> dict | None:
     """`bootstrap.paired_bootstrap` of a headline metric at the twins' final checkpoints, or None."""
-    from headless.reproduce.bootstrap import paired_bootstrap
+    from headless.eval.bootstrap import paired_bootstrap
 
     select = BOOTSTRAP_GROUPS.get(metric)
     h, v = final_predictions(pieces, head), final_predictions(pieces, van)
@@ -295,9 +296,9 @@ def report_markdown(report: dict) -> str:
         b = entry.get("paired_bootstrap")
         if b:
             lines += ["", f"**{entry['label']}, paired bootstrap** over the {b['examples']:,} evaluation examples "
-                      f"and the seeds ({b['seeds']['headless']} / {b['seeds']['vanilla']}), {b['replicates']:,} "
+                      f"and the seeds ({b['seeds'][0]} / {b['seeds'][1]}), {b['replicates']:,} "
                       f"replicates: the difference lies in [{b['low']:+.2f}, {b['high']:+.2f}] (95 %); headless is "
-                      f"better in {100 * b['headless_better']:.0f} % of the replicates. "
+                      f"better in {100 * b['ahead']:.0f} % of the replicates. "
                       + ("The interval excludes 0." if b["low"] > 0 or b["high"] < 0 else
                          "The interval includes 0: the evaluation sets cannot tell the twins apart.")]
     gpu = {f: [p["pretrain"]["gpu_s"] for p in report["pieces"] if p["flavour"] == f and p["pretrain"].get("gpu_s")]
