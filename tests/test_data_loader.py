@@ -130,3 +130,26 @@ def test_errors(dataset, dataset_dir, tmp_path):
     (broken / "train-00001.bin").write_bytes(b"\x00\x01")
     with pytest.raises(HeadlessError, match="train-00001.bin is missing or truncated"):
         PackedDataset(broken)
+
+
+def test_validation_batches_mix_the_stored_order_and_stay_fixed(dataset):
+    """Validation draws its batches in a fixed shuffled order: sequences stored source by source
+    (a multilingual mix) must not make each validation batch one source (CWT's in-batch loss
+    depends on the batch's mix)."""
+    from types import SimpleNamespace
+
+    from headless.config import load_config
+    from headless.train.evaluation import validation_batches
+    from headless.train.step import DataInfo
+
+    config = load_config("tiny", overrides=["batch_size=8", "eval_batches=5", "seed=3"])
+    info = DataInfo(vocab_size=dataset.vocab_size, eos_token_id=dataset.eos_token_id,
+                    mask_token_id=dataset.mask_token_id, special_token_ids=dataset.special_token_ids)
+    env = SimpleNamespace(rank=0, world_size=1)
+    index = _row_ids(dataset)
+    first = validation_batches(dataset, config, info, env)
+    order = [i for ids, labels in first for i in _indices(torch.where(labels == -100, ids, labels), index)]
+    assert sorted(order) == list(range(NUM_SEQUENCES))  # 5 x 8: every sequence once
+    assert order != sorted(order) and order[:8] != list(range(8))
+    again = validation_batches(dataset, config, info, env)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))

@@ -10,7 +10,12 @@ from headless.train.step import DataInfo, evaluate, global_row, make_inputs
 
 
 def validation_batches(val_set, config: TrainConfig, info: DataInfo, env) -> list:
-    """Fixed validation batches and masks: every evaluation of the run scores the same positions."""
+    """Fixed validation batches and masks: every evaluation of the run scores the same positions.
+
+    The sequences are drawn in a fixed shuffled order (the run's seed), as training draws them:
+    `headless prepare` stores documents in source order, so in-order batches of a mix (the
+    multilingual study: English, then German, Japanese...) would each hold one source, and CWT's
+    in-batch loss depends on the batch's mix while a vocabulary head's does not."""
     from headless.data.loader import BatchIterator
 
     per_rank = len(val_set) // env.world_size
@@ -18,7 +23,7 @@ def validation_batches(val_set, config: TrainConfig, info: DataInfo, env) -> lis
     if batch_size == 0:
         return []
     count = min(config.eval_batches, per_rank // batch_size)
-    it = BatchIterator(val_set, batch_size, seed=config.seed, shuffle=False, rank=env.rank, world_size=env.world_size)
+    it = BatchIterator(val_set, batch_size, seed=config.seed, shuffle=True, rank=env.rank, world_size=env.world_size)
     return [make_inputs(next(it), config, info, step=0, first_row=global_row(i, env.rank, env.world_size, batch_size),
                         split=1) for i in range(count)]
 
