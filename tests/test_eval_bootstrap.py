@@ -65,6 +65,15 @@ def test_paired_bootstrap_interval():
     assert paired_bootstrap(_twin(labels, noisy), _twin(labels, noisy), ["rte", "cola"]) is None
 
 
+def test_per_example_values_and_a_lower_is_better_metric_in_their_own_units():
+    """Held-out cross-entropy: per-sequence values ("mean"), nats kept (scale 1), lower is better."""
+    ce_a, ce_b = np.full(50, 3.9), np.full(50, 4.0)
+    a = _twin(np.zeros(50), [ce_a], "heldout", "mean")
+    b = _twin(np.zeros(50), [ce_b], "heldout", "mean")
+    out = paired_bootstrap(a, b, ["heldout"], higher_is_better=False, scale=1.0, replicates=50)
+    assert out["low"] == pytest.approx(-0.1) and out["high"] == pytest.approx(-0.1) and out["ahead"] == 1
+
+
 def test_groups_average_their_evaluation_sets_first():
     """MNLI-like: a group with two dev sets counts once in the average, like GLUE's."""
     rng = np.random.default_rng(2)

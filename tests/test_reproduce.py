@@ -98,7 +98,11 @@ def test_decoder_study_toy_budget_end_to_end(mini_root, tmp_path):
     assert sum(flags["seeds"][0]) / 12 * 100 == pytest.approx(head_final["hlm_ft"]["scores"]["lambada_acc"][0])
     paired = report["headline"]["lambada_acc"]["paired_bootstrap"]
     assert paired["examples"] == 12 and paired["low"] <= paired["high"]
-    assert "paired_bootstrap" not in report["headline"]["heldout_ce"]
+    ce = report["headline"]["heldout_ce"]  # lower is better, in nats: paired on the 4 held-out sequences
+    assert ce["paired_bootstrap"]["examples"] == 4
+    assert ce["paired_bootstrap"]["low"] <= ce["delta"] <= ce["paired_bootstrap"]["high"]
+    per_seq = head_final["hlm_ft"]["predictions"]["heldout"]["seeds"][0]
+    assert sum(per_seq) / 4 == pytest.approx(head_final["hlm_ft"]["scores"]["heldout_ce"][0])
     assert (tmp_path / "out" / "decoder-lambada_acc.png").stat().st_size > 1000
     assert "| LAMBADA accuracy (%) |" in (tmp_path / "out" / "decoder-report.md").read_text()
 

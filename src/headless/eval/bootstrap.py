@@ -47,7 +47,8 @@ def _mcc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def batch_main(kind: str, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The "main" value of `metrics.classification_metrics(kind, ...)` for every row of preds/labels [R, n]."""
+    """The "main" value of `metrics.classification_metrics(kind, ...)` for every row of preds/labels
+    [R, n]; "mean" is the mean of per-example values (held-out cross-entropy per sequence)."""
     if kind in ("accuracy", "f1_accuracy"):
         acc = (preds == labels).mean(axis=1)
         if kind == "accuracy":
@@ -59,6 +60,8 @@ def batch_main(kind: str, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return (f1 + acc) / 2
     if kind == "matthews":
         return _mcc(preds, labels)
+    if kind == "mean":  # per-example values (a sequence's cross-entropy): their mean, labels unused
+        return preds.mean(axis=1)
     if kind == "correlation":
         pearson = _rowwise_pearson(preds, labels)
         spearman = _rowwise_pearson(stats.rankdata(preds, axis=1), stats.rankdata(labels, axis=1))
@@ -77,9 +80,10 @@ def _seed_averaged(entry: dict, idx: np.ndarray, pick: np.ndarray) -> np.ndarray
 
 def paired_bootstrap(first: dict[str, dict], second: dict[str, dict], groups: list[str], *,
                      higher_is_better: bool = True, replicates: int = DEFAULT_REPLICATES,
-                     seed: int = 0) -> dict | None:
-    """95 % interval of first − second (in points, ×100) of the mean over `groups`, and `ahead`,
-    the share of replicates in which `first` is better.
+                     seed: int = 0, scale: float = 100.0) -> dict | None:
+    """95 % interval of first − second (× `scale`: 100 gives points of a [0, 1] metric, 1 keeps
+    nats) of the mean over `groups`, and `ahead`, the share of replicates in which `first` is
+    better.
 
     first / second: {entry: {"group", "metric", "labels", "seeds": [[prediction per example] per
     seed]}}, e.g. two models' dev predictions (`glue.glue_predictions`,
@@ -104,7 +108,7 @@ def paired_bootstrap(first: dict[str, dict], second: dict[str, dict], groups: li
                 picks[which, g] = rng.integers(0, len(m[e]["seeds"]), size=(replicates, len(m[e]["seeds"])))
         idx = rng.integers(0, len(first[e]["labels"]), size=(replicates, len(first[e]["labels"])))
         per_group[g].append(_seed_averaged(first[e], idx, picks[0, g]) - _seed_averaged(second[e], idx, picks[1, g]))
-    diffs = 100 * np.mean([np.mean(parts, axis=0) for parts in per_group.values()], axis=0)
+    diffs = scale * np.mean([np.mean(parts, axis=0) for parts in per_group.values()], axis=0)
     low, high = np.percentile(diffs, [2.5, 97.5])
     better = diffs > 0 if higher_is_better else diffs < 0
     return {"low": float(low), "high": float(high), "ahead": float(better.mean()),

@@ -18,7 +18,9 @@ from headless.errors import HeadlessError
 @torch.no_grad()
 def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: str = "validation",
                           max_sequences: int = 256, batch_size: int = 8, device: str | None = "auto") -> dict:
-    """{"cross_entropy" (nats per token), "perplexity", "tokens", "sequences"}."""
+    """{"cross_entropy" (nats per token), "perplexity", "tokens", "sequences", "per_sequence"
+    (each sequence's mean cross-entropy, in order: every sequence has the same number of tokens, so
+    their mean is the cross-entropy; for paired tests)}."""
     import numpy as np
 
     from headless.data.loader import PackedDataset
@@ -30,7 +32,7 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
         raise HeadlessError(f"{dataset} has no {split} sequences to score")
     model, _, dev = load_causal_lm(model_dir, device=device)
     rows = model.get_output_embeddings().weight.shape[0]
-    total, tokens = 0.0, 0
+    total, tokens, per_sequence = 0.0, 0, []
     for start in range(0, count, batch_size):
         batch = torch.from_numpy(np.stack([data[i] for i in range(start, min(count, start + batch_size))]).astype(np.int64))
         if int(batch.max()) >= rows:
@@ -38,9 +40,11 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
         batch = batch.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(input_ids=batch).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(),
-                                                 reduction="sum")
-        total += float(loss)
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:],
+                                                   reduction="none")  # [B, L-1]
+        total += float(losses.sum())
         tokens += batch[:, 1:].numel()
+        per_sequence += losses.mean(dim=1).tolist()
     ce = total / tokens
-    return {"cross_entropy": ce, "perplexity": math.exp(ce), "tokens": tokens, "sequences": count}
+    return {"cross_entropy": ce, "perplexity": math.exp(ce), "tokens": tokens, "sequences": count,
+            "per_sequence": per_sequence}

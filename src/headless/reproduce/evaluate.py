@@ -33,8 +33,9 @@ def _bf16(device: str) -> bool:
 
 def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final: bool
                    ) -> tuple[dict[str, list[float]], Predictions]:
-    """LAMBADA, held-out cross-entropy and (final checkpoint) zero-shot scores; the LAMBADA
-    examples' correctness as `Predictions` (accuracy of 0/1 flags against all-ones labels)."""
+    """LAMBADA, held-out cross-entropy and (final checkpoint) zero-shot scores; as `Predictions`,
+    the LAMBADA examples' correctness (accuracy of 0/1 flags against all-ones labels) and each
+    held-out sequence's cross-entropy (metric "mean")."""
     from headless.eval.heldout import heldout_cross_entropy
     from headless.eval.lambada import evaluate_lambada
     from headless.eval.zeroshot import evaluate_zeroshot
@@ -52,7 +53,9 @@ def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final
             scores[f"{task}_acc"] = [100 * result["acc"]]
         scores["zeroshot_avg"] = [statistics.fmean(100 * r["acc"] for r in zs["tasks"].values())]
     predictions = {"lambada": {"group": "lambada", "metric": "accuracy", "labels": [1] * len(lam["correct"]),
-                               "seeds": [lam["correct"]]}}
+                               "seeds": [lam["correct"]]},
+                   "heldout": {"group": "heldout", "metric": "mean", "labels": [0] * len(held["per_sequence"]),
+                               "seeds": [held["per_sequence"]]}}
     return scores, predictions
 
 

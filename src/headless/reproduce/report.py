@@ -119,6 +119,7 @@ def curves(pieces: list[dict]) -> dict[str, list[dict]]:
 # headline metric -> the prediction groups it averages (reproduce.evaluate.Predictions), for the bootstrap
 BOOTSTRAP_GROUPS = {
     "lambada_acc": lambda groups: [g for g in groups if g == "lambada"],
+    "heldout_ce": lambda groups: [g for g in groups if g == "heldout"],
     "glue_avg": lambda groups: groups,
     "glue_avg_no_rte": lambda groups: [g for g in groups if g != "rte"] if "rte" in groups else [],
     "xnli_transfer_avg": lambda groups: [g for g in groups if g.startswith("transfer/")],
@@ -151,7 +152,8 @@ def headline_bootstrap(pieces: list[dict], head: str, van: str, metric: str, hig
     groups = select(sorted({e["group"] for e in h.values()}))
     if len(groups) < (2 if metric == "glue_avg_no_rte" else 1):
         return None
-    return paired_bootstrap(h, v, groups, higher_is_better=higher, replicates=replicates)
+    scale = 1.0 if metric == "heldout_ce" else 100.0  # nats stay nats; [0, 1] metrics become points
+    return paired_bootstrap(h, v, groups, higher_is_better=higher, replicates=replicates, scale=scale)
 
 
 def crossing(headless: list[dict], vanilla: list[dict], metric: str, higher: bool) -> dict:
