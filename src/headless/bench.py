@@ -307,7 +307,8 @@ def format_table(rows: list[dict]) -> str:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "–"
         mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "–"
         uniq = f"{r['unique_targets']:.0f}" if r.get("unique_targets") else "–"
-        name = r["objective"] + (f" (compiled: {r['compile']})" if r.get("compile") else "")
+        whole = ", backbone + loss as one graph" if r.get("compiled_region") == "model" else ""
+        name = r["objective"] + (f" (compiled: {r['compile']}{whole})" if r.get("compile") else "")
         if r.get("host_syncs_per_step") is not None:
             name += f" [{r['host_syncs_per_step']} host syncs/step]"
         if r.get("gpu_busy") is not None:
