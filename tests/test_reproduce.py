@@ -300,6 +300,11 @@ def test_report_pairs_the_twins_on_their_predictions_and_pools_pretraining_seeds
     assert paired["replicates"] == 300 and paired["examples"] == 400
     assert "paired_bootstrap" not in report["headline"]["glue_avg_no_rte"]  # one task left: not an average
     assert "The interval excludes 0." in (tmp_path / "out" / "encoder-report.md").read_text()
+    from headless.reproduce.report import within_noise
+
+    entry = dict(report["headline"]["glue_avg"], delta_se=100.0)  # the seeds alone would call it noise
+    assert not within_noise(entry)  # the paired interval, examples and seeds, decides
+    assert within_noise(dict(entry, paired_bootstrap=dict(paired, low=-1.0)))
     assert main(["report", *map(str, paths), "--output", str(tmp_path / "none"), "--bootstrap", "0"]) == 0
     report = json.loads((tmp_path / "none" / "encoder-report.json").read_text())
     assert "paired_bootstrap" not in report["headline"]["glue_avg"]

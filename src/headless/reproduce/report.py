@@ -204,16 +204,21 @@ def _se_of_difference(a: dict, b: dict) -> float | None:
 
 
 def within_noise(entry: dict) -> bool:
-    """Whether the final difference is under two standard errors (False when there is no error)."""
+    """Whether the final difference is noise: its paired bootstrap interval (examples and seeds)
+    includes 0 when there is one, else it is under two standard errors of the seeds (False when
+    there is neither)."""
+    paired = entry.get("paired_bootstrap")
+    if paired:
+        return paired["low"] <= 0 <= paired["high"]
     se = entry.get("delta_se")
     return se is not None and abs(entry["delta"]) < 2 * se
 
 
 def delta_text(entry: dict) -> str:
     delta, se = entry["delta"], entry.get("delta_se")
-    if se is None:
-        return f"{delta:+.2f}"
-    return f"{delta:+.2f} ± {se:.2f}" + (" (within noise)" if within_noise(entry) else "")
+    text = f"{delta:+.2f}" if se is None else f"{delta:+.2f} ± {se:.2f}"
+    noisy = within_noise(entry) and (se is not None or entry.get("paired_bootstrap"))
+    return text + (" (within noise)" if noisy else "")
 
 
 def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
@@ -293,7 +298,8 @@ def report_markdown(report: dict) -> str:
     if any(entry.get("delta_se") is not None for entry in report["headline"].values()):
         lines += ["", "Difference ± its standard error, over the seeds each twin's final score has (fine-tuning "
                   "seeds × pretraining seeds). Under two standard errors it is marked *within noise*; with one "
-                  "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound."]
+                  "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound. "
+                  "Where a paired bootstrap exists (below), *within noise* means its interval includes 0 instead."]
     for entry in report["headline"].values():
         b = entry.get("paired_bootstrap")
         if b:
