@@ -298,8 +298,9 @@ def report_markdown(report: dict) -> str:
     if any(entry.get("delta_se") is not None for entry in report["headline"].values()):
         lines += ["", "Difference ± its standard error, over the seeds each twin's final score has (fine-tuning "
                   "seeds × pretraining seeds). Under two standard errors it is marked *within noise*; with one "
-                  "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound. "
-                  "Where a paired bootstrap exists (below), *within noise* means its interval includes 0 instead."]
+                  "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound."
+                  + (" Where a paired bootstrap is given (below), *within noise* means its interval includes 0 "
+                     "instead." if any(e.get("paired_bootstrap") for e in report["headline"].values()) else "")]
     for entry in report["headline"].values():
         b = entry.get("paired_bootstrap")
         if b:
