@@ -507,3 +507,19 @@ def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(
 
     refused = launch("--flavour", "both")
     assert refused.returncode != 0 and "under torchrun a launch runs one piece" in refused.stdout + refused.stderr
+
+
+def test_the_same_files_at_another_path_reuse_the_prepared_data(mini_root, tmp_path):
+    """The data folder is keyed by the files' contents: copied elsewhere (new paths, new mtimes),
+    the study reuses what it prepared instead of refusing a folder "prepared with different settings"."""
+    from headless.data.prepare import MANIFEST
+    from headless.reproduce.data import prepare_study_data
+
+    first = prepare_study_data(_study("encoder", mini_root, "books=false"), tmp_path / "work", 64)
+    stamp = (first.dataset / MANIFEST).stat().st_mtime_ns
+    moved = tmp_path / "moved"
+    shutil.copytree(mini_root, moved)
+    again = prepare_study_data(_study("encoder", moved, "books=false"), tmp_path / "work", 64)
+    assert again.dataset == first.dataset and again.fingerprint == first.fingerprint
+    assert (first.dataset / MANIFEST).stat().st_mtime_ns == stamp  # not prepared a second time
+    assert again.train_tokens == first.train_tokens

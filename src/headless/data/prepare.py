@@ -143,6 +143,14 @@ def _shards_intact(directory: Path, manifest: dict[str, Any]) -> bool:
     return (directory / "tokenizer").is_dir()
 
 
+def intact_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a complete prepared dataset in `directory` (every shard at its size), else None.
+    For callers that key the directory by the inputs' contents themselves (`headless reproduce`):
+    they may reuse it where `prepare_dataset`, which compares the inputs' paths and mtimes, would not."""
+    manifest = read_manifest(directory) if Path(directory).is_dir() else None
+    return manifest if manifest is not None and _shards_intact(Path(directory), manifest) else None
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of a prepared dataset, or None when there is none."""
     path = Path(directory) / MANIFEST

@@ -87,7 +87,7 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
 
 def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) -> StudyData:
     """Tokenize and pack the study's mix into WORK_DIR/data/ (reused when already there)."""
-    from headless.data.prepare import prepare_dataset
+    from headless.data.prepare import intact_manifest, prepare_dataset
     from headless.data.tokenizers import load_tokenizer, tokenizer_hash
 
     work_dir = Path(work_dir)
@@ -98,10 +98,14 @@ def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) 
                       validation=[p.name for p in validation])
     out = work_dir / "data" / f"{config.study}-{key}"
     cores = os.cpu_count() or 1
-    manifest = prepare_dataset([str(p) for p in train], out, tokenizer, seq_len=seq_len,
-                               num_workers=min(8, cores - 1) if cores > 4 else None,
-                               validation_inputs=[str(p) for p in validation] or None,
-                               validation_fraction=0.0 if validation else 0.01, progress=config.progress)
+    # the folder's name hashes the inputs' contents: a dataset prepared there from the same files
+    # at another path (or copied, with new mtimes) is the same dataset, so a piece resumes with it
+    manifest = intact_manifest(out)
+    if manifest is None:
+        manifest = prepare_dataset([str(p) for p in train], out, tokenizer, seq_len=seq_len,
+                                   num_workers=min(8, cores - 1) if cores > 4 else None,
+                                   validation_inputs=[str(p) for p in validation] or None,
+                                   validation_fraction=0.0 if validation else 0.01, progress=config.progress)
     train_tokens = int(manifest["splits"]["train"]["num_tokens"])
     return StudyData(dataset=out, fingerprint=key, train_tokens=train_tokens,
                      inputs=[p.name for p in train] + [f"validation: {p.name}" for p in validation])
