@@ -200,6 +200,8 @@ def test_report_is_order_independent_and_draws_curves(tmp_path):
     for metric in ("lambada_acc", "heldout_ce"):
         assert (tmp_path / "a" / f"decoder-{metric}.png").stat().st_size > 1000
     assert not (tmp_path / "a" / "decoder-pretraining.png").exists()  # pieces without curves: no plot
+    assert "No paired bootstrap: the pieces carry no evaluation predictions" in \
+        (tmp_path / "a" / "decoder-report.md").read_text()  # says why there is no interval
 
 
 def test_pretraining_curves_thin_evenly_and_older_pieces_get_them_from_their_run(tmp_path):
@@ -308,6 +310,7 @@ def test_report_pairs_the_twins_on_their_predictions_and_pools_pretraining_seeds
     assert main(["report", *map(str, paths), "--output", str(tmp_path / "none"), "--bootstrap", "0"]) == 0
     report = json.loads((tmp_path / "none" / "encoder-report.json").read_text())
     assert "paired_bootstrap" not in report["headline"]["glue_avg"]
+    assert "No paired bootstrap" not in (tmp_path / "none" / "encoder-report.md").read_text()  # none was asked
     assert main(["report", *map(str, paths), "--output", str(tmp_path / "bad"), "--bootstrap", "-1"]) != 0
 
 

@@ -234,7 +234,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
                           "pretrain": p["pretrain"], "device": p["environment"].get("device"),
                           "device_uuid": p["environment"].get("device_uuid")} for p in pieces],
-              "curves": curve, "headline": {}}
+              "curves": curve, "headline": {}, "bootstrap_replicates": bootstrap}
     for metric, label, higher in HEADLINE[study]["metrics"]:
         entry: dict[str, Any] = {"label": label, "higher_is_better": higher}
         if head in curve and van in curve and metric in curve[head][-1]["scores"] and metric in curve[van][-1]["scores"]:
@@ -310,6 +310,10 @@ def report_markdown(report: dict) -> str:
                       f"better in {100 * b['ahead']:.0f} % of the replicates. "
                       + ("The interval excludes 0." if b["low"] > 0 or b["high"] < 0 else
                          "The interval includes 0: the evaluation sets cannot tell the twins apart.")]
+    compared = [e for e in report["headline"].values() if "delta" in e]
+    if report.get("bootstrap_replicates") and compared and not any(e.get("paired_bootstrap") for e in compared):
+        lines += ["", "No paired bootstrap: the pieces carry no evaluation predictions (they were written before "
+                  "pieces kept them), or the twins were scored on different examples."]
     gpu = {f: [p["pretrain"]["gpu_s"] for p in report["pieces"] if p["flavour"] == f and p["pretrain"].get("gpu_s")]
            for f in ("headless", "vanilla")}
     if report["compare"] == "time" and all(gpu.values()):
