@@ -54,10 +54,13 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self.handle = None
+        self.added: list[Path] = []  # files this start created (the lock, the run marker): `undo_open`
 
     def acquire(self) -> "RunLock":
         import fcntl
 
+        if not self.path.exists():
+            self.added.append(self.path)
         try:
             self.handle = open(self.path, "a+")
         except OSError as err:
@@ -117,6 +120,7 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
                                     "move them or choose another --run-dir")
         if "run" not in marked_kinds(run_dir):
             mark(run_dir, "run")
+            lock.added.append(run_dir / f"{MARKER_PREFIX}run")
     except OSError as err:
         lock.release()
         raise HeadlessError(f"cannot write to run directory {run_dir}: {describe_os_error(err)}") from None
@@ -126,15 +130,16 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
     return lock
 
 
-def undo_open(run_dir: Path, created: bool) -> None:
+def undo_open(run_dir: Path, created: bool, lock: RunLock) -> None:
     """A start refused before it wrote anything (bad data, a bad resume): take back the lock file
-    and the marker `open_run_dir` added, and the directory too if this command created it."""
+    and the marker that `open_run_dir` added (`lock.added`, never a file that was there before),
+    and the directory too if this command created it."""
     try:
         if not run_dir.is_dir() or _contents(run_dir):
             return
-        for path in run_dir.iterdir():  # only the lock and headless's own markers are left
-            path.unlink()
-        if created:
+        for path in lock.added:
+            path.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):
             run_dir.rmdir()
     except OSError:  # best effort: the start's own error is the one to report
         pass

@@ -97,7 +97,7 @@ def start(config: TrainConfig, resume: bool, env) -> Started:
     except BaseException:
         if lock is not None:
             lock.release()
-            undo_open(run_dir, created)  # refused before writing anything: leave no empty run behind
+            undo_open(run_dir, created, lock)  # refused before writing anything: leave no empty run behind
         raise
 
 
