@@ -40,8 +40,8 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
         batch = batch.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(input_ids=batch).logits
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:],
-                                                   reduction="none")  # [B, L-1]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(),
+                                                   reduction="none").view(batch.shape[0], -1)  # [B, L-1]
         total += float(losses.sum())
         tokens += batch[:, 1:].numel()
         per_sequence += losses.mean(dim=1).tolist()

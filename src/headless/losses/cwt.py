@@ -391,16 +391,32 @@ _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes
 
 def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
                      allow_empty, with_accuracy) -> LossOutput:
-    """`cwt_loss(static_rows=True)`: the de-duplicated loss over every position, ignored ones zeroed."""
+    """`cwt_loss(static_rows=True)`: the loss over every position, ignored ones zeroed; "reference"
+    scores the K×K pairs (`_static_pairs`), the other paths the unique targets (`_static_unique`)."""
     o = outputs.reshape(-1, outputs.shape[-1])
     ids = target_ids.reshape(-1).long()
     valid = ids != ignore_index
-    vocab = weight.shape[0]
     acc = accumulation_dtype(outputs, weight)
+    count = valid.sum()
+    if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
+        raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
+                            "pass allow_empty=True to get a zero loss for such batches")
     if implementation == "reference":
-        return _cwt_static_pairs(o, ids, valid, weight, scale, ignore_index, reduction, allow_empty,
-                                 with_accuracy, acc)
-    implementation = _resolve_implementation(implementation, outputs)
+        losses, hits, num_unique = _static_pairs(o, ids, valid, weight, scale, acc, with_accuracy)
+    else:
+        losses, hits, num_unique = _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size,
+                                                  with_accuracy)
+    accuracy = None if hits is None else (hits & valid).sum().float() / count.clamp_min(1)
+    total = losses.sum()
+    loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
+    return LossOutput(loss, count, accuracy, num_unique)
+
+
+def _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size, with_accuracy):
+    """(per-row losses, top-1 hits or None, unique count) against the unique targets, ignored
+    ones as one extra class with bias -1e30 (`torch.unique` synchronises)."""
+    vocab = weight.shape[0]
+    implementation = _resolve_implementation(implementation, o)
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
     keys = torch.where(valid, ids, vocab)
     uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
@@ -417,50 +433,34 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
         lse, _, _ = linear_logsumexp(o, classes, bias, labels.clamp_min(0), scale=scale, implementation=mode,
                                      chunk_size=chunk_size)
         losses = torch.where(valid, lse - row_dot(o, classes, safe, scale), torch.zeros_like(lse))
-    count = valid.sum()
-    if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
-        raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
-                            "pass allow_empty=True to get a zero loss for such batches")
-    accuracy = None
+    hits = None
     if with_accuracy:  # on the raw scores o·e/τ, among the real classes only
         with torch.no_grad():
             mask = torch.where(real, torch.zeros_like(bias), bias)
             _, best, target = linear_logsumexp(o, classes, mask, labels.clamp_min(0), scale=scale,
                                                chunk_size=chunk_size)
-            accuracy = ((target >= best) & valid).sum().float() / count.clamp_min(1)
-    total = losses.sum()
-    loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
-    return LossOutput(loss, count, accuracy, real.sum())
+            hits = target >= best
+    return losses, hits, real.sum()
 
 
-def _cwt_static_pairs(o, ids, valid, weight, scale, ignore_index, reduction, allow_empty, with_accuracy,
-                      acc) -> LossOutput:
-    """`cwt_loss(static_rows=True, implementation="reference")`: the paper's K×K cross-entropy over
+def _static_pairs(o, ids, valid, weight, scale, acc, with_accuracy):
+    """(per-row losses, top-1 hits or None, unique count) of the paper's K×K cross-entropy over
     every given position, ignored targets excluded as columns (bias -1e30) and zeroed as rows.
     No `torch.unique` and no selection: nothing here depends on the data's values for a shape."""
     vocab = weight.shape[0]
     targets = weight[torch.where(valid, ids, 0)]
     scores = torch.mm(o.to(acc), targets.to(acc).t()) * scale
-    excluded = torch.where(valid, 0.0, _EXCLUDED).to(acc)
-    scores = scores + excluded.unsqueeze(0)
+    scores = scores + torch.where(valid, 0.0, _EXCLUDED).to(acc).unsqueeze(0)
     positives = torch.arange(ids.numel(), device=ids.device)
     losses = torch.where(valid, F.cross_entropy(scores, positives, reduction="none"), 0.0)
-    count = valid.sum()
-    if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
-        raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
-                            "pass allow_empty=True to get a zero loss for such batches")
-    accuracy = None
+    hits = None
     if with_accuracy:  # ties count as correct; an excluded column is never the maximum of a kept row
         with torch.no_grad():
             detached = scores.detach()
-            hit = detached.diagonal() >= detached.max(dim=1).values
-            accuracy = (hit & valid).sum().float() / count.clamp_min(1)
+            hits = detached.diagonal() >= detached.max(dim=1).values
     keys = torch.where(valid, ids, vocab).sort().values  # unique targets, counted on the device
     starts = torch.cat([keys.new_ones(1, dtype=torch.bool), keys[1:] != keys[:-1]])
-    num_unique = (starts & (keys < vocab)).sum()
-    total = losses.sum()
-    loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
-    return LossOutput(loss, count, accuracy, num_unique)
+    return losses, hits, (starts & (keys < vocab)).sum()
 
 
 def _reference_rows(o, weight, cands, inverse, keep, scale, acc):
