@@ -16,6 +16,7 @@ from typing import Any
 
 from headless.errors import HeadlessError
 from headless.files import atomic_write, atomic_write_json
+from headless.reproduce.evaluate import with_glue_averages, without_rte
 from headless.reproduce.piece import PIECE_FORMAT
 
 REPORT_FORMAT = "headless-reproduce-report/1"
@@ -50,7 +51,6 @@ def load_piece(path: str | Path) -> dict:
     piece["_path"] = str(path)
     if piece.get("study") == "encoder":  # pieces written before `glue_avg_no_rte` existed get it here
         from headless.eval.glue import GLUE_TASKS
-        from headless.reproduce.evaluate import with_glue_averages
 
         for point in piece.get("points", []):
             for variant in point.get("variants", {}).values():
@@ -116,14 +116,15 @@ def curves(pieces: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-# headline metric -> the prediction groups it averages (reproduce.evaluate.Predictions), for the bootstrap
+# headline metric -> (the prediction groups it averages, given the groups there are; the scale of its
+# difference: 100 turns a [0, 1] metric into points, 1 keeps nats), for the paired bootstrap
 BOOTSTRAP_GROUPS = {
-    "lambada_acc": lambda groups: [g for g in groups if g == "lambada"],
-    "heldout_ce": lambda groups: [g for g in groups if g == "heldout"],
-    "glue_avg": lambda groups: groups,
-    "glue_avg_no_rte": lambda groups: [g for g in groups if g != "rte"] if "rte" in groups else [],
-    "xnli_transfer_avg": lambda groups: [g for g in groups if g.startswith("transfer/")],
-    "xnli_target_avg": lambda groups: [g for g in groups if g.startswith("target/")],
+    "lambada_acc": (lambda groups: [g for g in groups if g == "lambada"], 100.0),
+    "heldout_ce": (lambda groups: [g for g in groups if g == "heldout"], 1.0),
+    "glue_avg": (lambda groups: groups, 100.0),
+    "glue_avg_no_rte": (without_rte, 100.0),
+    "xnli_transfer_avg": (lambda groups: [g for g in groups if g.startswith("transfer/")], 100.0),
+    "xnli_target_avg": (lambda groups: [g for g in groups if g.startswith("target/")], 100.0),
 }
 
 
@@ -145,14 +146,13 @@ def headline_bootstrap(pieces: list[dict], head: str, van: str, metric: str, hig
     """`bootstrap.paired_bootstrap` of a headline metric at the twins' final checkpoints, or None."""
     from headless.eval.bootstrap import paired_bootstrap
 
-    select = BOOTSTRAP_GROUPS.get(metric)
+    if metric not in BOOTSTRAP_GROUPS or replicates < 1:
+        return None
+    select, scale = BOOTSTRAP_GROUPS[metric]
     h, v = final_predictions(pieces, head), final_predictions(pieces, van)
-    if select is None or not h or not v or replicates < 1:
+    groups = select(sorted({e["group"] for e in h.values()})) if h and v else []
+    if not groups:
         return None
-    groups = select(sorted({e["group"] for e in h.values()}))
-    if len(groups) < (2 if metric == "glue_avg_no_rte" else 1):
-        return None
-    scale = 1.0 if metric == "heldout_ce" else 100.0  # nats stay nats; [0, 1] metrics become points
     return paired_bootstrap(h, v, groups, higher_is_better=higher, replicates=replicates, scale=scale)
 
 
