@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")  # headless.eval needs it; collect (skipped) with
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.eval.classification import Example, encode
-from headless.eval.glue import compare_glue, load_glue_task, run_glue
+from headless.eval.glue import compare_glue, glue_markdown, load_glue_task, run_glue
 from tiny_models import tiny_encoder
 
 FAST = dict(epochs=1, batch_size=8, max_train_examples=24, max_eval_examples=16, device="cpu",
@@ -216,6 +216,27 @@ def test_a_non_finite_fine_tuning_loss_is_one_line(tiny_bert_dir, glue_dir, monk
     monkeypatch.setattr(classification.F, "cross_entropy", lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))
     with pytest.raises(HeadlessError, match="non-finite in epoch 1; lower --lr"):
         run_glue(tiny_bert_dir, tasks=["rte"], data_dir=glue_dir, **FAST)
+
+
+def test_a_diverged_task_is_left_out_only_when_divergence_is_tolerated(tiny_bert_dir, glue_dir, monkeypatch):
+    """A learning-rate sweep must not lose every task's runs to one diverged candidate: with
+    `tolerate_divergence` the diverged task is dropped and named, the others are scored."""
+    import headless.eval.classification as classification
+
+    real = classification.finetune
+
+    def finetune(**job):
+        if job["desc"] == "RTE":
+            raise classification.FinetuneDiverged("RTE: the loss became non-finite in epoch 1; lower --lr")
+        return real(**job)
+
+    monkeypatch.setattr(classification, "finetune", finetune)
+    with pytest.raises(HeadlessError, match="RTE: the loss became non-finite"):
+        run_glue(tiny_bert_dir, tasks=["rte", "stsb"], data_dir=glue_dir, **FAST)
+    results = run_glue(tiny_bert_dir, tasks=["rte", "stsb"], data_dir=glue_dir, tolerate_divergence=True, **FAST)
+    assert list(results["tasks"]) == ["stsb"] and "non-finite" in results["diverged"]["rte"]
+    assert results["average"]["values"] == results["tasks"]["stsb"]["main"]["values"]
+    assert "| RTE | diverged |" in glue_markdown(results)
 
 
 def test_workers_give_the_same_scores_as_one_process(tiny_bert_dir, glue_dir):

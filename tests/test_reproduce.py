@@ -526,3 +526,43 @@ def test_the_same_files_at_another_path_reuse_the_prepared_data(mini_root, tmp_p
     assert again.dataset == first.dataset and again.fingerprint == first.fingerprint
     assert (first.dataset / MANIFEST).stat().st_mtime_ns == stamp  # not prepared a second time
     assert again.train_tokens == first.train_tokens
+
+
+def test_the_glue_sweep_never_chooses_a_rate_that_diverged(tmp_path, monkeypatch):
+    """A rate whose fine-tuning diverged on a task is disqualified for that task only (the piece
+    names it under `TASK_diverged_lrs`); a task that diverged at every rate is one clear error."""
+    from headless.reproduce import evaluate, load_study
+
+    calls = []
+
+    def run_glue(model_dir, *, tasks, lr, seeds, tolerate_divergence=False, **_):
+        calls.append((lr, tuple(tasks), tuple(seeds), tolerate_divergence))
+        bad = {t for t in tasks if t in diverging and lr in diverging[t]}
+        result = {"tasks": {t: {"main": {"values": [0.5 + lr * 1000] * len(seeds)}} for t in tasks if t not in bad},
+                  "diverged": {t: f"{t}: the loss became non-finite in epoch 3" for t in bad}}
+        return result
+
+    import headless.eval.glue as glue
+
+    monkeypatch.setattr(glue, "run_glue", run_glue)
+    monkeypatch.setattr(glue, "glue_predictions", lambda result, keys: {})
+    config = load_study("encoder", overrides=[f"data_root={tmp_path}", "glue_tasks=[mrpc,stsb]",
+                                              "glue_lrs=[1e-4,3e-5]", "device=cpu"])
+    diverging = {"mrpc": {1e-4}}  # the higher rate scores better wherever it converges
+    scores, _ = evaluate.glue_scores(tmp_path, config, [0, 1, 2])
+    assert scores["mrpc_lr"] == [3e-5] and scores["stsb_lr"] == [1e-4]
+    assert scores["mrpc_diverged_lrs"] == [1e-4] and "stsb_diverged_lrs" not in scores
+    assert len(scores["mrpc"]) == len(scores["glue_avg"]) == 3
+    assert all(tolerate for _, _, seeds, tolerate in calls if seeds == (0,))  # the sweep tolerates
+    assert not any(tolerate for _, _, seeds, tolerate in calls if seeds == (1, 2))  # kept seeds do not
+    diverging = {"mrpc": {1e-4, 3e-5}}
+    with pytest.raises(HeadlessError, match="mrpc: fine-tuning diverged at every rate of glue_lrs"):
+        evaluate.glue_scores(tmp_path, config, [0])
+
+
+def test_the_report_shows_diverged_rates_as_settings_not_scores():
+    from headless.reproduce.report import _fmt, _row_stats
+
+    assert _fmt(_row_stats("mrpc_diverged_lrs", [1e-4, 1e-4])) == "1e-04"
+    assert _fmt(_row_stats("mrpc_lr", [3e-5])) == "3e-05"
+    assert _row_stats("mrpc", [70.0, 72.0])["mean"] == 71.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import math
@@ -30,6 +31,11 @@ from headless.runtime import to_device
 
 log = logging.getLogger(__name__)
 _ANNOUNCED: set[str] = set()
+
+
+class FinetuneDiverged(HeadlessError):
+    """A fine-tuning run whose loss became non-finite: an error for one run, a disqualified
+    candidate for a learning-rate sweep (`finetune_all(..., tolerate_divergence=True)`)."""
 
 
 @dataclass(frozen=True)
@@ -333,8 +339,8 @@ def finetune(
             if not bar.disable and i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if bool(nonfinite):
-            raise HeadlessError(f"{desc}: the loss became non-finite in epoch {epoch}; "
-                                "lower --lr (or drop --bf16)")
+            raise FinetuneDiverged(f"{desc}: the loss became non-finite in epoch {epoch}; "
+                                   "lower --lr (or drop --bf16)")
         if recipe.select == "best" or epoch == recipe.epochs:
             predictions.append({name: predict(model, data, batch_size=2 * recipe.batch_size, pad_id=pad_id,
                                               regression=regression, device=device, bf16=bf16)
@@ -350,16 +356,22 @@ def finetune(
     return {"scores": history[chosen], "epoch": epoch, "history": history, "predictions": preds}
 
 
-def _finetune_job(job: dict) -> dict:
-    return finetune(**job)
+def _finetune_job(job: dict, tolerate_divergence: bool = False) -> dict:
+    try:
+        return finetune(**job)
+    except FinetuneDiverged as err:
+        if not tolerate_divergence:
+            raise
+        return {"diverged": str(err)}
 
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)  # N processes x all cores each would oversubscribe the CPU
 
 
-def finetune_all(jobs: Sequence[dict], *, workers: int = 1) -> list[dict]:
-    """`finetune(**job)` for every job, the results in job order.
+def finetune_all(jobs: Sequence[dict], *, workers: int = 1, tolerate_divergence: bool = False) -> list[dict]:
+    """`finetune(**job)` for every job, the results in job order.  With `tolerate_divergence` a
+    run whose loss became non-finite returns {"diverged": message} instead of ending every job.
 
     With workers > 1 the jobs run in that many processes (spawned: each has its own CUDA context).
     A small model's fine-tuning step is bound by the host's Python and kernel launches, not by the
@@ -369,8 +381,9 @@ def finetune_all(jobs: Sequence[dict], *, workers: int = 1) -> list[dict]:
     jobs = list(jobs)
     if workers < 1:
         raise HeadlessError(f"workers must be >= 1, got {workers}")
+    run = functools.partial(_finetune_job, tolerate_divergence=tolerate_divergence)
     if workers == 1 or len(jobs) <= 1:
-        return [finetune(**job) for job in jobs]
+        return [run(job) for job in jobs]
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -380,7 +393,7 @@ def finetune_all(jobs: Sequence[dict], *, workers: int = 1) -> list[dict]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
-        return list(pool.map(_finetune_job, jobs))
+        return list(pool.map(run, jobs))
 
 
 def _check_labels(data: Encoded, num_labels: int, desc: str) -> None:

@@ -211,8 +211,13 @@ def run_glue(
     output_dir: str | Path | None = None,
     progress: bool = True,
     workers: int = 1,
+    tolerate_divergence: bool = False,
 ) -> dict:
     """Fine-tune `model_dir` on each task with each seed; returns (and writes) the results.
+
+    A run whose loss becomes non-finite ends everything with one error, unless
+    `tolerate_divergence`: then its task is left out of "tasks" and its message kept under
+    "diverged" (a learning-rate sweep disqualifies that rate rather than losing the other tasks).
 
     Tasks default to every task found under `data_dir` (all nine from the hub without one).
     epochs/lr/batch_size override the recipe.  `workers` processes fine-tune side by side
@@ -252,10 +257,16 @@ def run_glue(
                       num_labels=task.num_labels, metric=functools.partial(classification_metrics, task.metric),
                       recipe=chosen, seed=seed, device=dev, bf16=bf16, progress=progress, desc=task.name)
                  for seed in seeds]
-    done = iter(finetune_all(jobs, workers=workers))  # every task and seed at once: `workers` processes
+    # every task and seed at once: `workers` processes
+    done = iter(finetune_all(jobs, workers=workers, tolerate_divergence=tolerate_divergence))
     for key, (train, devs) in data.items():
         task = GLUE_TASKS[key]
         runs = [next(done) for _ in seeds]
+        failed = [r["diverged"] for r in runs if "diverged" in r]
+        if failed:
+            log.warning("%s", failed[0])
+            results.setdefault("diverged", {})[key] = failed[0]
+            continue
         metrics = {name: {metric: summarize([r["scores"][name][metric] for r in runs])
                           for metric in runs[0]["scores"][name] if metric != "main"}
                    for name in devs}
@@ -267,8 +278,9 @@ def run_glue(
             # per dev set: the gold labels and each seed's predictions, for paired tests across models
             "labels": gold[key],
             "predictions": {name: [r["predictions"][name] for r in runs] for name in devs}}
-    results["average"] = summarize([statistics.fmean(t["main"]["values"][i] for t in results["tasks"].values())
-                                    for i in range(len(seeds))])
+    if results["tasks"]:
+        results["average"] = summarize([statistics.fmean(t["main"]["values"][i] for t in results["tasks"].values())
+                                        for i in range(len(seeds))])
     write_results(results, glue_markdown(results), output_dir, "glue")
     return results
 
@@ -295,7 +307,10 @@ def glue_markdown(results: dict) -> str:
         details = ", ".join(f"{(split + ' ') if len(task['metrics']) > 1 else ''}{metric} {fmt_score(s)}"
                             for split, metrics in task["metrics"].items() for metric, s in metrics.items())
         lines.append(f"| {task['name']} | {fmt_score(task['main'])} | {details} |")
-    lines.append(f"| **Average** | {fmt_score(results['average'])} | |")
+    for key, message in results.get("diverged", {}).items():
+        lines.append(f"| {GLUE_TASKS[key].name} | diverged | {message} |")
+    if "average" in results:
+        lines.append(f"| **Average** | {fmt_score(results['average'])} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from headless.errors import HeadlessError
 from headless.reproduce.config import StudyConfig
 
 
@@ -90,10 +91,20 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
         result = run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common)
         scores, predictions = main_scores(result), glue_predictions(result, keys)
     else:
+        # a rate whose fine-tuning diverges is not chosen for that task; the other tasks keep it
         runs = {lr: run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
-                             seeds=seeds[:1], **common) for lr in config.glue_lrs}
+                             seeds=seeds[:1], tolerate_divergence=True, **common) for lr in config.glue_lrs}
         first = {lr: main_scores(r) for lr, r in runs.items()}
-        best = {k: max(config.glue_lrs, key=lambda lr: first[lr][k][0]) for k in keys}  # first rate wins ties
+        best = {}
+        for k in keys:
+            rates = [lr for lr in config.glue_lrs if k in first[lr]]
+            if not rates:
+                raise HeadlessError(f"{k}: fine-tuning diverged at every rate of glue_lrs "
+                                    f"({runs[config.glue_lrs[0]]['diverged'][k]})")
+            best[k] = max(rates, key=lambda lr: first[lr][k][0])  # first rate wins ties
+            for lr in config.glue_lrs:
+                if k not in first[lr]:
+                    print(f"{k}: not fine-tuned at lr {lr:g}, which diverged ({runs[lr]['diverged'][k]})", flush=True)
         scores = {k: list(first[best[k]][k]) for k in keys}
         predictions = {name: entry for k in keys for name, entry in glue_predictions(runs[best[k]], [k]).items()}
         if len(seeds) > 1:
@@ -107,6 +118,8 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                 for name, entry in glue_predictions(result, tasks).items():
                     predictions[name]["seeds"] = predictions[name]["seeds"] + entry["seeds"]
         scores.update({f"{k}_lr": [best[k]] for k in keys})
+        scores.update({f"{k}_diverged_lrs": [lr for lr in config.glue_lrs if k not in first[lr]]
+                       for k in keys if any(k not in first[lr] for lr in config.glue_lrs)})
     return with_glue_averages(scores, keys), predictions
 
 

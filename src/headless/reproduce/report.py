@@ -108,8 +108,7 @@ def curves(pieces: list[dict]) -> dict[str, list[dict]]:
                 "gpu_s": statistics.fmean(v["gpu_s"] for _, v in entries),
                 "tokens": statistics.fmean(p["tokens"] for p, _ in entries),
                 "epochs": statistics.fmean(p["epochs"] for p, _ in entries),
-                "scores": {k: dict(_stats([x for _, v in entries for x in v["scores"].get(k, [])]),
-                                   **({"format": "lr"} if k.endswith("_lr") else {}))
+                "scores": {k: _row_stats(k, [x for _, v in entries for x in v["scores"].get(k, [])])
                            for k in metrics if any(k in v["scores"] for _, v in entries)},
             })
         out[name] = rows
@@ -253,11 +252,21 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
     return result
 
 
+def _row_stats(key: str, values: list[float]) -> dict:
+    """A score's mean ± std; a chosen learning rate (`*_lr`) and the rates that diverged
+    (`*_diverged_lrs`, a sweep's disqualified candidates) are settings, not scores."""
+    if key.endswith("_lrs"):
+        return {"format": "lrs", "values": sorted(set(values)), "n": len(values)}
+    return dict(_stats(values), **({"format": "lr"} if key.endswith("_lr") else {}))
+
+
 def _fmt(stats: dict | None, digits: int = 2) -> str:
     if not stats:
         return "–"
     if stats.get("format") == "lr":  # a chosen fine-tuning learning rate, not a score
         return f"{stats['mean']:.0e}"
+    if stats.get("format") == "lrs":
+        return ", ".join(f"{v:.0e}" for v in stats["values"]) or "–"
     if stats["n"] > 1:
         return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})"
     return f"{stats['mean']:.{digits}f}"
