@@ -201,7 +201,7 @@ EOF2
                     --objectives cwt,cwt-paper,ce,ce-hf,ce-hf-full --output "$RES/bert-base" objective.masking=static ;;
       p160) $B --preset pythia-160m --batch-sizes 8 --seq-len 2048 --objectives backbone,cwt,cwt-paper,ce-triton,ce-hf \
                --output "$RES/p160" ;;
-      test) python3 -m pytest -q -m gpu tests/test_bench.py tests/test_models.py 2>&1 | tail -5 | tee "$RES/gpu-test.txt" ;;
+      test) python3 -m pytest -q -m gpu tests/test_bench.py tests/test_models.py 2>&1 | tee "$RES/gpu-test.txt" | tail -40 ;;
       *) echo "unknown shape $2"; exit 2;;
     esac
     ;;

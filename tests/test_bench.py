@@ -18,7 +18,7 @@ def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
                  warmup=1, overrides=SMALL, output=str(tmp_path), progress=False)
     by = {r["objective"]: r for r in rows}
     assert set(by) == set(OBJECTIVES)
-    assert "CUDA" in by.pop("ce-triton")["skipped"]  # no GPU here
+    assert "CUDA" in by.pop("ce-triton")["skipped"] and "CUDA" in by.pop("cwt-triton")["skipped"]  # no GPU here
     for name in ("cwt-liger", "cwt-cce", "ce-liger", "ce-cce"):  # optional packages, CUDA only
         reason = by.pop(name)["skipped"]
         assert "liger_kernel" in reason or "cut_cross_entropy" in reason

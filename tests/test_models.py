@@ -239,6 +239,9 @@ def test_clm_scores_every_position_and_equals_the_selected_ones(loss, impl):
     ("bert", "ce", "chunked", [], "model"),
     ("gpt-neox", "cwt", "auto", [], "backbone"),         # torch.unique: a data-dependent size
     ("gpt-neox", "ce", "auto", [], "backbone"),          # the Triton kernel on CUDA stays eager
+    ("bert", "cwt", "auto", [], "model"),                # static MLM: auto is the measured one-graph path
+    ("bert", "ce", "auto", [], "model"),
+    ("bert", "cwt", "auto", ["objective.masking=bernoulli"], "backbone"),
     ("bert", "cwt", "reference", ["objective.masking=bernoulli"], "backbone"),  # a data-dependent count
     ("bert", "cwt", "reference", ["objective.max_negatives=8"], "backbone"),  # sampled on the host
 ])
@@ -250,3 +253,5 @@ def test_compile_model_takes_backbone_and_loss_together_only_when_nothing_needs_
     assert model.compiled_region == region and model.sync_free == (region == "model")
     whole = model._compiled_call_impl is not None
     assert whole == (region == "model") and (model.backbone._compiled_call_impl is not None) == (not whole)
+    resolved = "reference" if impl == "auto" and region == "model" else impl
+    assert model.objective.loss_implementation == resolved

@@ -23,13 +23,14 @@ from headless.errors import HeadlessError
 # name -> (flavour, loss, loss implementation)
 OBJECTIVES = {
     "backbone": ("headless", "cwt", "none"),         # the backbone alone (mean of hidden states): the floor
-    "cwt": ("headless", "cwt", "auto"),              # ours: de-duplicated; Triton on CUDA, chunked on CPU
+    "cwt": ("headless", "cwt", "auto"),              # the trainer's default: see cwt_loss / LanguageModel.captures_by_default
+    "cwt-triton": ("headless", "cwt", "triton"),     # ours, de-duplicated, the Triton kernel (eager, outside the graph)
     "cwt-chunked": ("headless", "cwt", "chunked"),   # ours, pure PyTorch online log-sum-exp
     "cwt-paper": ("headless", "cwt", "reference"),   # the paper's K x K score matrix
     "cwt-liger": ("headless", "cwt", "liger"),       # de-duplicated CWT through Liger's fused linear CE
     "cwt-cce": ("headless", "cwt", "cce"),           # de-duplicated CWT through Cut Cross-Entropy (exact)
     "cwt-torch": ("headless", "cwt", "torch"),       # de-duplicated CWT through F.linear_cross_entropy
-    "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, the trainer's default path
+    "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, the trainer's default path (as for cwt)
     "ce-hf": ("vanilla", "ce", "reference"),         # vocabulary head at the loss positions, logits + cross_entropy
     "ce-hf-full": ("vanilla", "ce", "hf"),           # the HF model's own forward(labels=): logits at every position
     "ce-triton": ("vanilla", "ce", "triton"),        # vocabulary head, our fused linear-CE kernel

@@ -189,8 +189,8 @@ def build_run(config: TrainConfig, env, data: Data, model) -> Run:
                       f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
         graphs = model.compile_model(mode)
         if env.is_main:
-            region = "backbone and loss as one graph" if model.compiled_region == "model" else \
-                "the backbone (the loss runs eagerly)"
+            region = f"backbone and loss as one graph (loss {model.objective.loss_implementation})" \
+                if model.compiled_region == "model" else "the backbone (the loss runs eagerly)"
             print(f"compile: {region}, mode={mode}", flush=True)
     amp = None if strategy == "fsdp2" else compute_dtype(config.precision, device)  # FSDP2 casts itself
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
