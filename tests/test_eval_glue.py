@@ -239,6 +239,35 @@ def test_a_diverged_task_is_left_out_only_when_divergence_is_tolerated(tiny_bert
     assert "| RTE | diverged |" in glue_markdown(results)
 
 
+def test_a_run_that_diverges_in_bf16_runs_again_in_float32_and_says_so(tiny_bert_dir, glue_dir, monkeypatch):
+    """What the error advises, done once automatically: the seed's run is repeated without bf16
+    and the task names the seeds that needed it; a run that diverges in float32 too stays an error."""
+    import headless.eval.classification as classification
+
+    real = classification.finetune
+    seen = []
+
+    def finetune(**job):
+        seen.append(job["bf16"])
+        if job["bf16"]:  # (bf16 itself needs CUDA: this stands in for its divergence)
+            raise classification.FinetuneDiverged(f"{job['desc']}: the loss became non-finite in epoch 1")
+        return real(**job)
+
+    monkeypatch.setattr(classification, "finetune", finetune)
+    results = run_glue(tiny_bert_dir, tasks=["rte"], data_dir=glue_dir, bf16=True, seeds=[0, 1], **FAST)
+    assert seen == [True, False, True, False] and results["tasks"]["rte"]["fp32_retries"] == [0, 1]
+    assert len(results["tasks"]["rte"]["main"]["values"]) == 2
+
+    def always(**job):
+        raise classification.FinetuneDiverged(f"{job['desc']}: the loss became non-finite in epoch 2")
+
+    monkeypatch.setattr(classification, "finetune", always)
+    with pytest.raises(HeadlessError, match="non-finite in epoch 2"):
+        run_glue(tiny_bert_dir, tasks=["rte"], data_dir=glue_dir, bf16=True, **FAST)
+    assert "rte" in run_glue(tiny_bert_dir, tasks=["rte"], data_dir=glue_dir, bf16=True, tolerate_divergence=True,
+                             **FAST)["diverged"]
+
+
 def test_workers_give_the_same_scores_as_one_process(tiny_bert_dir, glue_dir):
     """`workers=2` fine-tunes (task, seed) runs in two spawned processes: each run seeds itself
     and loads a fresh model, so every score equals the one-process run's, in the same order."""

@@ -538,7 +538,9 @@ def test_the_glue_sweep_never_chooses_a_rate_that_diverged(tmp_path, monkeypatch
     def run_glue(model_dir, *, tasks, lr, seeds, tolerate_divergence=False, **_):
         calls.append((lr, tuple(tasks), tuple(seeds), tolerate_divergence))
         bad = {t for t in tasks if t in diverging and lr in diverging[t]}
-        result = {"tasks": {t: {"main": {"values": [0.5 + lr * 1000] * len(seeds)}} for t in tasks if t not in bad},
+        result = {"tasks": {t: {"main": {"values": [0.5 + lr * 1000] * len(seeds)},
+                                "fp32_retries": list(seeds) if (t, lr) == ("stsb", 1e-4) else []}
+                            for t in tasks if t not in bad},
                   "diverged": {t: f"{t}: the loss became non-finite in epoch 3" for t in bad}}
         return result
 
@@ -552,6 +554,7 @@ def test_the_glue_sweep_never_chooses_a_rate_that_diverged(tmp_path, monkeypatch
     scores, _ = evaluate.glue_scores(tmp_path, config, [0, 1, 2])
     assert scores["mrpc_lr"] == [3e-5] and scores["stsb_lr"] == [1e-4]
     assert scores["mrpc_diverged_lrs"] == [1e-4] and "stsb_diverged_lrs" not in scores
+    assert scores["stsb_fp32_retries"] == [3.0] and "mrpc_fp32_retries" not in scores  # kept runs only
     assert len(scores["mrpc"]) == len(scores["glue_avg"]) == 3
     assert all(tolerate for _, _, seeds, tolerate in calls if seeds == (0,))  # the sweep tolerates
     assert not any(tolerate for _, _, seeds, tolerate in calls if seeds == (1, 2))  # kept seeds do not
@@ -566,3 +569,4 @@ def test_the_report_shows_diverged_rates_as_settings_not_scores():
     assert _fmt(_row_stats("mrpc_diverged_lrs", [1e-4, 1e-4])) == "1e-04"
     assert _fmt(_row_stats("mrpc_lr", [3e-5])) == "3e-05"
     assert _row_stats("mrpc", [70.0, 72.0])["mean"] == 71.0
+    assert _fmt(_row_stats("stsb_fp32_retries", [1.0, 2.0])) == "3"

@@ -357,12 +357,21 @@ def finetune(
 
 
 def _finetune_job(job: dict, tolerate_divergence: bool = False) -> dict:
+    """One run; a run that diverged under bf16 autocast runs once more in float32 (what the error
+    advises), its result marked `retried_fp32`."""
     try:
         return finetune(**job)
     except FinetuneDiverged as err:
-        if not tolerate_divergence:
-            raise
-        return {"diverged": str(err)}
+        failure = err
+    if job.get("bf16"):
+        log.warning("%s: running it again in float32", failure)
+        try:
+            return dict(finetune(**dict(job, bf16=False)), retried_fp32=str(failure))
+        except FinetuneDiverged as err:
+            failure = err
+    if not tolerate_divergence:
+        raise failure
+    return {"diverged": str(failure)}
 
 
 def _worker_init(threads: int) -> None:
@@ -370,8 +379,9 @@ def _worker_init(threads: int) -> None:
 
 
 def finetune_all(jobs: Sequence[dict], *, workers: int = 1, tolerate_divergence: bool = False) -> list[dict]:
-    """`finetune(**job)` for every job, the results in job order.  With `tolerate_divergence` a
-    run whose loss became non-finite returns {"diverged": message} instead of ending every job.
+    """`finetune(**job)` for every job, the results in job order.  A bf16 run whose loss became
+    non-finite runs again in float32; if that diverges too, it ends every job, or with
+    `tolerate_divergence` returns {"diverged": message}.
 
     With workers > 1 the jobs run in that many processes (spawned: each has its own CUDA context).
     A small model's fine-tuning step is bound by the host's Python and kernel launches, not by the

@@ -277,7 +277,9 @@ def run_glue(
             "eval_examples": {name: len(ex) for name, ex in devs.items()},
             # per dev set: the gold labels and each seed's predictions, for paired tests across models
             "labels": gold[key],
-            "predictions": {name: [r["predictions"][name] for r in runs] for name in devs}}
+            "predictions": {name: [r["predictions"][name] for r in runs] for name in devs},
+            # seeds whose bf16 run diverged and ran again in float32 (finetune_all)
+            "fp32_retries": [seed for seed, r in zip(seeds, runs) if "retried_fp32" in r]}
     if results["tasks"]:
         results["average"] = summarize([statistics.fmean(t["main"]["values"][i] for t in results["tasks"].values())
                                         for i in range(len(seeds))])

@@ -87,9 +87,16 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     def main_scores(result: dict) -> dict[str, list[float]]:
         return {k: [100 * v for v in result["tasks"][k]["main"]["values"]] for k in keys if k in result["tasks"]}
 
+    retries: dict[str, int] = {}
+
+    def count_retries(result: dict, kept: list[str]) -> None:  # runs of the kept scores only
+        for k in kept:
+            retries[k] = retries.get(k, 0) + len(result["tasks"][k].get("fp32_retries", []))
+
     if config.glue_recipe == "paper":
         result = run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common)
         scores, predictions = main_scores(result), glue_predictions(result, keys)
+        count_retries(result, keys)
     else:
         # a rate whose fine-tuning diverges is not chosen for that task; the other tasks keep it
         runs = {lr: run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
@@ -107,6 +114,8 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                     print(f"{k}: not fine-tuned at lr {lr:g}, which diverged ({runs[lr]['diverged'][k]})", flush=True)
         scores = {k: list(first[best[k]][k]) for k in keys}
         predictions = {name: entry for k in keys for name, entry in glue_predictions(runs[best[k]], [k]).items()}
+        for k in keys:
+            count_retries(runs[best[k]], [k])
         if len(seeds) > 1:
             for lr in dict.fromkeys(best.values()):
                 tasks = [k for k in keys if best[k] == lr]
@@ -117,9 +126,12 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                     scores[k] += more[k]
                 for name, entry in glue_predictions(result, tasks).items():
                     predictions[name]["seeds"] = predictions[name]["seeds"] + entry["seeds"]
+                count_retries(result, tasks)
         scores.update({f"{k}_lr": [best[k]] for k in keys})
         scores.update({f"{k}_diverged_lrs": [lr for lr in config.glue_lrs if k not in first[lr]]
                        for k in keys if any(k not in first[lr] for lr in config.glue_lrs)})
+    # how many kept runs diverged in bf16 and were run again in float32 (a setting, not a score)
+    scores.update({f"{k}_fp32_retries": [float(n)] for k, n in retries.items() if n})
     return with_glue_averages(scores, keys), predictions
 
 

@@ -253,10 +253,13 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
 
 
 def _row_stats(key: str, values: list[float]) -> dict:
-    """A score's mean ± std; a chosen learning rate (`*_lr`) and the rates that diverged
-    (`*_diverged_lrs`, a sweep's disqualified candidates) are settings, not scores."""
+    """A score's mean ± std; a chosen learning rate (`*_lr`), the rates that diverged
+    (`*_diverged_lrs`, a sweep's disqualified candidates) and the runs re-run in float32
+    (`*_fp32_retries`) are settings, not scores."""
     if key.endswith("_lrs"):
         return {"format": "lrs", "values": sorted(set(values)), "n": len(values)}
+    if key.endswith("_retries"):  # kept runs re-run in float32 after a bf16 divergence, in all
+        return {"format": "count", "total": int(sum(values)), "n": len(values)}
     return dict(_stats(values), **({"format": "lr"} if key.endswith("_lr") else {}))
 
 
@@ -267,6 +270,8 @@ def _fmt(stats: dict | None, digits: int = 2) -> str:
         return f"{stats['mean']:.0e}"
     if stats.get("format") == "lrs":
         return ", ".join(f"{v:.0e}" for v in stats["values"]) or "–"
+    if stats.get("format") == "count":
+        return str(stats["total"])
     if stats["n"] > 1:
         return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})"
     return f"{stats['mean']:.{digits}f}"
