@@ -186,3 +186,20 @@ def test_hub_train_fine_tunes_on_the_hubs_train_split_of_the_languages_it_needs(
     assert main(["xnli", str(tiny_bert_dir), "--hub-train", "--mode", "target", "--languages", "de"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not load the hub dataset facebook/xnli (ConnectionError" in err
+
+
+def test_xnli_names_the_runs_that_ran_again_in_float32(tiny_bert_dir, xnli_dir, monkeypatch):
+    """A bf16 run that diverges runs again in float32 (finetune_all); XNLI's results say which."""
+    import headless.eval.classification as classification
+
+    real = classification.finetune
+
+    def finetune(**job):
+        if job["bf16"] and job["desc"] == "XNLI de":  # stands in for a divergence (bf16 needs CUDA)
+            raise classification.FinetuneDiverged("XNLI de: the loss became non-finite in epoch 1")
+        return real(**dict(job, bf16=False))
+
+    monkeypatch.setattr(classification, "finetune", finetune)
+    results = run_xnli(tiny_bert_dir, data_dir=xnli_dir, mode="both", languages=["en", "de"], bf16=True, **FAST)
+    assert results["fp32_retries"] == [["target", 0, "de"]]
+    assert set(results["modes"]["target"]["languages"]) == {"en", "de"}

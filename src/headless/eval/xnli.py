@@ -247,7 +247,10 @@ def run_xnli(
                              # each seed's predictions per language, for paired tests across models
                              "predictions": {lang: [preds[m][seed][lang] for seed in by_seed[m]] for lang in report}}
                          for m, runs in per_seed.items()},
-               "labels": {lang: list(encoded[lang][1].labels) for lang in report}}
+               "labels": {lang: list(encoded[lang][1].labels) for lang in report},
+               # (mode, seed, fine-tuning language) of the runs whose bf16 run diverged and ran in float32
+               "fp32_retries": [[m, seed, lang or train_language] for (m, seed, lang), run in zip(plan, runs)
+                                if "retried_fp32" in run]}
     write_results(results, xnli_markdown(results), output_dir, "xnli")
     return results
 

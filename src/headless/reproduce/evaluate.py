@@ -181,6 +181,8 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
             if group:
                 scores[f"xnli_{name}_{label}"] = [100 * statistics.fmean(langs[lang]["values"][i] for lang in group)
                                                   for i in range(n)]
+    if result.get("fp32_retries"):  # runs that diverged in bf16 and ran again in float32 (a setting)
+        scores["xnli_fp32_retries"] = [float(len(result["fp32_retries"]))]
     predictions = {f"{name}/{lang}": {"group": f"{name}/{lang}", "metric": "accuracy", "labels": result["labels"][lang],
                                       "seeds": block["predictions"][lang]}
                    for name, block in result["modes"].items() for lang in block["languages"]}
