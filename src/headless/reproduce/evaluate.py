@@ -87,35 +87,27 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     def main_scores(result: dict) -> dict[str, list[float]]:
         return {k: [100 * v for v in result["tasks"][k]["main"]["values"]] for k in keys if k in result["tasks"]}
 
-    retries: dict[str, int] = {}
-
-    def count_retries(result: dict, kept: list[str]) -> None:  # runs of the kept scores only
-        for k in kept:
-            retries[k] = retries.get(k, 0) + len(result["tasks"][k].get("fp32_retries", []))
-
+    kept: list[tuple[dict, list[str]]] = []  # (run_glue result, the tasks whose scores it gave)
     if config.glue_recipe == "paper":
         result = run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common)
         scores, predictions = main_scores(result), glue_predictions(result, keys)
-        count_retries(result, keys)
+        kept.append((result, keys))
     else:
         # a rate whose fine-tuning diverges is not chosen for that task; the other tasks keep it
         runs = {lr: run_glue(model_dir, tasks=keys, recipe="standard", lr=lr, epochs=config.glue_epochs,
                              seeds=seeds[:1], tolerate_divergence=True, **common) for lr in config.glue_lrs}
         first = {lr: main_scores(r) for lr, r in runs.items()}
-        best = {}
+        diverged = {k: [lr for lr in config.glue_lrs if k not in first[lr]] for k in keys}
         for k in keys:
-            rates = [lr for lr in config.glue_lrs if k in first[lr]]
-            if not rates:
-                raise HeadlessError(f"{k}: fine-tuning diverged at every rate of glue_lrs "
-                                    f"({runs[config.glue_lrs[0]]['diverged'][k]})")
-            best[k] = max(rates, key=lambda lr: first[lr][k][0])  # first rate wins ties
-            for lr in config.glue_lrs:
-                if k not in first[lr]:
-                    print(f"{k}: not fine-tuned at lr {lr:g}, which diverged ({runs[lr]['diverged'][k]})", flush=True)
+            for lr in diverged[k]:
+                print(f"{k}: not fine-tuned at lr {lr:g}, which diverged ({runs[lr]['diverged'][k]})", flush=True)
+            if len(diverged[k]) == len(config.glue_lrs):
+                raise HeadlessError(f"{k}: fine-tuning diverged at every rate of glue_lrs")
+        best = {k: max((lr for lr in config.glue_lrs if lr not in diverged[k]), key=lambda lr: first[lr][k][0])
+                for k in keys}  # first rate wins ties
         scores = {k: list(first[best[k]][k]) for k in keys}
         predictions = {name: entry for k in keys for name, entry in glue_predictions(runs[best[k]], [k]).items()}
-        for k in keys:
-            count_retries(runs[best[k]], [k])
+        kept += [(runs[best[k]], [k]) for k in keys]
         if len(seeds) > 1:
             for lr in dict.fromkeys(best.values()):
                 tasks = [k for k in keys if best[k] == lr]
@@ -126,11 +118,14 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                     scores[k] += more[k]
                 for name, entry in glue_predictions(result, tasks).items():
                     predictions[name]["seeds"] = predictions[name]["seeds"] + entry["seeds"]
-                count_retries(result, tasks)
+                kept.append((result, tasks))
         scores.update({f"{k}_lr": [best[k]] for k in keys})
-        scores.update({f"{k}_diverged_lrs": [lr for lr in config.glue_lrs if k not in first[lr]]
-                       for k in keys if any(k not in first[lr] for lr in config.glue_lrs)})
-    # how many kept runs diverged in bf16 and were run again in float32 (a setting, not a score)
+        scores.update({f"{k}_diverged_lrs": lrs for k, lrs in diverged.items() if lrs})
+    # how many kept runs diverged in bf16 and ran again in float32 (a setting, not a score)
+    retries = {k: 0 for k in keys}
+    for result, tasks in kept:
+        for k in tasks:
+            retries[k] += len(result["tasks"][k].get("fp32_retries", []))
     scores.update({f"{k}_fp32_retries": [float(n)] for k, n in retries.items() if n})
     return with_glue_averages(scores, keys), predictions
 
