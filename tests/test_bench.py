@@ -87,4 +87,4 @@ def test_sync_free_twins_run_a_captured_step_without_host_syncs_on_gpu(preset):
                  sync_debug=True, progress=False)
     for row in rows:
         assert row["compiled_region"] == "model", row
-        assert row["host_syncs_per_step"] == 0, row["host_sync_places"]
+        assert row["host_syncs_per_step"] == 0, row["host_sync_stacks"]

@@ -149,20 +149,30 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
 
 def _count_syncs(train_step, step: int) -> dict:
     """Run one more step with CUDA's sync debug mode: how many operations made the host wait for
-    the GPU, and where (the innermost frame of this package)."""
+    the GPU, and where (the innermost frame of this package outside bench.py, else the innermost
+    frame that is not the warnings machinery), with the last frames of the first such stack, so a
+    sync inside torch (a compiled graph, the optimizer) can be traced.  Only CUDA's own sync warning
+    counts: setting the mode warns once per process that it is a "prototype" that may not detect
+    all "synchronizing operations", and counting that warning made the first row of every process
+    show one sync that the same step under mode "error" does not raise (H200, 2026-12-01)."""
     import traceback
     import warnings
     from collections import Counter
 
+    package = str(Path(__file__).resolve().parent)
     places: Counter = Counter()
+    stacks: dict[str, list[str]] = {}
     previous = warnings.showwarning
 
     def record(message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" not in str(message):
+        if "called a synchronizing CUDA operation" not in str(message):
             return previous(message, category, filename, lineno, file, line)
-        ours = [f for f in traceback.extract_stack()[:-1] if "headless" in f.filename and "bench.py" not in f.filename]
-        frame = ours[-1] if ours else traceback.extract_stack()[-2]
-        places[f"{Path(frame.filename).name}:{frame.lineno} ({frame.line})"] += 1
+        stack = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith("warnings.py")]
+        ours = [f for f in stack if f.filename.startswith(package) and not f.filename.endswith("bench.py")]
+        frame = (ours or stack)[-1]
+        place = f"{Path(frame.filename).name}:{frame.lineno} ({frame.line})"
+        places[place] += 1
+        stacks.setdefault(place, [f"{Path(f.filename).name}:{f.lineno} {f.name}: {f.line}" for f in stack[-8:]])
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -174,7 +184,8 @@ def _count_syncs(train_step, step: int) -> dict:
         finally:
             torch.cuda.set_sync_debug_mode("default")
             warnings.showwarning = previous
-    return {"host_syncs_per_step": sum(places.values()), "host_sync_places": dict(places.most_common())}
+    return {"host_syncs_per_step": sum(places.values()), "host_sync_places": dict(places.most_common()),
+            "host_sync_stacks": stacks}
 
 
 def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Path, steps: int = 2) -> dict:
