@@ -340,13 +340,37 @@ def test_cli_refuses_bad_study_settings(capsys):
 def test_headline_interpolates_headless_at_vanillas_gpu_time(tmp_path):
     """HLM+FT's fine-tuning puts headless's last point after vanilla's: the headline also reads the
     headless curve at vanilla's final GPU time (interpolated, never extrapolated)."""
-    from headless.reproduce.report import build_report, load_piece, score_at
+    from headless.reproduce.report import build_report, equal_time_text, load_piece, score_at
 
     paths = [_write(tmp_path, f"{f}.json", _piece(f)) for f in ("headless", "vanilla")]
     entry = build_report([load_piece(p) for p in paths])["headline"]["lambada_acc"]
     # headless (hlm_ft) points at 30, 55, 105 GPU s with scores 1, 2, 3; vanilla ends at 100 s
     assert entry["headless_at_vanilla_gpu_s"] == pytest.approx(2 + 45 / 50)
+    assert "vanilla_at_headless_gpu_s" not in entry
+    assert equal_time_text(entry) == f"headless {2 + 45 / 50:.2f} at 100 s ({2 + 45 / 50 - 3:+.2f})"
     assert score_at([{"gpu_s": 10, "scores": {"m": {"mean": 1}}}], "m", 10) is None
+
+
+def test_headline_reads_vanilla_at_headless_gpu_time_when_vanilla_ran_longer(tmp_path):
+    """A plan that gave vanilla more steps (H200: 205 s against headless's 187 s): the equal-time
+    reading is then vanilla's curve at headless's last GPU second, and the report says so."""
+    from headless.reproduce.report import build_report, equal_time_text, load_piece, report_markdown
+
+    pieces = [_piece(f, scores={"headless": [1.0, 2.0, 2.5], "vanilla": [1.0, 2.0, 4.0]})
+              for f in ("headless", "vanilla")]
+    for point in pieces[1]["points"]:  # vanilla's checkpoints 10 % later in GPU time
+        point["variants"]["vanilla"]["gpu_s"] *= 1.1
+    pieces[1]["pretrain"]["gpu_s"] = 110.0
+    paths = [_write(tmp_path, f"{p['flavour']}.json", p) for p in pieces]
+    report = build_report([load_piece(p) for p in paths])
+    entry = report["headline"]["heldout_ce"]  # lower is better; hlm_ft ends at 105 s, vanilla at 110 s
+    at = 3.0 + (1.0 - 3.0) * (105 - 55) / (110 - 55)  # vanilla's heldout_ce 3 → 1 between 55 and 110 s
+    assert entry["vanilla_at_headless_gpu_s"] == pytest.approx(at)
+    assert entry["delta_at_headless_gpu_s"] == pytest.approx(2.5 - at)
+    assert "headless_at_vanilla_gpu_s" not in entry
+    text = report_markdown(report)
+    assert f"vanilla {at:.2f} at 105 s ({2.5 - at:+.2f})" == equal_time_text(entry) and equal_time_text(entry) in text
+    assert "reads the longer twin's curve at the other's last GPU second" in text
 
 
 def test_piece_never_deletes_a_scratch_folder_it_did_not_make(tmp_path):

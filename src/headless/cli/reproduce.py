@@ -66,15 +66,16 @@ def _reproduce(args) -> int:
 
 
 def _print_headline(report: dict) -> None:
-    from headless.reproduce.report import crossing_text, delta_text, within_noise
+    from headless.reproduce.report import crossing_text, delta_text, equal_time_text, within_noise
 
     for entry in report["headline"].values():
         if "delta" in entry:
             b = entry.get("paired_bootstrap")
             paired = f"; paired bootstrap 95 % [{b['low']:+.2f}, {b['high']:+.2f}]" if b else ""
             print(f"{entry['label']}: headless {entry['headless']['mean']:.2f} vs vanilla "
-                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}{paired}); headless reaches vanilla's "
-                  f"final score at {crossing_text(entry['crossing'], within_noise(entry))}")
+                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}{paired}); at equal GPU s: "
+                  f"{equal_time_text(entry)}; headless reaches vanilla's final score: "
+                  f"{crossing_text(entry['crossing'], within_noise(entry))}")
 
 
 def _report(args) -> int:

@@ -244,10 +244,16 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
             paired = headline_bootstrap(pieces, head, van, metric, higher, bootstrap)
             if paired is not None:
                 entry["paired_bootstrap"] = paired
+            # the equal-time reading: the twin whose curve runs longer, read at the other's last GPU
+            # second (HLM+FT's fine-tuning, or a plan that gave one twin more steps)
             at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
-            if at is not None:  # HLM+FT's fine-tuning makes headless's last point later than vanilla's
+            if at is not None:
                 entry["headless_at_vanilla_gpu_s"] = at
                 entry["delta_at_vanilla_gpu_s"] = at - v["mean"]
+            at = score_at(curve[van], metric, curve[head][-1]["gpu_s"])
+            if at is not None:
+                entry["vanilla_at_headless_gpu_s"] = at
+                entry["delta_at_headless_gpu_s"] = h["mean"] - at
         result["headline"][metric] = entry
     return result
 
@@ -277,6 +283,18 @@ def _fmt(stats: dict | None, digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f}"
 
 
+def equal_time_text(entry: dict) -> str:
+    """The headline's equal-time cell: the longer twin read at the shorter one's last GPU second,
+    and headless − vanilla there."""
+    if entry.get("headless_at_vanilla_gpu_s") is not None:
+        return (f"headless {entry['headless_at_vanilla_gpu_s']:.2f} at {entry['gpu_s']['vanilla']:.0f} s "
+                f"({entry['delta_at_vanilla_gpu_s']:+.2f})")
+    if entry.get("vanilla_at_headless_gpu_s") is not None:
+        return (f"vanilla {entry['vanilla_at_headless_gpu_s']:.2f} at {entry['gpu_s']['headless']:.0f} s "
+                f"({entry['delta_at_headless_gpu_s']:+.2f})")
+    return "–"
+
+
 def crossing_text(c: dict, noise: bool = False) -> str:
     """`noise`: the final scores are within noise, so a crossing says little."""
     status = c.get("status")
@@ -298,12 +316,11 @@ def report_markdown(report: dict) -> str:
     lines = [f"# Reproduction: {study}", "", f"Comparison: {budget}. Pretraining data: "
              f"{', '.join(report['data']['inputs'])} ({report['data']['train_tokens']:,} tokens per epoch, "
              f"fingerprint `{report['data']['fingerprint']}`).", "", "## Headline", "",
-             "| metric | headless | vanilla | difference | GPU s (headless / vanilla) | headless at vanilla's GPU s "
+             "| metric | headless | vanilla | difference | GPU s (headless / vanilla) | at equal GPU s "
              "| headless reaches vanilla's final score at |", "|---|---|---|---|---|---|---|"]
     for metric, entry in report["headline"].items():
         if "delta" in entry:
-            at = entry.get("headless_at_vanilla_gpu_s")
-            at_text = "–" if at is None else f"{at:.2f} ({entry['delta_at_vanilla_gpu_s']:+.2f})"
+            at_text = equal_time_text(entry)
             lines.append(f"| {entry['label']} | {_fmt(entry['headless'])} | {_fmt(entry['vanilla'])} | "
                          f"{delta_text(entry)} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
                          f"{at_text} | {crossing_text(entry['crossing'], within_noise(entry))} |")
@@ -335,7 +352,8 @@ def report_markdown(report: dict) -> str:
         if abs(h / v - 1) > 0.05:  # the trainer's calibration_tolerance
             lines += ["", f"**The twins' pretraining time was not equal**: {h:.0f} s of steps for headless against "
                       f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
-                      "\"headless at vanilla's GPU s\" column is the equal-time reading."]
+                      "\"at equal GPU s\" column reads the longer twin's curve at the other's last GPU second "
+                      "(interpolated between its checkpoints) and is the equal-time reading."]
     gpus = {f: {p["device_uuid"] for p in report["pieces"] if p["flavour"] == f} for f in ("headless", "vanilla")}
     if all(gpus.values()) and None not in gpus["headless"] | gpus["vanilla"] and gpus["headless"] != gpus["vanilla"]:
         lines += ["", "**The twins pretrained on different GPUs**: a machine's own speed then enters their step "
