@@ -192,15 +192,17 @@ EOF2
   captured)  # one captured step (sync_free: backbone and loss as one CUDA graph) against the eager-loss paths.
     # cwt-paper = CWT "reference" (K x K pairs), ce-hf = dense vanilla head: with static shapes both are one
     # graph; cwt / ce / ce-triton keep the eager loss. Both twins side by side. One shape per command
-    # (each objective compiles for about a minute): captured bert-small | bert-base | p160 | test
+    # (each objective compiles for about a minute): captured bert-small | bert-base | p160 | p70 | test
     B="$H bench -q --compile --steps 20 --warmup 10 --sync-debug compile_mode=reduce-overhead"
-    case "${2:?shape: bert-small, bert-base, p160 or test}" in
+    case "${2:?shape: bert-small, bert-base, p160, p70 or test}" in
       bert-small) $B --preset bert-small --batch-sizes 256 --seq-len 128 --objectives backbone,cwt,cwt-paper,ce,ce-hf \
                      --output "$RES/bert-small" objective.masking=static ;;
       bert-base) $B --preset bert-base --batch-sizes 256 --seq-len 128 --vocab-sizes 30522 \
                     --objectives cwt,cwt-paper,ce,ce-hf,ce-hf-full --output "$RES/bert-base" objective.masking=static ;;
       p160) $B --preset pythia-160m --batch-sizes 8 --seq-len 2048 --objectives backbone,cwt,cwt-paper,ce-triton,ce-hf \
                --output "$RES/p160" ;;
+      p70) $B --preset pythia-70m --batch-sizes 8 --seq-len 2048 --objectives backbone,cwt,cwt-paper,ce-triton,ce-hf \
+              --output "$RES/p70" ;;  # the decoder study's shape: whether its twins should capture too
       test) python3 -m pytest -q -m gpu tests/test_bench.py tests/test_models.py 2>&1 | tee "$RES/gpu-test.txt" | tail -40 ;;
       *) echo "unknown shape $2"; exit 2;;
     esac
