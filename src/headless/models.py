@@ -251,8 +251,10 @@ class LanguageModel(nn.Module):
         and loss are one graph: MLM with static masking, CWT or CE.  Measured on the H200
         (bert-small, 256 x 128 tokens, K = 4,864 scored rows, reduce-overhead): CWT 3.05 M tokens/s
         one graph against 2.47 M with the eager de-duplicated loss, CE 2.78 M against 2.28 M with
-        the eager head (docs/performance.md).  CLM keeps the eager losses: at K = 16,384 (Pythia)
-        the K x K scores cost twice the Triton kernel eagerly, and one graph was not measured."""
+        the eager head (docs/performance.md).  CLM keeps the eager losses for now: one graph wins in
+        the bench at Pythia-160M, 8 x 2048 (CWT 501k against 460k tokens/s, CE 435k against 385k),
+        but the decoder study's 70M shape, where the K x K scores are a larger share of the step,
+        and a trainer run at CLM shapes were not measured."""
         obj = self.objective
         return (not self.causal and obj.masking == "static" and self.loss_kind in ("cwt", "ce")
                 and self.loss_group is None and not obj.max_negatives)
