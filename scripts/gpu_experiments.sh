@@ -203,9 +203,30 @@ EOF2
                --output "$RES/p160" ;;
       p70) $B --preset pythia-70m --batch-sizes 8 --seq-len 2048 --objectives backbone,cwt,cwt-paper,ce-triton,ce-hf \
               --output "$RES/p70" ;;  # the decoder study's shape: whether its twins should capture too
-      test) python3 -m pytest -q -m gpu tests/test_bench.py tests/test_models.py 2>&1 | tee "$RES/gpu-test.txt" | tail -40 ;;
+      p160-256k) $B --preset pythia-160m --batch-sizes 8 --seq-len 2048 --vocab-sizes 256000 \
+                    --objectives backbone,cwt,cwt-paper,ce-triton,ce-hf --output "$RES/p160-256k" ;;
+      p70-64) # 64 x 2048: K = 131,072 rows, where the K x K scores (64 GiB in float32) cannot be used
+              $B --preset pythia-70m --batch-sizes 64 --seq-len 2048 --objectives backbone,cwt,ce-triton,ce-hf \
+                 --output "$RES/p70-64" ;;
+      test) python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$RES/gpu-test.txt" | tail -40 ;;
       *) echo "unknown shape $2"; exit 2;;
     esac
+    ;;
+  trainer)  # `headless pretrain` at a bench shape, both twins, eager and captured loss: is the trainer as fast as
+    # the bench (issue #14)?  Steady ms per step from each run's own metrics.jsonl; compare with `captured p70`.
+    [ "${2:?shape: p70}" = p70 ] || { echo "unknown shape $2"; exit 2; }
+    STEPS=${TRAINER_STEPS:-1000}
+    $H prepare .data/enwiki/train/enwiki-00[01].jsonl.xz --output runs/data/enwiki-neox-2 \
+       --tokenizer .data/tokenizers/gpt-neox-20b/tokenizer.json --seq-len 2048 --workers 8 -q
+    for twin in "headless triton" "headless reference" "vanilla triton" "vanilla reference"; do
+      set -- $twin
+      run=runs/trainer-p70-$1-$2
+      $H pretrain --preset pythia-70m --flavour "$1" --data runs/data/enwiki-neox-2 --run-dir "$run" -q \
+         max_steps="$STEPS" log_every=50 eval_every=100000 save_every=100000 objective.loss_implementation="$2" \
+         2>&1 | tail -3
+      cp "$run/summary.md" "$RES/p70-$1-$2-summary.md"; cp "$run/metrics.jsonl" "$RES/p70-$1-$2-metrics.jsonl"
+      python3 scripts/steady_step_time.py "$run/metrics.jsonl" --after 300 | tee -a "$RES/steady.txt"
+    done
     ;;
   *) echo "unknown stage $STAGE"; exit 2;;
 esac

@@ -237,8 +237,9 @@ def test_clm_scores_every_position_and_equals_the_selected_ones(loss, impl):
     ("gpt-neox", "cwt", "reference", [], "model"),
     ("bert", "cwt", "reference", [], "model"),
     ("bert", "ce", "chunked", [], "model"),
-    ("gpt-neox", "cwt", "auto", [], "backbone"),         # torch.unique: a data-dependent size
-    ("gpt-neox", "ce", "auto", [], "backbone"),          # the Triton kernel on CUDA stays eager
+    ("gpt-neox", "cwt", "auto", [], "model"),            # static CLM: auto is the measured one-graph path
+    ("gpt-neox", "ce", "auto", [], "model"),
+    ("gpt-neox", "cwt", "triton", [], "backbone"),       # torch.unique: a data-dependent size
     ("bert", "cwt", "auto", [], "model"),                # static MLM: auto is the measured one-graph path
     ("bert", "ce", "auto", [], "model"),
     ("bert", "cwt", "auto", ["objective.masking=bernoulli"], "backbone"),
@@ -247,11 +248,27 @@ def test_clm_scores_every_position_and_equals_the_selected_ones(loss, impl):
 ])
 def test_compile_model_takes_backbone_and_loss_together_only_when_nothing_needs_the_host(
         arch, loss, impl, extra, region):
-    model, _, _ = _sync_free_case(arch, loss, "headless" if loss == "cwt" else "vanilla", impl, extra)
+    model, ids, _ = _sync_free_case(arch, loss, "headless" if loss == "cwt" else "vanilla", impl, extra)
     assert model.compiled_region is None
-    assert model.compile_model("default") is False  # no CUDA graphs on the CPU
+    assert model.compile_model("default", *ids.shape) is False  # no CUDA graphs on the CPU
     assert model.compiled_region == region and model.sync_free == (region == "model")
     whole = model._compiled_call_impl is not None
     assert whole == (region == "model") and (model.backbone._compiled_call_impl is not None) == (not whole)
     resolved = "reference" if impl == "auto" and region == "model" else impl
     assert model.objective.loss_implementation == resolved
+
+
+@pytest.mark.parametrize("arch,loss", [("gpt-neox", "cwt"), ("gpt-neox", "ce"), ("bert", "cwt")])
+def test_auto_keeps_the_eager_loss_above_the_measured_row_bound(arch, loss):
+    """The K x K scores grow as K²: past CAPTURE_MAX_ROWS scored rows per micro-batch (Pythia-70M at
+    64 x 2048 would need 64 GiB of float32 scores) `auto` is not turned into the one-graph path."""
+    from headless.models import CAPTURE_MAX_ROWS
+    from headless.objectives import static_mask_count
+
+    model, _, _ = _sync_free_case(arch, loss, "headless" if loss == "cwt" else "vanilla", "auto")
+    per_row = 2048 if arch == "gpt-neox" else static_mask_count(2048, model.objective.mask_prob)
+    fits = CAPTURE_MAX_ROWS // per_row
+    assert model.scored_rows(fits, 2048) <= CAPTURE_MAX_ROWS < model.scored_rows(fits + 1, 2048)
+    assert model.captures_by_default(fits, 2048) and not model.captures_by_default(fits + 1, 2048)
+    assert model.compile_model("default", fits + 1, 2048) is False
+    assert model.compiled_region == "backbone" and model.objective.loss_implementation == "auto"

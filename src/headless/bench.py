@@ -80,7 +80,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     torch.manual_seed(0)
     model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
-    graphs = model.compile_model(config.compile_mode) if compile else False
+    graphs = model.compile_model(config.compile_mode, batch, seq) if compile else False
     optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, config))
     info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])

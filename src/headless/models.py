@@ -182,6 +182,10 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
 
+# The most rows per micro-batch that `auto` scores with the paper's K x K pairs inside the compiled
+# graph: the largest K measured to win (Pythia-70M and -160M at 8 x 2048, docs/performance.md).
+CAPTURE_MAX_ROWS = 16_384
+
 
 class LanguageModel(nn.Module):
     """An HF model plus the loss that the objective scores its outputs with.
@@ -245,29 +249,38 @@ class LanguageModel(nn.Module):
             return obj.loss_implementation == "reference"
         return self.loss_kind == "ce" and obj.loss_implementation in ("reference", "chunked")
 
-    @property
-    def captures_by_default(self) -> bool:
-        """Whether `loss_implementation: auto` becomes "reference" under compile, so that backbone
-        and loss are one graph: MLM with static masking, CWT or CE.  Measured on the H200
-        (bert-small, 256 x 128 tokens, K = 4,864 scored rows, reduce-overhead): CWT 3.05 M tokens/s
-        one graph against 2.47 M with the eager de-duplicated loss, CE 2.78 M against 2.28 M with
-        the eager head (docs/performance.md).  CLM keeps the eager losses for now: one graph wins in
-        the bench at Pythia-160M, 8 x 2048 (CWT 501k against 460k tokens/s, CE 435k against 385k),
-        but the decoder study's 70M shape, where the K x K scores are a larger share of the step,
-        and a trainer run at CLM shapes were not measured."""
-        obj = self.objective
-        return (not self.causal and obj.masking == "static" and self.loss_kind in ("cwt", "ce")
-                and self.loss_group is None and not obj.max_negatives)
+    def scored_rows(self, batch_size: int, seq_len: int) -> int:
+        """Rows the loss scores per micro-batch with static shapes: every CLM position, or the
+        static MLM count per row."""
+        from headless.objectives import static_mask_count
 
-    def compile_model(self, mode: str = "default") -> bool:
+        per_row = seq_len if self.causal else static_mask_count(seq_len, self.objective.mask_prob)
+        return batch_size * per_row
+
+    def captures_by_default(self, batch_size: int, seq_len: int) -> bool:
+        """Whether `loss_implementation: auto` becomes "reference" under compile, so that backbone
+        and loss are one graph: static shapes (CLM, or MLM with static masking), CWT or CE, and at
+        most `CAPTURE_MAX_ROWS` scored rows per micro-batch, since the paper's K x K scores grow as K².
+
+        Measured on the H200 (docs/performance.md, tokens/s, one graph against the eager loss):
+        bert-small 256 x 128 (K = 4,864) CWT 3.05 M vs 2.47 M, CE 2.78 M vs 2.28 M; Pythia-70M
+        8 x 2048 (K = 16,384) CWT 1.47 M vs 1.36 M, CE 1.09 M vs 0.95 M, and through `headless
+        pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k
+        vs 460k, CE 435k vs 385k, and at V = 256k 470k vs 431k.  Above the bound (Pythia-70M
+        64 x 2048: K = 131,072, 64 GiB of float32 scores) the de-duplicated Triton loss stays."""
+        obj = self.objective
+        return (self.static_shapes and self.loss_kind in ("cwt", "ce") and self.loss_group is None
+                and not obj.max_negatives and self.scored_rows(batch_size, seq_len) <= CAPTURE_MAX_ROWS)
+
+    def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
         (`fullgraph`, so a break fails loudly), else the backbone alone, the loss staying eager.
         `compiled_region` says which; `loss_implementation: auto` turns into "reference" first
-        where that is measured faster (`captures_by_default`).
+        where that is measured faster (`captures_by_default`, for micro-batches of this shape).
 
         Returns whether CUDA graphs are captured ("reduce-overhead", "max-autotune" on CUDA): the
         caller must then mark each new step with `torch.compiler.cudagraph_mark_step_begin()`."""
-        if self.objective.loss_implementation == "auto" and self.captures_by_default:
+        if self.objective.loss_implementation == "auto" and self.captures_by_default(batch_size, seq_len):
             self.objective = dataclasses.replace(self.objective, loss_implementation="reference")
         if self.sync_free:
             self.compile(mode=mode, fullgraph=True)

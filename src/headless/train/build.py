@@ -187,7 +187,7 @@ def build_run(config: TrainConfig, env, data: Data, model) -> Run:
             if env.is_main:
                 print(f"compile_mode={config.compile_mode}: CUDA graphs are not used with several processes "
                       f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
-        graphs = model.compile_model(mode)
+        graphs = model.compile_model(mode, config.batch_size, data.train.seq_len)
         if env.is_main:
             region = f"backbone and loss as one graph (loss {model.objective.loss_implementation})" \
                 if model.compiled_region == "model" else "the backbone (the loss runs eagerly)"
