@@ -1,5 +1,6 @@
 """The trainer under torchrun (CPU, gloo): 2 ranks x B == 1 rank x 2B with global negatives (DDP
-and FSDP2); a killed rank stops the job; resume continues the trajectory on 1 and on 2 processes."""
+and FSDP2); a killed rank stops the job; resume continues the trajectory on 1 and on 2 processes;
+a compiled CLM run is one graph under DDP too and trains like the eager one."""
 
 from __future__ import annotations
 
@@ -106,3 +107,23 @@ def test_time_budget_gives_every_rank_the_same_max_steps(datasets, tmp_path):  #
     assert summary["measured_s_per_step"] > 0
     # planned twice (the re-plan's measurement is the slowest rank's too), and both ranks stopped there
     assert summary["replanned_at"] and f"max_steps planned again: {summary['steps']} " in out, out[-2000:]
+
+
+def test_ddp_compiles_clm_backbone_and_loss_as_one_graph_and_trains_like_eager(datasets, tmp_path):  # noqa: F811
+    """Under DDP (no CUDA graphs) a compiled CLM run still takes backbone and loss as one graph
+    (`captures_by_default`: auto -> the K×K reference), and its losses and weights follow the eager
+    two-rank run (auto -> the chunked de-duplicated loss on the CPU: the same loss)."""
+    common = ["pretrain", "--preset", "tiny", *SMALL, "model.architecture=gpt-neox", "objective.kind=clm",
+              f"data.path={datasets['neox']}", "max_steps=3", "save_every=3", "eval_every=100",
+              "distributed=ddp", "batch_size=2"]
+    _run(2, [*common, "compile=false", "--run-dir", str(tmp_path / "eager")])
+    out = _run(2, [*common, "compile=true", "--run-dir", str(tmp_path / "compiled")])
+    assert "compile: backbone and loss as one graph (loss reference), mode=default" in out, out[-2000:]
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert sorted(compiled) == sorted(eager) == [1, 2, 3]
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=2e-4), step
+    we, wc = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert we.keys() == wc.keys()
+    for name in we:
+        assert (we[name] - wc[name]).abs().max() < 1e-3, name
