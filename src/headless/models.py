@@ -242,12 +242,16 @@ class LanguageModel(nn.Module):
         CWT "reference" (the paper's K×K pairs, no `torch.unique`), CE "reference" or "chunked".
         The de-duplicating CWT paths need `torch.unique`, the Triton kernels stay outside the
         graph, and global negatives or `max_negatives` gather or sample on the host."""
+        return self._sync_free_with(self.objective.loss_implementation)
+
+    def _sync_free_with(self, implementation: str) -> bool:
+        """`sync_free` if the loss ran with `implementation`."""
         obj = self.objective
         if not self.static_shapes or self.loss_group is not None or obj.max_negatives:
             return False
         if self.loss_kind in ("cwt", "nce"):
-            return obj.loss_implementation == "reference"
-        return self.loss_kind == "ce" and obj.loss_implementation in ("reference", "chunked")
+            return implementation == "reference"
+        return self.loss_kind == "ce" and implementation in ("reference", "chunked")
 
     def scored_rows(self, batch_size: int, seq_len: int) -> int:
         """Rows the loss scores per micro-batch with static shapes: every CLM position, or the
@@ -268,9 +272,8 @@ class LanguageModel(nn.Module):
         pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k
         vs 460k, CE 435k vs 385k, and at V = 256k 470k vs 431k.  Above the bound (Pythia-70M
         64 x 2048: K = 131,072, 64 GiB of float32 scores) the de-duplicated Triton loss stays."""
-        obj = self.objective
-        return (self.static_shapes and self.loss_kind in ("cwt", "ce") and self.loss_group is None
-                and not obj.max_negatives and self.scored_rows(batch_size, seq_len) <= CAPTURE_MAX_ROWS)
+        return (self.loss_kind in ("cwt", "ce") and self._sync_free_with("reference")
+                and self.scored_rows(batch_size, seq_len) <= CAPTURE_MAX_ROWS)
 
     def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
