@@ -258,17 +258,21 @@ def test_compile_model_takes_backbone_and_loss_together_only_when_nothing_needs_
     assert model.objective.loss_implementation == resolved
 
 
-@pytest.mark.parametrize("arch,loss", [("gpt-neox", "cwt"), ("gpt-neox", "ce"), ("bert", "cwt")])
-def test_auto_keeps_the_eager_loss_above_the_measured_row_bound(arch, loss):
-    """The K x K scores grow as K²: past CAPTURE_MAX_ROWS scored rows per micro-batch (Pythia-70M at
-    64 x 2048 would need 64 GiB of float32 scores) `auto` is not turned into the one-graph path."""
-    from headless.models import CAPTURE_MAX_ROWS
+@pytest.mark.parametrize("arch,loss", [("gpt-neox", "cwt"), ("gpt-neox", "ce"), ("bert", "cwt"), ("bert", "ce")])
+def test_auto_keeps_the_eager_loss_above_the_measured_bounds(arch, loss):
+    """CWT's K x K scores grow as K² (past CAPTURE_MAX_ROWS scored rows per micro-batch: Pythia-70M
+    at 64 x 2048 would need 64 GiB of float32 scores), the vanilla head's dense logits as K x V (past
+    CAPTURE_MAX_LOGITS): beyond them `auto` is not turned into the one-graph path."""
+    from headless.models import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS
     from headless.objectives import static_mask_count
 
     model, _, _ = _sync_free_case(arch, loss, "headless" if loss == "cwt" else "vanilla", "auto")
     per_row = 2048 if arch == "gpt-neox" else static_mask_count(2048, model.objective.mask_prob)
-    fits = CAPTURE_MAX_ROWS // per_row
-    assert model.scored_rows(fits, 2048) <= CAPTURE_MAX_ROWS < model.scored_rows(fits + 1, 2048)
+    if loss == "cwt":
+        fits = CAPTURE_MAX_ROWS // per_row
+    else:
+        fits = CAPTURE_MAX_LOGITS // (per_row * model.hf.get_output_embeddings().weight.shape[0])
+        assert fits * per_row > CAPTURE_MAX_ROWS  # the head's bound is not the CWT one
     assert model.captures_by_default(fits, 2048) and not model.captures_by_default(fits + 1, 2048)
     assert model.compile_model("default", fits + 1, 2048) is False
     assert model.compiled_region == "backbone" and model.objective.loss_implementation == "auto"

@@ -182,9 +182,12 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
 
-# The most rows per micro-batch that `auto` scores with the paper's K x K pairs inside the compiled
-# graph: the largest K measured to win (Pythia-70M and -160M at 8 x 2048, docs/performance.md).
+# The largest micro-batches that `auto` scores inside the compiled graph, each the largest measured
+# to win there (docs/performance.md).  CWT's K x K pairs grow as K²: K = 16,384 rows (Pythia-70M and
+# -160M at 8 x 2048; at 64 x 2048 they would need 64 GiB).  The vanilla head's dense logits grow as
+# K x V: Pythia-70M at 64 x 2048 with V = 50,304 (captured 1.20 M tokens/s against 0.97 M eager).
 CAPTURE_MAX_ROWS = 16_384
+CAPTURE_MAX_LOGITS = 131_072 * 50_304
 
 
 class LanguageModel(nn.Module):
@@ -263,17 +266,21 @@ class LanguageModel(nn.Module):
 
     def captures_by_default(self, batch_size: int, seq_len: int) -> bool:
         """Whether `loss_implementation: auto` becomes "reference" under compile, so that backbone
-        and loss are one graph: static shapes (CLM, or MLM with static masking), CWT or CE, and at
-        most `CAPTURE_MAX_ROWS` scored rows per micro-batch, since the paper's K x K scores grow as K².
+        and loss are one graph: static shapes (CLM, or MLM with static masking), CWT with at most
+        `CAPTURE_MAX_ROWS` scored rows per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
 
         Measured on the H200 (docs/performance.md, tokens/s, one graph against the eager loss):
         bert-small 256 x 128 (K = 4,864) CWT 3.05 M vs 2.47 M, CE 2.78 M vs 2.28 M; Pythia-70M
         8 x 2048 (K = 16,384) CWT 1.47 M vs 1.36 M, CE 1.09 M vs 0.95 M, and through `headless
         pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k
-        vs 460k, CE 435k vs 385k, and at V = 256k 470k vs 431k.  Above the bound (Pythia-70M
-        64 x 2048: K = 131,072, 64 GiB of float32 scores) the de-duplicated Triton loss stays."""
-        return (self.loss_kind in ("cwt", "ce") and self._sync_free_with("reference")
-                and self.scored_rows(batch_size, seq_len) <= CAPTURE_MAX_ROWS)
+        vs 460k, CE 435k vs 385k, and at V = 256k 470k vs 431k (CE 224k vs 191k); Pythia-70M
+        64 x 2048, CE only, 1.20 M vs 0.97 M.  Above the bounds the Triton losses stay, eager."""
+        if self.loss_kind not in ("cwt", "ce") or not self._sync_free_with("reference"):
+            return False
+        rows = self.scored_rows(batch_size, seq_len)
+        if self.loss_kind == "cwt":
+            return rows <= CAPTURE_MAX_ROWS
+        return rows * self.hf.get_output_embeddings().weight.shape[0] <= CAPTURE_MAX_LOGITS
 
     def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
