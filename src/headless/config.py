@@ -143,6 +143,9 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard logs to RUN_DIR/tensorboard
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
+    # warn when training accuracy has not risen 25 % above its early plateau this many steps after the
+    # warm-up (the MLM plateau a headless twin can stay on; headless.train.plateau); 0: never
+    plateau_patience: int = 4000
     # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
     # time.  max_steps is planned at the end of warm-up (the last step whose learning rate does
     # not depend on it), from the median of the last three windows of `calibration_steps` timed
@@ -188,6 +191,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.plateau_patience >= 0, "plateau_patience must be >= 0 (0: never warn)"),
             (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
             (math.isfinite(self.optim.lr) and self.optim.lr > 0, "optim.lr must be > 0 and finite"),
             (0 <= self.optim.beta1 < 1, "optim.beta1 must be in [0, 1)"),

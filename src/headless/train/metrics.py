@@ -13,6 +13,7 @@ import torch
 
 from headless.train import distributed as dist
 from headless.train.logging import RunLogger, flops_per_token, peak_flops
+from headless.train.plateau import PlateauWatch
 
 
 class Metrics:
@@ -27,6 +28,7 @@ class Metrics:
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.epoch = run.loader.epoch if start_step else 0
         self.last: dict = {}
+        self.plateau = PlateauWatch(config.optim.warmup_steps, config.plateau_patience)
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
 
@@ -79,6 +81,9 @@ class Metrics:
         if device.type == "cuda":
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         self.last = record
+        warning = self.plateau.update(step, record["accuracy"])
+        if warning:
+            self.write(warning)
         if self.logger:
             self.logger.log("train", step, record)
             postfix = {"loss": f"{loss:.3f}", "tok/s": f"{tps:,.0f}"}

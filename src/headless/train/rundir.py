@@ -38,7 +38,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "curves.png", "summa
 # targets, so the micro-batch is part of the objective (see `accept_resume`).  optim.schedule_steps
 # is an explicit change of the LR schedule from the checkpoint on.
 RESUMABLE = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress", "tensorboard",
-             "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "run_dir"}
+             "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "run_dir",
+             "plateau_patience"}
 
 
 def default_run_dir(config: TrainConfig) -> Path:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Side-by-side plateau probes on one GPU (scripts/plateau_probe.py): unpack the carried dataset,
+# start one process per variant, wait.  Results: $OUT/<variant>-lr<LR>.jsonl and $OUT/probe.log.
+#   VARIANTS="vanilla paper scale bias both cosine" LR=1e-3 STEPS=4000 DEADLINE=540 bash scripts/plateau_probe.sh
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT" /tmp/probe
+DATA=/tmp/probe/data-119547
+[ -d "$DATA" ] || tar -xJf .data/carry/ml-119547.tar.xz -C /tmp/probe
+VARIANTS=${VARIANTS:-"vanilla paper scale bias both cosine"}
+LR=${LR:-1e-3}; STEPS=${STEPS:-4000}; DEADLINE=${DEADLINE:-540}; WARMUP=${WARMUP:-300}; SCHEDULE=${SCHEDULE:-10000}
+EXTRA=${EXTRA:-}
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+for v in $VARIANTS; do
+  python scripts/plateau_probe.py --data "$DATA" --variant "$v" --steps "$STEPS" --deadline "$DEADLINE" \
+    --out "$OUT/$v-lr$LR.jsonl" batch_size=128 optim.lr=$LR optim.warmup_steps=$WARMUP optim.beta2=0.98 \
+    optim.schedule_steps=$SCHEDULE compile=true compile_mode=reduce-overhead progress=false tensorboard=false \
+    $EXTRA > "/tmp/probe/$v.log" 2>&1 &
+done
+wait
+for v in $VARIANTS; do echo "== $v"; tail -3 "/tmp/probe/$v.log"; done > "$OUT/probe.log"
+python - "$OUT" <<'PY'
+import json, sys, glob, os
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.jsonl"))):
+    rows = [json.loads(l) for l in open(f)][1:]
+    if not rows: print(os.path.basename(f), "no rows"); continue
+    accs = " ".join(f"{r['acc']:.3f}" for r in rows[4::5])
+    last = rows[-1]
+    print(f"{os.path.basename(f):24s} steps {last['step']:5d} wall {last['wall']:6.0f}s acc/500: {accs}")
+    diag = [r for r in rows if "o_cos" in r]
+    for r in diag[-1:]:
+        print("   ", {k: round(v, 3) for k, v in r.items() if k in ("o_norm","e_norm","e_common","o_cos","in_cos","pos_logit","logit_std","scale","bias_std","emb_rows_norm")})
+PY
+cat "$OUT/probe.log" | tail -40
