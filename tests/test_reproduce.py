@@ -44,6 +44,7 @@ def mini_root(shared_data, tmp_path_factory) -> Path:
     _head(shared_data / "books/gutenberg_en.jsonl.xz", root / "books/gutenberg_en.jsonl.xz", 1)
     for lang in ("de", "ja", "ko", "zh"):
         _head(shared_data / f"multilingual/{lang}.jsonl.xz", root / f"multilingual/{lang}.jsonl.xz", 6)
+    _head(shared_data / "books/gutenberg_fr_es.jsonl.xz", root / "books/gutenberg_fr_es.jsonl.xz", 2)
     shutil.copytree(shared_data / "tokenizers", root / "tokenizers")
     _head(shared_data / "lambada/lambada_openai_dev.jsonl", root / "lambada/lambada_openai_dev.jsonl", 12)
     for task in ("boolq", "piqa"):
@@ -51,7 +52,7 @@ def mini_root(shared_data, tmp_path_factory) -> Path:
     for task in ("RTE", "STS-B"):
         for split in ("train", "dev"):
             _head(shared_data / f"glue/{task}/{split}.tsv", root / f"glue/{task}/{split}.tsv", 33)
-    for lang in ("en", "de", "fr"):
+    for lang in ("en", "de", "fr", "ar"):
         _head(shared_data / f"xnli/dev-{lang}.tsv", root / f"xnli/dev-{lang}.tsv", 24)
     return root
 
@@ -135,7 +136,7 @@ def test_encoder_study_toy_budget_end_to_end(mini_root, tmp_path):
 
 
 def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_path):
-    from headless.reproduce import run_study
+    from headless.reproduce import load_study, run_study
 
     config = _study("multilingual", mini_root, "seq_len=64", "tokenizer_vocab_size=600", "fractions=[1.0]",
                     "xnli_epochs=1", "seeds=[0]", _pretrain())
@@ -143,14 +144,16 @@ def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_
     assert result["report"] is None  # one twin: a piece, no report
     piece = json.loads(result["pieces"][0].read_text())
     scores = piece["points"][-1]["variants"]["headless"]["scores"]
-    # de is covered by the pretraining mix, fr is not: reported apart
+    # de (Wikipedia) and fr (the books) are covered by the pretraining mix, ar is not: reported apart
     for key in ("xnli_transfer_avg", "xnli_target_avg", "xnli_transfer_covered", "xnli_transfer_other",
                 "xnli_target_de"):
         assert key in scores
     preds = piece["points"][-1]["variants"]["headless"]["predictions"]
-    assert {"transfer/en", "transfer/de", "transfer/fr", "target/de"} <= set(preds)
+    assert {"transfer/en", "transfer/de", "transfer/fr", "transfer/ar", "target/de"} <= set(preds)
     assert preds["target/fr"]["labels"] == preds["transfer/fr"]["labels"] and len(preds["target/fr"]["seeds"]) == 1
     assert any("de.jsonl.xz" in name for name in piece["data"]["inputs"])
+    assert "gutenberg_fr_es.jsonl.xz" in piece["data"]["inputs"]
+    assert config.tokenizer_vocab_size == 600 and load_study("multilingual").tokenizer_vocab_size == 119547
     tokenizers = list((tmp_path / "work" / "multilingual" / "tokenizers").iterdir())
     assert len(tokenizers) == 1 and (tokenizers[0] / "tokenizer.json").is_file()
 
@@ -594,3 +597,24 @@ def test_the_report_shows_diverged_rates_as_settings_not_scores():
     assert _fmt(_row_stats("mrpc_lr", [3e-5])) == "3e-05"
     assert _row_stats("mrpc", [70.0, 72.0])["mean"] == 71.0
     assert _fmt(_row_stats("stsb_fp32_retries", [1.0, 2.0])) == "3"
+
+
+def test_report_says_which_twin_never_left_the_plateau(tmp_path):
+    """A piece's training curve, flat for headless and rising for vanilla: the report says it in words
+    (pieces written before pieces kept the reading get it from their curve)."""
+    from headless.reproduce.report import write_report
+
+    steps = list(range(100, 8001, 100))
+    flat = [0.12 + (0.003 if s % 200 else -0.003) for s in steps]
+    rising = [0.13 if s < 5000 else min(0.3, 0.13 + (s - 5000) * 2e-4) for s in steps]
+    paths = []
+    for flavour, acc in (("headless", flat), ("vanilla", rising)):
+        piece = _piece(flavour)
+        piece["pretrain"]["curves"] = {"train": {"step": steps, "loss": [1.0] * len(steps), "accuracy": acc}}
+        piece["pretrain"]["measured_s_per_step"] = 0.02
+        piece["train_config"] = {"optim": {"warmup_steps": 300}, "plateau_patience": 4000}
+        paths.append(_write(tmp_path, f"{flavour}.json", piece))
+    write_report(paths, tmp_path / "out")
+    text = (tmp_path / "out" / "decoder-report.md").read_text()
+    assert "- headless seed 0: **never left the plateau**: training accuracy 0.120" in text
+    assert "- vanilla seed 0: left the plateau (training accuracy 0.130) at step 5,300 (106 GPU s)" in text

@@ -41,8 +41,12 @@ class StudyConfig:
     data_root: Optional[str] = None
     enwiki_shards: Optional[int] = None  # None: every train shard found
     books: bool = True  # Project Gutenberg English books in the pretraining mix (decoder, encoder)
-    languages: list = field(default_factory=lambda: ["de", "ja", "ko", "zh"])  # multilingual, with English
-    tokenizer_vocab_size: int = 50000  # multilingual: the WordPiece vocabulary trained by the study
+    # multilingual, with English: Wikipedia in de/ja/ko/zh (multilingual/<lang>.jsonl.xz), French and
+    # Spanish from the Gutenberg books (books/gutenberg_fr_es.jsonl.xz holds both)
+    languages: list = field(default_factory=lambda: ["de", "ja", "ko", "zh", "fr", "es"])
+    # multilingual: the cased WordPiece vocabulary the study trains on its own mix; the default is the
+    # paper's (distilbert-base-multilingual-cased, 119,547 entries); XLM-R's is 250002
+    tokenizer_vocab_size: int = 119547
     seq_len: Optional[int] = None  # None: the preset's
     # decoder evaluation
     finetune_tokens: float = 5e6  # HLM+FT budget per headless checkpoint (its time is counted)

@@ -26,6 +26,9 @@ class StudyData:
     inputs: list[str]  # file names, for the report
 
 
+BOOK_LANGUAGES = ("fr", "es")  # the multilingual mix takes these from books/gutenberg_fr_es.jsonl.xz
+
+
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise HeadlessError(f"{what} not found at {path} (data_root must be laid out like ../shared/data; "
@@ -59,7 +62,10 @@ def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
     shards = shards[:limit] if limit else shards
     train = list(shards)
     if config.study == "multilingual":
-        train += [_need(root / "multilingual" / f"{lang}.jsonl.xz", f"Wikipedia in {lang!r}") for lang in config.languages]
+        train += [_need(root / "multilingual" / f"{lang}.jsonl.xz", f"Wikipedia in {lang!r}")
+                  for lang in config.languages if lang not in BOOK_LANGUAGES]
+        if set(config.languages) & set(BOOK_LANGUAGES):
+            train.append(_need(root / "books" / "gutenberg_fr_es.jsonl.xz", "Project Gutenberg books in French and Spanish"))
     elif config.books:
         train.append(_need(root / "books" / "gutenberg_en.jsonl.xz", "Project Gutenberg books"))
     validation = sorted((root / "enwiki" / "validation").glob("enwiki-*.jsonl*")) if config.study != "multilingual" else []

@@ -100,6 +100,16 @@ def pretraining_curves(records: list[dict], max_points: int = 200) -> dict[str, 
     return curves
 
 
+def run_plateau(records: list[dict], cfg) -> dict:
+    """Whether and when the run's training accuracy left the MLM plateau (headless.train.plateau),
+    read from every logged step, not the thinned curve."""
+    from headless.train.plateau import plateau_exit
+
+    by_step = {r["step"]: r.get("accuracy") for r in records if r.get("split") == "train"}
+    steps = sorted(by_step)
+    return plateau_exit(steps, [by_step[s] for s in steps], cfg.optim.warmup_steps, cfg.plateau_patience)
+
+
 def _checkpoint(run_dir: Path, step: int) -> tuple[Path, dict]:
     from headless.train.checkpoint import checkpoint_name
 
@@ -248,7 +258,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "parameters": summary.get("parameters"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
             "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": summary.get("mfu_last"),
             "final_val_loss": summary.get("final_val_loss"), "device": summary.get("device"),
-            "curves": pretraining_curves(read_metrics(run_dir))},
+            "curves": pretraining_curves(read_metrics(run_dir)), "plateau": run_plateau(read_metrics(run_dir), cfg)},
         "points": points,
         "study_config": config.to_dict(), "train_config": cfg.to_dict(),
         "environment": {"host": platform.node(), "python": sys.version.split()[0], "torch": torch.__version__,

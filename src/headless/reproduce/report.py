@@ -18,6 +18,7 @@ from headless.errors import HeadlessError
 from headless.files import atomic_write, atomic_write_json
 from headless.reproduce.evaluate import with_glue_averages, without_rte
 from headless.reproduce.piece import PIECE_FORMAT
+from headless.train.plateau import plateau_text
 
 REPORT_FORMAT = "headless-reproduce-report/1"
 
@@ -220,6 +221,21 @@ def delta_text(entry: dict) -> str:
     return text + (" (within noise)" if noisy else "")
 
 
+def piece_plateau(piece: dict) -> dict | None:
+    """The piece's plateau reading; for pieces written before pieces kept it, read from the thinned
+    training curve with the run's warm-up and patience."""
+    from headless.train.plateau import plateau_exit
+
+    if piece["pretrain"].get("plateau"):
+        return piece["pretrain"]["plateau"]
+    train = (piece["pretrain"].get("curves") or {}).get("train")
+    if not train:
+        return None
+    cfg = piece.get("train_config") or {}
+    warmup = (cfg.get("optim") or {}).get("warmup_steps", 0)
+    return plateau_exit(train["step"], train["accuracy"], warmup, cfg.get("plateau_patience", 4000))
+
+
 def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
     """The merged report; `bootstrap` replicates of the paired bootstrap (0: none)."""
     check_compatible(pieces)
@@ -231,7 +247,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
               "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
               "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
-                          "pretrain": p["pretrain"], "device": p["environment"].get("device"),
+                          "pretrain": p["pretrain"], "plateau": piece_plateau(p), "device": p["environment"].get("device"),
                           "device_uuid": p["environment"].get("device_uuid")} for p in pieces],
               "curves": curve, "headline": {}, "bootstrap_replicates": bootstrap}
     for metric, label, higher in HEADLINE[study]["metrics"]:
@@ -368,6 +384,14 @@ def report_markdown(report: dict) -> str:
                      f"{(t.get('parameters') or 0) / 1e6:.1f}M | {t.get('peak_mem_gib') or 0:.1f} | {p.get('device')} |")
     lines += ["", "GPU s: steps x the seconds per step measured over the run (saves and validation excluded); "
               "in brackets, steps x the planned seconds per step that fixed max_steps."]
+    plateau = [p for p in report["pieces"] if p.get("plateau")]
+    if plateau:
+        lines += ["", "The MLM plateau (training accuracy 25 % above its level after the warm-up counts as leaving "
+                  "it; `headless.train.plateau`):", ""]
+        for p in plateau:
+            t = p["pretrain"]
+            lines.append(f"- {p['flavour']} seed {p['seed']}: "
+                         + plateau_text(p["plateau"], t.get("measured_s_per_step") or t.get("steady_s_per_step")))
     own = [f"{p['flavour']} seed {p['seed']}: `{' '.join(p['overrides'])}`" for p in report["pieces"] if p.get("overrides")]
     if own:
         lines += ["", "Settings of one twin only (`headless_pretrain` / `vanilla_pretrain`): " + "; ".join(own) + "."]
