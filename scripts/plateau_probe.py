@@ -22,6 +22,10 @@ Variants (`--variant`), all headless unless `vanilla`:
            gets a home other than the embeddings' common direction
   both     scale and bias
   cosine   cos(o, e) · exp(s), s learned, init log(`--cos-scale`)
+  proj     the outputs pass a projector first (Linear D×D, GELU, LayerNorm: the transform the vanilla
+           twin's MLM head has and the headless twin lacks), dropped at export
+  zloss    the paper's scores plus 1e-4 · logsumexp² per row (PaLM's z-loss: keeps the scores' scale)
+  emblr    the paper's objective, the embedding matrix at a tenth of the learning rate
 
 Usage (one H200, several runs side by side; scripts/plateau_probe.sh runs the set):
   python scripts/plateau_probe.py --data DIR --variant paper --out OUT/paper.jsonl optim.lr=1e-3
@@ -47,6 +51,8 @@ def variant_loss(variant: str, cos_scale: float):
 
     def loss(self, hidden, labels):
         o, t = gather_static_positions(hidden, labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
+        if variant == "proj":
+            o = self.probe_proj(o)
         valid = t != IGNORE_INDEX
         ids = t.clamp(min=0)
         e = self.input_embedding_weight().index_select(0, ids)
@@ -61,6 +67,8 @@ def variant_loss(variant: str, cos_scale: float):
         scores = scores.masked_fill(~valid[None, :], float("-inf"))
         target = torch.arange(len(t), device=t.device)
         rows = F.cross_entropy(scores, target, reduction="none")
+        if variant == "zloss":
+            rows = rows + 1e-4 * torch.logsumexp(scores, dim=1).square()
         rows = torch.where(valid, rows, torch.zeros_like(rows))
         hit = (ids.index_select(0, scores.argmax(dim=1)) == ids) & valid
         n = valid.sum()
@@ -114,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--preset", default="multilingual")
-    parser.add_argument("--variant", default="paper", choices=["vanilla", "paper", "scale", "bias", "both", "cosine"])
+    parser.add_argument("--variant", default="paper", choices=["vanilla", "paper", "scale", "bias", "both", "cosine",
+                                                                   "proj", "zloss", "emblr"])
     parser.add_argument("--cos-scale", type=float, default=20.0)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--deadline", type=float, default=1e9, help="wall seconds from start")
@@ -137,13 +146,32 @@ def main() -> None:
     torch.manual_seed(config.seed)
     config, data = load_data(config, env)
     model = build_model(config, data)
-    if args.variant not in ("vanilla", "paper"):
+    if args.variant == "emblr":  # the embedding matrix in a group of its own at lr / 10
+        import headless.train.build as build
+
+        def optimizer_with_slow_embeddings(model, config, device, _build=build.build_optimizer):
+            opt = _build(model, config, device)
+            emb = model.input_embedding_weight()
+            for group in opt.param_groups:
+                group["params"] = [p for p in group["params"] if p is not emb]
+            opt.add_param_group({"params": [emb], "weight_decay": config.optim.weight_decay,
+                                 "lr": config.optim.lr / 10})
+            return opt
+
+        build.build_optimizer = optimizer_with_slow_embeddings
+    elif args.variant not in ("vanilla", "paper"):
         d = model.input_embedding_weight()
+        if args.variant == "proj":
+            dim = d.shape[1]
+            model.probe_proj = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.LayerNorm(dim))
+            torch.nn.init.normal_(model.probe_proj[0].weight, std=0.02)
+            torch.nn.init.zeros_(model.probe_proj[0].bias)
         if args.variant in ("scale", "both", "cosine"):
             init = math.log(args.cos_scale) if args.variant == "cosine" else 0.0
             model.probe_log_scale = torch.nn.Parameter(torch.tensor(init))
         if args.variant in ("bias", "both"):
             model.probe_bias = torch.nn.Parameter(torch.zeros(d.shape[0]))
+    if args.variant not in ("vanilla", "paper", "emblr"):
         model.loss = types.MethodType(variant_loss(args.variant, args.cos_scale), model)
     run = build_run(config, env, data, model)
     info = data.info

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side plateau probes on one GPU (scripts/plateau_probe.py): unpack the carried dataset,
 # start one process per variant, wait.  Results: $OUT/<variant>-lr<LR>.jsonl and $OUT/probe.log.
-#   VARIANTS="vanilla paper scale bias both cosine" LR=1e-3 STEPS=4000 DEADLINE=540 bash scripts/plateau_probe.sh
+#   VARIANTS="vanilla paper proj@5e-4" LR=1e-3 STEPS=4000 DEADLINE=540 bash scripts/plateau_probe.sh
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT" /tmp/probe
 DATA=/tmp/probe/data-119547
@@ -10,14 +10,15 @@ VARIANTS=${VARIANTS:-"vanilla paper scale bias both cosine"}
 LR=${LR:-1e-3}; STEPS=${STEPS:-4000}; DEADLINE=${DEADLINE:-540}; WARMUP=${WARMUP:-300}; SCHEDULE=${SCHEDULE:-10000}
 EXTRA=${EXTRA:-}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-for v in $VARIANTS; do
+for entry in $VARIANTS; do  # NAME or NAME@LR
+  v=${entry%@*}; lr=$LR; [ "$entry" != "$v" ] && lr=${entry#*@}
   python scripts/plateau_probe.py --data "$DATA" --variant "$v" --steps "$STEPS" --deadline "$DEADLINE" \
-    --out "$OUT/$v-lr$LR.jsonl" batch_size=128 optim.lr=$LR optim.warmup_steps=$WARMUP optim.beta2=0.98 \
+    --out "$OUT/$v-lr$lr.jsonl" batch_size=128 optim.lr=$lr optim.warmup_steps=$WARMUP optim.beta2=0.98 \
     optim.schedule_steps=$SCHEDULE compile=true compile_mode=reduce-overhead progress=false tensorboard=false \
-    $EXTRA > "/tmp/probe/$v.log" 2>&1 &
+    $EXTRA > "/tmp/probe/$v-$lr.log" 2>&1 &
 done
 wait
-for v in $VARIANTS; do echo "== $v"; tail -3 "/tmp/probe/$v.log"; done > "$OUT/probe.log"
+for f in /tmp/probe/*.log; do echo "== $f"; tail -3 "$f"; done > "$OUT/probe.log"
 python - "$OUT" <<'PY'
 import json, sys, glob, os
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.jsonl"))):
