@@ -13,6 +13,7 @@ the embedding matrix unsharded and reduce its gradient like any other.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headless.config import ModelConfig, ObjectiveConfig
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,9 +136,9 @@ def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_fro
     kwargs = {"attn_implementation": attn} if attn else {}
     if init_from:
         try:
-            return auto.from_pretrained(init_from, **kwargs)
-        except (OSError, ValueError) as err:
-            raise HeadlessError(f"cannot load model from {init_from}: {str(err).splitlines()[0]}") from None
+            return auto.from_pretrained(init_from, trust_remote_code=False, **kwargs)
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            raise HeadlessError(f"cannot load model from {init_from}: {load_error(err)}") from None
     try:
         if not head and getattr(hf_config, "model_type", "") == "bert":
             # BertModel's pooler is never trained by MLM: leave it out (DDP would flag it unused).
