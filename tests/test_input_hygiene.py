@@ -49,6 +49,7 @@ def test_run_dir_and_data_are_the_text_written(name, capsys, tmp_path):
     config = load_config("tiny", overrides=[f"run_dir={name}", f"data.tokenizer={name}", f"data.cache_dir={name}",
                                             f"model.init_from={name}"])
     assert (config.run_dir, config.data.tokenizer, config.data.cache_dir, config.model.init_from) == (name,) * 4
+    assert load_config("tiny", overrides=[f"data.inputs=data/ep {name}"]).data.inputs == [f"data/ep {name}"]
     save_config(config, tmp_path / "config.yaml")  # and the saved config.yaml reads back the same
     assert config_from_file(tmp_path / "config.yaml").run_dir == name
 
@@ -77,8 +78,8 @@ def test_config_file_strings_stay_strings_and_numbers_parse_as_on_the_command_li
 def test_study_paths_keep_their_text(tmp_path):
     from headless.reproduce.config import load_study
 
-    config = load_study("decoder", overrides=["data_root=data #1", "preset=010"])
-    assert config.data_root == "data #1" and config.preset == "010"
+    config = load_study("decoder", overrides=["data_root=data #1", "preset=010", "pretrain=run_dir=runs/x #1"])
+    assert config.data_root == "data #1" and config.preset == "010" and config.pretrain[-1] == "run_dir=runs/x #1"
     path = tmp_path / "study.yaml"
     path.write_text("data_root: 2024-01-01\nbudget_s: 1e3\nfinetune_lr: 1e-4\n")
     config = load_study("decoder", config_file=path)

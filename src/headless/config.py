@@ -398,10 +398,14 @@ def parse_overrides(overrides: list[str], cls: type | None = None) -> dict:
             raise HeadlessError(f"invalid override {item!r}: expected key=value, e.g. optim.lr=1e-3")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        if _is_text(_field_type(cls, parts)):
+        tp = _field_type(cls, parts)
+        if _is_text(tp):
             value = raw if raw != "" else None
         else:
             value = _scalar(raw)
+            # one item of a list (`data.inputs=data/ep #2`): a string item is the text, unclipped
+            if isinstance(value, str) and list in (tp, typing.get_origin(tp)) and not raw.startswith(("'", '"')):
+                value = raw
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -45,7 +45,7 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
             try:
                 tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
             except Exception as err:  # noqa: BLE001 - transformers raises many types here
-                raise HeadlessError(f"could not load the tokenizer in {path}: {err}") from None
+                raise HeadlessError(f"could not load the tokenizer in {path}: {load_error(err)}") from None
         elif (path / "tokenizer.json").is_file():
             tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
         elif (path / "vocab.txt").is_file():
