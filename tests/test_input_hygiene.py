@@ -95,6 +95,10 @@ def test_a_section_that_is_not_a_mapping_or_a_file_that_is_not_utf8_is_one_line(
         path.write_text(text)
         _fails(["pretrain", "--config", str(path), "--data", str(data), "--show-config"], capsys, "must be a mapping")
     _fails(["pretrain", "model=5", "--data", str(data), "--show-config"], capsys, "must be a mapping")
+    path.write_text("[a]: 1\n")
+    _fails(["pretrain", "--config", str(path), "--show-config"], capsys, "unhashable key")
+    path.write_text("1: 2\n")
+    _fails(["pretrain", "--config", str(path), "--show-config"], capsys, "unknown key 1")
     path.write_bytes(b"optim:\n  lr: \xff\xfe\n")
     _fails(["pretrain", "--config", str(path), "--show-config"], capsys, "not a UTF-8 text file")
 

@@ -322,6 +322,9 @@ _REMOVED = {
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if not isinstance(key, str):  # `1: 2` in a YAML file
+            raise HeadlessError(f"invalid config: unknown key {prefix}{key!r}")
     for key in [k for k in data if prefix + k in _REMOVED and k not in names]:
         default, reason = _REMOVED[prefix + key]
         if data[key] is not default:
@@ -437,6 +440,8 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, tp: Any) -> Any:
         out = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                raise yaml.constructor.ConstructorError(None, None, "found an unhashable key", key_node.start_mark)
             out[key] = _construct(loader, value_node, hints.get(key) if isinstance(key, str) else None)
         return out
     return loader.construct_object(node, deep=True)
