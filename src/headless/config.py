@@ -326,6 +326,9 @@ _REMOVED = {
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if not isinstance(key, str):  # `1: 2` in a YAML file
+            raise HeadlessError(f"invalid config: unknown key {prefix}{key!r}")
     for key in [k for k in data if prefix + k in _REMOVED and k not in names]:
         default, reason = _REMOVED[prefix + key]
         if data[key] is not default:
@@ -350,43 +353,141 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """`["optim.lr=1e-3", "model.num_layers=2"]` -> nested dict; values are parsed as YAML."""
+def _field_type(cls: type, parts: list[str]) -> Any:
+    """The annotation of the dotted field `parts` of dataclass `cls` (None: unknown, or inside a dict)."""
+    tp: Any = cls
+    for part in parts:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _non_null(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else tp
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    """str, Optional[str] or a Literal of strings: its value is the text as written (a path
+    `runs/010` or `data/ep #2` must not become 8 or `data/ep`)."""
+    tp = _non_null(tp)
+    return tp is str or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp)))
+
+
+def _is_number(tp: Any) -> bool:
+    return _non_null(tp) in (int, float)
+
+
+def _scalar(raw: str) -> Any:
+    """A value written on the command line: YAML, with `1e-3` (a string to YAML 1.1) a number."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_overrides(overrides: list[str], cls: type | None = None) -> dict:
+    """`["optim.lr=1e-3", "model.num_layers=2"]` -> nested dict.  A string-typed field of `cls`
+    (default TrainConfig) keeps the raw text (empty: null); other values are parsed as YAML."""
+    cls = cls or TrainConfig
     out: dict = {}
     for item in overrides:
         if "=" not in item:
             raise HeadlessError(f"invalid override {item!r}: expected key=value, e.g. optim.lr=1e-3")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        # YAML reads "1e-3" as a string; numbers written that way are still meant as numbers
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        node = out
         parts = key.strip().split(".")
+        tp = _field_type(cls, parts)
+        if _is_text(tp):
+            value = raw if raw != "" else None
+        else:
+            value = _scalar(raw)
+            # one item of a list (`data.inputs=data/ep #2`): a string item is the text, unclipped
+            if isinstance(value, str) and list in (tp, typing.get_origin(tp)) and not raw.startswith(("'", '"')):
+                value = raw
+        node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise HeadlessError(f"invalid override {item!r}: {part} is not a section")
         node[parts[-1]] = value
     return out
+
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, tp: Any) -> Any:
+    """A YAML node as the field typed `tp` reads it: a plain scalar of a string field is its text
+    (`run_dir: 010` stays "010"; `null` and an empty value stay null), a plain scalar of a number
+    field that YAML 1.1 takes for a string (`lr: 1e-3`) is a number, as on the command line."""
+    if tp is not None and isinstance(node, yaml.ScalarNode) and node.style is None and node.tag != _NULL_TAG:
+        if _is_text(tp):
+            return node.value
+        if _is_number(tp) and node.tag == _STR_TAG:
+            try:
+                return float(node.value)
+            except ValueError:
+                pass
+    if tp is not None and dataclasses.is_dataclass(tp) and isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        hints = typing.get_type_hints(tp)
+        out = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                raise yaml.constructor.ConstructorError(None, None, "found an unhashable key", key_node.start_mark)
+            out[key] = _construct(loader, value_node, hints.get(key) if isinstance(key, str) else None)
+        return out
+    return loader.construct_object(node, deep=True)
 
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, cls: type | None = None) -> dict:
+    """A YAML config file as a dict; with `cls`, its fields are read by their type (`_construct`)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise HeadlessError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
+    except OSError as err:
+        raise HeadlessError(f"cannot read {path}: {err.strerror or err}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else _construct(loader, node, cls)
     except yaml.YAMLError as err:
         raise HeadlessError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    data = data or {}
     if not isinstance(data, dict):
         raise HeadlessError(f"{path}: a config file must hold a mapping at the top level")
+    if cls is not None:
+        _check_sections(cls, data, str(path))
     return data
+
+
+def _check_sections(cls: type, data: dict, where: str, prefix: str = "") -> None:
+    """A section (`model:`, `optim:`...) must be a mapping: `model: 5` is one line, not a crash later."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        tp = hints.get(key) if isinstance(key, str) else None
+        if tp is not None and dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise HeadlessError(f"{where}: {prefix}{key} must be a mapping of its fields, got {value!r}")
+            _check_sections(tp, value, where, f"{prefix}{key}.")
 
 
 def load_config(
@@ -405,19 +506,20 @@ def load_config(
                 raise HeadlessError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
         elif not path.is_file():
             raise HeadlessError(f"preset file not found: {path}")
-        data = read_yaml(path)
+        data = read_yaml(path, TrainConfig)
         data.setdefault("preset", Path(preset).stem)
     user: dict = {}  # what the user wrote (file, overrides): never adapted, see headless.fit
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"config file not found: {path}")
-        user = read_yaml(path)
+        user = read_yaml(path, TrainConfig)
         data = deep_merge(data, user)
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         data = deep_merge(data, update)
         user = deep_merge(user, update)
+    _check_sections(TrainConfig, data, "invalid config")
     if flavour:
         data["flavour"] = flavour
     from headless.fit import fit_to_dataset
@@ -431,4 +533,4 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 
 def config_from_file(path: str | Path) -> TrainConfig:
-    return from_dict(TrainConfig, read_yaml(Path(path))).validate()
+    return from_dict(TrainConfig, read_yaml(Path(path), TrainConfig)).validate()

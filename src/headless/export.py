@@ -47,6 +47,9 @@ def load_run_model(run_dir: Path, checkpoint: Optional[str]):
     if checkpoint:
         if not Path(checkpoint).is_dir():
             raise HeadlessError(f"no checkpoint directory {checkpoint}")
+        own = (run_dir / "checkpoints").resolve()
+        if Path(checkpoint).resolve().parent != own:  # another run's weights would be labelled as this run
+            raise HeadlessError(f"--checkpoint {checkpoint} is not a checkpoint of {run_dir} (those are in {own})")
         ckpt = load_checkpoint(checkpoint, parts=("model",))
     else:
         ckpt = load_newest_valid(run_dir, parts=("model",))
@@ -55,7 +58,13 @@ def load_run_model(run_dir: Path, checkpoint: Optional[str]):
     tokenizer = load_saved_tokenizer(run_dir / "tokenizer")
     model = build_model(config.model, config.objective, config.loss_kind, len(tokenizer),
                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    load_model_weights(model, ckpt["model"])
+    try:
+        load_model_weights(model, ckpt["model"])
+    except RuntimeError as err:  # load_state_dict's shape errors: config.yaml no longer matches the weights
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                      str(err).splitlines()[0])
+        raise HeadlessError(f"the checkpoint does not fit {run_dir / 'config.yaml'} (was it edited?): "
+                            f"{detail}") from None
     return config, model, tokenizer, ckpt["state"]["step"]
 
 

@@ -10,19 +10,21 @@ logs and plots for free; `--probe` trains the head alone.
 from __future__ import annotations
 
 import math
+import pickle
 import shutil
 from pathlib import Path
 from typing import Optional
 
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 
 _ARCHITECTURES = {"gpt_neox": "gpt-neox", "llama": "llama", "gpt2": "gpt2"}
 
 
 def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
     """A causal-LM directory with the new head: from a run dir, an HF base model, or as is."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
+    from headless.eval.scoring import model_dir_config
     from headless.export import export
     from headless.models import attach_lm_head
 
@@ -30,13 +32,18 @@ def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
         return export(model_dir, work_dir, add_head=True, overwrite=True)
     if not (model_dir / "config.json").is_file():
         raise HeadlessError(f"{model_dir} is neither a run directory nor a Hugging Face model directory")
-    config = AutoConfig.from_pretrained(str(model_dir))
+    config = model_dir_config(model_dir)  # one line, never remote code, for any config.json
     archs = config.architectures or []
     if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         return model_dir  # already has a head (e.g. exported with --add-head): fine-tune it as is
-    lm = attach_lm_head(AutoModel.from_pretrained(str(model_dir)))
+    try:
+        base = AutoModel.from_pretrained(str(model_dir), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
+        raise HeadlessError(f"cannot load {model_dir}: {load_error(err)}") from None
+    lm = attach_lm_head(base)
     lm.save_pretrained(str(work_dir), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(work_dir))
+    tokenizer.save_pretrained(str(work_dir))
     return work_dir
 
 
@@ -68,6 +75,8 @@ def finetune_head(
     from headless.export import export
     from headless.train.loop import pretrain
 
+    if tokens < 1 or batch_size < 1:
+        raise HeadlessError(f"finetune-head needs tokens >= 1 and batch_size >= 1, got {tokens} and {batch_size}")
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise HeadlessError(f"{output_dir} exists and is not empty")
@@ -79,11 +88,11 @@ def finetune_head(
     shutil.rmtree(init_dir, ignore_errors=True)
     init = _headless_with_head(model_dir, init_dir)
 
-    model_tok = AutoTokenizer.from_pretrained(str(init))
+    model_tok = AutoTokenizer.from_pretrained(str(init), trust_remote_code=False)
     if model_tok.get_vocab() != dataset.tokenizer.get_vocab():
         raise HeadlessError(f"the dataset {data} was prepared with another tokenizer than the model's; "
                             "prepare it with the model's tokenizer")
-    hf_config = AutoConfig.from_pretrained(str(init))
+    hf_config = AutoConfig.from_pretrained(str(init), trust_remote_code=False)
     arch = _ARCHITECTURES.get(hf_config.model_type)
     if arch is None:
         raise HeadlessError(f"finetune-head needs a decoder; got model_type {hf_config.model_type!r}")

@@ -13,6 +13,7 @@ the embedding matrix unsharded and reduce its gradient like any other.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headless.config import ModelConfig, ObjectiveConfig
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,6 +92,36 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[in
     return hf
 
 
+def check_size(cfg: ModelConfig, vocab_size: int, head: bool) -> None:
+    """Refuse a shape whose fp32 weights alone exceed this machine's memory, before allocating: an
+    allocator error (or minutes of swapping) is no way to learn that `vocab_size=4000000000` is absurd."""
+    import os
+
+    d, inter = cfg.hidden_size, cfg.intermediate_size or 4 * cfg.hidden_size
+    params = (vocab_size * (2 if head else 1) + cfg.max_position_embeddings) * d \
+        + cfg.num_layers * (4 * d * d + 2 * d * inter)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed, generous bound
+        memory = 1 << 40
+    if 4 * params > memory:
+        raise HeadlessError(f"model too large: model.* (vocab {vocab_size}, hidden_size {d}, num_layers "
+                            f"{cfg.num_layers}, intermediate_size {inter}, max_position_embeddings "
+                            f"{cfg.max_position_embeddings}) gives about {params:.3g} parameters, "
+                            f"{4 * params / 2**30:,.0f} GiB in fp32, more than this machine's "
+                            f"{memory / 2**30:,.0f} GiB of memory")
+
+
+def check_attention(name: str) -> None:
+    """model.attn_implementation must name a backend transformers knows (or a hub kernel, org/repo)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", "sdpa", "headless_sdpa", *ALL_ATTENTION_FUNCTIONS.keys()]
+    if name and name not in known and "/" not in name:
+        raise HeadlessError(f"unknown model.attn_implementation={name!r}; choose one of "
+                            f"{', '.join(dict.fromkeys(known))}")
+
+
 def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_from: Optional[str]):
     import transformers as tf
 
@@ -105,9 +136,9 @@ def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_fro
     kwargs = {"attn_implementation": attn} if attn else {}
     if init_from:
         try:
-            return auto.from_pretrained(init_from, **kwargs)
-        except (OSError, ValueError) as err:
-            raise HeadlessError(f"cannot load model from {init_from}: {str(err).splitlines()[0]}") from None
+            return auto.from_pretrained(init_from, trust_remote_code=False, **kwargs)
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            raise HeadlessError(f"cannot load model from {init_from}: {load_error(err)}") from None
     try:
         if not head and getattr(hf_config, "model_type", "") == "bert":
             # BertModel's pooler is never trained by MLM: leave it out (DDP would flag it unused).
@@ -406,9 +437,18 @@ def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vo
     else:
         if model_vocab < vocab_size:
             raise HeadlessError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {vocab_size} tokens")
-        hf_config = build_hf_config(cfg, model_vocab, pad_token_id, eos_token_id)
-        hf = _instantiate(hf_config, head=needs_head, is_encoder=cfg.is_encoder,
-                          attn=cfg.attn_implementation, init_from=None)
+        check_size(cfg, model_vocab, needs_head)
+        check_attention(cfg.attn_implementation)
+        try:
+            hf_config = build_hf_config(cfg, model_vocab, pad_token_id, eos_token_id)
+            hf = _instantiate(hf_config, head=needs_head, is_encoder=cfg.is_encoder,
+                              attn=cfg.attn_implementation, init_from=None)
+        except KeyError as err:  # HF looks names up in tables: ACT2FN[hidden_act], rope types...
+            raise HeadlessError(f"cannot build the {cfg.architecture} model: unknown name {err.args[0]!r} "
+                                f"(model.extra {cfg.extra})") from None
+        except (TypeError, ValueError) as err:
+            raise HeadlessError(f"cannot build the {cfg.architecture} model from model.*: "
+                                f"{str(err).splitlines()[0]}") from None
     if model_vocab < vocab_size:
         raise HeadlessError(f"tokenizer has {vocab_size} tokens but the model's embedding has only {model_vocab} rows")
     cls = BackboneOnly if objective.loss_implementation == "none" else LanguageModel

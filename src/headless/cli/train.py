@@ -104,7 +104,15 @@ def _pretrain(args) -> int:
 
 
 def _finetune(args) -> int:
+    import math
+
+    from headless.errors import HeadlessError
     from headless.finetune import finetune_head
+
+    if not (math.isfinite(args.tokens) and args.tokens >= 1):
+        raise HeadlessError(f"--tokens must be a token budget >= 1, got {args.tokens:g}")
+    if args.batch_size < 1:
+        raise HeadlessError(f"--batch-size must be >= 1, got {args.batch_size}")
 
     finetune_head(args.model, args.output, data=args.data, tokens=int(args.tokens), probe=args.probe,
                   batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, run_dir=args.run_dir,

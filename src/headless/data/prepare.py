@@ -217,6 +217,8 @@ def prepare_dataset(
         raise HeadlessError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     if max_documents is not None and max_documents < 1:
         raise HeadlessError(f"max_documents must be positive, got {max_documents}")
+    if num_workers is not None and num_workers < 1:
+        raise HeadlessError(f"--workers must be >= 1, got {num_workers}")
     tok = load_tokenizer(tokenizer)
     info = tokenizer_info(tok)
     sources = resolve_inputs(inputs)

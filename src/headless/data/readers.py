@@ -141,12 +141,18 @@ def _open_binary(source: Source) -> Iterator[IO[bytes]]:
                 yield fh
         elif source.compression == ".xz":
             import lzma
-            with lzma.LZMAFile(raw, "rb") as fh:
-                yield fh
+            try:  # lzma's errors are no OSError: a .xz that is not xz would be a traceback
+                with lzma.LZMAFile(raw, "rb") as fh:
+                    yield fh
+            except lzma.LZMAError as err:
+                raise HeadlessError(f"cannot read {source.location}: not valid xz data ({err})") from None
         elif source.compression == ".zst":
             import zstandard
-            with io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)) as fh:  # adds line iteration
-                yield fh
+            try:
+                with io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)) as fh:  # adds line iteration
+                    yield fh
+            except zstandard.ZstdError as err:
+                raise HeadlessError(f"cannot read {source.location}: not valid zstd data ({err})") from None
         else:
             yield raw
 

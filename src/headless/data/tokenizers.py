@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -43,9 +43,9 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
     if path.is_dir():
         if (path / "tokenizer_config.json").is_file() or (path / "config.json").is_file():
             try:
-                tokenizer = AutoTokenizer.from_pretrained(str(path))
+                tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
             except Exception as err:  # noqa: BLE001 - transformers raises many types here
-                raise HeadlessError(f"could not load the tokenizer in {path}: {err}") from None
+                raise HeadlessError(f"could not load the tokenizer in {path}: {load_error(err)}") from None
         elif (path / "tokenizer.json").is_file():
             tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
         elif (path / "vocab.txt").is_file():
@@ -71,7 +71,7 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
             raise HeadlessError(f"tokenizer {spec!r} is not a local path and HF_HUB_OFFLINE is set; pass a "
                                 "local tokenizer.json, vocab.txt or tokenizer directory")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(spec))
+            tokenizer = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=False)
         except Exception:  # noqa: BLE001
             raise HeadlessError(
                 f"could not load tokenizer {spec!r} from the Hugging Face Hub (offline, or no such "
@@ -88,7 +88,7 @@ def load_saved_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFas
 
     path = Path(directory)
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise HeadlessError(f"no usable tokenizer in {path} (save it with save_pretrained next to the model): "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None

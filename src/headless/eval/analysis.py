@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import lzma
 import os
+import pickle
 import random
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 from headless.eval.scoring import (
     check_vocab,
     load_tokenizer_dir,
@@ -111,9 +112,9 @@ def load_encoder(model_dir, device):
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # a causal LM's head is "unexpected" here, and that is fine
     try:
-        model = AutoModel.from_pretrained(Path(model_dir), dtype=torch.float32)
-    except ValueError as err:
-        raise HeadlessError(f"cannot load {model_dir} with AutoModel: {str(err).splitlines()[0]}") from None
+        model = AutoModel.from_pretrained(Path(model_dir), dtype=torch.float32, trust_remote_code=False)
+    except (ValueError, OSError, pickle.UnpicklingError) as err:
+        raise HeadlessError(f"cannot load {model_dir} with AutoModel: {load_error(err)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     check_vocab(tokenizer, model, model_dir)

@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import math
+import pickle
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 from headless.eval.metrics import balanced_cross_entropy
 from headless.files import atomic_write
 from headless.runtime import to_device
@@ -119,9 +120,9 @@ def _config(path: Path):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
+        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
-        raise HeadlessError(f"could not read {path / 'config.json'}: {str(err).splitlines()[0]}") from err
+        raise HeadlessError(f"could not read {path / 'config.json'}: {load_error(err)}") from None
 
 
 def _check_fit(path: Path, tokenizer, rows: int | None) -> None:
@@ -146,10 +147,10 @@ def load_classifier(model_dir: str | Path, tokenizer, *, num_labels: int, device
     try:
         with _quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, local_files_only=True, output_loading_info=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise HeadlessError(f"could not load {path} for sequence classification: "
-                            f"{str(err).splitlines()[0]}") from err
+                path, num_labels=num_labels, local_files_only=True, output_loading_info=True,
+                trust_remote_code=False)
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
+        raise HeadlessError(f"could not load {path} for sequence classification: {load_error(err)}") from None
     _check_fit(path, tokenizer, model.get_input_embeddings().num_embeddings)
     if model.config.pad_token_id is None:  # decoder heads find the last real token through it
         model.config.pad_token_id = pad_token_id(tokenizer)

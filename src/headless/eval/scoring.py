@@ -14,12 +14,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from headless.errors import HeadlessError
+from headless.errors import HeadlessError, load_error
 from headless.runtime import parse_dtype, resolve_device
 
 
@@ -42,9 +43,9 @@ def model_dir_config(model_dir: str | os.PathLike):
     if not (path / "config.json").is_file():
         raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json there)")
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (ValueError, OSError, KeyError) as err:
-        raise HeadlessError(f"cannot read the config of {path}: {str(err).splitlines()[0]}") from None
+        raise HeadlessError(f"cannot read the config of {path}: {load_error(err)}") from None
 
 
 def load_tokenizer_dir(model_dir: str | os.PathLike):
@@ -83,10 +84,10 @@ def load_causal_lm(model_dir: str | os.PathLike, *, device: str | None = "auto",
     tokenizer = load_tokenizer_dir(model_dir)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            Path(model_dir), dtype=parse_dtype(dtype), output_loading_info=True
+            Path(model_dir), dtype=parse_dtype(dtype), output_loading_info=True, trust_remote_code=False
         )
-    except ValueError as err:
-        raise HeadlessError(f"{model_dir} is not a causal language model: {str(err).splitlines()[0]}") from None
+    except (ValueError, pickle.UnpicklingError) as err:
+        raise HeadlessError(f"cannot load {model_dir} as a causal language model: {load_error(err)}") from None
     head = model.get_output_embeddings()
     head_names = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
     if head is None or head_names & set(info.get("missing_keys", ())):

@@ -145,9 +145,9 @@ def load_study(study: str, config_file: str | Path | None = None, overrides: lis
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"study config file not found: {path}")
-        data = deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path, StudyConfig))
     if overrides:
-        update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides), StudyConfig)
         for key in PRETRAIN_KEYS:
             if key in update and isinstance(update[key], list):
                 update[key] = list(data.get(key, [])) + update[key]  # add to, not replace

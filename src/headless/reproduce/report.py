@@ -49,6 +49,7 @@ def load_piece(path: str | Path) -> dict:
         raise HeadlessError(f"{path}: not a JSON piece ({err})") from None
     if not isinstance(piece, dict) or piece.get("format") != PIECE_FORMAT:
         raise HeadlessError(f"{path}: not a `headless reproduce` piece (format {PIECE_FORMAT} expected)")
+    check_piece(piece, path)
     piece["_path"] = str(path)
     if piece.get("study") == "encoder":  # pieces written before `glue_avg_no_rte` existed get it here
         from headless.eval.glue import GLUE_TASKS
@@ -60,6 +61,55 @@ def load_piece(path: str | Path) -> dict:
                 if keys and "glue_avg_no_rte" not in scores:
                     with_glue_averages(scores, keys)
     return piece
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_piece(piece: dict, path: Path) -> None:
+    """Every field the report reads, checked once: a NaN score, an empty `points` or a study named
+    `../..` is one line here, never a report with NaN intervals or a file written outside --output."""
+    def bad(what: str) -> HeadlessError:
+        return HeadlessError(f"{path}: not a valid piece: {what}")
+
+    if piece.get("study") not in HEADLINE:
+        raise bad(f"study {piece.get('study')!r} is not one of {', '.join(HEADLINE)}")
+    if piece.get("flavour") not in ("headless", "vanilla"):
+        raise bad(f"flavour {piece.get('flavour')!r} is not headless or vanilla")
+    if not isinstance(piece.get("seed"), int) or isinstance(piece.get("seed"), bool):
+        raise bad(f"seed {piece.get('seed')!r} is not an integer")
+    if piece.get("compare") not in ("time", "tokens"):
+        raise bad(f"compare {piece.get('compare')!r} is not time or tokens")
+    if not isinstance(piece.get("data"), dict) or "fingerprint" not in piece["data"] or "eval_fingerprint" not in piece:
+        raise bad("no data fingerprints (data.fingerprint, eval_fingerprint)")
+    pretrain = piece.get("pretrain")
+    if not isinstance(pretrain, dict):
+        raise bad("pretrain is not a mapping")
+    for key in ("steps", "tokens", "gpu_s", "tokens_per_s", "epochs", "parameters"):
+        if pretrain.get(key) is not None and not _finite(pretrain[key]):
+            raise bad(f"pretrain.{key} = {pretrain[key]!r} is not a finite number")
+    points = piece.get("points")
+    if not isinstance(points, list) or not points:
+        raise bad("no evaluated points (`points` is empty or missing)")
+    for i, point in enumerate(points):
+        where = f"points[{i}]"
+        if not isinstance(point, dict) or not isinstance(point.get("variants"), dict) or not point["variants"]:
+            raise bad(f"{where} has no variants")
+        for key in ("fraction", "tokens", "epochs"):
+            if not _finite(point.get(key)):
+                raise bad(f"{where}.{key} = {point.get(key)!r} is not a finite number")
+        if not 0 < point["fraction"] <= 1:
+            raise bad(f"{where}.fraction = {point['fraction']!r} is not in (0, 1]")
+        for name, variant in point["variants"].items():
+            if name not in VARIANT_NAMES:
+                raise bad(f"{where} has an unknown variant {name!r}")
+            if not isinstance(variant, dict) or not _finite(variant.get("gpu_s")) \
+                    or not isinstance(variant.get("scores"), dict):
+                raise bad(f"{where}.variants.{name} needs a finite gpu_s and a scores mapping")
+            for metric, values in variant["scores"].items():
+                if not isinstance(values, list) or not values or not all(_finite(v) for v in values):
+                    raise bad(f"{where}.variants.{name}.scores.{metric} = {values!r} is not a list of finite numbers")
 
 
 def _same(pieces: list[dict], what: str, get) -> None:
