@@ -170,12 +170,19 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
         elif state != STARTED and not resume and not _contents(run_dir):  # an emptied run: a new one
             mark(run_dir, "run", STARTED)
     except OSError as err:
-        lock.release()
+        _give_back(lock)
         raise HeadlessError(f"cannot write to run directory {run_dir}: {describe_os_error(err)}") from None
     except BaseException:
-        lock.release()
+        _give_back(lock)
         raise
     return lock
+
+
+def _give_back(lock: RunLock) -> None:
+    """A refused open: release the lock and remove only what this open added (the lock file)."""
+    lock.release()
+    for path in lock.added:
+        path.unlink(missing_ok=True)
 
 
 def undo_open(run_dir: Path, created: bool, lock: RunLock) -> None:
