@@ -56,6 +56,10 @@ class PackedDataset:
         self.pad_token_id: int | None = info.get("pad_token_id")
         self.special_token_ids: list[int] = list(info.get("special_token_ids", []))
 
+    def __del__(self) -> None:
+        for handle in getattr(self, "_handles", ()):
+            handle.close()  # the maps keep their own descriptors
+
     def _check(self, shard: int) -> None:
         """One fstat (~1 us) before reading a shard: a shard truncated after it was mapped (a disk
         quota, a user's `truncate`) would otherwise fault the process with SIGBUS on the read.

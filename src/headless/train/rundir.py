@@ -9,8 +9,8 @@ Order of a start (`open_run_dir`), so that a refused command leaves the director
    it never saved a checkpoint (`state: started`; that is cleared: there is nothing to resume) and
    that holds nothing but a run's own files (checked before anything is deleted).  The first save
    turns the marker to `state: checkpointed` (`mark_checkpointed`): from then on the run is never
-   "started again", even with its checkpoints deleted, and markers older than states count as
-   checkpointed;
+   "started again", even with its checkpoints deleted (nor resumed from step 0).  A marker older
+   than states is never cleared either; it may be resumed from step 0 only if it has no summary;
 4. a resume picks the newest checkpoint that verifies and checks the new config against it
    (`accept_resume`): only then is config.yaml written (`write_config`).
 A start refused before step 4 takes back its lock file and marker, and the directory if it made
@@ -124,6 +124,9 @@ def _occupied(run_dir: Path, state: Optional[str]) -> str:
         step = checkpoint_step(found[-1])
         return (f"run directory {run_dir} holds a run (checkpoint at step {step}); continue it with --resume "
                 f"(--resume max_steps=N with N > {step} to train further) or choose another --run-dir")
+    if state == "legacy" and not (run_dir / "summary.json").exists():
+        return (f"run directory {run_dir} holds a run with no checkpoint, made by an older headless that did not "
+                "record whether it ever saved one; --resume continues it from step 0, or choose another --run-dir")
     if state in (CHECKPOINTED, "legacy"):
         return (f"run directory {run_dir} holds a run whose checkpoints are gone, so it can neither be resumed nor "
                 "started again without deleting its files; choose another --run-dir")
@@ -155,8 +158,8 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
                 raise HeadlessError(_occupied(run_dir, state))
             foreign = sorted(p.name for p in _contents(run_dir) if p.name not in RUN_FILES)
             if foreign:  # checked before anything is deleted: a refusal deletes nothing
-                raise HeadlessError(f"run directory {run_dir} holds files that are not the run's ({', '.join(foreign[:3])}); "
-                                    "move them or choose another --run-dir")
+                raise HeadlessError(f"run directory {run_dir} holds files that are not the run's "
+                                    f"({', '.join(foreign[:3])}); move them or choose another --run-dir")
             say(f"{run_dir}: the previous attempt stopped before its first checkpoint; starting it again")
             for name in RUN_FILES:
                 path = run_dir / name
