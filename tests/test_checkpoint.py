@@ -80,3 +80,33 @@ def test_mismatched_weights_are_rejected(tmp_path):
     with pytest.raises(HeadlessError, match="does not match the model"):
         load_model_weights(other, load_checkpoint(path)["model"])
     assert json.loads((path / "state.json").read_text())["files"]["model.safetensors"]
+
+
+def test_a_full_disk_in_safetensors_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Issue #28 item 7: safetensors reports ENOSPC as a SafetensorError (`os error 28`), not an OSError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    model = Tied()
+    _save(tmp_path, 1, model)
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    with pytest.raises(HeadlessError, match="the disk is full"):
+        _save(tmp_path, 2, model)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
+    load_checkpoint(tmp_path / "checkpoints" / "step-00000001")
+
+
+def test_shutil_errors_of_a_full_disk_are_named():
+    import errno
+    import shutil
+
+    from headless.files import describe_os_error
+
+    assert describe_os_error(shutil.Error([("a", "b", "[Errno 28] No space left on device: 'b'")])) == \
+        "the disk is full"
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full"

@@ -153,3 +153,35 @@ def test_validation_batches_mix_the_stored_order_and_stay_fixed(dataset):
     assert order != sorted(order) and order[:8] != list(range(8))
     again = validation_batches(dataset, config, info, env)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+
+
+def test_a_shard_truncated_while_in_use_is_one_line_not_sigbus(fixture_data, fixture_tokenizers, tmp_path):
+    """Issue #28 item 7: the shards are memory-mapped, so a read past a truncated end was SIGBUS
+    (exit 135).  Run in a child process so that the old behaviour fails the test, not pytest."""
+    import os
+    import subprocess
+    import sys
+
+    tok = load_tokenizer(str(fixture_tokenizers["bpe"]))
+    prepare_dataset(fixture_data["corpus"], tmp_path / "ds", tok, seq_len=16, validation_fraction=0,
+                    shard_tokens=16 * 4096, progress=False)
+    script = f"""
+import os, sys
+from headless.data.loader import BatchIterator, PackedDataset
+from headless.errors import HeadlessError
+ds = PackedDataset({str(tmp_path / 'ds')!r})
+batches = BatchIterator(ds, 8, seed=0)
+next(batches)
+shard = ds.path / ds.manifest["splits"]["train"]["shards"][0]["file"]
+os.truncate(shard, 4096)
+try:
+    for _ in range(10 ** 4):
+        next(batches)
+except HeadlessError as err:
+    print(err)
+    sys.exit(3)
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 3, (done.returncode, done.stderr[-2000:])
+    assert "was truncated while in use" in done.stdout

@@ -182,3 +182,60 @@ def test_validation_split_by_seed_and_from_separate_inputs(bert, tmp_path, monke
     m = prepare_dataset(source, tmp_path / "v", bert, seq_len=8, validation_inputs=[held_out], progress=False)
     assert m["splits"]["train"]["num_documents"] == 300 and m["splits"]["validation"]["num_documents"] == 10
     assert _decoded_documents(tmp_path / "v", "validation", bert)[0] == "held out text"
+
+
+# issue #28 item 7: whole-shard content hashes, and a full disk (no ../shared needed) ----------------
+
+@pytest.fixture(scope="module")
+def fixture_bpe(fixture_tokenizers):
+    return load_tokenizer(str(fixture_tokenizers["bpe"]))
+
+
+def test_manifest_records_each_whole_shards_sha256_and_a_mid_shard_edit_is_caught(fixture_data, fixture_bpe,
+                                                                                  tmp_path):
+    from headless.data.prepare import dataset_fingerprint, verify_shards
+    from headless.files import sha256_file
+
+    out = tmp_path / "ds"
+    prepare_dataset(fixture_data["corpus"], out, fixture_bpe, seq_len=16, shard_tokens=16 * 200, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    shards = [s for split in manifest["splits"].values() for s in split["shards"]]
+    assert len(shards) > 2
+    for shard in shards:
+        assert shard["sha256"] == sha256_file(out / shard["file"])
+    verify_shards(out)  # intact: nothing to say
+    before = dataset_fingerprint(out)
+    path = out / shards[0]["file"]
+    ids = np.fromfile(path, dtype="<u2")
+    ids[len(ids) // 2] = (ids[len(ids) // 2] + 1) % 512  # one token id mid-shard, size unchanged
+    ids.tofile(path)
+    with pytest.raises(HeadlessError, match="has changed since it was prepared"):
+        verify_shards(out)
+    # a dataset prepared before the hashes were recorded: the fingerprint hashes the files itself
+    for shard in manifest["splits"]["train"]["shards"] + manifest["splits"]["validation"]["shards"]:
+        del shard["sha256"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    verify_shards(out)  # nothing recorded to check against
+    edited = dataset_fingerprint(out)
+    ids[len(ids) // 2] = (ids[len(ids) // 2] + 1) % 512
+    ids.tofile(path)
+    assert dataset_fingerprint(out) != edited != before
+
+
+def test_a_full_disk_during_prepare_is_one_line_and_leaves_nothing(fixture_data, fixture_tokenizers, tmp_path,
+                                                                   monkeypatch, capsys):
+    import errno
+
+    from headless.cli import main
+    from headless.data import prepare
+
+    def full(self, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare._SplitWriter, "_write", full)
+    out = tmp_path / "ds"
+    status = main(["prepare", str(fixture_data["corpus"]), "--output", str(out), "--tokenizer",
+                   str(fixture_tokenizers["bpe"]), "--seq-len", "16", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "the disk is full" in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []  # no dataset, no temporary directory

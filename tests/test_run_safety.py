@@ -317,3 +317,154 @@ def test_12_extending_max_steps_keeps_the_schedule(datasets, tmp_path):  # noqa:
     assert all(lr[s] == pytest.approx(0.1 * peak) for s in (7, 8, 9, 10))  # the cosine's end, not a new one
     # an explicit new length is a stated change of the schedule
     assert main(["pretrain", "--run-dir", str(run), "--resume", "max_steps=12", "optim.schedule_steps=20"]) == 0
+
+
+# issue #28 item 7: run directories and data integrity, on the synthetic fixtures (no ../shared) ------
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+        "batch_size=4", "optim.warmup_steps=1", "log_every=1", "eval_every=100", "eval_batches=1",
+        "progress=false", "tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def fixture_dataset(fixture_tokenizers, tmp_path_factory):
+    """A wordpiece dataset of ~250 kB shards: big enough that the middle of a shard is more than
+    64 KiB from both ends (the old fingerprint's samples)."""
+    from fixtures import write_corpus
+
+    from headless.data.prepare import prepare_dataset
+    from headless.data.tokenizers import load_tokenizer
+
+    root = tmp_path_factory.mktemp("integrity")
+    corpus = write_corpus(root / "big.jsonl", n=2000, seed=7)
+    prepare_dataset(str(corpus), root / "data", load_tokenizer(str(fixture_tokenizers["wordpiece"])), seq_len=32,
+                    validation_fraction=0.05, progress=False)
+    return root / "data"
+
+
+def _pretrain(data, run, *extra):
+    return ["pretrain", "--preset", "tiny", *TINY, f"data.path={data}", "--run-dir", str(run), *extra]
+
+
+def test_13_a_finished_run_is_never_started_again_and_a_refusal_deletes_nothing(fixture_dataset, tmp_path,
+                                                                                  capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    assert main(_pretrain(fixture_dataset, run, "max_steps=2", "save_every=2")) == 0
+    before = _snapshot(run)
+    again = _pretrain(fixture_dataset, run, "max_steps=3", "--flavour", "vanilla")
+    _fails(again, capsys, "continue it with --resume (--resume max_steps=N with N > 2")
+    assert _snapshot(run) == before
+    shutil.rmtree(run / "checkpoints")  # the probe's case: a finished run whose checkpoints were deleted
+    before = _snapshot(run)
+    _fails(again, capsys, "choose another --run-dir")
+    _fails(["pretrain", "--run-dir", str(run), "--resume", "max_steps=4"], capsys, "none is left")
+    assert _snapshot(run) == before  # config, metrics, summary and tokenizer as they were
+
+    # a run that stopped before its first checkpoint may be cleared, but not with a user's file in it
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / ".headless-run").write_text("created by headless; do not remove\nstate: started\n")
+    (failed / "config.yaml").write_text("half: a run\n")
+    (failed / "metrics.jsonl").write_text("{}\n")
+    (failed / "notes.txt").write_text("precious")
+    before = _snapshot(failed)
+    _fails(_pretrain(fixture_dataset, failed, "max_steps=2"), capsys, "holds files that are not the run's (notes.txt)")
+    assert _snapshot(failed) == before
+    (failed / "notes.txt").unlink()
+    assert main(_pretrain(fixture_dataset, failed, "max_steps=2", "save_every=2")) == 0
+    assert "starting it again" in capsys.readouterr().out
+
+
+def test_14_an_in_place_edit_mid_shard_is_refused_on_resume(fixture_dataset, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fixture_dataset, data)
+    run = tmp_path / "run"
+    assert main(_pretrain(data, run, "max_steps=2", "save_every=2")) == 0
+    manifest = json.loads((data / "manifest.json").read_text())
+    shard = data / manifest["splits"]["train"]["shards"][0]["file"]
+    ids = np.fromfile(shard, dtype="<u2")
+    assert ids.nbytes > 3 * 65536
+    middle = len(ids) // 2
+    ids[middle:middle + 1000] = ids[middle + 1000:middle + 2000]  # valid ids, same size, mid-shard
+    ids.tofile(shard)
+    before = _snapshot(run)
+    _fails(["pretrain", "--run-dir", str(run), "--resume", "max_steps=3"], capsys, "has changed since it was prepared")
+    assert _snapshot(run) == before
+
+
+def test_14_datasets_and_checkpoints_from_before_whole_shard_hashes_still_resume(fixture_dataset, tmp_path, capsys):
+    import shutil
+
+    from headless.data.prepare import sampled_fingerprint
+
+    data = tmp_path / "data"
+    shutil.copytree(fixture_dataset, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["sha256"]  # as the old prepare wrote it
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run = tmp_path / "run"
+    assert main(_pretrain(data, run, "max_steps=2", "save_every=2")) == 0
+    state_file = run / "checkpoints" / "step-00000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["data_fingerprint"] = sampled_fingerprint(data)  # as the old code stored it
+    state.pop("tokenizer_digest")
+    state_file.write_text(json.dumps(state))
+    assert main(["pretrain", "--run-dir", str(run), "--resume", "max_steps=3"]) == 0
+    shard = data / manifest["splits"]["train"]["shards"][0]["file"]
+    ids = np.fromfile(shard, dtype="<u2")
+    middle = len(ids) // 2
+    ids[middle:middle + 1000] = ids[middle + 1000:middle + 2000]
+    ids.tofile(shard)
+    capsys.readouterr()
+    _fails(["pretrain", "--run-dir", str(run), "--resume", "max_steps=4"], capsys, "is not the one the checkpoint")
+
+
+def test_15_a_damaged_tokenizer_copy_is_refused_on_resume_and_the_copy_is_atomic(fixture_dataset, tmp_path,
+                                                                                monkeypatch, capsys):
+    import errno
+    import shutil
+
+    run = tmp_path / "run"
+    assert main(_pretrain(fixture_dataset, run, "max_steps=2", "save_every=2")) == 0
+    config = run / "tokenizer" / "tokenizer_config.json"
+    text = config.read_text()
+    config.write_text("")  # what a full disk during the old, non-atomic copy left
+    _fails(["pretrain", "--run-dir", str(run), "--resume", "max_steps=3"], capsys, "tokenizer is damaged")
+    config.write_text(text)
+    assert main(["pretrain", "--run-dir", str(run), "--resume", "max_steps=3"]) == 0
+
+    real = shutil.copyfile  # what copytree's copy2 calls
+    calls = []
+
+    def full(src, dst, **kwargs):
+        calls.append(src)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    _fails(_pretrain(fixture_dataset, tmp_path / "full", "max_steps=2"), capsys, "the disk is full")
+    assert not (tmp_path / "full" / "tokenizer").exists()  # no copy rather than half of one
+    assert not [p for p in (tmp_path / "full").iterdir() if ".tmp-" in p.name]
+
+
+def test_16_a_full_disk_during_an_export_is_one_line(fixture_dataset, tmp_path, monkeypatch, capsys):
+    import transformers
+    from safetensors import SafetensorError
+
+    run = tmp_path / "run"
+    assert main(_pretrain(fixture_dataset, run, "max_steps=2", "save_every=2")) == 0
+
+    def full(self, *args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", full)
+    _fails(["export", str(run), str(tmp_path / "out")], capsys, "the disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no export, no temporary directory

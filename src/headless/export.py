@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 from headless.errors import HeadlessError
-from headless.files import check_replaceable, mark, publish_dir, remove_stale_tmp, tmp_sibling
+from headless.files import (
+    check_replaceable,
+    describe_os_error,
+    is_write_failure,
+    mark,
+    publish_dir,
+    remove_stale_tmp,
+    tmp_sibling,
+)
 
 MODEL_CARD = """---
 library_name: transformers
@@ -112,7 +120,10 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
             objective=config.objective_kind.upper(), architecture=config.model.architecture,
             cls=type(hf).__name__, head_note=head_note, auto=auto))
         publish_dir(tmp, out_dir)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, HeadlessError) and is_write_failure(err):
+            raise HeadlessError(f"cannot write the export {out_dir}: {describe_os_error(err)}; nothing was "
+                                "written") from None
         raise
     return out_dir

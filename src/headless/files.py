@@ -53,6 +53,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tree_digest(directory: Path) -> str:
+    """sha256 over a directory's files (relative names and contents; dot-files such as markers
+    excluded): what a run stores of its tokenizer copy, to notice a damaged one on resume."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def copytree_atomic(src: Path, dst: Path) -> None:
+    """Copy a directory through a temporary sibling renamed into place: a crash or a full disk
+    leaves no copy at all (and no partial one a later command would accept)."""
+    tmp = tmp_sibling(Path(dst))
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                fsync_file(path)
+        os.replace(tmp, dst)
+        fsync_dir(Path(dst).absolute().parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def json_digest(obj: Any, length: int = 64) -> str:
     """sha256 of `obj` as canonical JSON (sorted keys; str() for what JSON lacks): the one way run
     keys, config fingerprints and content fingerprints are made."""
@@ -100,8 +127,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "Errno 28", "StorageFull")
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """An exception a writer raises when the file system refuses it: OSError (shutil.Error is one),
+    safetensors' SafetensorError (`... os error 28`) and torch's short-write RuntimeError."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err)
+    return type(err).__name__ == "SafetensorError" or any(t in text for t in _DISK_FULL_TEXT) or (
+        isinstance(err, RuntimeError) and ("unexpected pos" in text or "file write failed" in text
+                                           or "PytorchStreamWriter failed" in text))
+
+
 def describe_os_error(err: BaseException) -> str:
-    """One line for a failed write: ENOSPC and torch's short-write message both mean a full disk."""
+    """One line for a failed write: ENOSPC, safetensors' `os error 28`, a shutil.Error listing
+    ENOSPC and torch's short-write message all mean a full disk."""
+    if isinstance(err, OSError) and err.errno is None and any(t in str(err) for t in _DISK_FULL_TEXT):
+        return "the disk is full"  # shutil.Error: a list of (src, dst, "[Errno 28] ...")
+    if type(err).__name__ == "SafetensorError" and any(t in str(err) for t in _DISK_FULL_TEXT):
+        return "the disk is full"
     if isinstance(err, OSError):
         if err.errno == errno.ENOSPC:
             return "the disk is full"
@@ -116,10 +162,25 @@ def describe_os_error(err: BaseException) -> str:
 
 # -- ownership markers -------------------------------------------------------------------------
 
-def mark(directory: str | os.PathLike, kind: str) -> None:
-    """Say that this command created `directory` (so that its own --overwrite may replace it)."""
+MARKER_TEXT = "created by headless; do not remove\n"
+
+
+def mark(directory: str | os.PathLike, kind: str, state: Optional[str] = None) -> None:
+    """Say that this command created `directory` (so that its own --overwrite may replace it);
+    `state` (a run's: see `headless.train.rundir`) says what a later command may do with it."""
     assert kind in KINDS, kind
-    (Path(directory) / f"{MARKER_PREFIX}{kind}").write_text("created by headless; do not remove\n")
+    text = MARKER_TEXT + (f"state: {state}\n" if state else "")
+    atomic_write(Path(directory) / f"{MARKER_PREFIX}{kind}", text)
+
+
+def marker_state(directory: str | os.PathLike, kind: str) -> Optional[str]:
+    """The `state:` a marker records (None: no marker, or one written before markers had states)."""
+    try:
+        text = (Path(directory) / f"{MARKER_PREFIX}{kind}").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"^state: *(\S+)", text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def marked_kinds(directory: str | os.PathLike) -> set[str]:

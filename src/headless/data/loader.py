@@ -36,12 +36,17 @@ class PackedDataset:
         self.seq_len = int(manifest["seq_len"])
         dtype = np.dtype("<u2" if manifest["dtype"] == "uint16" else "<u4")
         self._shards: list[np.memmap] = []
+        self._handles: list[Any] = []   # open shards: `_check` fstats them (a rename cannot fool it)
+        self._sizes: list[int] = []
         for shard in manifest["splits"][split]["shards"]:
             file = self.path / shard["file"]
             expected = shard["num_sequences"] * self.seq_len * dtype.itemsize
             if not file.is_file() or file.stat().st_size != expected:
                 raise HeadlessError(f"{file} is missing or truncated; prepare the dataset again")
-            self._shards.append(np.memmap(file, dtype=dtype, mode="r",
+            handle = open(file, "rb")
+            self._handles.append(handle)
+            self._sizes.append(expected)
+            self._shards.append(np.memmap(handle, dtype=dtype, mode="r",
                                           shape=(shard["num_sequences"], self.seq_len)))
         self._offsets = np.cumsum([0] + [len(s) for s in self._shards])
         info = manifest["tokenizer"]
@@ -50,6 +55,20 @@ class PackedDataset:
         self.mask_token_id: int | None = info.get("mask_token_id")
         self.pad_token_id: int | None = info.get("pad_token_id")
         self.special_token_ids: list[int] = list(info.get("special_token_ids", []))
+
+    def __del__(self) -> None:
+        for handle in getattr(self, "_handles", ()):
+            handle.close()  # the maps keep their own descriptors
+
+    def _check(self, shard: int) -> None:
+        """One fstat (~1 us) before reading a shard: a shard truncated after it was mapped (a disk
+        quota, a user's `truncate`) would otherwise fault the process with SIGBUS on the read.
+        (A truncation between this check and the read itself still faults: no cheap check closes
+        that window.)"""
+        size = os.fstat(self._handles[shard].fileno()).st_size
+        if size < self._sizes[shard]:
+            raise HeadlessError(f"{self._handles[shard].name} was truncated while in use ({size} of "
+                                f"{self._sizes[shard]} bytes); restore it or prepare the dataset again")
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -65,8 +84,9 @@ class PackedDataset:
         """The largest id in the split (-1 when empty): one streaming read of the shards, so that
         an id the model has no embedding row for is refused at start, not as an IndexError mid-run."""
         best = -1
-        for shard in self._shards:
+        for index, shard in enumerate(self._shards):
             for start in range(0, len(shard), chunk_rows):
+                self._check(index)
                 best = max(best, int(shard[start:start + chunk_rows].max()))
         return best
 
@@ -76,6 +96,7 @@ class PackedDataset:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} sequences")
         shard = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        self._check(shard)
         return np.asarray(self._shards[shard][index - self._offsets[shard]], dtype=np.int64)
 
     def take(self, indices: np.ndarray) -> np.ndarray:
@@ -84,6 +105,7 @@ class PackedDataset:
         out = np.empty((len(indices), self.seq_len), dtype=np.int64)
         shards = np.searchsorted(self._offsets, indices, side="right") - 1
         for shard in np.unique(shards):
+            self._check(int(shard))
             rows = shards == shard
             out[rows] = self._shards[shard][indices[rows] - self._offsets[shard]]
         return out

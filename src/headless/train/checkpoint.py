@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from headless.errors import HeadlessError
-from headless.files import describe_os_error, fsync_file, publish_dir, sha256_file, tmp_sibling
+from headless.files import describe_os_error, fsync_file, is_write_failure, publish_dir, sha256_file, tmp_sibling
 
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step-"
@@ -112,8 +112,10 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(meta, indent=2))
         fsync_file(tmp / "state.json")
         publish_dir(tmp, final)  # replaces a save of the same step (the final save after a periodic one)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - OSError, torch's RuntimeError, safetensors' SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (isinstance(err, RuntimeError) or is_write_failure(err)):
+            raise
         raise HeadlessError(f"cannot write checkpoint {final}: {describe_os_error(err)}; the previous checkpoint "
                             "is intact: free space (or fix permissions) and --resume") from None
     except BaseException:

@@ -5,8 +5,12 @@ Order of a start (`open_run_dir`), so that a refused command leaves the director
    process on the same run gets one line instead of mixing its files into the first one's;
 2. leftovers that only a killed process of this run can have made are removed (checkpoint temp
    directories, `.config.yaml.tmp-PID`...);
-3. a fresh run refuses a directory with anything in it, except a run of its own that failed before
-   its first checkpoint (that is cleared: there is nothing to resume);
+3. a fresh run refuses a directory with anything in it, except a run of its own whose marker says
+   it never saved a checkpoint (`state: started`; that is cleared: there is nothing to resume) and
+   that holds nothing but a run's own files (checked before anything is deleted).  The first save
+   turns the marker to `state: checkpointed` (`mark_checkpointed`): from then on the run is never
+   "started again", even with its checkpoints deleted (nor resumed from step 0).  A marker older
+   than states is never cleared either; it may be resumed from step 0 only if it has no summary;
 4. a resume picks the newest checkpoint that verifies and checks the new config against it
    (`accept_resume`): only then is config.yaml written (`write_config`).
 A start refused before step 4 takes back its lock file and marker, and the directory if it made
@@ -25,10 +29,20 @@ from typing import Any, Optional
 
 from headless.config import TrainConfig, config_from_file, save_config
 from headless.errors import HeadlessError
-from headless.files import MARKER_PREFIX, atomic_write, describe_os_error, mark, marked_kinds, remove_stale_tmp
-from headless.train.checkpoint import CHECKPOINT_DIR, list_checkpoints, remove_leftovers
+from headless.files import (
+    MARKER_PREFIX,
+    atomic_write,
+    describe_os_error,
+    mark,
+    marked_kinds,
+    marker_state,
+    remove_stale_tmp,
+)
+from headless.train.checkpoint import CHECKPOINT_DIR, checkpoint_step, list_checkpoints, remove_leftovers
 
 LOCK_FILE = ".lock"
+# a run marker's states: only a `started` run (no checkpoint ever saved) may be cleared by a fresh start
+STARTED, CHECKPOINTED = "started", "checkpointed"
 # what a run writes at its top level (removed when a run that never checkpointed is restarted)
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "curves.png", "summary.md", "summary.json",
              "tokenizer", CHECKPOINT_DIR)
@@ -91,6 +105,35 @@ def _contents(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.startswith(MARKER_PREFIX)]
 
 
+def run_state(run_dir: Path) -> Optional[str]:
+    """STARTED, CHECKPOINTED, "legacy" (a marker written before states) or None (no run marker)."""
+    if "run" not in marked_kinds(run_dir):
+        return None
+    return marker_state(run_dir, "run") or "legacy"
+
+
+def mark_checkpointed(run_dir: Path) -> None:
+    """After a save: the run has something to resume, so no fresh start may clear it any more."""
+    if marker_state(run_dir, "run") != CHECKPOINTED:
+        mark(run_dir, "run", CHECKPOINTED)
+
+
+def _occupied(run_dir: Path, state: Optional[str]) -> str:
+    """The one line for a fresh start into a directory it may not clear: what to do instead."""
+    found = list_checkpoints(run_dir)
+    if found:
+        step = checkpoint_step(found[-1])
+        return (f"run directory {run_dir} holds a run (checkpoint at step {step}); continue it with --resume "
+                f"(--resume max_steps=N with N > {step} to train further) or choose another --run-dir")
+    if state == "legacy" and not (run_dir / "summary.json").exists():
+        return (f"run directory {run_dir} holds a run with no checkpoint, made by an older headless that did not "
+                "record whether it ever saved one; --resume continues it from step 0, or choose another --run-dir")
+    if state in (CHECKPOINTED, "legacy"):
+        return (f"run directory {run_dir} holds a run whose checkpoints are gone, so it can neither be resumed nor "
+                "started again without deleting its files; choose another --run-dir")
+    return f"run directory {run_dir} exists and is not empty; choose another --run-dir"
+
+
 def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
     """Steps 1-3 above, on the main process; returns the held lock."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -104,11 +147,20 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
     lock = RunLock(run_dir).acquire()
     try:
         remove_leftovers(run_dir)
-        remove_stale_tmp(run_dir, "|".join(n.replace(".", r"\.") for n in RUN_FILES), dead_only=False)
+        names = [*RUN_FILES, f"{MARKER_PREFIX}run"]
+        remove_stale_tmp(run_dir, "|".join(n.replace(".", r"\.") for n in names), dead_only=False)
+        state = run_state(run_dir)
+        if resume and not list_checkpoints(run_dir) and state in (CHECKPOINTED, "legacy") and (
+                state == CHECKPOINTED or (run_dir / "summary.json").exists()):
+            raise HeadlessError(f"cannot resume {run_dir}: it saved checkpoints but none is left (deleted?); "
+                                "restore them or start a new run with another --run-dir")
         if not resume and _contents(run_dir):
-            if "run" not in marked_kinds(run_dir) or list_checkpoints(run_dir):
-                raise HeadlessError(f"run directory {run_dir} exists and is not empty; pass --resume to continue it "
-                                    "or choose another --run-dir")
+            if state != STARTED or list_checkpoints(run_dir):
+                raise HeadlessError(_occupied(run_dir, state))
+            foreign = sorted(p.name for p in _contents(run_dir) if p.name not in RUN_FILES)
+            if foreign:  # checked before anything is deleted: a refusal deletes nothing
+                raise HeadlessError(f"run directory {run_dir} holds files that are not the run's "
+                                    f"({', '.join(foreign[:3])}); move them or choose another --run-dir")
             say(f"{run_dir}: the previous attempt stopped before its first checkpoint; starting it again")
             for name in RUN_FILES:
                 path = run_dir / name
@@ -116,19 +168,25 @@ def open_run_dir(run_dir: Path, resume: bool, say=print) -> RunLock:
                     shutil.rmtree(path)
                 elif path.exists() or path.is_symlink():
                     path.unlink()
-            if _contents(run_dir):
-                raise HeadlessError(f"run directory {run_dir} holds files that are not the run's; "
-                                    "move them or choose another --run-dir")
-        if "run" not in marked_kinds(run_dir):
-            mark(run_dir, "run")
+        if state is None:
+            mark(run_dir, "run", STARTED)
             lock.added.append(run_dir / f"{MARKER_PREFIX}run")
+        elif state != STARTED and not resume and not _contents(run_dir):  # an emptied run: a new one
+            mark(run_dir, "run", STARTED)
     except OSError as err:
-        lock.release()
+        _give_back(lock)
         raise HeadlessError(f"cannot write to run directory {run_dir}: {describe_os_error(err)}") from None
     except BaseException:
-        lock.release()
+        _give_back(lock)
         raise
     return lock
+
+
+def _give_back(lock: RunLock) -> None:
+    """A refused open: release the lock and remove only what this open added (the lock file)."""
+    lock.release()
+    for path in lock.added:
+        path.unlink(missing_ok=True)
 
 
 def undo_open(run_dir: Path, created: bool, lock: RunLock) -> None:

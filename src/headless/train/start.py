@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from headless.config import TrainConfig
+from headless.data.prepare import verify_shards
 from headless.errors import HeadlessError
-from headless.files import json_digest
+from headless.files import copytree_atomic, describe_os_error, is_write_failure, json_digest, tree_digest
 from headless.train import distributed as dist
 from headless.train.build import Run, build_model, build_run, load_data
 from headless.train.checkpoint import Checkpointer, ModelState, OptimizerState, RngState
@@ -21,6 +21,7 @@ from headless.train.rundir import (
     RESUMABLE,
     accept_resume,
     default_run_dir,
+    mark_checkpointed,
     negative_pool,
     open_run_dir,
     saved_config,
@@ -84,6 +85,30 @@ class Started:
     checkpointer: Checkpointer
     lock: Any
     done: Optional[dict] = None  # a resume of a finished run: its summary, nothing to do
+    checkpointed: bool = False   # the run marker says so (set after the first save)
+
+
+def check_tokenizer_copy(run_dir: Path, expected: str, source: Path) -> None:
+    """A resume refuses a damaged RUN_DIR/tokenizer (a 0-byte file left by a full disk, an edit):
+    `expected` is the digest stored in the checkpoint (or, for runs older than it, the dataset's
+    tokenizer it was copied from).  A missing copy is made again by `accepted`."""
+    copy = run_dir / "tokenizer"
+    if copy.exists() and tree_digest(copy) != expected:
+        raise HeadlessError(f"{copy} is damaged (it differs from the tokenizer the run started with); replace it "
+                            f"with a copy of {source} and --resume again")
+
+
+def copy_tokenizer(source: Path, run_dir: Path) -> None:
+    """RUN_DIR/tokenizer, copied atomically (a full disk leaves no copy, never a partial one)."""
+    target = run_dir / "tokenizer"
+    if target.exists():
+        return
+    try:
+        copytree_atomic(source, target)
+    except Exception as err:  # noqa: BLE001 - shutil.Error, OSError
+        if not is_write_failure(err):
+            raise
+        raise HeadlessError(f"cannot copy the tokenizer into {target}: {describe_os_error(err)}") from None
 
 
 def start(config: TrainConfig, resume: bool, env) -> Started:
@@ -115,7 +140,11 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
             ckpt_state = {"step": 0}
         else:
             ckpt_state = ckpt["state"]
-        config = accept_resume(config, old, ckpt_state, env.world_size, data.fingerprint)
+        config = accept_resume(config, old, ckpt_state, env.world_size, resume_fingerprint(data, ckpt_state))
+        _on_main(env, lambda: verify_shards(data.path))  # whole-shard hashes against the manifest
+        source = Path(data.path) / "tokenizer"
+        _on_main(env, lambda: check_tokenizer_copy(run_dir, ckpt_state.get("tokenizer_digest")
+                                                   or tree_digest(source), source))
         if ckpt is not None and int(ckpt_state["step"]) == config.max_steps:
             summary_file = run_dir / "summary.json"
             done = json.loads(summary_file.read_text()) if summary_file.is_file() else {"run_dir": str(run_dir)}
@@ -130,12 +159,12 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
         checkpointer.load(ckpt, {"model": ModelState(model)})
     state.fixed = {"world_size": env.world_size, "global_batch": config.batch_size * config.grad_accum * env.world_size,
                    "negative_pool": negative_pool(config, env.world_size), "data_fingerprint": data.fingerprint,
-                   "config_fingerprint": config_fingerprint(config)}
+                   "config_fingerprint": config_fingerprint(config),
+                   "tokenizer_digest": tree_digest(Path(data.path) / "tokenizer")}
 
     def accepted() -> None:  # from here on the command is accepted: write its config
         write_config(config, run_dir)
-        if not (run_dir / "tokenizer").exists():
-            shutil.copytree(Path(data.path) / "tokenizer", run_dir / "tokenizer")
+        copy_tokenizer(Path(data.path) / "tokenizer", run_dir)
 
     _on_main(env, accepted)
     dist.barrier()
@@ -155,3 +184,22 @@ def save(started: Started, keep_steps=frozenset()) -> None:
     started.checkpointer.save(state.step, {"model": ModelState(run.model),
                                            "optimizer": OptimizerState(run.model, run.optimizer, run.scheduler),
                                            "loader": run.loader, "train": state})
+    if started.checkpointer.is_main and not started.checkpointed:  # never "started again" from here on
+        try:
+            mark_checkpointed(started.checkpointer.run_dir)
+        except OSError as err:
+            raise HeadlessError(f"cannot update {started.checkpointer.run_dir}/.headless-run: {describe_os_error(err)}"
+                                f" (checkpoint {state.step} is saved; --resume continues)") from None
+        started.checkpointed = True
+
+
+def resume_fingerprint(data, saved: dict) -> str:
+    """The dataset fingerprint to compare with a checkpoint's: the whole-shard one, or for a
+    checkpoint written before it (a bare sha256) the sampled one it stored."""
+    from headless.data.prepare import FINGERPRINT_PREFIX, sampled_fingerprint
+
+    stored = saved.get("data_fingerprint")
+    if stored and not str(stored).startswith(FINGERPRINT_PREFIX):
+        return sampled_fingerprint(data.path)
+    return data.fingerprint
+
