@@ -78,3 +78,19 @@ def fixture_tokenizers(fixture_data, tmp_path_factory) -> dict:
                         progress=False)
         out[kind] = root / kind
     return out
+
+
+@pytest.fixture(scope="session")
+def fixture_datasets(fixture_data, fixture_tokenizers, tmp_path_factory) -> dict:
+    """The synthetic corpus prepared for the trainer tests, 64-token sequences, like `datasets` of
+    test_pretrain.py: {"bert": WordPiece (encoders), "neox": byte-level BPE (decoders)}."""
+    from headless.data.prepare import prepare_dataset
+    from headless.data.tokenizers import load_tokenizer
+
+    root = tmp_path_factory.mktemp("fixture-datasets")
+    out = {}
+    for name, kind in (("bert", "wordpiece"), ("neox", "bpe")):
+        out[name] = root / name
+        prepare_dataset([str(fixture_data["corpus"])], out[name], load_tokenizer(str(fixture_tokenizers[kind])),
+                        seq_len=64, validation_fraction=0.1, progress=False)
+    return out

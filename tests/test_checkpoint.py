@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from headless.errors import HeadlessError
-from headless.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_model_weights,
-                                       save_checkpoint, set_rng_state)
+from headless.train.checkpoint import (Checkpointer, ModelState, RngState, latest_checkpoint, list_checkpoints,
+                                       load_checkpoint, load_model_weights, rng_state, save_checkpoint, set_rng_state)
 
 
 class Tied(nn.Module):
@@ -23,8 +23,8 @@ def _save(tmp_path, step, model, keep_last=2):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.emb.weight.sum().backward()
     opt.step()
-    return save_checkpoint(tmp_path, step, model, {"optimizer": opt.state_dict()}, {"loader": {"position": step}},
-                           keep_last=keep_last)
+    return save_checkpoint(tmp_path, step, {"model": model, "optimizer": {"optimizer": opt.state_dict()},
+                                            "rng": rng_state()}, {"loader": {"position": step}}, keep_last=keep_last)
 
 
 def test_round_trip_with_tied_weights_and_weights_only(tmp_path):
@@ -110,3 +110,81 @@ def test_shutil_errors_of_a_full_disk_are_named():
     assert describe_os_error(shutil.Error([("a", "b", "[Errno 28] No space left on device: 'b'")])) == \
         "the disk is full"
     assert describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full"
+
+
+class _Position:
+    """A part kept in state.json under its name (like the data loader)."""
+
+    def __init__(self, position=0):
+        self.position = position
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]
+
+
+class _Loop(_Position):
+    """The part whose fields sit at state.json's top (step, counters)."""
+
+    def state_dict(self):
+        return {"counters": {"tokens": self.position}}
+
+    def load_state_dict(self, state):
+        self.position = state["counters"]["tokens"]
+
+
+class _Optimizer:
+    def __init__(self, model):
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _register(checkpointer, model, names=("model", "optimizer", "loader", "train", "rng")):
+    made = {"model": lambda: ModelState(model), "optimizer": lambda: _Optimizer(model), "loader": _Position,
+            "train": _Loop, "rng": RngState}
+    parts = {name: made[name]() for name in names}
+    for name, part in parts.items():
+        checkpointer.register(name, part)
+    return parts
+
+
+def test_the_checkpointer_saves_and_restores_the_parts_registered_once(tmp_path):
+    """One registry of stateful parts for save and load (issue #24): every registered part comes
+    back, in registration order (the weights first, before the later parts exist), from the files
+    and state.json fields that `PART_FILES` names; a part is registered once."""
+    torch.manual_seed(0)
+    model = Tied()
+    saver = Checkpointer(tmp_path, is_main=True, keep_last=2)
+    parts = _register(saver, model)
+    model.emb.weight.sum().backward()
+    parts["optimizer"].optimizer.step()
+    parts["loader"].position, parts["train"].position = 7, 1234
+    saver.save(3)
+    expected = torch.rand(3)
+    state = json.loads((tmp_path / "checkpoints" / "step-00000003" / "state.json").read_text())
+    assert state["loader"] == {"position": 7} and state["counters"] == {"tokens": 1234} and state["step"] == 3
+    with pytest.raises(ValueError, match="registered already"):
+        saver.register("loader", _Position())
+
+    fresh = Tied()
+    loader = Checkpointer(tmp_path, is_main=True, keep_last=2)
+    _register(loader, fresh, ["model"])
+    ckpt = loader.read()
+    loader.restore(ckpt)  # the weights, before the other parts exist (the trainer: before wrapping)
+    assert torch.equal(fresh.emb.weight, model.emb.weight)
+    fresh.emb.weight.data.zero_()  # a second restore leaves a restored part alone
+    back = _register(loader, fresh, ["optimizer", "loader", "train", "rng"])
+    loader.restore(ckpt)
+    assert not fresh.emb.weight.any()
+    assert back["loader"].position == 7 and back["train"].position == 1234
+    assert torch.equal(torch.rand(3), expected)
+    adam = back["optimizer"].optimizer.state_dict()["state"][0]
+    assert float(adam["step"]) == 1.0 and torch.equal(adam["exp_avg"],
+                                                        parts["optimizer"].optimizer.state_dict()["state"][0]["exp_avg"])

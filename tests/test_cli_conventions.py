@@ -92,3 +92,27 @@ def test_the_same_progress_flag_everywhere(command):
     for flag in ("--no-progress", "--quiet", "-q"):
         args, extras = parser.parse_known_args(command + [flag])
         assert not extras and args.quiet is True, (command, flag)
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from _subparsers(sub)
+
+
+def test_flavour_and_flavor_are_both_accepted_wherever_one_is(capsys):
+    """`reproduce --flavor` was refused while `pretrain --flavor` worked (issue #28)."""
+    seen = []
+    for name, sub in _subparsers(build_parser()):
+        options = set(sub._option_string_actions)
+        if options & {"--flavour", "--flavor"}:
+            seen.append(name)
+            assert {"--flavour", "--flavor"} <= options, name
+            assert sub._option_string_actions["--flavour"] is sub._option_string_actions["--flavor"], name
+    assert {"pretrain", "reproduce"} <= set(seen)
+    args = build_parser().parse_args(["reproduce", "decoder", "--flavor", "vanilla"])
+    assert args.flavour == "vanilla"

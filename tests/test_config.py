@@ -46,7 +46,7 @@ def test_overrides_are_typed_and_nested():
     ("model.num_heads=3", "multiple of model.num_heads"),
     ("data.seq_len=4096", "exceeds model.max_position_embeddings"),
     ("objective.kind=clm", "CLM needs a decoder"),
-    ("compile=maybe", "compile must be true or false"),
+    ("compile=maybe", "compile must be true, false or auto"),
 ])
 def test_bad_values_give_one_clear_line(override, message):
     with pytest.raises(HeadlessError) as err:

@@ -239,3 +239,22 @@ def test_a_full_disk_during_prepare_is_one_line_and_leaves_nothing(fixture_data,
     err = capsys.readouterr().err.strip()
     assert status == 2 and "the disk is full" in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []  # no dataset, no temporary directory
+
+
+def test_a_validation_split_too_small_to_measure_is_reported_with_its_size(fixture_data, fixture_tokenizers,
+                                                                         tmp_path, capsys):
+    """`prepare --max-documents 300` used to leave 1 validation sequence in silence; pretraining then
+    reported a validation loss from it.  The warning shows without progress bars too."""
+    from headless.cli import main
+
+    tok = str(fixture_tokenizers["bpe"])
+    assert main(["prepare", str(fixture_data["corpus"]), "--tokenizer", tok, "--output", str(tmp_path / "small"),
+                 "--seq-len", "64", "--max-documents", "60", "--validation-fraction", "0.05", "-q"]) == 0
+    err = capsys.readouterr().err
+    have = json.loads((tmp_path / "small" / "manifest.json").read_text())["splits"]["validation"]["num_sequences"]
+    assert have < 32
+    assert f"warning: the validation split holds {have} sequence(s) of 64 tokens" in err, err
+    assert "needs at least 32" in err, err
+    prepare_dataset([str(fixture_data["corpus"])], tmp_path / "large", load_tokenizer(tok), seq_len=16,
+                    validation_fraction=0.2, progress=False)
+    assert "validation split holds" not in capsys.readouterr().err

@@ -279,3 +279,21 @@ def test_workers_give_the_same_scores_as_one_process(tiny_bert_dir, glue_dir):
     assert two["average"] == pytest.approx(one["average"])
     with pytest.raises(HeadlessError, match="workers must be >= 1"):
         run_glue(tiny_bert_dir, workers=0, **common)
+
+
+def test_one_seed_shows_its_score_without_a_zero_spread():
+    """One seed printed "± 0.00", a spread that was never measured (issue #28)."""
+    from headless.eval.classification import fmt_score, summarize
+
+    recipe = {"name": "paper", "lr": 1e-5, "epochs": 3, "batch_size": 32, "select": "best"}
+
+    def results(seeds):
+        scores = summarize([0.61 + 0.01 * s for s in seeds])
+        return {"benchmark": "glue", "model": "m", "recipe": recipe, "seeds": seeds, "average": scores,
+                "tasks": {"rte": {"name": "RTE", "main": scores, "metrics": {"validation": {"accuracy": scores}}}}}
+
+    assert fmt_score(summarize([0.6123])) == "61.23"
+    one = glue_markdown(results([0]))
+    assert "±" not in one and "| RTE | 61.00 |" in one and "one seed (0), no spread" in one, one
+    two = glue_markdown(results([0, 1]))
+    assert "| RTE | 61.50 ± 0.71 |" in two and "mean ± std over seeds [0, 1]" in two, two

@@ -203,3 +203,15 @@ def test_xnli_names_the_runs_that_ran_again_in_float32(tiny_bert_dir, xnli_dir, 
     results = run_xnli(tiny_bert_dir, data_dir=xnli_dir, mode="both", languages=["en", "de"], bf16=True, **FAST)
     assert results["fp32_retries"] == [["target", 0, "de"]]
     assert set(results["modes"]["target"]["languages"]) == {"en", "de"}
+
+
+def test_one_seed_shows_its_accuracy_without_a_zero_spread():
+    from headless.eval.classification import summarize
+    from headless.eval.xnli import xnli_markdown
+
+    mode = {"languages": {"en": summarize([0.5]), "de": summarize([0.4])}, "average": summarize([0.45])}
+    results = {"model": "m", "modes": {"transfer": mode}, "seeds": [3], "train_language": "en",
+               "recipe": {"lr": 1e-5, "epochs": 2, "batch_size": 32}, "train_examples": 10, "eval_examples": 10,
+               "layout": "fixture"}
+    text = xnli_markdown(results)
+    assert "±" not in text and "| en | 50.00 |" in text and "one seed (3), no spread" in text, text

@@ -121,7 +121,8 @@ def _cli(args, env_extra=None, **kwargs):
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def test_sigkill_then_resume_matches_uninterrupted(datasets, tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted(fixture_datasets, tmp_path):
+    datasets = fixture_datasets  # the generated fixtures: runs without ../shared
     common = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={datasets['bert']}", "max_steps=24", "save_every=6",
               "model.dropout=0.1"]
     full = _cli([*common, "--run-dir", str(tmp_path / "full")])
@@ -175,9 +176,10 @@ def test_bad_inputs_give_one_clear_line(datasets, tmp_path, capsys, monkeypatch)
     _fails(["pretrain", "--run-dir", str(tmp_path / "nothing"), "--resume"], capsys, "cannot resume")
 
 
-def test_corrupt_checkpoint_falls_back_then_is_refused_when_none_verifies(datasets, tmp_path, capsys):
+def test_corrupt_checkpoint_falls_back_then_is_refused_when_none_verifies(fixture_datasets, tmp_path, capsys):
     """Defect 9: resume falls back, with a warning, to the newest checkpoint that verifies; with no
     valid checkpoint left it is refused with the name of the bad file."""
+    datasets = fixture_datasets  # the generated fixtures: runs without ../shared
     pretrain(_config(datasets, tmp_path, "bert", "headless"))
     ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
     assert [p.name for p in ckpts] == ["step-00000003", "step-00000006"]
@@ -237,7 +239,8 @@ def _poison(monkeypatch, bad_loss=(), bad_grad=()):
     monkeypatch.setattr(loop, "forward_backward", poisoned)
 
 
-def test_nonfinite_step_leaves_weights_and_adamw_state_unchanged(datasets, tmp_path, monkeypatch, capsys):
+def test_nonfinite_step_leaves_weights_and_adamw_state_unchanged(fixture_datasets, tmp_path, monkeypatch, capsys):
+    datasets = fixture_datasets  # the generated fixtures: runs without ../shared
     from headless.train.checkpoint import list_checkpoints, load_checkpoint
 
     _poison(monkeypatch, bad_loss={2}, bad_grad={3})
@@ -271,7 +274,8 @@ def test_nonfinite_step_leaves_weights_and_adamw_state_unchanged(datasets, tmp_p
     assert "step 3: 1 step(s) with a non-finite loss/gradient skipped in steps 3-3, the last at step 3 (2/5)" in out
 
 
-def test_divergence_is_raised_at_the_next_log_step(datasets, tmp_path, monkeypatch, capsys):
+def test_divergence_is_raised_at_the_next_log_step(fixture_datasets, tmp_path, monkeypatch, capsys):
+    datasets = fixture_datasets  # the generated fixtures: runs without ../shared
     from headless.errors import HeadlessError
 
     _poison(monkeypatch, bad_loss={2, 3})

@@ -275,7 +275,8 @@ def test_10_read_only_run_dir_and_full_disk_give_one_line(datasets, tmp_path, ca
 
 # 11 --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_11_sigterm_and_sigint_save_a_checkpoint_and_exit_with_a_message(datasets, tmp_path, sig, code):  # noqa: F811
+def test_11_sigterm_and_sigint_save_a_checkpoint_and_exit_with_a_message(fixture_datasets, tmp_path, sig, code):
+    datasets = fixture_datasets  # the generated fixtures: runs without ../shared
     run = tmp_path / "run"
     common = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={datasets['bert']}", "save_every=1000",
               "eval_every=1000", "optim.schedule=constant"]  # the LR does not depend on max_steps

@@ -130,7 +130,9 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps of the run
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the backbone (the loss has data-dependent shapes and stays eager)
+    # torch.compile the backbone (and the loss with it when it can be one graph); auto: on CUDA only,
+    # eager elsewhere (the GPU presets: compiling on the CPU costs minutes before the first step)
+    compile: bool | Literal["auto"] = False
     # reduce-overhead adds CUDA graphs: the host no longer launches the backbone's kernels one by one
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     distributed: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # auto: ddp under a multi-process torchrun
@@ -276,6 +278,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except HeadlessError as err:
                 errors.append(str(err))
+        words = [str(w) for a in args for w in typing.get_args(a)]
+        if bool in args and words:  # a flag with more words (`compile: auto`)
+            raise HeadlessError(f"invalid config: {key} must be true, false or {' or '.join(words)}, got {value!r}")
         raise HeadlessError(errors[0] if errors else f"invalid config: {key} must not be null")
     if origin is Literal:
         if value not in args:

@@ -84,6 +84,33 @@ def parse_dtype(name: "Optional[str | torch.dtype]") -> "torch.dtype":
     return _dtype(name)
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_plan(compile: "bool | str", mode: str, device: "torch.device", world_size: int = 1
+                 ) -> "tuple[Optional[str], Optional[str]]":
+    """(the torch.compile mode to use, None for eager; a note to print or None).
+
+    `compile: auto` (the GPU presets) compiles on CUDA only: on the CPU Inductor's first step and
+    first evaluation each take minutes for a model that runs eagerly at once.  `compile: true`
+    compiles anywhere, but CUDA graphs need a CUDA device and a single process (untested with
+    DDP/FSDP2 hooks), so their modes fall back to the same compilation without graphs."""
+    if not compile:
+        return None, None
+    if compile == "auto" and device.type != "cuda":
+        return None, (f"compile: auto compiles on CUDA only; running eagerly on {device.type} "
+                      "(compile=true compiles here anyway, without CUDA graphs)")
+    if mode not in CUDA_GRAPH_MODES:
+        return mode, None
+    plain = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+    if device.type != "cuda":
+        return plain, f"compile_mode={mode}: CUDA graphs need a CUDA device; compiling with mode={plain} on {device.type}"
+    if world_size > 1:
+        return plain, (f"compile_mode={mode}: CUDA graphs are not used with several processes "
+                       f"(untested with DDP/FSDP2 hooks); compiling with mode={plain}")
+    return mode, None
+
+
 def to_device(tensor: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
     """Asynchronous host-to-GPU copy.  Fresh CPU tensors (masked inputs, labels, fine-tuning
     batches) are pageable, and a copy from pageable memory blocks the host until the GPU has caught

@@ -123,13 +123,14 @@ def _describe(tp: Any) -> tuple[str, list[str] | None]:
 class _Override(argparse.Action):
     """Appends `key=value` to `namespace.option_overrides` (values are parsed as YAML later)."""
 
-    def __init__(self, option_strings, dest, key: str, is_bool: bool = False, **kwargs):
-        self.key, self.is_bool = key, is_bool
+    def __init__(self, option_strings, dest, key: str, is_bool: bool = False, words: frozenset = frozenset(),
+                 **kwargs):
+        self.key, self.is_bool, self.words = key, is_bool, BOOL_WORDS | words
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, "option_overrides", None) or [])
-        if self.is_bool and (values is None or str(values).lower() not in BOOL_WORDS):
+        if self.is_bool and (values is None or str(values).lower() not in self.words):
             if values is not None:  # `--compile max_steps=3`: the word after a bare flag is not its value
                 namespace.pushed_overrides = [*(getattr(namespace, "pushed_overrides", None) or []), values]
             values = "true"
@@ -177,14 +178,18 @@ def add_config_options(parser: argparse.ArgumentParser, *, skip: Iterable[str] =
             continue
         taken.update(names)
         metavar, choices = _describe(tp)
-        is_bool = tp is bool
+        is_bool = tp is bool or bool in typing.get_args(tp)  # `compile: bool | "auto"` is a flag too
+        words = frozenset(str(w) for a in typing.get_args(tp) for w in typing.get_args(a))  # its other words
+        if is_bool and words:
+            metavar = "{true,false," + ",".join(sorted(words)) + "}"
         text = f"{doc}; " if doc else ""
         if choices and metavar == "CHOICE":
             text += f"one of {', '.join(choices)}; "
         shown = "none" if default is None else default
         if isinstance(shown, (list, dict)):
             shown = shown or ("[]" if isinstance(shown, list) else "{}")
-        groups[section].add_argument(*names, action=_Override, key=key, is_bool=is_bool, dest=argparse.SUPPRESS,
+        groups[section].add_argument(*names, action=_Override, key=key, is_bool=is_bool, words=words,
+                                     dest=argparse.SUPPRESS,
                                      nargs="?" if is_bool else None, metavar=metavar,
                                      help=f"{text}default: {shown}".replace("%", "%%"),
                                      choices=None if choices is None else choices)

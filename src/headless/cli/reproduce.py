@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["decoder", "encoder", "multilingual"])
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study settings, e.g. budget_s=600")
-    p.add_argument("--flavour", choices=["headless", "vanilla", "both"], default="both",
+    p.add_argument("--flavour", "--flavor", choices=["headless", "vanilla", "both"], default="both",
                    help="which twin(s) to run: one is one piece of the study (default both)")
     p.add_argument("--config", default=None, help="a YAML file of study settings")
     p.add_argument("--work-dir", default="runs/reproduce", help="data, runs and scratch (default runs/reproduce)")

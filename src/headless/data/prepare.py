@@ -151,6 +151,24 @@ def _say(message: str, progress: bool) -> None:
         print(f"headless: {message}", file=sys.stderr)
 
 
+# Fewer validation sequences than this give a validation loss too noisy to compare runs by: one
+# batch of the tiny presets (the trainer's default evaluation reads eval_batches x batch_size = 320).
+MIN_VALIDATION_SEQUENCES = 32
+
+
+def _warn_small_validation(split: dict[str, Any], seq_len: int) -> None:
+    """A warning (shown with or without progress bars) when the validation split is too small to
+    measure anything: pretraining would still report a validation loss from it."""
+    have = split["num_sequences"]
+    if have >= MIN_VALIDATION_SEQUENCES:
+        return
+    message = (f"warning: the validation split holds {have} sequence(s) of {seq_len} tokens "
+               f"({split['num_documents']} documents); measuring a validation loss needs at least "
+               f"{MIN_VALIDATION_SEQUENCES}: prepare more documents or a larger --validation-fraction")
+    logger.warning(message)
+    print(f"headless: {message}", file=sys.stderr, flush=True)
+
+
 def _shards_intact(directory: Path, manifest: dict[str, Any]) -> bool:
     width = 2 if manifest.get("dtype") == "uint16" else 4
     for split in manifest.get("splits", {}).values():
@@ -327,8 +345,8 @@ def prepare_dataset(
         splits = {s: w.finish() for s, w in writers.items()}
         if splits["train"]["num_sequences"] == 0:
             raise HeadlessError(f"the corpus has fewer than seq_len={seq_len} tokens; nothing to train on")
-        if (val_sources or validation_fraction > 0) and splits["validation"]["num_sequences"] == 0:
-            _say("warning: the validation split holds no full sequence (corpus too small)", progress)
+        if val_sources or validation_fraction > 0:
+            _warn_small_validation(splits["validation"], seq_len)
         from headless import __version__
 
         manifest = {"format": FORMAT, "seq_len": seq_len, "dtype": dtype.name, "tokenizer": info,

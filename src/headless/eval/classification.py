@@ -444,10 +444,19 @@ def parse_seeds(seeds: Sequence[int] | str | int) -> list[int]:
 
 
 def fmt_score(summary: Mapping | None) -> str:
-    """`85.20 ± 0.31` (percent points), or `–` when missing."""
+    """`85.20 ± 0.31` (percent points), `85.20` from one seed (no spread to show), `–` when missing."""
     if not summary:
         return "–"
+    if len(summary.get("values", ())) == 1:
+        return f"{100 * summary['mean']:.2f}"
     return f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
+
+
+def over_seeds(*seed_lists: Sequence[int]) -> str:
+    """What a table's cells are: "mean ± std over seeds [0, 1]", or "one seed (0), no spread"."""
+    if all(len(seeds) == 1 for seeds in seed_lists):
+        return "one seed (" + ", ".join(str(seeds[0]) for seeds in seed_lists) + "), no spread"
+    return "mean ± std over seeds " + " and ".join(str(list(seeds)) for seeds in seed_lists)
 
 
 def write_results(results: dict, markdown: str, output_dir: str | Path | None, stem: str) -> None:

@@ -27,6 +27,7 @@ from headless.eval.classification import (
     finetune_all,
     fmt_score,
     load_tokenizer,
+    over_seeds,
     parse_seeds,
     summarize,
     write_results,
@@ -302,8 +303,7 @@ def glue_markdown(results: dict) -> str:
     recipe = results["recipe"]
     lines = [f"# GLUE: {results['model']}", "",
              f"Recipe `{recipe['name']}` (lr {recipe['lr']:g}, {recipe['epochs']} epochs, batch "
-             f"{recipe['batch_size']}, {recipe['select']} epoch); seeds {results['seeds']}; "
-             "mean ± std over seeds, in points.", "",
+             f"{recipe['batch_size']}, {recipe['select']} epoch); {over_seeds(results['seeds'])}, in points.", "",
              "| Task | Score | Metrics |", "|---|---|---|"]
     for task in results["tasks"].values():
         details = ", ".join(f"{(split + ' ') if len(task['metrics']) > 1 else ''}{metric} {fmt_score(s)}"
@@ -331,7 +331,8 @@ def compare_glue(a: str | Path, b: str | Path, output_dir: str | Path | None = N
     ra, rb = _load_results(a), _load_results(b)
     keys = list(dict.fromkeys([*ra["tasks"], *rb["tasks"]]))
     lines = [f"# GLUE: A = {ra['model']} vs B = {rb['model']}", "",
-             f"Recipes: A `{ra['recipe']['name']}`, B `{rb['recipe']['name']}`; mean ± std over seeds.", "",
+             f"Recipes: A `{ra['recipe']['name']}`, B `{rb['recipe']['name']}`; "
+             f"{over_seeds(ra['seeds'], rb['seeds'])}.", "",
              "| Task | A | B | B − A |", "|---|---|---|---|"]
 
     def row(name, sa, sb):

@@ -32,6 +32,7 @@ from headless.eval.classification import (
     finetune_all,
     fmt_score,
     load_tokenizer,
+    over_seeds,
     parse_seeds,
     summarize,
     write_results,
@@ -263,7 +264,7 @@ def xnli_markdown(results: dict) -> str:
              "target": "target (fine-tuned per language)"}
     langs = list(next(iter(results["modes"].values()))["languages"])
     lines = [f"# XNLI: {results['model']}", "",
-             f"Accuracy, mean ± std over seeds {results['seeds']}; lr {recipe['lr']:g}, {recipe['epochs']} "
+             f"Accuracy, {over_seeds(results['seeds'])}; lr {recipe['lr']:g}, {recipe['epochs']} "
              f"epochs, batch {recipe['batch_size']}; {results['train_examples']} fine-tuning and "
              f"{results['eval_examples']} evaluation items per language ({results['layout']}).", "",
              "| Language | " + " | ".join(names[m] for m in modes) + " |",

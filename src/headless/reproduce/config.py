@@ -121,11 +121,11 @@ STUDY_DEFAULTS: dict[str, dict] = {
     # comparison says little); a piece then needs two 10-minute jobs (WALL=, docs/reproduction.md)
     "encoder": {"preset": "bert-small", "budget_s": 200.0, "fractions": [0.5, 1.0], "glue_lrs": [1e-4, 3e-5],
                 "pretrain": ["batch_size=256", "optim.lr=1e-3", "optim.warmup_steps=500", "optim.beta2=0.98",
-                             "eval_every=100000", "log_every=100", "compile=true",
+                             "eval_every=100000", "log_every=100", "compile=auto",
                              "compile_mode=reduce-overhead"]},
     "multilingual": {"preset": "multilingual", "budget_s": 120.0, "fractions": [0.5, 1.0],
                      "pretrain": ["batch_size=128", "optim.lr=5e-4", "optim.warmup_steps=300", "optim.beta2=0.98",
-                                  "eval_every=100000", "log_every=100", "compile=true",
+                                  "eval_every=100000", "log_every=100", "compile=auto",
                                   "compile_mode=reduce-overhead"]},
 }
 

@@ -16,7 +16,7 @@ import torch
 from headless.config import TrainConfig
 from headless.errors import HeadlessError
 from headless.files import json_digest
-from headless.runtime import compute_dtype
+from headless.runtime import compile_plan, compute_dtype
 from headless.train import distributed as dist
 from headless.train.optim import build_optimizer, lr_factor
 from headless.train.step import DataInfo
@@ -158,6 +158,40 @@ def build_model(config: TrainConfig, data: Data):
     return model
 
 
+# Above this share of a step's estimated FLOPs, the vocabulary head is said to dominate it.
+HEAD_SHARE_WARNING = 0.5
+
+
+def head_share(config: TrainConfig, model, seq_len: int) -> tuple[float, float, float]:
+    """(share, head FLOPs, backbone FLOPs) per input token of a vocabulary head's training step:
+    6·D·V per scored position (every CLM position, `mask_prob` of the MLM ones) against the
+    backbone's 6·N + attention (`train.logging.flops_per_token`)."""
+    from headless.models import count_parameters
+    from headless.train.logging import flops_per_token
+
+    hidden = config.model.hidden_size
+    vocab = model.hf.get_output_embeddings().weight.shape[0]
+    positions = 1.0 if model.causal else config.objective.mask_prob
+    head = 6 * hidden * vocab * positions
+    backbone = flops_per_token(count_parameters(model)["non_embedding"], config.model.num_layers, hidden, seq_len,
+                               0.0, 0)
+    return head / (head + backbone), head, backbone
+
+
+def warn_head_dominates(config: TrainConfig, model, data: Data, device: torch.device) -> None:
+    """Say once, off CUDA, when a vanilla step is mostly its vocabulary head (a tiny model with a
+    50k tokenizer: several times the headless twin's step), so the slow steps are not a mystery."""
+    if device.type == "cuda" or config.loss.scores != "vocabulary" or not model.has_head:
+        return
+    share, head, backbone = head_share(config, model, data.train.seq_len)
+    if share > HEAD_SHARE_WARNING:
+        vocab = model.hf.get_output_embeddings().weight.shape[0]
+        print(f"warning: the vocabulary head ({vocab:,} x {config.model.hidden_size}) is {share:.0%} of this "
+              f"step's estimated FLOPs ({head / 1e6:,.1f} M per token against {backbone / 1e6:,.1f} M for the "
+              f"backbone): on the {device.type} it sets the step time; a smaller tokenizer or the headless "
+              "flavour steps faster", flush=True)
+
+
 def build_run(config: TrainConfig, env, data: Data, model) -> Run:
     """Wrap, optimize, schedule, load: `model` holds its (restored) weights already, since
     DDP/FSDP2 broadcast rank 0's weights when wrapping.  The schedule reads `run.config` at every
@@ -180,18 +214,17 @@ def build_run(config: TrainConfig, env, data: Data, model) -> Run:
     loader = BatchIterator(data.train, config.batch_size, seed=config.seed, rank=env.rank,
                            world_size=env.world_size, pin_memory=cuda, prefetch=2 if cuda else 0)
     graphs = False
-    if config.compile:
-        mode = config.compile_mode
-        if env.world_size > 1 and mode in ("reduce-overhead", "max-autotune"):
-            mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
-            if env.is_main:
-                print(f"compile_mode={config.compile_mode}: CUDA graphs are not used with several processes "
-                      f"(untested with DDP/FSDP2 hooks); compiling with mode={mode}", flush=True)
+    mode, note = compile_plan(config.compile, config.compile_mode, device, env.world_size)
+    if note and env.is_main:
+        print(note, flush=True)
+    if mode is not None:
         graphs = model.compile_model(mode, config.batch_size, data.train.seq_len)
         if env.is_main:
             region = f"backbone and loss as one graph (loss {model.objective.loss_implementation})" \
                 if model.compiled_region == "model" else "the backbone (the loss runs eagerly)"
             print(f"compile: {region}, mode={mode}", flush=True)
+    if env.is_main:
+        warn_head_dominates(config, model, data, device)
     amp = None if strategy == "fsdp2" else compute_dtype(config.precision, device)  # FSDP2 casts itself
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
     tokens_per_step = config.batch_size * config.grad_accum * env.world_size * data.train.seq_len

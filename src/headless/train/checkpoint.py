@@ -18,8 +18,9 @@ import json
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -29,9 +30,56 @@ from headless.files import describe_os_error, fsync_file, is_write_failure, publ
 
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step-"
-# file of each binary part; every other part of a checkpoint lives in state.json
-PART_FILES = {"model": "model.safetensors", "optimizer": "optimizer.pt", "rng": "rng.pt"}
+
+
+def _write_weights(model: torch.nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+    """A module (tied tensors handled by `save_model`) or a gathered (FSDP2) state dict, where one
+    name per tied storage is kept."""
+    from safetensors.torch import save_file, save_model
+
+    if not isinstance(model, dict):
+        save_model(model, str(path))
+        return
+    seen, weights = set(), {}
+    for name, tensor in model.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            weights[name] = tensor.contiguous()
+    save_file(weights, str(path))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _write_tensors(value: Any, path: Path) -> None:
+    torch.save(value, path)
+
+
+def _read_tensors(path: Path) -> Any:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """How a part with a file of its own is stored."""
+
+    name: str
+    write: Callable[[Any, Path], None]
+    read: Callable[[Path], Any]
+
+
+# The layout: the parts with a file of their own (read without a run, e.g. by export: the weights
+# alone).  Every other part lives in state.json under its name, except TOP_LEVEL's fields (step,
+# counters, fingerprints), which sit at its top where resume and export read them.
+PART_FILES = {"model": PartFile("model.safetensors", _write_weights, _read_weights),
+              "optimizer": PartFile("optimizer.pt", _write_tensors, _read_tensors),   # tensors and numbers
+              "rng": PartFile("rng.pt", _write_tensors, _read_tensors)}               # only: weights_only
 ALL_PARTS = tuple(PART_FILES)
+TOP_LEVEL = "train"
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -75,16 +123,17 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
-    model: torch.nn.Module | dict[str, torch.Tensor],
-    optimizer_state: dict,
+    files: dict[str, Any],
     state: dict[str, Any],
     keep_last: int = 2,
     keep_steps: frozenset[int] | set[int] = frozenset(),
 ) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep_last` (checkpoints at
+    """Write checkpoint `step` atomically: `files` maps each part of `PART_FILES` to its value,
+    `state` goes to state.json.  Then prune all but the newest `keep_last` (checkpoints at
     `keep_steps`, the points of a learning curve, are never pruned)."""
-    from safetensors.torch import save_file, save_model
-
+    missing = set(PART_FILES) - set(files)
+    if missing:
+        raise ValueError(f"a checkpoint needs every part of PART_FILES; missing {sorted(missing)}")
     root = Path(run_dir) / CHECKPOINT_DIR
     final = root / checkpoint_name(step)
     tmp = tmp_sibling(final)
@@ -93,22 +142,12 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        if isinstance(model, dict):  # a gathered (FSDP2) state dict: keep one name per tied storage
-            seen, weights = set(), {}
-            for name, tensor in model.items():
-                key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-                if key not in seen:
-                    seen.add(key)
-                    weights[name] = tensor.contiguous()
-            save_file(weights, str(tmp / "model.safetensors"))
-        else:
-            save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        files = list(PART_FILES.values())
-        for name in files:
+        for part, value in files.items():
+            PART_FILES[part].write(value, tmp / PART_FILES[part].name)
+        names = [PART_FILES[part].name for part in files]
+        for name in names:
             fsync_file(tmp / name)
-        meta = dict(state, step=step, files={name: sha256_file(tmp / name) for name in files})
+        meta = dict(state, step=step, files={name: sha256_file(tmp / name) for name in names})
         (tmp / "state.json").write_text(json.dumps(meta, indent=2))
         fsync_file(tmp / "state.json")
         publish_dir(tmp, final)  # replaces a save of the same step (the final save after a periodic one)
@@ -151,8 +190,6 @@ def load_checkpoint(path: str | Path, verify: bool = True, parts: tuple = ALL_PA
     Only `parts` are checked and read (export needs the weights alone).  Raises HeadlessError
     naming the file if one of them is missing, truncated or corrupt.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     state_file = path / "state.json"
     if not state_file.is_file():
@@ -163,7 +200,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, parts: tuple = ALL_PA
         raise HeadlessError(f"checkpoint {path} is corrupt: state.json is not valid JSON") from None
     digests = state.get("files", {})
     for part in parts:
-        name = PART_FILES[part]
+        name = PART_FILES[part].name
         file = path / name
         if not file.is_file():
             raise HeadlessError(f"checkpoint {path} is incomplete: {name} is missing")
@@ -171,11 +208,8 @@ def load_checkpoint(path: str | Path, verify: bool = True, parts: tuple = ALL_PA
             raise HeadlessError(f"checkpoint {path} is corrupt or truncated: {name} fails its checksum")
     out: dict[str, Any] = {"state": state}
     try:
-        if "model" in parts:
-            out["model"] = load_file(str(path / PART_FILES["model"]))
-        for part in ("optimizer", "rng"):
-            if part in parts:
-                out[part] = torch.load(path / PART_FILES[part], weights_only=True, map_location="cpu")
+        for part in parts:
+            out[part] = PART_FILES[part].read(path / PART_FILES[part].name)
     except Exception as err:  # noqa: BLE001 - any decoding error means a bad file
         raise HeadlessError(f"checkpoint {path} cannot be read: {str(err).splitlines()[0]}") from None
     return out
@@ -222,11 +256,13 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor])
 
 
 class Checkpointer:
-    """`save(step, states)` / `load(ckpt, states)` over the stateful parts of a run.
+    """The stateful parts of a run, registered once: `save(step)` writes every registered part and
+    `restore(ckpt)` loads every part back the same way.
 
-    `states` maps a part name to an object with `state_dict()` / `load_state_dict()`: "model"
-    (weights, gathered from every rank), "optimizer" (optimizer + scheduler), "rng", and any other
-    part ("loader", "train": step, counters, fingerprints...) stored in state.json.  Saving is a
+    A part is any object with `state_dict()` / `load_state_dict()` (the weights, optimizer and
+    scheduler, data loader, loop state, RNG), stored as `PART_FILES` says.  Parts are saved and
+    restored in the order registered: the weights are registered (and restored) as soon as the
+    model is built, before wrapping, the others once they exist; the RNG last.  Saving is a
     collective (FSDP2 gathers shards); only the main process writes.
     """
 
@@ -234,33 +270,41 @@ class Checkpointer:
         self.run_dir, self.is_main, self.keep_last = Path(run_dir), is_main, keep_last
         self.keep_steps = frozenset(keep_steps)
         self.barrier = barrier or (lambda: None)
+        self.parts: dict[str, Any] = {}
+        self._restored: set[str] = set()
 
-    def save(self, step: int, states: dict[str, Any]) -> None:
-        gathered = {name: part.state_dict() for name, part in states.items()}  # collective: every rank
+    def register(self, name: str, part: Any) -> None:
+        if name in self.parts:
+            raise ValueError(f"checkpoint part {name!r} is registered already")
+        self.parts[name] = part
+
+    def save(self, step: int) -> None:
+        gathered = {name: part.state_dict() for name, part in self.parts.items()}  # collective: every rank
         if self.is_main:
+            files = {name: value for name, value in gathered.items() if name in PART_FILES}
             meta: dict[str, Any] = {}
             for name, value in gathered.items():
-                if name == "train":
-                    meta.update(value)  # step, counters, world_size, global_batch... at the top level
+                if name == TOP_LEVEL:
+                    meta.update(value)
                 elif name not in PART_FILES:
                     meta[name] = value
-            save_checkpoint(self.run_dir, step, gathered["model"], gathered["optimizer"], meta,
-                            keep_last=self.keep_last, keep_steps=self.keep_steps)
+            save_checkpoint(self.run_dir, step, files, meta, keep_last=self.keep_last, keep_steps=self.keep_steps)
         self.barrier()
 
     def read(self, parts: tuple = ALL_PARTS, warn=None) -> Optional[dict[str, Any]]:
         """The newest checkpoint that verifies (falling back past bad ones, with a warning)."""
         return load_newest_valid(self.run_dir, parts, warn)
 
-    @staticmethod
-    def load(ckpt: dict[str, Any], states: dict[str, Any]) -> None:
-        for name, part in states.items():
-            if name in ("model", "optimizer", "rng"):
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Load every registered part not restored yet from `ckpt` (what `read` returned)."""
+        for name, part in self.parts.items():
+            if name in self._restored:
+                continue
+            if name in PART_FILES:
                 part.load_state_dict(ckpt[name])
-            elif name == "train":
-                part.load_state_dict(ckpt["state"])
             else:
-                part.load_state_dict(ckpt["state"][name])
+                part.load_state_dict(ckpt["state"] if name == TOP_LEVEL else ckpt["state"][name])
+            self._restored.add(name)
 
 
 class ModelState:
@@ -299,8 +343,10 @@ class OptimizerState:
 
 
 class RngState:
+    """The RNG streams (torch CPU/CUDA, numpy): registered last, so saved after every other part."""
+
     def state_dict(self):
-        return None  # save_checkpoint records the RNG itself, after everything else is gathered
+        return rng_state()
 
     def load_state_dict(self, state) -> None:
         set_rng_state(state)

@@ -155,8 +155,9 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
     if config.optim.schedule_steps is None and config.time_budget_s is None:  # fixed by the first run
         config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, schedule_steps=config.max_steps))
     model = build_model(config, data)
+    checkpointer.register("model", ModelState(model))
     if ckpt is not None:  # into the plain model: DDP/FSDP2 broadcast rank 0's weights when wrapping
-        checkpointer.load(ckpt, {"model": ModelState(model)})
+        checkpointer.restore(ckpt)
     state.fixed = {"world_size": env.world_size, "global_batch": config.batch_size * config.grad_accum * env.world_size,
                    "negative_pool": negative_pool(config, env.world_size), "data_fingerprint": data.fingerprint,
                    "config_fingerprint": config_fingerprint(config),
@@ -169,9 +170,12 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
     _on_main(env, accepted)
     dist.barrier()
     run = build_run(config, env, data, model)
+    checkpointer.register("optimizer", OptimizerState(run.wrapped, run.optimizer, run.scheduler))
+    checkpointer.register("loader", run.loader)
+    checkpointer.register("train", state)
+    checkpointer.register("rng", RngState())  # last: saved and restored after everything else
     if ckpt is not None:
-        checkpointer.load(ckpt, {"optimizer": OptimizerState(run.wrapped, run.optimizer, run.scheduler),
-                                 "loader": run.loader, "train": state, "rng": RngState()})
+        checkpointer.restore(ckpt)
         if env.rank:
             torch.manual_seed(config.seed + env.rank + state.step)
     return Started(run, state, checkpointer, lock)
@@ -181,9 +185,7 @@ def save(started: Started, keep_steps=frozenset()) -> None:
     run, state = started.run, started.state
     started.checkpointer.keep_steps = frozenset(keep_steps)
     started.checkpointer.keep_last = run.config.keep_last
-    started.checkpointer.save(state.step, {"model": ModelState(run.model),
-                                           "optimizer": OptimizerState(run.model, run.optimizer, run.scheduler),
-                                           "loader": run.loader, "train": state})
+    started.checkpointer.save(state.step)
     if started.checkpointer.is_main and not started.checkpointed:  # never "started again" from here on
         try:
             mark_checkpointed(started.checkpointer.run_dir)
