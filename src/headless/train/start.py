@@ -189,6 +189,8 @@ def _schedule(config: TrainConfig, old: TrainConfig, ckpt, step: int, max_steps:
     elif length is None and (message := schedule.extend(step, max_steps, config.optim.extend, config.optim.lr)):
         say(f"step {step}: {message}")
     return schedule
+
+
 def save(started: Started, keep_steps=frozenset()) -> None:
     run, state = started.run, started.state
     started.checkpointer.keep_steps = frozenset(keep_steps)
