@@ -7,7 +7,7 @@ import yaml
 
 from headless.cli import build_parser, main
 from headless.cli.options import config_fields
-from headless.config import TrainConfig
+from headless.config import BudgetConfig, TrainConfig
 
 
 def _show(args, capsys) -> dict:
@@ -80,7 +80,7 @@ def test_a_comment_wrapped_over_lines_reads_as_one_sentence():
 
     doc = field_docs(StudyConfig)["xnli_max_train_examples"]
     assert "train-<lang>.tsv files in xnli/ (MNLI-sized" in doc and "; in xnli/" not in doc
-    assert field_docs(TrainConfig)["calibration_skip"] == "time budget: untimed first steps (compilation)"
+    assert field_docs(BudgetConfig)["calibration_skip"] == "time budget: untimed first steps (compilation)"
 
 
 @pytest.mark.parametrize("command", [["prepare", "x", "-o", "y", "-t", "z", "--seq-len", "4"], ["pretrain"],

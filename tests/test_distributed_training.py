@@ -100,7 +100,7 @@ def test_time_budget_gives_every_rank_the_same_max_steps(datasets, tmp_path):  #
 
     run = tmp_path / "budget"
     out = _run(2, ["pretrain", "--preset", "tiny", *SMALL, f"data.path={datasets['bert']}", "batch_size=2",
-                   "max_steps=100000", "time_budget_s=6", "calibration_skip=2", "calibration_steps=3",
+                   "max_steps=100000", "budget.time_s=6", "budget.calibration_skip=2", "budget.calibration_steps=3",
                    "optim.warmup_steps=11", "save_every=100000", "eval_every=100000", "--run-dir", str(run)])
     summary = json.loads((run / "summary.json").read_text())
     assert 5 <= summary["steps"] < 100000, out[-2000:]

@@ -295,9 +295,9 @@ def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_che
     `checkpoint_fractions` survive keep_last."""
     from headless.train.checkpoint import list_checkpoints
 
-    config = _config(datasets, tmp_path, "bert", "headless", "max_steps=100000", "time_budget_s=3",
-                     "calibration_skip=2", "calibration_steps=3", "optim.warmup_steps=5",
-                     "checkpoint_fractions=[0.5,1.0]", "keep_last=1", "save_every=100000", "eval_every=100000")
+    config = _config(datasets, tmp_path, "bert", "headless", "max_steps=100000", "budget.time_s=3",
+                     "budget.calibration_skip=2", "budget.calibration_steps=3", "optim.warmup_steps=5",
+                     "budget.checkpoint_fractions=[0.5,1.0]", "keep_last=1", "save_every=100000", "eval_every=100000")
     summary = pretrain(config)
     per_step = summary["steady_s_per_step"]
     assert per_step > 0
@@ -306,8 +306,10 @@ def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_che
     assert summary["checkpoint_steps"] == sorted({round(0.5 * steps), steps})
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(tmp_path / "run")]
     assert saved == summary["checkpoint_steps"]
-    saved_config = load_config(tmp_path / "run" / "config.yaml")  # what --resume will read
-    assert saved_config.max_steps == saved_config.optim.schedule_steps == steps
+    saved_config = load_config(tmp_path / "run" / "config.yaml")  # the user's config: the plan is the checkpoint's
+    assert (saved_config.max_steps, saved_config.optim.schedule_steps) == (100000, None)
+    assert json.loads((list_checkpoints(tmp_path / "run")[-1] / "state.json").read_text())["budget"][
+        "resolved_max_steps"] == steps
     # planned again at a fifth of the first plan, from the steps since the calibration
     assert summary["calibrated_at"] < summary["replanned_at"] < summary["checkpoint_steps"][0]
     assert summary["calibrated_s_per_step"] > 0
@@ -316,8 +318,8 @@ def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_che
 def test_time_budget_needs_warmup_over_the_calibration():
     from headless.errors import HeadlessError
 
-    with pytest.raises(HeadlessError, match="warmup_steps >= calibration_skip"):
-        load_config("tiny", overrides=["time_budget_s=10", "optim.warmup_steps=5"])
+    with pytest.raises(HeadlessError, match="warmup_steps >= budget.calibration_skip"):
+        load_config("tiny", overrides=["budget.time_s=10", "optim.warmup_steps=5"])
 
 
 def _drive(budget, monkeypatch, per_window: dict, last_step: int, skip: int = 2, window: int = 4):
@@ -330,7 +332,7 @@ def _drive(budget, monkeypatch, per_window: dict, last_step: int, skip: int = 2,
     resolved = {}
     for step in range(1, last_step + 1):
         clock["t"] = times.get(step, clock["t"])
-        if (plan := budget.observe(step)) is not None:
+        if (plan := budget.on_step_end(step)) is not None:
             resolved[step] = plan.max_steps
     return clock, resolved
 
@@ -341,13 +343,13 @@ def test_time_budget_calibrates_at_the_end_of_warmup_not_at_the_first_agreeing_w
     gave vanilla bert-small half its budget; the calibration must wait for warm-up's end."""
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=40", "max_steps=100000"])
     per_window = {end: (0.3 if end <= 18 else 0.15) for end in range(6, 39, 4)}  # windows end at 6, 10, ..., 38
     per_window[30] = 0.151
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    budget = TimeBudget(config, torch.device("cpu"))
     clock, resolved = _drive(budget, monkeypatch, per_window, 38)
     assert resolved == {38: int(100 / 0.15)}  # the last window within warm-up; median of .151, .15, .15
     assert budget.counters["calibrated_at"] == 38
@@ -357,7 +359,7 @@ def test_time_budget_calibrates_at_the_end_of_warmup_not_at_the_first_agreeing_w
     clock["t"] += 0.75
     budget.pause()
     clock["t"] += 5.0
-    budget.unpause()
+    budget.resume()
     clock["t"] += 0.75
     assert budget.finish(48) is None  # as calibrated: nothing to say
     assert budget.counters["measured_s_per_step"] == pytest.approx(0.15)
@@ -366,11 +368,11 @@ def test_time_budget_calibrates_at_the_end_of_warmup_not_at_the_first_agreeing_w
 def test_time_budget_says_when_the_run_was_slower_than_calibrated(monkeypatch):
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=14", "max_steps=100000"])
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    budget = TimeBudget(config, torch.device("cpu"))
     clock, resolved = _drive(budget, monkeypatch, {6: 0.1, 10: 0.1, 14: 0.1}, 14)
     assert resolved == {14: 1000}
     clock["t"] += 10 * 0.2  # the rest of the run took twice as long per step
@@ -383,11 +385,11 @@ def test_time_budget_says_when_the_run_was_slower_than_calibrated(monkeypatch):
 def test_time_budget_stops_calibrating_when_the_budget_would_be_spent_in_warmup(monkeypatch):
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=3", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=3", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=40", "max_steps=100000"])
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    budget = TimeBudget(config, torch.device("cpu"))
     _, resolved = _drive(budget, monkeypatch, {6: 0.3, 10: 0.3}, 10)
     assert resolved == {6: 10}  # 10 steps x 0.3 s would reach the 3 s budget before the next window ends
 
@@ -395,17 +397,17 @@ def test_time_budget_stops_calibrating_when_the_budget_would_be_spent_in_warmup(
 def test_time_budget_takes_the_last_window_when_warmup_ends_first(monkeypatch):
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=12"])
     clock = {"t": 0.0}
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+    budget = TimeBudget(config, torch.device("cpu"))
     monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
     results = []
     for step in range(1, 13):
         clock["t"] = {2: 0.0, 6: 4.0, 10: 6.0}.get(step, clock["t"])  # 1.0 then 0.5 s per step: never settled
-        results.append(budget.observe(step))
+        results.append(budget.on_step_end(step))
     assert [r.max_steps for r in results if r] == [200]  # at step 10 (the next window ends past warm-up), from the latest window
     assert budget.counters["calibrated_at"] == 10
 
@@ -417,28 +419,25 @@ def test_time_budget_plans_again_from_the_steps_timed_since_the_calibration(monk
     and the curve's checkpoints follow, and the run then spends its budget."""
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=14", "max_steps=100000",
-                                            "checkpoint_fractions=[0.5,1.0]"])
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
+                                            "budget.checkpoint_fractions=[0.5,1.0]"])
+    budget = TimeBudget(config, torch.device("cpu"))
     clock, plans = _drive(budget, monkeypatch, {6: 0.2, 10: 0.2, 14: 0.2}, 14)
     assert plans == {14: 500}
     assert budget.counters["replan_at"] == 100  # a fifth of 500
-    config = budget.fix_length(config, 500)
-    assert (config.max_steps, config.optim.schedule_steps) == (500, 500)
-    assert budget.keep_steps(config) == {250, 500}
+    assert budget.keep_steps(500) == {250, 500}
     plan = None
     for step in range(15, 101):  # the steps really take 0.125 s
         clock["t"] += 0.125
-        plan = budget.observe(step) or plan
+        plan = budget.on_step_end(step) or plan
     assert plan.max_steps == 800 and budget.counters["replanned_at"] == 100
     assert "0.125" not in plan.message and "125.0 ms per step over the 86 steps since the calibration" in plan.message
     assert "max_steps planned again: 800 (was 500)" in plan.message
-    config = budget.fix_length(config, plan.max_steps)
-    assert (config.max_steps, config.optim.schedule_steps) == (800, 800)
-    assert budget.keep_steps(config) == {400, 800}
+    assert (plan.max_steps, plan.schedule_steps) == (800, 800)  # the schedule's length follows the plan
+    assert budget.keep_steps(800) == {400, 800}
     assert budget.counters["calibrated_s_per_step"] == pytest.approx(0.2)  # the first plan stays on record
     assert budget.counters["steady_s_per_step"] == pytest.approx(0.125)
     clock["t"] += 700 * 0.125
@@ -449,46 +448,55 @@ def test_time_budget_plans_again_from_the_steps_timed_since_the_calibration(monk
 def test_time_budget_plans_again_before_the_first_curve_checkpoint_and_keeps_a_set_schedule(monkeypatch):
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=14", "max_steps=100000", "optim.schedule_steps=3000",
-                                            "checkpoint_fractions=[0.1,1.0]"])
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0)
-    _drive(budget, monkeypatch, {6: 0.1, 10: 0.1, 14: 0.1}, 14)
+                                            "budget.checkpoint_fractions=[0.1,1.0]"])
+    budget = TimeBudget(config, torch.device("cpu"))
+    clock = {"t": 0.0}
+    monkeypatch.setattr(budget, "_now", lambda sync=True: clock["t"])
+    plans = []
+    for step in range(1, 15):
+        clock["t"] = {2: 0.0, 6: 0.4, 10: 0.8, 14: 1.2}.get(step, clock["t"])
+        plans.append(budget.on_step_end(step))
+    plan = [p for p in plans if p][0]
     assert budget.counters["replan_at"] == 80  # 0.8 x the 10 % checkpoint of 1000 steps, before it
-    assert budget.fix_length(config, 1000).optim.schedule_steps == 3000  # the config's own length stays
+    assert (plan.max_steps, plan.schedule_steps) == (1000, None)  # the config's own length stays
 
 
 def test_time_budget_skips_the_replan_when_the_run_is_short_or_resumed_just_before_it(monkeypatch):
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    short = load_config("tiny", overrides=["time_budget_s=3", "calibration_skip=2", "calibration_steps=4",
+    short = load_config("tiny", overrides=["budget.time_s=3", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                            "optim.warmup_steps=14", "max_steps=100000"])
-    budget = TimeBudget(short, {}, torch.device("cpu"), step=0)
+    budget = TimeBudget(short, torch.device("cpu"))
     _drive(budget, monkeypatch, {6: 0.1, 10: 0.1, 14: 0.1}, 14)
     assert "replan_at" not in budget.counters  # a fifth of 30 steps comes before 5 windows have passed
 
-    config = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=14", "max_steps=1000"])
     counters = {"resolved_max_steps": 1000, "steady_s_per_step": 0.1, "replan_at": 200}
-    resumed = TimeBudget(config, counters, torch.device("cpu"), step=195)  # the tail starts at 197
+    resumed = TimeBudget(config, torch.device("cpu"), step=195)  # the tail starts at 197
+    resumed.load_state_dict(counters)
+    counters = resumed.counters
     clock = {"t": 0.0}
     monkeypatch.setattr(resumed, "_now", lambda sync=True: clock["t"])
-    plans = [resumed.observe(step) for step in range(196, 260)]
+    plans = [resumed.on_step_end(step) for step in range(196, 260)]
     assert plans == [None] * len(plans) and "replan_at" not in counters and "replanned_at" not in counters
 
     counters = {"resolved_max_steps": 1000, "steady_s_per_step": 0.1, "replan_at": 200, "calibrated_at": 14}
-    uncapped = load_config("tiny", overrides=["time_budget_s=100", "calibration_skip=2", "calibration_steps=4",
+    uncapped = load_config("tiny", overrides=["budget.time_s=100", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                               "optim.warmup_steps=14", "max_steps=100000"])
-    resumed = TimeBudget(uncapped, counters, torch.device("cpu"), step=100)  # timed from step 102
+    resumed = TimeBudget(uncapped, torch.device("cpu"), step=100)  # timed from step 102
+    resumed.load_state_dict(counters)
     monkeypatch.setattr(resumed, "_now", lambda sync=True: clock["t"])
     plans = {}
     for step in range(101, 201):
         clock["t"] += 0.05
-        if (plan := resumed.observe(step)) is not None:
+        if (plan := resumed.on_step_end(step)) is not None:
             plans[step] = plan
     assert list(plans) == [200] and plans[200].max_steps == 2000  # 100 s / 0.05 s
     assert "over the 98 steps since the resume" in plans[200].message
@@ -499,9 +507,9 @@ def test_time_budget_takes_the_slowest_ranks_window():
     would wait forever on a collective.  So a window is the slowest rank's."""
     import torch
 
-    from headless.train.guards import TimeBudget
+    from headless.train.budget import TimeBudget
 
-    config = load_config("tiny", overrides=["time_budget_s=10", "calibration_skip=2", "calibration_steps=4",
+    config = load_config("tiny", overrides=["budget.time_s=10", "budget.calibration_skip=2", "budget.calibration_steps=4",
                                             "optim.warmup_steps=6", "max_steps=100000"])
     other_rank = 0.25  # this rank measures 0.1 s per step, the other 0.25
 
@@ -509,11 +517,11 @@ def test_time_budget_takes_the_slowest_ranks_window():
         assert op == "max"
         return torch.maximum(tensor, torch.tensor(other_rank, dtype=tensor.dtype))
 
-    budget = TimeBudget(config, {}, torch.device("cpu"), step=0, world_size=2, all_reduce=all_reduce)
+    budget = TimeBudget(config, torch.device("cpu"), world_size=2, all_reduce=all_reduce)
     clock = iter([0.0, 0.4])
     budget._now = lambda sync=True: next(clock)
-    assert budget.observe(2) is None
-    assert budget.observe(6).max_steps == 40  # 10 s / 0.25 s, not 10 / 0.1
+    assert budget.on_step_end(2) is None
+    assert budget.on_step_end(6).max_steps == 40  # 10 s / 0.25 s, not 10 / 0.1
 
 
 def test_a_sync_free_run_compiles_backbone_and_loss_as_one_graph_and_trains_like_eager(datasets, tmp_path, capsys):

@@ -17,7 +17,7 @@ import pytest
 from headless.errors import HeadlessError
 
 TINY_MODEL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
-              "batch_size=4", "optim.warmup_steps=6", "calibration_skip=2", "calibration_steps=3",
+              "batch_size=4", "optim.warmup_steps=6", "budget.calibration_skip=2", "budget.calibration_steps=3",
               "log_every=2", "eval_batches=2", "tensorboard=false", "compile=false"]
 
 

@@ -305,12 +305,14 @@ def test_11_sigterm_and_sigint_save_a_checkpoint_and_exit_with_a_message(fixture
 
 
 # 12 --------------------------------------------------------------------------------------------
-def test_12_extending_max_steps_keeps_the_schedule(datasets, tmp_path):  # noqa: F811
+def test_12_extending_max_steps_keeps_the_schedule_when_asked(datasets, tmp_path):  # noqa: F811
+    """The schedule is the checkpoint's; past its end a resume does what optim.extend says (the
+    default, a new cosine tail: tests/test_schedule_resume.py)."""
     import yaml
 
     run = _train(datasets, tmp_path, "max_steps=6", "save_every=6", "optim.schedule=cosine", "optim.min_lr_ratio=0.1")
-    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["schedule_steps"] == 6
-    assert main(["pretrain", "--run-dir", str(run), "--resume", "max_steps=10"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["schedule_steps"] is None  # not the user's
+    assert main(["pretrain", "--run-dir", str(run), "--resume", "max_steps=10", "optim.extend=constant"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     lr = {r["step"]: r["lr"] for r in records if r["split"] == "train"}
     peak = 1e-3  # the tiny preset's lr

@@ -68,7 +68,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     from headless.train.logging import flops_per_token, peak_flops
     from headless.loss_kinds import LOSSES
     from headless.runtime import compute_dtype
-    from headless.train.optim import build_optimizer, lr_factor
+    from headless.train.optim import Schedule, build_optimizer
     from headless.train.step import DataInfo, make_inputs, train_step as trainer_step
 
     flavour, loss, impl = OBJECTIVES[objective]
@@ -82,7 +82,8 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
     graphs = model.compile_model(config.compile_mode, batch, seq) if compile else False
     optimizer = build_optimizer(model, config, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, Schedule.of(config.optim, config.optim.schedule_steps or config.max_steps))
     info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
     gen = torch.Generator().manual_seed(0)
     batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, step=i, first_row=0)

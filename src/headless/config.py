@@ -108,9 +108,39 @@ class OptimConfig:
     # Gradient-norm clipping threshold; null or 0 turns clipping off (the norm is still logged).
     grad_clip: Optional[float] = 1.0
     # Length of the LR schedule (warm-up included), apart from max_steps (the stop criterion).
-    # null = the max_steps of the first run, fixed (and saved in config.yaml) once that is known,
-    # so `--resume max_steps=N` continues at the schedule's end instead of stretching it.
+    # null (saved as null) = follows max_steps, or the time budget's plan; a resume continues the
+    # checkpoint's schedule.  Set it only to decouple the schedule from the stop criterion.
     schedule_steps: Optional[int] = None
+    # A resume whose max_steps goes past the end of the checkpoint's schedule: cosine = a new cosine
+    # tail from the checkpoint's step to max_steps (from the LR a max_steps-long schedule has there,
+    # or the current one if higher); constant = keep the schedule's final LR (refused when it is 0);
+    # refuse = stop with one line.  The choice is printed at the start.
+    extend: Literal["cosine", "constant", "refuse"] = "cosine"
+
+
+@dataclass
+class BudgetConfig:
+    """Equal-compute runs (`headless reproduce`) and learning-curve checkpoints, owned by the time
+    budget policy (headless.train.budget): the loop itself knows nothing of them.
+
+    With `time_s`, train for that many seconds of steady-state step time.  max_steps is planned at
+    the end of warm-up (the last step whose learning rate does not depend on it), from the median
+    of the last three windows of `calibration_steps` timed steps after `calibration_skip` untimed
+    ones (compilation), and planned again once, at `calibration_replan` of that plan, from every
+    step timed since: short windows were 5-30 % off the run's own step time.  The faster flavour
+    therefore takes more steps; max_steps is then a cap.  The plan is saved with each checkpoint.
+    """
+
+    time_s: Optional[float] = None  # seconds of training steps (null: max_steps decides)
+    calibration_skip: int = 10  # time budget: untimed first steps (compilation)
+    calibration_steps: int = 20  # time budget: steps per timed window
+    calibration_tolerance: float = 0.05  # time budget: windows (and the run) further apart than this are reported
+    # time budget: max_steps is planned again at this fraction of the first plan (earlier when a
+    # checkpoint fraction comes sooner), from all steps timed since the calibration; 0: never
+    calibration_replan: float = 0.2
+    # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
+    # of a learning curve.
+    checkpoint_fractions: list = field(default_factory=list)
 
 
 @dataclass
@@ -148,22 +178,7 @@ class TrainConfig:
     # warn when training accuracy has not risen 25 % above its early plateau this many steps after the
     # warm-up (the MLM plateau a headless twin can stay on; headless.train.plateau); 0: never
     plateau_patience: int = 4000
-    # Equal-compute runs (`headless reproduce`): train for this many seconds of steady-state step
-    # time.  max_steps is planned at the end of warm-up (the last step whose learning rate does
-    # not depend on it), from the median of the last three windows of `calibration_steps` timed
-    # steps after `calibration_skip` untimed ones (compilation), and planned again once, at
-    # `calibration_replan` of that plan, from every step timed since: short windows were 5-30 %
-    # off the run's own step time on the H200.  The faster flavour therefore takes more steps.
-    time_budget_s: Optional[float] = None
-    calibration_skip: int = 10  # time budget: untimed first steps (compilation)
-    calibration_steps: int = 20  # time budget: steps per timed window
-    calibration_tolerance: float = 0.05  # time budget: windows (and the run) further apart than this are reported
-    # time budget: max_steps is planned again at this fraction of the first plan (earlier when a
-    # checkpoint fraction comes sooner), from all steps timed since the calibration; 0: never
-    calibration_replan: float = 0.2
-    # Checkpoints kept at these fractions of max_steps (never pruned by keep_last): the points
-    # of a learning curve.
-    checkpoint_fractions: list = field(default_factory=list)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # time budget, curve checkpoints
     preset: Optional[str] = None  # informational: the preset this config started from
 
     # -- derived values: one place that decides them ------------------------------------------
@@ -202,7 +217,7 @@ class TrainConfig:
             (self.optim.grad_clip is None or (math.isfinite(self.optim.grad_clip) and self.optim.grad_clip >= 0),
              "optim.grad_clip must be > 0, or 0 / null for no clipping"),
             (self.optim.schedule_steps is None or self.optim.schedule_steps >= 1,
-             "optim.schedule_steps must be >= 1 (or null: the first run's max_steps)"),
+             "optim.schedule_steps must be >= 1 (or null: follows max_steps)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
             (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
@@ -224,18 +239,18 @@ class TrainConfig:
             (self.eval_every >= 1 and self.log_every >= 1 and self.save_every >= 1,
              "eval_every, log_every and save_every must be >= 1"),
             (self.keep_last >= 1, "keep_last must be >= 1"),
-            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0"),
-            (self.calibration_skip >= 1 and self.calibration_steps >= 1,
-             "calibration_skip and calibration_steps must be >= 1"),
-            (0 <= self.calibration_tolerance < 1, "calibration_tolerance must be in [0, 1)"),
-            (0 <= self.calibration_replan < 1, "calibration_replan must be in [0, 1)"),
-            (self.time_budget_s is None
-             or self.optim.warmup_steps >= self.calibration_skip + self.calibration_steps,
-             f"time_budget_s needs optim.warmup_steps >= calibration_skip + calibration_steps "
-             f"({self.calibration_skip + self.calibration_steps}): steps before max_steps is known must not "
-             "depend on it"),
-            (all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.checkpoint_fractions),
-             "checkpoint_fractions must be numbers in (0, 1]"),
+            (self.budget.time_s is None or self.budget.time_s > 0, "budget.time_s must be > 0"),
+            (self.budget.calibration_skip >= 1 and self.budget.calibration_steps >= 1,
+             "budget.calibration_skip and budget.calibration_steps must be >= 1"),
+            (0 <= self.budget.calibration_tolerance < 1, "budget.calibration_tolerance must be in [0, 1)"),
+            (0 <= self.budget.calibration_replan < 1, "budget.calibration_replan must be in [0, 1)"),
+            (self.budget.time_s is None
+             or self.optim.warmup_steps >= self.budget.calibration_skip + self.budget.calibration_steps,
+             f"budget.time_s needs optim.warmup_steps >= budget.calibration_skip + budget.calibration_steps "
+             f"({self.budget.calibration_skip + self.budget.calibration_steps}): steps before max_steps is known "
+             "must not depend on it"),
+            (all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.budget.checkpoint_fractions),
+             "budget.checkpoint_fractions must be numbers in (0, 1]"),
             (self.model.init_from is not None or self.data.seq_len <= self.model.max_position_embeddings,
              f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
              f"{self.model.max_position_embeddings}"),
@@ -328,12 +343,42 @@ _REMOVED = {
 }
 
 
+# Settings that moved.  Note: config.yaml files saved before the `budget:` sub-config held the
+# time budget's fields at the top level and `optim.schedule_steps` filled in with max_steps by the
+# trainer (not necessarily by the user); `upgrade_saved` maps such a file on load, so old run
+# directories still resume and export.  An old key in an override gets one line with the new name.
+_MOVED = {old: f"budget.{new}" for old, new in [
+    ("time_budget_s", "time_s"), ("calibration_skip", "calibration_skip"), ("calibration_steps", "calibration_steps"),
+    ("calibration_tolerance", "calibration_tolerance"), ("calibration_replan", "calibration_replan"),
+    ("checkpoint_fractions", "checkpoint_fractions")]}
+
+
+def upgrade_saved(data: dict) -> dict:
+    """A config file in the layout before `budget:` (see `_MOVED`), in today's: the budget keys
+    moved, and a schedule length equal to max_steps (the trainer wrote it) back to null."""
+    if not any(key in data for key in _MOVED):
+        return data
+    data = dict(data)
+    budget = dict(data.get("budget") or {})
+    for old, new in _MOVED.items():
+        if old in data:
+            budget[new.split(".", 1)[1]] = data.pop(old)
+    data["budget"] = budget
+    optim = data.get("optim")
+    if isinstance(optim, dict) and optim.get("schedule_steps") is not None \
+            and optim.get("schedule_steps") == data.get("max_steps"):
+        data["optim"] = dict(optim, schedule_steps=None)
+    return data
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if not isinstance(key, str):  # `1: 2` in a YAML file
             raise HeadlessError(f"invalid config: unknown key {prefix}{key!r}")
+        if not prefix and key in _MOVED and key not in names:
+            raise HeadlessError(f"invalid config: {key} is now {_MOVED[key]}")
     for key in [k for k in data if prefix + k in _REMOVED and k not in names]:
         default, reason = _REMOVED[prefix + key]
         if data[key] is not default:
@@ -511,14 +556,14 @@ def load_config(
                 raise HeadlessError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
         elif not path.is_file():
             raise HeadlessError(f"preset file not found: {path}")
-        data = read_yaml(path, TrainConfig)
+        data = upgrade_saved(read_yaml(path, TrainConfig))
         data.setdefault("preset", Path(preset).stem)
     user: dict = {}  # what the user wrote (file, overrides): never adapted, see headless.fit
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"config file not found: {path}")
-        user = read_yaml(path, TrainConfig)
+        user = upgrade_saved(read_yaml(path, TrainConfig))
         data = deep_merge(data, user)
     if overrides:
         update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
@@ -538,4 +583,4 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 
 def config_from_file(path: str | Path) -> TrainConfig:
-    return from_dict(TrainConfig, read_yaml(Path(path), TrainConfig)).validate()
+    return from_dict(TrainConfig, upgrade_saved(read_yaml(Path(path), TrainConfig))).validate()

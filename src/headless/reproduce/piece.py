@@ -58,10 +58,10 @@ def train_config(config: StudyConfig, flavour: str, dataset: Path, run_dir: Path
     own = config.headless_pretrain if flavour == "headless" else config.vanilla_pretrain
     overrides = list(config.pretrain) + list(own) + [
         f"data.path={dataset}", f"run_dir={run_dir}", f"seed={config.seed}", f"device={config.device}",
-        f"progress={str(config.progress).lower()}", f"checkpoint_fractions={json.dumps(config.fractions)}",
+        f"progress={str(config.progress).lower()}", f"budget.checkpoint_fractions={json.dumps(config.fractions)}",
         "save_every=100000000", "keep_last=1"]
     if config.compare == "time":
-        overrides += [f"time_budget_s={config.budget_s}", f"max_steps={_STEP_CAP}"]
+        overrides += [f"budget.time_s={config.budget_s}", f"max_steps={_STEP_CAP}"]
     else:
         overrides += [f"max_steps={config.steps}"]
     if config.seq_len:

@@ -18,7 +18,7 @@ from headless.errors import HeadlessError
 from headless.files import json_digest
 from headless.runtime import compile_plan, compute_dtype
 from headless.train import distributed as dist
-from headless.train.optim import build_optimizer, lr_factor
+from headless.train.optim import Schedule, build_optimizer
 from headless.train.step import DataInfo
 
 
@@ -130,7 +130,8 @@ class Run:
     model: torch.nn.Module         # the plain LanguageModel
     wrapped: torch.nn.Module       # DDP / FSDP2 / the model itself
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Any                 # LambdaLR over `schedule`
+    schedule: Schedule
     loader: Any                    # BatchIterator
     params: dict
     autocast_dtype: Optional[torch.dtype]
@@ -192,10 +193,10 @@ def warn_head_dominates(config: TrainConfig, model, data: Data, device: torch.de
               "flavour steps faster", flush=True)
 
 
-def build_run(config: TrainConfig, env, data: Data, model) -> Run:
+def build_run(config: TrainConfig, env, data: Data, model, schedule: Schedule) -> Run:
     """Wrap, optimize, schedule, load: `model` holds its (restored) weights already, since
-    DDP/FSDP2 broadcast rank 0's weights when wrapping.  The schedule reads `run.config` at every
-    step: a time budget fixes the schedule's length after calibration."""
+    DDP/FSDP2 broadcast rank 0's weights when wrapping.  `schedule` has an explicit length; a plan
+    (the time budget's) changes it through `run.schedule`, saved with the optimizer."""
     from headless.data.loader import BatchIterator
     from headless.models import count_parameters
 
@@ -208,8 +209,7 @@ def build_run(config: TrainConfig, env, data: Data, model) -> Run:
     wrapped = dist.wrap_model(model, strategy, env, mixed_precision=config.precision)
     model.loss_group = dist.loss_group(config.objective.negatives, env)
     optimizer = build_optimizer(model, config, device)  # after wrapping: FSDP2 swaps in sharded params
-    box: dict = {}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, box["run"].config if box else config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     cuda = device.type == "cuda"
     loader = BatchIterator(data.train, config.batch_size, seed=config.seed, rank=env.rank,
                            world_size=env.world_size, pin_memory=cuda, prefetch=2 if cuda else 0)
@@ -228,6 +228,5 @@ def build_run(config: TrainConfig, env, data: Data, model) -> Run:
     amp = None if strategy == "fsdp2" else compute_dtype(config.precision, device)  # FSDP2 casts itself
     trainable = [p for p in model.parameters() if p.requires_grad]  # fixed once wrapped (FSDP2 shards)
     tokens_per_step = config.batch_size * config.grad_accum * env.world_size * data.train.seq_len
-    box["run"] = Run(config, env, data, model, wrapped, optimizer, scheduler, loader, params, amp, graphs, trainable,
-                     tokens_per_step)
-    return box["run"]
+    return Run(config, env, data, model, wrapped, optimizer, scheduler, schedule, loader, params, amp, graphs,
+               trainable, tokens_per_step)

@@ -31,10 +31,17 @@ class Metrics:
         self.plateau = PlateauWatch(config.optim.warmup_steps, config.plateau_patience)
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
+        self.header()
 
     def write(self, message: str) -> None:
         if self.logger:
             self.logger.write(message)
+
+    def set_total(self, max_steps: int, message: str) -> None:
+        """A policy changed the run's length: the progress bar's total, and the reason in the log."""
+        if self.logger:
+            self.logger.set_total(max_steps)
+        self.write(message)
 
     def header(self) -> None:
         run, config, params = self.run, self.run.config, self.run.params
@@ -103,7 +110,7 @@ def _gpu_uuid(device: torch.device) -> str | None:
     return str(uuid) if uuid is not None else None
 
 
-def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep_steps) -> dict:
+def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep_steps, policies=()) -> dict:
     """The run's summary: returned by `pretrain` and written to summary.json / summary.md / curves.png."""
     from headless.train.logging import plot_curves, write_summary
 
@@ -120,12 +127,7 @@ def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep
         "final_val_loss": last_val.get("loss"), "final_val_accuracy": last_val.get("accuracy"),
         "tokens_per_s_last": last_train.get("tokens_per_s"), "mfu_last": last_train.get("mfu"),
         "peak_mem_gib": last_train.get("peak_mem_gib"), "nan_skips": state.counters["nan_skips"],
-        "time_budget_s": config.time_budget_s, "steady_s_per_step": state.counters.get("steady_s_per_step"),
-        "measured_s_per_step": state.counters.get("measured_s_per_step"),
-        "calibrated_at": state.counters.get("calibrated_at"),
-        "calibrated_s_per_step": state.counters.get("calibrated_s_per_step"),
-        "replanned_at": state.counters.get("replanned_at"),
-        "calibration_spread": state.counters.get("calibration_spread"),
+        **{k: v for policy in policies for k, v in policy.summary().items()},  # the time budget's plan
         "checkpoint_steps": sorted(keep_steps),
     }
     if env.is_main:

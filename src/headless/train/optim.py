@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from headless.config import TrainConfig
+from headless.errors import HeadlessError
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -73,19 +74,72 @@ def skip_if_nonfinite(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> No
         optimizer.step()
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
-    o = config.optim
-    if o.warmup_steps and step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    span = max((o.schedule_steps or config.max_steps) - o.warmup_steps, 1)  # past its end: the final LR
-    progress = min(max(step - o.warmup_steps, 0) / span, 1.0)
-    if o.schedule == "linear":
-        shape = 1.0 - progress
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+class Schedule:
+    """The learning-rate factor of each step, with an explicit length: linear warm-up to 1, then
+    `shape` (linear, cosine or constant) down to `min_ratio` at step `length`, the floor after it;
+    and, after `extend`, a cosine `tail` from step `tail[0]` (factor `tail[2]`) to `min_ratio` at
+    step `tail[1]`.  A callable object, so `LambdaLR.state_dict()` saves its fields with the
+    optimizer: a resume continues the checkpoint's schedule, whatever the config says since."""
+
+    def __init__(self, shape: str, warmup: int, length: int, min_ratio: float):
+        self.shape, self.warmup, self.length, self.min_ratio = shape, warmup, length, min_ratio
+        self.tail = None  # [from_step, to_step, start_factor]
+
+    @classmethod
+    def of(cls, optim, length: int) -> "Schedule":
+        return cls(optim.schedule, optim.warmup_steps, length, optim.min_lr_ratio)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.shape == "constant":
+            return 1.0
+        if self.tail is not None and step >= self.tail[0]:
+            first, end, start = self.tail
+            progress = min((step - first) / max(end - first, 1), 1.0)
+            return self.min_ratio + (start - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        progress = min(max(step - self.warmup, 0) / max(self.length - self.warmup, 1), 1.0)  # past its end: the floor
+        shape = 1.0 - progress if self.shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+    @property
+    def end(self) -> int:
+        """The step from which the factor no longer changes."""
+        return self.tail[1] if self.tail is not None else self.length
+
+    def set_length(self, length: int) -> None:
+        self.length, self.tail = length, None
+
+    def extend(self, step: int, max_steps: int, how: str, lr: float) -> str | None:
+        """A resume at `step` that trains to `max_steps`: nothing to do while the schedule reaches
+        that far (or does not decay, or is still in warm-up: then it just follows max_steps);
+        otherwise `how` (optim.extend) decides, and the line returned says what was chosen."""
+        if max_steps <= self.end or self.shape == "constant":
+            return None
+        if step <= self.warmup:  # nothing trained so far depended on the length
+            self.set_length(max_steps)
+            return None
+        head = f"max_steps={max_steps} goes past the end of the LR schedule (step {self.end})"
+        if how == "refuse":
+            raise HeadlessError(f"cannot resume: {head}; pass optim.extend=cosine (a new cosine tail), "
+                                f"optim.extend=constant (keep the final LR) or optim.schedule_steps={max_steps}")
+        if how == "constant":
+            if self.min_ratio == 0:
+                raise HeadlessError(f"cannot resume: {head} and optim.extend=constant would train at its final "
+                                    "LR, 0; pass optim.extend=cosine (a new cosine tail)")
+            return f"{head}: steps {self.end + 1}-{max_steps} keep its final LR {lr * self.min_ratio:.3g} " \
+                   "(optim.extend=constant)"
+        start = max(self(step), Schedule(self.shape, self.warmup, max_steps, self.min_ratio)(step))
+        self.tail = [step, max_steps, start]
+        return (f"{head}: a new cosine tail from LR {lr * start:.3g} at step {step} to "
+                f"{lr * self.min_ratio:.3g} at step {max_steps} (optim.extend=cosine; constant keeps the final "
+                "LR, refuse stops)")
+
+    def restart(self, scheduler) -> None:
+        """Apply a changed schedule to the next step's LR (a resume's extension)."""
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * self(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:

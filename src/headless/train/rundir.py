@@ -19,7 +19,6 @@ it (`undo_open`), so that a bad command leaves nothing behind, not even an empty
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import shutil
@@ -50,9 +49,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "curves.png", "summa
 # sub-keys).  batch_size / grad_accum may change for losses scored against the vocabulary if the
 # global batch stays the same; for in-batch losses (CWT, NCE) the negatives are the micro-batch's
 # targets, so the micro-batch is part of the objective (see `accept_resume`).  optim.schedule_steps
-# is an explicit change of the LR schedule from the checkpoint on.
+# is an explicit change of the LR schedule from the checkpoint on; optim.extend says how a larger
+# max_steps continues it (headless.train.optim.Schedule.extend).
 RESUMABLE = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress", "tensorboard",
-             "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "run_dir",
+             "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "optim.extend", "run_dir",
              "plateau_patience"}
 
 
@@ -259,18 +259,11 @@ def negative_pool(config: TrainConfig, world_size: int) -> Optional[int]:
 def accept_resume(config: TrainConfig, old: TrainConfig, state: dict[str, Any], world_size: int,
                   data_fingerprint: str) -> TrainConfig:
     """Refuse a resume that would not continue the checkpoint's trajectory; returns the config to
-    run (with what the first run fixed: schedule length, a resolved time budget)."""
-    if config.optim.schedule_steps is None:  # the first run's length (runs older than the setting: max_steps)
-        length = old.optim.schedule_steps or (old.max_steps if old.time_budget_s is None else None)
-        old = dataclasses.replace(old, optim=dataclasses.replace(old.optim, schedule_steps=length))
-        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, schedule_steps=length))
+    run.  The schedule and a time budget's plan come from the checkpoint (train/start.py)."""
     changed = [k for k in differences(old.to_dict(), config.to_dict()) if not _resumable(k)]
     if changed:
         raise HeadlessError(f"cannot resume with a different config: {', '.join(changed[:5])} changed")
     step = int(state["step"])
-    counters = state.get("counters", {})
-    if config.time_budget_s is not None and "resolved_max_steps" in counters and config.max_steps == old.max_steps:
-        config = dataclasses.replace(config, max_steps=int(counters["resolved_max_steps"]))
     if config.max_steps < step:
         raise HeadlessError(f"cannot resume: max_steps={config.max_steps} is below the checkpoint's step {step}; "
                             "pass a larger max_steps")

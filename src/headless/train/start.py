@@ -10,16 +10,19 @@ from typing import Any, Optional
 
 import torch
 
-from headless.config import TrainConfig
+from headless.config import TrainConfig, deep_merge, from_dict, parse_overrides
 from headless.data.prepare import verify_shards
 from headless.errors import HeadlessError
 from headless.files import copytree_atomic, describe_os_error, is_write_failure, json_digest, tree_digest
 from headless.train import distributed as dist
+from headless.train.budget import TimeBudget
 from headless.train.build import Run, build_model, build_run, load_data
 from headless.train.checkpoint import Checkpointer, ModelState, OptimizerState, RngState
+from headless.train.optim import Schedule
 from headless.train.rundir import (
     RESUMABLE,
     accept_resume,
+    check_resume_overrides,
     default_run_dir,
     mark_checkpointed,
     negative_pool,
@@ -28,6 +31,16 @@ from headless.train.rundir import (
     undo_open,
     write_config,
 )
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """The saved config.yaml with `--resume key=value` overrides; only settings that keep the
+    trajectory may change (max_steps, logging / evaluation / saving intervals, device; see
+    rundir.RESUMABLE)."""
+    update = parse_overrides(list(overrides or []))
+    check_resume_overrides(update)
+    merged = dict(deep_merge(saved_config(Path(run_dir)).to_dict(), update), run_dir=str(run_dir))
+    return from_dict(TrainConfig, merged).validate()
 
 
 def config_fingerprint(config: TrainConfig) -> str:
@@ -44,8 +57,8 @@ def config_fingerprint(config: TrainConfig) -> str:
 
 @dataclasses.dataclass
 class TrainState:
-    """The loop's own state, saved in state.json: step, counters (tokens, elapsed, nan_skips,
-    the time budget's calibration) and what a resume must find unchanged."""
+    """The loop's own state, saved in state.json: step, counters (tokens, elapsed, nan_skips) and
+    what a resume must find unchanged."""
 
     step: int = 0
     counters: dict = dataclasses.field(default_factory=lambda: {"tokens": 0, "nan_skips": 0, "elapsed": 0.0})
@@ -84,6 +97,7 @@ class Started:
     state: TrainState
     checkpointer: Checkpointer
     lock: Any
+    policies: list = dataclasses.field(default_factory=list)  # headless.train.policy.Policy objects
     done: Optional[dict] = None  # a resume of a finished run: its summary, nothing to do
     checkpointed: bool = False   # the run marker says so (set after the first save)
 
@@ -131,13 +145,12 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
     config, data = load_data(config, env)
     checkpointer = Checkpointer(run_dir, is_main=env.is_main, keep_last=config.keep_last, barrier=dist.barrier)
     state = TrainState()
-    ckpt = None
+    ckpt, old, ckpt_state = None, config, {"step": 0}
     if resume:
         old = saved_config(run_dir)
         ckpt = checkpointer.read(warn=lambda m: _say(env, m))
         if ckpt is None:
             _say(env, f"{run_dir}: no checkpoint yet (the run stopped before its first one); starting from step 0")
-            ckpt_state = {"step": 0}
         else:
             ckpt_state = ckpt["state"]
         config = accept_resume(config, old, ckpt_state, env.world_size, resume_fingerprint(data, ckpt_state))
@@ -145,15 +158,22 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
         source = Path(data.path) / "tokenizer"
         _on_main(env, lambda: check_tokenizer_copy(run_dir, ckpt_state.get("tokenizer_digest")
                                                    or tree_digest(source), source))
-        if ckpt is not None and int(ckpt_state["step"]) == config.max_steps:
-            summary_file = run_dir / "summary.json"
-            done = json.loads(summary_file.read_text()) if summary_file.is_file() else {"run_dir": str(run_dir)}
-            done.setdefault("steps", config.max_steps)
-            _say(env, f"{run_dir} already reached max_steps={config.max_steps}; nothing to do "
-                      "(pass a larger max_steps to continue)")
-            return Started(None, state, checkpointer, lock, done=done)
-    if config.optim.schedule_steps is None and config.time_budget_s is None:  # fixed by the first run
-        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, schedule_steps=config.max_steps))
+    step = int(ckpt_state["step"])
+    policies = [TimeBudget(config, env.device, step, env.world_size, dist.all_reduce)]
+    for policy in policies:  # checkpoints older than policy parts kept the budget in "counters"
+        policy.load_state_dict(ckpt_state.get(policy.name, ckpt_state.get("counters", {})))
+    max_steps = config.max_steps  # a new max_steps given to a resume wins over a policy's plan
+    if ckpt is None or config.max_steps == old.max_steps:
+        for policy in policies:
+            max_steps = policy.max_steps(max_steps)
+    if ckpt is not None and step == max_steps:
+        summary_file = run_dir / "summary.json"
+        done = json.loads(summary_file.read_text()) if summary_file.is_file() else {"run_dir": str(run_dir)}
+        done.setdefault("steps", max_steps)
+        _say(env, f"{run_dir} already reached max_steps={max_steps}; nothing to do "
+                  "(pass a larger max_steps to continue)")
+        return Started(None, state, checkpointer, lock, done=done)
+    schedule = _schedule(config, old, ckpt, step, max_steps, ckpt is not None, lambda m: _say(env, m))
     model = build_model(config, data)
     checkpointer.register("model", ModelState(model))
     if ckpt is not None:  # into the plain model: DDP/FSDP2 broadcast rank 0's weights when wrapping
@@ -169,16 +189,41 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
 
     _on_main(env, accepted)
     dist.barrier()
-    run = build_run(config, env, data, model)
+    decided = dict(vars(schedule))
+    run = build_run(dataclasses.replace(config, max_steps=max_steps), env, data, model, schedule)
     checkpointer.register("optimizer", OptimizerState(run.wrapped, run.optimizer, run.scheduler))
     checkpointer.register("loader", run.loader)
     checkpointer.register("train", state)
+    for policy in policies:  # loaded above (older checkpoints kept their state elsewhere)
+        checkpointer.register(policy.name, policy, restored=True)
     checkpointer.register("rng", RngState())  # last: saved and restored after everything else
     if ckpt is not None:
         checkpointer.restore(ckpt)
         if env.rank:
             torch.manual_seed(config.seed + env.rank + state.step)
-    return Started(run, state, checkpointer, lock)
+        vars(schedule).update(decided)  # the checkpoint's schedule as `_schedule` extended it
+        schedule.restart(run.scheduler)
+    run.wrapped.train()
+    return Started(run, state, checkpointer, lock, policies)
+
+
+def _schedule(config: TrainConfig, old: TrainConfig, ckpt, step: int, max_steps: int, resumed: bool,
+              say) -> Schedule:
+    """The LR schedule of this start: the checkpoint's (with an extension tail when max_steps goes
+    past its end, see `Schedule.extend`), a length the user set, or max_steps; a refusal comes
+    here, before anything is written."""
+    length = config.optim.schedule_steps
+    schedule = Schedule.of(config.optim, length or (old.max_steps if resumed else max_steps))
+    saved = ckpt["optimizer"]["scheduler"]["lr_lambdas"][0] if resumed else None
+    if saved:  # checkpoints older than `Schedule` saved none: the old run's max_steps was its length
+        vars(schedule).update(saved)
+    if not resumed:
+        return schedule
+    if length is not None and length != schedule.length:  # a stated new length, from the checkpoint on
+        schedule.set_length(length)
+    elif length is None and (message := schedule.extend(step, max_steps, config.optim.extend, config.optim.lr)):
+        say(f"step {step}: {message}")
+    return schedule
 
 
 def save(started: Started, keep_steps=frozenset()) -> None:
