@@ -20,10 +20,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from headless.architectures import ARCHITECTURES, by_model_type, is_causal
 from headless.config import ModelConfig, ObjectiveConfig
 from headless.errors import HeadlessError
 # the bounds under which `auto` is captured: with the loss table, where their measurements are cited
-from headless.loss_kinds import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS  # noqa: F401
+from headless.loss_kinds import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS, loss_kind as lookup_loss  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------
@@ -37,8 +38,6 @@ def round_up(value: int, multiple: int) -> int:
 def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[int] = None,
                     eos_token_id: Optional[int] = None):
     """An HF config of the requested architecture and shape (its builder in `headless.architectures`)."""
-    from headless.architectures import ARCHITECTURES
-
     arch = ARCHITECTURES[cfg.architecture]
     inter = cfg.intermediate_size or 4 * cfg.hidden_size
     common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, **cfg.extra)
@@ -50,8 +49,6 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[in
 
 def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_from: Optional[str]):
     import transformers as tf
-
-    from headless.architectures import by_model_type
 
     if head:
         auto = tf.AutoModelForMaskedLM if is_encoder else tf.AutoModelForCausalLM
@@ -69,9 +66,8 @@ def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_fro
             raise HeadlessError(f"cannot load model from {init_from}: {str(err).splitlines()[0]}") from None
     try:
         entry = by_model_type(getattr(hf_config, "model_type", ""))
-        if not head and entry is not None and entry.base_model_kwargs:  # e.g. BERT without its pooler
-            return auto.from_config(hf_config, **dict(entry.base_model_kwargs), **kwargs)
-        return auto.from_config(hf_config, **kwargs)
+        base_kwargs = dict(entry.base_model_kwargs) if entry is not None and not head else {}  # BERT: no pooler
+        return auto.from_config(hf_config, **base_kwargs, **kwargs)
     except (ValueError, ImportError):
         if attn:  # an architecture without SDPA support: fall back to eager attention
             return _instantiate(hf_config, head=head, is_encoder=is_encoder, attn="", init_from=None)
@@ -90,8 +86,6 @@ class HeadParts:
 
 def head_parts(model: nn.Module) -> HeadParts:
     """Split an HF *ForMaskedLM / *ForCausalLM head into its hidden transform and the V×D projection."""
-    from headless.architectures import by_model_type
-
     projection = model.get_output_embeddings()
     if projection is None:
         raise HeadlessError(f"{type(model).__name__} has no output embeddings (vocabulary head)")
@@ -141,18 +135,16 @@ class LanguageModel(nn.Module):
     """
 
     def __init__(self, hf_model: nn.Module, loss_kind: str, objective: ObjectiveConfig):
-        from headless.loss_kinds import loss_kind as lookup
-
         super().__init__()
         self.hf = hf_model
         self.loss_kind = loss_kind
-        self.kind = lookup(loss_kind)
+        self.kind = lookup_loss(loss_kind)
         self.objective = objective
         self.loss_group = None  # a torch.distributed group for `negatives: global`, set by the trainer
         # top-1 accuracy costs an extra pass with the fused GPU kernels: the trainer asks for it
         # only on the steps it logs
         self.with_accuracy = True
-        self.causal = _is_decoder(hf_model)  # CLM: nearly every position is scored
+        self.causal = is_causal(hf_model.config)  # a decoder, CLM: nearly every position is scored
         self.compiled_region = None  # "model" or "backbone" once compile_model ran
         # resolved once: the loss must not import anything inside a compiled graph
         self.loss_function = self.kind.loss_function()
@@ -375,19 +367,10 @@ def backbone_only(model: LanguageModel, input_ids: torch.Tensor, labels: torch.T
                       num_unique=device_scalar(0, hidden.device))
 
 
-def _is_decoder(hf_model: nn.Module) -> bool:
-    """A causal language model (GPT-NeoX, Llama, GPT-2, ...), as opposed to an MLM encoder."""
-    from headless.architectures import is_causal
-
-    return is_causal(hf_model.config)
-
-
 def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vocab_size: int,
                 pad_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> LanguageModel:
     """The model of a run: headless (base model) unless the loss needs a vocabulary head."""
-    from headless.loss_kinds import loss_kind as lookup
-
-    needs_head = lookup(loss_kind).needs_head
+    needs_head = lookup_loss(loss_kind).needs_head
     model_vocab = cfg.vocab_size or round_up(vocab_size, cfg.pad_vocab_multiple)
     if cfg.init_from:
         hf = _instantiate(None, head=needs_head, is_encoder=cfg.is_encoder, attn=cfg.attn_implementation,
