@@ -10,7 +10,7 @@ in the base layer (the config reads it), below the losses and models that the fu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 from typing import Callable, Optional
 
@@ -125,8 +125,6 @@ HF_OWN_HEAD = Implementation("hf", "the HF model's own forward(labels=): logits 
 
 def _named(impls: tuple, **cases: str) -> tuple:
     """`impls` with the given bench names (names that results and scripts already use)."""
-    from dataclasses import replace
-
     return tuple(replace(i, case=cases[i.name]) if i.name in cases else i for i in impls)
 
 
@@ -144,8 +142,7 @@ LOSSES: dict[str, LossKind] = {k.name: k for k in (
              description="the sum of both (paper Tab. 6); FLOPs are dominated by the head; the implementation "
                          "is the head's (CWT takes auto)",
              function="headless.models:ce_plus_cwt_of",
-             implementations=tuple(Implementation(i.name, i.description, needs_cuda=i.needs_cuda,
-                                                  external=i.external) for i in HEAD)),
+             implementations=tuple(replace(i, capturable=False) for i in HEAD)),  # CWT's auto is not
     LossKind("nce", needs_head=False, scores="in-batch", metrics=("unique_targets",),
              description="contrastive against a separate, untied target embedding (paper Tab. 6)",
              function="headless.models:nce_of", implementations=CONTRASTIVE,
