@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headless"
 
 # in import order: each layer may import itself and those above it in this list
 LAYERS = [
-    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "loss_kinds", "fit", "config"]),
+    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "loss_kinds", "architectures", "fit", "config"]),
     ("data", ["data"]),
     ("objective/loss", ["objectives", "losses"]),
     ("model", ["attention", "models"]),

@@ -14,23 +14,35 @@ SMALL = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "mod
 
 
 def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
+    """The cases are the loss table's (every loss x implementation): each runs a real training step
+    here or says why not (a CUDA kernel, an optional package)."""
+    from headless.loss_kinds import LOSSES
+
+    cases = {(loss, impl.name) for loss, kind in LOSSES.items() for impl in kind.implementations}
+    assert {(loss, impl) for _, loss, impl in OBJECTIVES.values()} == cases
     rows = bench("tiny-gpt", objectives=list(OBJECTIVES), vocab_sizes=[512], batch_sizes=[2], seq_len=32, steps=1,
                  warmup=1, overrides=SMALL, output=str(tmp_path), progress=False)
     by = {r["objective"]: r for r in rows}
     assert set(by) == set(OBJECTIVES)
-    assert "CUDA" in by.pop("ce-triton")["skipped"] and "CUDA" in by.pop("cwt-triton")["skipped"]  # no GPU here
-    for name in ("cwt-liger", "cwt-cce", "ce-liger", "ce-cce"):  # optional packages, CUDA only
-        reason = by.pop(name)["skipped"]
-        assert "liger_kernel" in reason or "cut_cross_entropy" in reason
+    for name, (_, loss, impl) in OBJECTIVES.items():
+        entry = LOSSES[loss].implementation(impl)
+        if entry.needs_cuda:
+            assert "CUDA" in by.pop(name)["skipped"]  # no GPU here
+        elif entry.external and "skipped" in by[name]:  # optional packages, CUDA only; torch >= 2.13
+            reason = by.pop(name)["skipped"]
+            assert "liger_kernel" in reason or "cut_cross_entropy" in reason or "2.13" in reason
+    assert {"cwt-liger", "ce-cce", "nce-liger", "ce+cwt-cce"}.isdisjoint(by)
     if not hasattr(torch.nn.functional, "linear_cross_entropy"):
-        assert "2.13" in by.pop("cwt-torch")["skipped"] and "2.13" in by.pop("ce-torch")["skipped"]
+        assert "cwt-torch" not in by and "ce-torch" not in by
     assert all(r["tokens_per_s"] > 0 and r["targets"] == 2 * 31 for r in by.values())
     # the same objective computed by different paths gives the same loss on the same model and data,
     # including HF's own forward(labels=) with logits at every position (ce-hf-full)
-    pairs = [("cwt", "cwt-paper"), ("cwt", "cwt-chunked"), ("ce", "ce-hf"), ("ce", "ce-chunked"), ("ce", "ce-hf-full")]
+    pairs = [("cwt", "cwt-paper"), ("cwt", "cwt-chunked"), ("cwt", "cwt-dedup"), ("ce", "ce-hf"),
+             ("ce", "ce-chunked"), ("ce", "ce-hf-full"), ("nce", "nce-reference"), ("nce", "nce-chunked"),
+             ("ce+cwt", "ce+cwt-reference"), ("ce+cwt", "ce+cwt-chunked")]
     pairs += [(a, b) for a, b in [("cwt", "cwt-torch"), ("ce", "ce-torch")] if b in by]
     for a, b in pairs:
-        assert by[a]["loss"] == pytest.approx(by[b]["loss"], rel=1e-4)
+        assert by[a]["loss"] == pytest.approx(by[b]["loss"], rel=1e-4), (a, b)
     assert by["cwt"]["unique_targets"] <= 62
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["device"] == "cpu" and len(data["rows"]) == len(OBJECTIVES)

@@ -20,36 +20,36 @@ import torch
 from headless.config import load_config
 from headless.errors import HeadlessError
 
-# name -> (flavour, loss, loss implementation)
-OBJECTIVES = {
-    "backbone": ("headless", "cwt", "none"),         # the backbone alone (mean of hidden states): the floor
-    "cwt": ("headless", "cwt", "auto"),              # the trainer's default: see cwt_loss / LanguageModel.captures_by_default
-    "cwt-triton": ("headless", "cwt", "triton"),     # ours, de-duplicated, the Triton kernel (eager, outside the graph)
-    "cwt-chunked": ("headless", "cwt", "chunked"),   # ours, pure PyTorch online log-sum-exp
-    "cwt-paper": ("headless", "cwt", "reference"),   # the paper's K x K score matrix
-    "cwt-liger": ("headless", "cwt", "liger"),       # de-duplicated CWT through Liger's fused linear CE
-    "cwt-cce": ("headless", "cwt", "cce"),           # de-duplicated CWT through Cut Cross-Entropy (exact)
-    "cwt-torch": ("headless", "cwt", "torch"),       # de-duplicated CWT through F.linear_cross_entropy
-    "ce": ("vanilla", "ce", "auto"),                 # vocabulary head, the trainer's default path (as for cwt)
-    "ce-hf": ("vanilla", "ce", "reference"),         # vocabulary head at the loss positions, logits + cross_entropy
-    "ce-hf-full": ("vanilla", "ce", "hf"),           # the HF model's own forward(labels=): logits at every position
-    "ce-triton": ("vanilla", "ce", "triton"),        # vocabulary head, our fused linear-CE kernel
-    "ce-chunked": ("vanilla", "ce", "chunked"),      # vocabulary head, PyTorch online log-sum-exp
-    "ce-liger": ("vanilla", "ce", "liger"),          # vocabulary head, Liger's fused linear CE
-    "ce-cce": ("vanilla", "ce", "cce"),              # vocabulary head, Cut Cross-Entropy (exact mode)
-    "ce-torch": ("vanilla", "ce", "torch"),          # vocabulary head, F.linear_cross_entropy (torch >= 2.13)
-}
+def _cases() -> dict:
+    """name -> (flavour, loss, loss implementation): every implementation of every loss in the table
+    (`headless.loss_kinds.LOSSES`); the default "auto" is named after the loss, "none" (no loss at
+    all) is the backbone's floor."""
+    from headless.loss_kinds import LOSSES
+
+    cases = {}
+    for kind in LOSSES.values():
+        flavour = "vanilla" if kind.needs_head else "headless"
+        for impl in kind.implementations:
+            name = impl.case or (kind.name if impl.name == "auto" else f"{kind.name}-{impl.name}")
+            cases[name] = (flavour, kind.name, impl.name)
+    return cases
+
+
+OBJECTIVES = _cases()
 
 
 def skip_reason(objective: str, device: torch.device) -> Optional[str]:
     """Why an objective cannot run here (a kernel needing CUDA, an optional package), or None."""
-    impl = OBJECTIVES[objective][2]
-    if impl == "triton" and device.type != "cuda":
+    from headless.loss_kinds import LOSSES
+
+    _, loss, name = OBJECTIVES[objective]
+    impl = LOSSES[loss].implementation(name)
+    if impl.needs_cuda and device.type != "cuda":
         return "the Triton kernel needs a CUDA device"
-    if impl in ("liger", "cce", "torch"):
+    if impl.external:
         from headless.losses.external import unavailable_reason
 
-        return unavailable_reason(impl, device)
+        return unavailable_reason(name, device)
     return None
 
 

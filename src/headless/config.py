@@ -18,13 +18,13 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from headless.architectures import ARCHITECTURES
 from headless.errors import HeadlessError
 from headless.loss_kinds import LOSSES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-Architecture = Literal["bert", "roberta", "xlm-roberta", "modernbert", "distilbert", "gpt-neox", "llama", "gpt2"]
-ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "modernbert", "distilbert")
+Architecture = Literal[tuple(ARCHITECTURES)]  # the table in headless.architectures
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ModelConfig:
 
     @property
     def is_encoder(self) -> bool:
-        return self.architecture in ENCODER_ARCHITECTURES
+        return ARCHITECTURES[self.architecture].encoder
 
 
 @dataclass
@@ -71,7 +71,7 @@ class ObjectiveConfig:
     temperature: float = 1.0  # CWT: the logits O @ E[targets]^T are divided by this
     negatives: Literal["rank", "global"] = "rank"  # CWT negatives: this process's batch, or every process's
     max_negatives: Optional[int] = None  # CWT: cap on the unique target ids scored against (none: all of the batch)
-    loss_implementation: str = "auto"  # auto, reference, dedup, chunked, triton, hf, liger, cce, ... (docs/losses.md)
+    loss_implementation: str = "auto"  # auto, reference, chunked, triton, ...: each loss's own set (loss_kinds.LOSSES)
     respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
 
 
@@ -261,6 +261,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise HeadlessError(f"invalid config: {message}")
+        try:  # each loss has its own implementations (headless.loss_kinds)
+            self.loss.implementation(self.objective.loss_implementation)
+        except HeadlessError as err:
+            raise HeadlessError(f"invalid config: {err}") from None
         if self.objective_kind == "mlm" and not self.model.is_encoder:
             raise HeadlessError(f"invalid config: MLM needs an encoder, got model.architecture={self.model.architecture}")
         if self.objective_kind == "clm" and self.model.is_encoder:

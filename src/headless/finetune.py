@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from headless.architectures import by_model_type
 from headless.errors import HeadlessError, load_error
-
-_ARCHITECTURES = {"gpt_neox": "gpt-neox", "llama": "llama", "gpt2": "gpt2"}
 
 
 def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
@@ -93,9 +92,10 @@ def finetune_head(
         raise HeadlessError(f"the dataset {data} was prepared with another tokenizer than the model's; "
                             "prepare it with the model's tokenizer")
     hf_config = AutoConfig.from_pretrained(str(init), trust_remote_code=False)
-    arch = _ARCHITECTURES.get(hf_config.model_type)
-    if arch is None:
+    entry = by_model_type(hf_config.model_type)
+    if entry is None or not entry.causal:
         raise HeadlessError(f"finetune-head needs a decoder; got model_type {hf_config.model_type!r}")
+    arch = entry.name
     steps = max(1, math.ceil(tokens / (batch_size * dataset.seq_len)))
     config = load_config(overrides={
         "flavour": "vanilla", "seed": seed, "device": device, "run_dir": str(run_dir), "progress": progress,

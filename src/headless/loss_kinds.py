@@ -1,14 +1,47 @@
-"""The one table of training losses: what each needs, what it scores, what it reports.
+"""The one table of training losses: what each needs, what it scores, how it is computed.
 
-(The table only: the implementations are in `headless.losses`, called by `models.LanguageModel`.)
+Config validation, model building, the loss itself, the trainer's metrics and FLOPs estimate,
+resume rules and the bench read these entries instead of repeating string sets such as
+`("ce", "ce+cwt")`.  Adding a loss is one entry here plus the function it names (docs/contributing.md).
 
-Config validation, model building, the trainer's metrics and FLOPs estimate, resume rules and the
-bench read these entries instead of repeating string sets such as `("ce", "ce+cwt")`.
+The functions are named as "module:function" and imported when a model is built: this table sits
+in the base layer (the config reads it), below the losses and models that the functions use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from importlib import import_module
+from typing import Callable, Optional
+
+# The largest micro-batches that `auto` scores inside the compiled graph, each the largest measured
+# to win there (docs/performance.md).  CWT's K x K pairs grow as K²: K = 16,384 rows (Pythia-70M and
+# -160M at 8 x 2048; at 64 x 2048 they would need 64 GiB).  The vanilla head's dense logits grow as
+# K x V: Pythia-70M at 64 x 2048 with V = 50,304 (captured 1.20 M tokens/s against 0.97 M eager).
+CAPTURE_MAX_ROWS = 16_384
+CAPTURE_MAX_LOGITS = 131_072 * 50_304
+
+
+def _resolve(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One way to compute a loss kind (`objective.loss_implementation`)."""
+
+    name: str
+    description: str
+    # plain tensor ops with static shapes and no host read: with static loss positions, backbone and
+    # loss compile as ONE graph (and CUDA graphs capture the whole step)
+    capturable: bool = False
+    needs_cuda: bool = False  # a Triton kernel of ours
+    external: bool = False  # an optional package's kernel (headless.losses.external says whether it loads)
+    # "module:function" that replaces the model's forward (model, input_ids, labels, attention_mask)
+    # -> LossOutput, for paths that do not score the backbone's hidden states (HF's own head, none)
+    forward: Optional[str] = None
+    case: Optional[str] = None  # its `headless bench` objective name (default: LOSS-IMPLEMENTATION)
 
 
 @dataclass(frozen=True)
@@ -19,22 +52,101 @@ class LossKind:
                             # unique target ids of the micro-batch (its FLOPs and value depend on them)
     metrics: tuple          # extra per-step metrics it reports, beyond loss/accuracy
     description: str
+    # "module:function" (model, outputs, targets) -> LossOutput summed over the scored positions;
+    # outputs/targets are the gathered rows with static shapes, else hidden [B, L, D] and labels
+    function: str
+    implementations: tuple  # of Implementation; the first is "auto"
+    # extra trainable V x D matrices the model creates for it (attribute names of nn.Embedding)
+    extra_parameters: tuple = ()
+    # under compile, `auto` becomes "reference" (one graph) while this holds for (scored rows per
+    # micro-batch, vocabulary rows); None: `auto` stays eager
+    captures_up_to: Optional[Callable[[int, int], bool]] = field(default=None, compare=False)
 
     @property
     def in_batch(self) -> bool:
         """The negatives come from the micro-batch: changing batch_size changes the objective."""
         return self.scores == "in-batch" or "unique_targets" in self.metrics
 
+    @property
+    def implementation_names(self) -> tuple:
+        return tuple(i.name for i in self.implementations)
+
+    def implementation(self, name: str) -> Implementation:
+        from headless.errors import HeadlessError
+
+        for impl in self.implementations:
+            if impl.name == name:
+                return impl
+        raise HeadlessError(f"objective.loss_implementation={name!r} is not an implementation of the {self.name} "
+                            f"loss; choose one of {', '.join(self.implementation_names)}")
+
+    def loss_function(self) -> Callable:
+        return _resolve(self.function)
+
+    def forward_function(self, implementation: str) -> Optional[Callable]:
+        target = self.implementation(implementation).forward
+        return _resolve(target) if target else None
+
+
+def _rows_fit(rows: int, vocab: int) -> bool:
+    return rows <= CAPTURE_MAX_ROWS
+
+
+def _logits_fit(rows: int, vocab: int) -> bool:
+    return rows * vocab <= CAPTURE_MAX_LOGITS
+
+
+# the contrastive paths of `headless.losses.cwt_loss` (its docstring and docs/losses.md)
+CONTRASTIVE = (
+    Implementation("auto", "the fastest exact path for the device (cwt_loss)"),
+    Implementation("reference", "the paper's K x K score matrix, no de-duplication", capturable=True),
+    Implementation("dedup", "de-duplicated targets, dense K x U scores"),
+    Implementation("chunked", "de-duplicated, PyTorch online log-sum-exp"),
+    Implementation("triton", "de-duplicated, our fused Triton kernel", needs_cuda=True),
+    Implementation("liger", "de-duplicated, through Liger's fused linear cross-entropy", external=True),
+    Implementation("cce", "de-duplicated, through Cut Cross-Entropy (exact)", external=True),
+    Implementation("torch", "de-duplicated, through F.linear_cross_entropy (torch >= 2.13)", external=True),
+)
+# the vocabulary-head paths of `headless.losses.vanilla_ce_loss`
+HEAD = (
+    Implementation("auto", "the fastest exact path for the device (vanilla_ce_loss)"),
+    Implementation("reference", "logits at the loss positions + F.cross_entropy", capturable=True),
+    Implementation("chunked", "PyTorch online log-sum-exp, never K x V", capturable=True),
+    Implementation("triton", "our fused linear cross-entropy kernel", needs_cuda=True),
+    Implementation("liger", "Liger's fused linear cross-entropy", external=True),
+    Implementation("cce", "Cut Cross-Entropy (exact)", external=True),
+    Implementation("torch", "F.linear_cross_entropy (torch >= 2.13)", external=True),
+)
+BACKBONE_ONLY = Implementation("none", "no loss: the mean of the hidden states, the backbone's cost alone "
+                               "(the bench's floor)", forward="headless.models:backbone_only", case="backbone")
+HF_OWN_HEAD = Implementation("hf", "the HF model's own forward(labels=): logits at every position, as users "
+                             "run the baseline", forward="headless.models:hf_own_loss", case="ce-hf-full")
+
+
+def _named(impls: tuple, **cases: str) -> tuple:
+    """`impls` with the given bench names (names that results and scripts already use)."""
+    return tuple(replace(i, case=cases[i.name]) if i.name in cases else i for i in impls)
+
 
 LOSSES: dict[str, LossKind] = {k.name: k for k in (
     LossKind("cwt", needs_head=False, scores="in-batch", metrics=("unique_targets",),
-             description="Contrastive Weight Tying: outputs against the input embeddings of the batch's targets"),
+             description="Contrastive Weight Tying: outputs against the input embeddings of the batch's targets",
+             function="headless.models:cwt_of", implementations=(*_named(CONTRASTIVE, reference="cwt-paper"),
+                                                                 BACKBONE_ONLY),
+             captures_up_to=_rows_fit),
     LossKind("ce", needs_head=True, scores="vocabulary", metrics=(),
-             description="cross-entropy over the whole vocabulary through the LM head"),
+             description="cross-entropy over the whole vocabulary through the LM head",
+             function="headless.models:ce_of", implementations=(*_named(HEAD, reference="ce-hf"), HF_OWN_HEAD),
+             captures_up_to=_logits_fit),
     LossKind("ce+cwt", needs_head=True, scores="vocabulary", metrics=("unique_targets",),
-             description="the sum of both (paper Tab. 6); FLOPs are dominated by the head"),
+             description="the sum of both (paper Tab. 6); FLOPs are dominated by the head; the implementation "
+                         "is the head's (CWT takes auto)",
+             function="headless.models:ce_plus_cwt_of",
+             implementations=tuple(replace(i, capturable=False) for i in HEAD)),  # CWT's auto is not
     LossKind("nce", needs_head=False, scores="in-batch", metrics=("unique_targets",),
-             description="contrastive against a separate, untied target embedding (paper Tab. 6)"),
+             description="contrastive against a separate, untied target embedding (paper Tab. 6)",
+             function="headless.models:nce_of", implementations=CONTRASTIVE,
+             extra_parameters=("target_embedding",)),
 )}
 
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from headless.architectures import ARCHITECTURES, by_model_type, is_causal
 from headless.config import ModelConfig, ObjectiveConfig
 from headless.errors import HeadlessError, load_error
+# the bounds under which `auto` is captured: with the loss table, where their measurements are cited
+from headless.loss_kinds import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS, loss_kind as lookup_loss  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------
@@ -36,60 +38,14 @@ def round_up(value: int, multiple: int) -> int:
 
 def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[int] = None,
                     eos_token_id: Optional[int] = None):
-    """An HF config of the requested architecture and shape."""
-    import transformers as tf
-
+    """An HF config of the requested architecture and shape (its builder in `headless.architectures`)."""
+    arch = ARCHITECTURES[cfg.architecture]
     inter = cfg.intermediate_size or 4 * cfg.hidden_size
     common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, **cfg.extra)
-    if not cfg.is_encoder:  # generation needs them; HF's defaults point outside small vocabularies
+    if arch.causal:  # generation needs them; HF's defaults point outside small vocabularies
         common.setdefault("bos_token_id", eos_token_id)
         common.setdefault("eos_token_id", eos_token_id)
-    arch = cfg.architecture
-    if arch == "bert":
-        hf = tf.BertConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                           num_attention_heads=cfg.num_heads, intermediate_size=inter,
-                           max_position_embeddings=cfg.max_position_embeddings,
-                           hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, **common)
-    elif arch in ("roberta", "xlm-roberta"):
-        klass = tf.RobertaConfig if arch == "roberta" else tf.XLMRobertaConfig
-        # RoBERTa offsets positions by padding_idx + 1, so it needs two extra position rows.
-        common.setdefault("pad_token_id", 1)
-        if common["pad_token_id"] is None:
-            common["pad_token_id"] = 1
-        hf = klass(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                   num_attention_heads=cfg.num_heads, intermediate_size=inter,
-                   max_position_embeddings=cfg.max_position_embeddings + common["pad_token_id"] + 1,
-                   hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, **common)
-    elif arch == "modernbert":
-        hf = tf.ModernBertConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                                 num_attention_heads=cfg.num_heads, intermediate_size=inter,
-                                 max_position_embeddings=cfg.max_position_embeddings,
-                                 attention_dropout=cfg.dropout, embedding_dropout=cfg.dropout,
-                                 mlp_dropout=cfg.dropout, bos_token_id=None, eos_token_id=None,
-                                 cls_token_id=None, sep_token_id=None, **common)
-    elif arch == "distilbert":
-        hf = tf.DistilBertConfig(dim=cfg.hidden_size, n_layers=cfg.num_layers, n_heads=cfg.num_heads,
-                                 hidden_dim=inter, max_position_embeddings=cfg.max_position_embeddings,
-                                 dropout=cfg.dropout, attention_dropout=cfg.dropout, **common)
-    elif arch == "gpt-neox":
-        hf = tf.GPTNeoXConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                              num_attention_heads=cfg.num_heads, intermediate_size=inter,
-                              max_position_embeddings=cfg.max_position_embeddings, rotary_pct=cfg.rotary_pct,
-                              hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout,
-                              use_parallel_residual=True, tie_word_embeddings=cfg.tie_word_embeddings, **common)
-    elif arch == "llama":
-        hf = tf.LlamaConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                            num_attention_heads=cfg.num_heads, intermediate_size=inter,
-                            max_position_embeddings=cfg.max_position_embeddings,
-                            attention_dropout=cfg.dropout, tie_word_embeddings=cfg.tie_word_embeddings, **common)
-    elif arch == "gpt2":
-        hf = tf.GPT2Config(n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
-                           n_inner=inter, n_positions=cfg.max_position_embeddings, resid_pdrop=cfg.dropout,
-                           embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                           tie_word_embeddings=cfg.tie_word_embeddings, **common)
-    else:  # pragma: no cover - config validation rejects it first
-        raise HeadlessError(f"unsupported architecture {arch!r}")
-    return hf
+    return arch.hf_config(cfg, inter, common)
 
 
 def check_size(cfg: ModelConfig, vocab_size: int, head: bool) -> None:
@@ -140,11 +96,9 @@ def _instantiate(hf_config, *, head: bool, is_encoder: bool, attn: str, init_fro
         except (OSError, ValueError, pickle.UnpicklingError) as err:
             raise HeadlessError(f"cannot load model from {init_from}: {load_error(err)}") from None
     try:
-        if not head and getattr(hf_config, "model_type", "") == "bert":
-            # BertModel's pooler is never trained by MLM: leave it out (DDP would flag it unused).
-            return tf.BertModel(hf_config, add_pooling_layer=False) if not attn else \
-                tf.BertModel._from_config(hf_config, add_pooling_layer=False, **kwargs)
-        return auto.from_config(hf_config, **kwargs)
+        entry = by_model_type(getattr(hf_config, "model_type", ""))
+        base_kwargs = dict(entry.base_model_kwargs) if entry is not None and not head else {}  # BERT: no pooler
+        return auto.from_config(hf_config, **base_kwargs, **kwargs)
     except (ValueError, ImportError):
         if attn:  # an architecture without SDPA support: fall back to eager attention
             return _instantiate(hf_config, head=head, is_encoder=is_encoder, attn="", init_from=None)
@@ -166,18 +120,8 @@ def head_parts(model: nn.Module) -> HeadParts:
     projection = model.get_output_embeddings()
     if projection is None:
         raise HeadlessError(f"{type(model).__name__} has no output embeddings (vocabulary head)")
-    mt = model.config.model_type
-    if mt == "bert":
-        transform = model.cls.predictions.transform
-    elif mt in ("roberta", "xlm-roberta"):
-        lm = model.lm_head
-        transform = lambda h: lm.layer_norm(F.gelu(lm.dense(h)))  # noqa: E731 (HF's RobertaLMHead minus decoder)
-    elif mt == "modernbert":
-        transform = model.head
-    elif mt == "distilbert":
-        transform = lambda h: model.vocab_layer_norm(model.activation(model.vocab_transform(h)))  # noqa: E731
-    else:  # decoders project the final hidden state directly
-        transform = nn.Identity()
+    entry = by_model_type(model.config.model_type)
+    transform = entry.head_transform(model) if entry is not None else nn.Identity()
     return HeadParts(transform=transform, projection=projection)
 
 
@@ -213,38 +157,34 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
 
-# The largest micro-batches that `auto` scores inside the compiled graph, each the largest measured
-# to win there (docs/performance.md).  CWT's K x K pairs grow as K²: K = 16,384 rows (Pythia-70M and
-# -160M at 8 x 2048; at 64 x 2048 they would need 64 GiB).  The vanilla head's dense logits grow as
-# K x V: Pythia-70M at 64 x 2048 with V = 50,304 (captured 1.20 M tokens/s against 0.97 M eager).
-CAPTURE_MAX_ROWS = 16_384
-CAPTURE_MAX_LOGITS = 131_072 * 50_304
-
-
 class LanguageModel(nn.Module):
     """An HF model plus the loss that the objective scores its outputs with.
 
     forward(input_ids, labels) -> LossOutput with reduction="sum"; the trainer divides by the number
-    of loss positions of the whole optimizer step (MLM's count varies per micro-batch).
+    of loss positions of the whole optimizer step (MLM's count varies per micro-batch).  The loss is
+    the entry of `headless.loss_kinds.LOSSES`: its function, implementations and extra parameters.
     """
 
     def __init__(self, hf_model: nn.Module, loss_kind: str, objective: ObjectiveConfig):
         super().__init__()
         self.hf = hf_model
         self.loss_kind = loss_kind
+        self.kind = lookup_loss(loss_kind)
         self.objective = objective
         self.loss_group = None  # a torch.distributed group for `negatives: global`, set by the trainer
         # top-1 accuracy costs an extra pass with the fused GPU kernels: the trainer asks for it
         # only on the steps it logs
         self.with_accuracy = True
-        self.causal = _is_decoder(hf_model)  # CLM: nearly every position is scored
+        self.causal = is_causal(hf_model.config)  # a decoder, CLM: nearly every position is scored
         self.compiled_region = None  # "model" or "backbone" once compile_model ran
-        if loss_kind == "nce":
-            emb = self.backbone.get_input_embeddings().weight
-            self.target_embedding = nn.Embedding(emb.shape[0], emb.shape[1])
-            nn.init.normal_(self.target_embedding.weight, std=getattr(hf_model.config, "initializer_range", 0.02))
-        else:
-            self.target_embedding = None
+        # resolved once: the loss must not import anything inside a compiled graph
+        self.loss_function = self.kind.loss_function()
+        self.forward_function = self.kind.forward_function(objective.loss_implementation)
+        emb = self.backbone.get_input_embeddings().weight
+        for name in self.kind.extra_parameters:  # e.g. NCE's untied target matrix
+            matrix = nn.Embedding(emb.shape[0], emb.shape[1])
+            nn.init.normal_(matrix.weight, std=getattr(hf_model.config, "initializer_range", 0.02))
+            setattr(self, name, matrix)
 
     @property
     def config(self):
@@ -272,10 +212,11 @@ class LanguageModel(nn.Module):
         """Whether backbone AND loss are one graph with static shapes and no host read, so that
         torch.compile takes them whole (and CUDA graphs capture the whole forward and backward).
 
-        Needs static shapes and a loss written in plain tensor ops with no data-dependent size:
-        CWT "reference" (the paper's K×K pairs, no `torch.unique`), CE "reference" or "chunked".
-        The de-duplicating CWT paths need `torch.unique`, the Triton kernels stay outside the
-        graph, and global negatives or `max_negatives` gather or sample on the host."""
+        Needs static shapes and a loss written in plain tensor ops with no data-dependent size (the
+        table's `capturable` implementations): CWT "reference" (the paper's K×K pairs, no
+        `torch.unique`), CE "reference" or "chunked".  The de-duplicating CWT paths need
+        `torch.unique`, the Triton kernels stay outside the graph, and global negatives or
+        `max_negatives` gather or sample on the host."""
         return self._sync_free_with(self.objective.loss_implementation)
 
     def _sync_free_with(self, implementation: str) -> bool:
@@ -283,9 +224,7 @@ class LanguageModel(nn.Module):
         obj = self.objective
         if not self.static_shapes or self.loss_group is not None or obj.max_negatives:
             return False
-        if self.loss_kind in ("cwt", "nce"):
-            return implementation == "reference"
-        return self.loss_kind == "ce" and implementation in ("reference", "chunked")
+        return self.kind.implementation(implementation).capturable
 
     def scored_rows(self, batch_size: int, seq_len: int) -> int:
         """Rows the loss scores per micro-batch with static shapes: every CLM position, or the
@@ -297,8 +236,9 @@ class LanguageModel(nn.Module):
 
     def captures_by_default(self, batch_size: int, seq_len: int) -> bool:
         """Whether `loss_implementation: auto` becomes "reference" under compile, so that backbone
-        and loss are one graph: static shapes (CLM, or MLM with static masking), CWT with at most
-        `CAPTURE_MAX_ROWS` scored rows per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
+        and loss are one graph: static shapes (CLM, or MLM with static masking) and a loss whose
+        table entry bounds it (`captures_up_to`): CWT with at most `CAPTURE_MAX_ROWS` scored rows
+        per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
 
         Measured on the H200 (docs/performance.md, tokens/s, one graph against the eager loss):
         bert-small 256 x 128 (K = 4,864) CWT 3.05 M vs 2.47 M, CE 2.78 M vs 2.28 M; Pythia-70M
@@ -306,12 +246,10 @@ class LanguageModel(nn.Module):
         pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k
         vs 460k, CE 435k vs 385k, and at V = 256k 470k vs 431k (CE 224k vs 191k); Pythia-70M
         64 x 2048, CE only, 1.20 M vs 0.97 M.  Above the bounds the Triton losses stay, eager."""
-        if self.loss_kind not in ("cwt", "ce") or not self._sync_free_with("reference"):
+        bound = self.kind.captures_up_to
+        if bound is None or not self._sync_free_with("reference"):
             return False
-        rows = self.scored_rows(batch_size, seq_len)
-        if self.loss_kind == "cwt":
-            return rows <= CAPTURE_MAX_ROWS
-        return rows * self.hf.get_output_embeddings().weight.shape[0] <= CAPTURE_MAX_LOGITS
+        return bound(self.scored_rows(batch_size, seq_len), self.input_embedding_weight().shape[0])
 
     def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
@@ -338,97 +276,132 @@ class LanguageModel(nn.Module):
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
-        if self.loss_kind == "ce" and self.objective.loss_implementation == "hf":
-            return self._hf_loss(input_ids, labels, attention_mask)
+        if self.forward_function is not None:  # an implementation that is not a loss of hidden states
+            return self.forward_function(self, input_ids, labels, attention_mask)
         return self.loss(self.hidden_states(input_ids, attention_mask), labels)
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
-        """The configured loss of hidden [B, L, D] at the positions whose label is not -100.
+        """The configured loss of hidden [B, L, D] at the positions whose label is not -100: the loss
+        kind's function of the scored positions (`scored_positions`)."""
+        return self.loss_function(self, *self.scored_positions(hidden, labels))
 
-        With `objective.masking: static` (MLM) each row has at most static_mask_count(L) loss
+    def scored_positions(self, hidden: torch.Tensor, labels: torch.Tensor):
+        """With `objective.masking: static` (MLM) each row has at most static_mask_count(L) loss
         positions, which are gathered with static shapes and scored with `static_rows` (the few
         empty slots of short rows masked out): no selection whose size the host must read. CLM
-        scores every position the same way, its last and cross-document ones zeroed."""
-        from headless.losses import LossOutput, cwt_loss, vanilla_ce_loss
-        from headless.objectives import gather_static_positions, select_loss_positions, static_mask_count
+        scores every position the same way, its last and cross-document ones zeroed. Otherwise
+        hidden and labels as they are: the loss selects the labelled positions itself."""
+        from headless.objectives import gather_static_positions, static_mask_count
 
-        obj = self.objective
-        static = self.static_shapes
-        # the trainer checked the token ids against the vocabulary once (no per-step host check)
-        contrastive = dict(temperature=obj.temperature, reduction="sum", max_negatives=obj.max_negatives,
-                           group=self.loss_group, allow_empty=True, with_accuracy=self.with_accuracy,
-                           check_ids=False, static_rows=static)
-        if static and self.causal:
-            outputs, targets = hidden, labels
-        elif static:
-            outputs, targets = gather_static_positions(hidden, labels, static_mask_count(labels.shape[1],
-                                                                                         obj.mask_prob))
-        kind = self.loss_kind
-        if kind in ("cwt", "nce"):
-            weight = self.input_embedding_weight() if kind == "cwt" else self.target_embedding.weight
-            if not static:  # the loss selects the scored positions itself (one selection)
-                outputs, targets = hidden, labels
-            return cwt_loss(outputs, targets, weight, implementation=obj.loss_implementation, **contrastive)
-        if not static:
-            outputs, targets = select_loss_positions(hidden, labels)
-        parts = head_parts(self.hf)
-        ce = vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
-                             getattr(parts.projection, "bias", None), reduction="sum",
-                             implementation=obj.loss_implementation, allow_empty=True,
-                             with_accuracy=self.with_accuracy, check_ids=False, static_rows=static)
-        if kind == "ce":
-            return ce
-        cw = cwt_loss(outputs, targets, self.input_embedding_weight(), **contrastive)
-        return LossOutput(loss=ce.loss + cw.loss, num_targets=ce.num_targets, accuracy=ce.accuracy,
-                          num_unique=cw.num_unique)
-
-    def _hf_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor]):
-        """The HF model's own head and loss, as users run the baseline: logits at EVERY position
-        (not only the loss positions), upcast to float32, then cross-entropy (`loss_implementation:
-        hf`; `headless bench`'s ce-hf-full)."""
-        from headless.losses import LossOutput
-        from headless.objectives import IGNORE_INDEX
-
-        causal = type(self.hf).__name__.endswith("ForCausalLM")
-        hf_labels = labels
-        if causal:  # HF shifts its labels itself: it scores position t against labels[t + 1]
-            hf_labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels[:, :-1]], dim=1)
-        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=hf_labels)
-        count = (labels != IGNORE_INDEX).sum()
-        accuracy = None
-        if self.with_accuracy:
-            with torch.no_grad():
-                logits = out.logits[:, :-1] if causal else out.logits
-                keep = (labels[:, :-1] if causal else labels) != IGNORE_INDEX
-                gold = (labels[:, :-1] if causal else labels)[keep]
-                accuracy = (logits[keep].argmax(-1) == gold).float().mean()
-        return LossOutput(loss=out.loss.float() * count, num_targets=count, accuracy=accuracy, num_unique=None)
+        if self.causal or not self.static_shapes:
+            return hidden, labels
+        return gather_static_positions(hidden, labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
 
 
-class BackboneOnly(LanguageModel):
-    """`objective.loss_implementation: none`, for `headless bench` only: the backbone's cost with no
-    loss at all (the mean of the hidden states), the floor the losses are compared against."""
-
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
-        from headless.losses import LossOutput
-        from headless.losses.cwt import device_scalar
-
-        count = (labels != -100).sum()
-        return LossOutput(loss=hidden.float().mean() * count, num_targets=count, accuracy=None,
-                          num_unique=device_scalar(0, hidden.device))
+# ------------------------------------------------------------------------------------------------
+# the functions that the loss table (headless.loss_kinds) names: (model, outputs, targets) -> LossOutput
+# summed over the scored positions; outputs/targets as `LanguageModel.scored_positions` gives them
 
 
-def _is_decoder(hf_model: nn.Module) -> bool:
-    """A causal language model (GPT-NeoX, Llama, GPT-2, ...), as opposed to an MLM encoder."""
-    return getattr(hf_model.config, "model_type", "") in ("gpt_neox", "llama", "gpt2")
+def _contrastive_options(model: LanguageModel) -> dict:
+    # the trainer checked the token ids against the vocabulary once (no per-step host check)
+    obj = model.objective
+    return dict(temperature=obj.temperature, max_negatives=obj.max_negatives, group=model.loss_group,
+                allow_empty=True, with_accuracy=model.with_accuracy, check_ids=False,
+                static_rows=model.static_shapes)
+
+
+def _head_inputs(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
+    """The labelled rows (selected unless static) and the vanilla head split for the fused losses."""
+    from headless.objectives import select_loss_positions
+
+    if not model.static_shapes:
+        outputs, targets = select_loss_positions(outputs, targets)
+    return outputs, targets, head_parts(model.hf)
+
+
+def cwt_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
+    """CWT: outputs against the input embeddings of the targets (the loss selects the rows itself)."""
+    from headless.losses import cwt_loss
+
+    return cwt_loss(outputs, targets, model.input_embedding_weight(), reduction="sum",
+                    implementation=model.objective.loss_implementation, **_contrastive_options(model))
+
+
+def nce_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
+    """CWT's computation against the separate target matrix (the entry's extra parameter)."""
+    from headless.losses import nce_untied_loss
+
+    return nce_untied_loss(outputs, targets, model.target_embedding.weight, reduction="sum",
+                           implementation=model.objective.loss_implementation, **_contrastive_options(model))
+
+
+def ce_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
+    """Cross-entropy through the vanilla head, applied only at the scored positions."""
+    from headless.losses import vanilla_ce_loss
+
+    outputs, targets, parts = _head_inputs(model, outputs, targets)
+    return vanilla_ce_loss(parts.transform(outputs), targets, parts.projection.weight,
+                           getattr(parts.projection, "bias", None), reduction="sum",
+                           implementation=model.objective.loss_implementation, allow_empty=True,
+                           with_accuracy=model.with_accuracy, check_ids=False, static_rows=model.static_shapes)
+
+
+def ce_plus_cwt_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
+    """CE through the head (the configured implementation) plus CWT of the same hidden states."""
+    from headless.losses import ce_plus_cwt_loss
+
+    outputs, targets, parts = _head_inputs(model, outputs, targets)
+    return ce_plus_cwt_loss(parts.transform(outputs), targets, parts.projection.weight, outputs, targets,
+                            model.input_embedding_weight(), head_bias=getattr(parts.projection, "bias", None),
+                            reduction="sum", ce_implementation=model.objective.loss_implementation,
+                            **_contrastive_options(model))
+
+
+# implementations that replace the forward: (model, input_ids, labels, attention_mask) -> LossOutput
+
+
+def hf_own_loss(model: LanguageModel, input_ids: torch.Tensor, labels: torch.Tensor,
+                attention_mask: Optional[torch.Tensor]):
+    """The HF model's own head and loss, as users run the baseline: logits at EVERY position
+    (not only the loss positions), upcast to float32, then cross-entropy (`loss_implementation:
+    hf`; `headless bench`'s ce-hf-full)."""
+    from headless.losses import LossOutput
+    from headless.objectives import IGNORE_INDEX
+
+    causal = type(model.hf).__name__.endswith("ForCausalLM")
+    hf_labels = labels
+    if causal:  # HF shifts its labels itself: it scores position t against labels[t + 1]
+        hf_labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels[:, :-1]], dim=1)
+    out = model.hf(input_ids=input_ids, attention_mask=attention_mask, labels=hf_labels)
+    count = (labels != IGNORE_INDEX).sum()
+    accuracy = None
+    if model.with_accuracy:
+        with torch.no_grad():
+            logits = out.logits[:, :-1] if causal else out.logits
+            keep = (labels[:, :-1] if causal else labels) != IGNORE_INDEX
+            gold = (labels[:, :-1] if causal else labels)[keep]
+            accuracy = (logits[keep].argmax(-1) == gold).float().mean()
+    return LossOutput(loss=out.loss.float() * count, num_targets=count, accuracy=accuracy, num_unique=None)
+
+
+def backbone_only(model: LanguageModel, input_ids: torch.Tensor, labels: torch.Tensor,
+                  attention_mask: Optional[torch.Tensor]):
+    """`loss_implementation: none`, for `headless bench`: the backbone's cost with no loss at all
+    (the mean of the hidden states), the floor the losses are compared against."""
+    from headless.losses import LossOutput
+    from headless.losses.cwt import device_scalar
+
+    hidden = model.hidden_states(input_ids, attention_mask)
+    count = (labels != -100).sum()
+    return LossOutput(loss=hidden.float().mean() * count, num_targets=count, accuracy=None,
+                      num_unique=device_scalar(0, hidden.device))
 
 
 def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vocab_size: int,
                 pad_token_id: Optional[int] = None, eos_token_id: Optional[int] = None) -> LanguageModel:
     """The model of a run: headless (base model) unless the loss needs a vocabulary head."""
-    from headless.loss_kinds import loss_kind as lookup
-
-    needs_head = lookup(loss_kind).needs_head
+    needs_head = lookup_loss(loss_kind).needs_head
     model_vocab = cfg.vocab_size or round_up(vocab_size, cfg.pad_vocab_multiple)
     if cfg.init_from:
         hf = _instantiate(None, head=needs_head, is_encoder=cfg.is_encoder, attn=cfg.attn_implementation,
@@ -451,8 +424,7 @@ def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vo
                                 f"{str(err).splitlines()[0]}") from None
     if model_vocab < vocab_size:
         raise HeadlessError(f"tokenizer has {vocab_size} tokens but the model's embedding has only {model_vocab} rows")
-    cls = BackboneOnly if objective.loss_implementation == "none" else LanguageModel
-    return cls(hf, loss_kind, objective)
+    return LanguageModel(hf, loss_kind, objective)
 
 
 def count_parameters(model: nn.Module) -> dict:

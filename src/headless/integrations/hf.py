@@ -28,6 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from headless.architectures import is_causal
 from headless.losses import LossOutput, cwt_loss
 from headless.objectives import IGNORE_INDEX, document_ids_from_eos
 
@@ -39,9 +40,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _is_causal(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return bool(getattr(config, "is_decoder", False)) or getattr(config, "model_type", "") in (
-        "gpt_neox", "llama", "gpt2", "mistral", "qwen2", "gemma", "phi", "opt")
+    return is_causal(getattr(model, "config", None))
 
 
 def shift_clm_labels(labels: torch.Tensor, input_ids: Optional[torch.Tensor] = None,

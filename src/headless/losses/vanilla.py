@@ -129,11 +129,12 @@ def ce_plus_cwt_loss(ce_outputs: Tensor, ce_target_ids: Tensor, head_weight: Ten
 
     The two terms take separate inputs because a vanilla model's head input (e.g. after BERT's
     transform) need not be the hidden state CWT scores. Metrics: CE's num_targets and top-1
-    accuracy, CWT's num_unique. `cwt_kwargs` go to `cwt_loss` (temperature, group, ...).
+    accuracy, CWT's num_unique. `cwt_kwargs` go to `cwt_loss` (temperature, group, ...); those that
+    both losses take (allow_empty, with_accuracy, check_ids, static_rows) go to both.
     """
+    shared = {k: cwt_kwargs[k] for k in ("allow_empty", "with_accuracy", "check_ids", "static_rows") if k in cwt_kwargs}
     ce = vanilla_ce_loss(ce_outputs, ce_target_ids, head_weight, head_bias, ignore_index=ignore_index,
-                         reduction=reduction, implementation=ce_implementation,
-                         allow_empty=cwt_kwargs.get("allow_empty", False))
+                         reduction=reduction, implementation=ce_implementation, **shared)
     cwt = cwt_loss(cwt_outputs, cwt_target_ids, embedding_weight, ignore_index=ignore_index,
                    reduction=reduction, **cwt_kwargs)
     if reduction == "none" and ce.loss.shape != cwt.loss.shape:
