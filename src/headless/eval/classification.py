@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import math
 import statistics
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from headless.errors import HeadlessError
 from headless.eval.metrics import balanced_cross_entropy
 from headless.files import atomic_write
+from headless.param_groups import decay_groups  # the trainer's rule: no decay on biases and norms
 from headless.runtime import to_device
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,26 @@ def _check_model_dir(model_dir: str | Path) -> Path:
         raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json); "
                             "export a run with `headless export RUN_DIR OUT_DIR` first")
     return path
+
+
+_DECODER_TYPES = {"gpt2", "gpt_neox", "gptj", "gpt_neo", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma",
+                  "gemma2", "phi", "phi3", "opt", "bloom", "falcon", "olmo", "olmo2"}
+
+
+def require_encoder(model_dir: str | Path, command: str) -> None:
+    """Refuse a decoder export with one line: GLUE and XNLI fine-tune encoders (bidirectional, a
+    pooled first token); a causal LM would run, slowly and meaninglessly compared with them."""
+    path = _check_model_dir(model_dir)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise HeadlessError(f"could not read {path / 'config.json'}: {err}") from err
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)] if isinstance(config, dict) else []
+    causal = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    if causal or (isinstance(config, dict) and not archs and config.get("model_type") in _DECODER_TYPES):
+        kind = causal[0] if causal else config["model_type"]
+        raise HeadlessError(f"{command} fine-tunes an encoder; {path} is a decoder ({kind}): evaluate it with "
+                            "`headless eval lambada|zeroshot|harness`")
 
 
 def load_tokenizer(model_dir: str | Path):
@@ -214,10 +236,6 @@ def _batch(data: Encoded, idx: Sequence[int], pad_id: int, regression: bool, dev
 
 
 def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
-    from headless.train.optim import (
-        decay_groups,  # the trainer's rule: no decay on biases and norms
-    )
-
     groups = decay_groups(model, recipe.weight_decay)
     return torch.optim.AdamW(groups, lr=recipe.lr)
 
