@@ -71,12 +71,17 @@ FIXTURE_RUNS = {
                                                    progress=False, output_dir=tmp / "out")),
     "xnli": lambda fx, m, tmp: (m["encoder"], dict(data_dir=fx["xnli"], languages=["en", "fr"], epochs=1,
                                                    device="cpu", progress=False, output_dir=tmp / "out")),
+    "analysis": lambda fx, m, tmp: (m["encoder"], dict(text=str(fx["corpus"]), num_pairs=50, num_sequences=4,
+                                                       max_length=32, device="cpu")),
 }
 
 
 def test_every_registered_task_has_a_fixture_run():
+    from headless.cli.eval import COMMANDS
+
     assert set(FIXTURE_RUNS) == set(TASKS)
-    assert all(task.model in ("decoder", "encoder") and task.help for task in TASKS.values())
+    assert all(task.model in ("decoder", "encoder", "any") and task.help for task in TASKS.values())
+    assert set(COMMANDS) == {name for name, task in TASKS.items() if task.model == "decoder"}  # `headless eval`
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -108,14 +113,22 @@ def test_eval_heldout_cli(models, capsys):
     assert "| sequences | tokens | cross-entropy | perplexity |" in out and "| 2 |" in out
 
 
-@pytest.mark.parametrize("command", ["glue", "xnli"])
-def test_glue_and_xnli_refuse_a_decoder_export(command, models, fixture_data, tmp_path, capsys):
-    """Issue #28 item 6: their help says "encoder"; a decoder export gets one line, before any data work."""
-    assert main([command, str(models["decoder"]), "--data-dir", str(fixture_data[command]),
+@pytest.mark.parametrize("command,head", [("glue", True), ("xnli", True), ("glue", False)])
+def test_glue_and_xnli_refuse_a_decoder_export(command, head, models, fixture_data, fixture_tokenizers, tmp_path,
+                                               capsys):
+    """Issue #28 item 6: their help says "encoder"; a decoder export, with its LM head or without one
+    (`headless export` of a headless decoder), gets one line before any data work."""
+    from transformers import GPTNeoXModel
+
+    model = models["decoder"] if head else tiny_decoder(tmp_path / "base", fixture_tokenizers["bpe"] / "tokenizer.json",
+                                                         cls=GPTNeoXModel)
+    capsys.readouterr()
+    assert main([command, str(model), "--data-dir", str(fixture_data[command]),
                  "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert f"headless {command} fine-tunes an encoder" in err and "is a decoder (GPTNeoXForCausalLM)" in err, err
+    kind = "GPTNeoXForCausalLM" if head else "GPTNeoXModel"
+    assert f"headless {command} fine-tunes an encoder" in err and f"is a decoder ({kind})" in err, err
     assert not (tmp_path / "out").exists()
 
 

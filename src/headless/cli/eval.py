@@ -80,7 +80,9 @@ def register(subparsers) -> None:
     sub = ev.add_subparsers(dest="eval_command", metavar="TASK", required=True)
     for task in TASKS.values():
         if task.model != "decoder":
-            continue  # encoders: `headless glue`, `headless xnli` (cli/classify.py)
+            continue  # encoders: `headless glue`, `headless xnli` (cli/classify.py); any: `headless analyze`
+        if task.name not in COMMANDS:
+            raise KeyError(f"decoder task {task.name!r} of headless.eval.tasks has no entry in cli/eval.py COMMANDS")
         description, arguments, options = COMMANDS[task.name]
         p = sub.add_parser(task.name, help=task.help, description=description)
         arguments(p)

@@ -118,10 +118,12 @@ def require_encoder(model_dir: str | Path, command: str) -> None:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise HeadlessError(f"could not read {path / 'config.json'}: {err}") from err
-    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)] if isinstance(config, dict) else []
+    if not isinstance(config, dict):
+        raise HeadlessError(f"{path / 'config.json'} is not a JSON object")
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     causal = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel"))]
-    if causal or (isinstance(config, dict) and not archs and config.get("model_type") in _DECODER_TYPES):
-        kind = causal[0] if causal else config["model_type"]
+    if causal or config.get("is_decoder") is True or config.get("model_type") in _DECODER_TYPES:
+        kind = causal[0] if causal else (archs or [config.get("model_type")])[0]
         raise HeadlessError(f"{command} fine-tunes an encoder; {path} is a decoder ({kind}): evaluate it with "
                             "`headless eval lambada|zeroshot|harness`")
 

@@ -2,7 +2,7 @@
 the studies (`reproduce/evaluate.py`) look a task up here instead of wiring each one by hand.
 
 A task is an object with
-- `name`, `help` (one line) and `model` ("decoder" or "encoder": what it evaluates);
+- `name`, `help` (one line) and `model` ("decoder", "encoder" or "any": what it evaluates);
 - `run(model_dir, **options) -> TaskResult`: resolves its data (an explicit path, else
   $HEADLESS_SHARED_DATA, else the hub: `eval.datasets`), evaluates, writes its tables when given
   `output_dir`;
@@ -36,7 +36,7 @@ class TaskResult:
 class Task(Protocol):
     name: str
     help: str
-    model: str  # "decoder" or "encoder"
+    model: str  # "decoder", "encoder" or "any"
 
     def run(self, model_dir, **options) -> TaskResult: ...
 
@@ -197,7 +197,31 @@ class Xnli:
         return xnli_markdown(result.details)
 
 
-for _task in (Lambada(), Zeroshot(), Heldout(), Harness(), Glue(), Xnli()):
+# -- any model -----------------------------------------------------------------------------------
+
+
+class Analysis:
+    """One model's embedding geometry; `headless analyze` shows several side by side."""
+
+    name, model = "analysis", "any"
+    help = "anisotropy per layer and synonym similarity of the input embeddings"
+
+    def run(self, model_dir, **options) -> TaskResult:
+        from headless.eval.analysis import analyze_models
+
+        r = analyze_models([model_dir], **options)
+        m = r["models"][0]
+        return TaskResult(self.name, {"synonym_cosine": [m["synonym_cosine"]], "random_cosine": [m["random_cosine"]],
+                                      "synonym_gap": [m["synonym_cosine"] - m["random_cosine"]],
+                                      "anisotropy_last": [m["anisotropy"][-1]]}, {}, r)
+
+    def render(self, result: TaskResult) -> str:
+        from headless.eval.analysis import analysis_markdown
+
+        return analysis_markdown(result.details)
+
+
+for _task in (Lambada(), Zeroshot(), Heldout(), Harness(), Glue(), Xnli(), Analysis()):
     register(_task)
 
 
