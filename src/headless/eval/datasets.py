@@ -4,7 +4,8 @@
 2. `$HEADLESS_SHARED_DATA/<relative path>`: an absolute path to a folder laid out like the project's
    `../shared/data` (lambada/, zeroshot/, xnli/, glue/, enwiki/), never resolved against the
    current directory;
-3. the standard Hugging Face hub dataset (needs a connection, or the `datasets` cache).
+3. the standard Hugging Face hub dataset (needs a connection, or the `datasets` cache; when the hub
+   cannot be reached only the cache is read, so an offline machine gets the error at once).
 
 When none of them works, the error names all three.
 """
