@@ -11,7 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headless"
 
 # in import order: each layer may import itself and those above it in this list
 LAYERS = [
-    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "loss_kinds", "architectures", "fit", "config"]),
+    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "param_groups", "loss_kinds", "architectures", "fit",
+              "config"]),
     ("data", ["data"]),
     ("objective/loss", ["objectives", "losses"]),
     ("model", ["attention", "models"]),
@@ -85,3 +86,40 @@ def test_no_private_reach_ins():
                     if private and _package(node.module) != _package(source):
                         found.append(f"{source} imports {node.module}.{alias.name}")
     assert not found, "\n".join(found)
+
+
+def test_evaluation_imports_nothing_of_the_trainer():
+    """Evaluation reads exported Hugging Face directories: it needs no part of the trainer (shared
+    helpers such as `param_groups.decay_groups` live in the base layer)."""
+    found = [f"{source} imports {target}" for source, target in imports()
+             if _package(source) == "eval" and _package(target) == "train"]
+    assert not found, "\n".join(found)
+
+
+def _cycles(edges: list[tuple[str, str]]) -> list[list[str]]:
+    graph: dict[str, set[str]] = {}
+    for source, target in edges:
+        if source != target:
+            graph.setdefault(source, set()).add(target)
+    cycles, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
+def test_no_import_cycle_in_evaluation():
+    """No two evaluation modules import each other, even lazily (inside a function)."""
+    edges = [(s, t) for s, t in imports() if _package(s) == "eval" and _package(t) == "eval"]
+    assert not _cycles(edges), _cycles(edges)
+    assert _cycles([("a", "b"), ("b", "a")])  # the check sees a cycle

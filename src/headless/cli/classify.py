@@ -98,7 +98,7 @@ def _output(args, model_dir: Path) -> Path:
 
 
 def _glue(args: argparse.Namespace) -> int:
-    from headless.eval.glue import compare_glue, run_glue
+    from headless.eval.glue import compare_glue
 
     _setup_logging(args.quiet)
     if args.target[0] == "compare" and not Path("compare").is_dir():
@@ -109,28 +109,26 @@ def _glue(args: argparse.Namespace) -> int:
     if len(args.target) != 1:
         raise HeadlessError("headless glue takes one MODEL_DIR (or: compare A.json B.json)")
     model_dir = Path(args.target[0])
-    results = run_glue(
-        model_dir, tasks=_split(args.tasks), recipe=args.recipe, seeds=args.seeds, epochs=args.epochs,
-        lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-        device=args.device, bf16=args.bf16, data_dir=args.data_dir, output_dir=_output(args, model_dir),
-        progress=not args.quiet, workers=args.workers)
-    from headless.eval.glue import glue_markdown
-
-    print(glue_markdown(results), end="")
-    return 0
+    return _run_task("glue", model_dir, args, tasks=_split(args.tasks), recipe=args.recipe,
+                     data_dir=args.data_dir)
 
 
 def _xnli(args: argparse.Namespace) -> int:
-    from headless.eval.xnli import run_xnli, xnli_markdown
-
     _setup_logging(args.quiet)
-    results = run_xnli(
-        args.model_dir, data_dir=args.data_dir, mode=args.mode, languages=_split(args.languages),
-        train_language=args.train_language, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-        device=args.device, bf16=args.bf16, output_dir=_output(args, args.model_dir),
-        progress=not args.quiet, workers=args.workers, hub_train=args.hub_train)
-    print(xnli_markdown(results), end="")
+    return _run_task("xnli", args.model_dir, args, data_dir=args.data_dir, mode=args.mode,
+                     languages=_split(args.languages), train_language=args.train_language,
+                     hub_train=args.hub_train)
+
+
+def _run_task(name: str, model_dir: Path, args: argparse.Namespace, **options) -> int:
+    """A fine-tuning task of the registry (headless.eval.tasks) with the options both commands share."""
+    from headless.eval.tasks import get_task
+
+    task = get_task(name)
+    result = task.run(model_dir, seeds=args.seeds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      max_seq_len=args.max_seq_len, max_train_examples=args.max_train_examples,
+                      max_eval_examples=args.max_eval_examples, device=args.device, bf16=args.bf16,
+                      output_dir=_output(args, model_dir), progress=not args.quiet, workers=args.workers,
+                      **options)
+    print(task.render(result), end="")
     return 0

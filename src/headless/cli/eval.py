@@ -19,21 +19,14 @@ def _common(p: argparse.ArgumentParser, batch_size: int = 16, progress: bool = T
         add_progress_flag(p)
 
 
-def register(subparsers) -> None:
-    ev = subparsers.add_parser("eval", help="evaluate an exported model (LAMBADA, zero-shot, lm-eval)",
-                               description="Evaluate a Hugging Face model directory.")
-    sub = ev.add_subparsers(dest="eval_command", metavar="TASK", required=True)
-
-    p = sub.add_parser("lambada", help="LAMBADA last-word accuracy and perplexity",
-                       description="Greedy last-word accuracy and target perplexity on LAMBADA (OpenAI).")
+def _lambada_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--data", default=None, help="jsonl with {context, continuation} or {text} lines "
                    "(default: $HEADLESS_SHARED_DATA/lambada/lambada_openai_dev.jsonl, else the "
                    "EleutherAI/lambada_openai hub dataset)")
-    p.set_defaults(func=_lambada)
 
-    p = sub.add_parser("zeroshot", help="zero-shot multiple choice (BoolQ, PIQA, ARC-Easy, PubMedQA)",
-                       description="Score each choice by its log-likelihood; report acc and acc_norm.")
+
+def _zeroshot_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--tasks", default="boolq,piqa,arc_easy,pubmedqa",
                    help="comma-separated task names or .jsonl paths")
@@ -41,15 +34,59 @@ def register(subparsers) -> None:
                    "$HEADLESS_SHARED_DATA/zeroshot, else the hub datasets of lm-eval's tasks)")
     p.add_argument("--answer-prefix", default="\nAnswer:",
                    help="appended to each {query} before the choices (default: '\\nAnswer:')")
-    p.set_defaults(func=_zeroshot)
 
-    p = sub.add_parser("harness", help="run lm-evaluation-harness tasks (needs `pip install 'lm_eval[hf]'`)",
-                       description="Wrap lm_eval.simple_evaluate with the `hf` model on MODEL_DIR.")
+
+def _heldout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="a Hugging Face model directory (AutoModelForCausalLM)")
+    p.add_argument("--data", required=True, help="a prepared dataset (`headless prepare`) in the model's tokenizer")
+    p.add_argument("--max-sequences", type=int, default=256, help="score the first N validation sequences")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best available)")
+
+
+def _harness_arguments(p: argparse.ArgumentParser) -> None:
     _common(p, batch_size=8, progress=False)  # lm-eval draws its own bars
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--include-path", default=None, help="a folder of extra task YAMLs (local tasks)")
-    p.set_defaults(func=_harness)
+
+
+def _run_options(args) -> dict:
+    return dict(limit=args.limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                output_dir=args.output, progress=not args.quiet)
+
+
+# per task of the registry (headless.eval.tasks) that `headless eval` offers: its description, its
+# arguments, and how they become the task's options
+COMMANDS = {
+    "lambada": ("Greedy last-word accuracy and target perplexity on LAMBADA (OpenAI).", _lambada_arguments,
+                lambda a: dict(_run_options(a), data=a.data)),
+    "zeroshot": ("Score each choice by its log-likelihood; report acc and acc_norm.", _zeroshot_arguments,
+                 lambda a: dict(_run_options(a), tasks=a.tasks, data_dir=a.data_dir, answer_prefix=a.answer_prefix)),
+    "heldout": ("Next-token cross-entropy over the whole vocabulary on the first validation sequences of a "
+                "prepared dataset.", _heldout_arguments,
+                lambda a: dict(data=a.data, max_sequences=a.max_sequences, batch_size=a.batch_size, device=a.device)),
+    "harness": ("Wrap lm_eval.simple_evaluate with the `hf` model on MODEL_DIR.", _harness_arguments,
+                lambda a: dict(tasks=a.tasks, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
+                               num_fewshot=a.num_fewshot, include_path=a.include_path, output_dir=a.output)),
+}
+
+
+def register(subparsers) -> None:
+    from headless.eval.tasks import TASKS
+
+    ev = subparsers.add_parser("eval", help="evaluate an exported model (LAMBADA, zero-shot, lm-eval)",
+                               description="Evaluate a Hugging Face model directory.")
+    sub = ev.add_subparsers(dest="eval_command", metavar="TASK", required=True)
+    for task in TASKS.values():
+        if task.model != "decoder":
+            continue  # encoders: `headless glue`, `headless xnli` (cli/classify.py); any: `headless analyze`
+        if task.name not in COMMANDS:
+            raise KeyError(f"decoder task {task.name!r} of headless.eval.tasks has no entry in cli/eval.py COMMANDS")
+        description, arguments, options = COMMANDS[task.name]
+        p = sub.add_parser(task.name, help=task.help, description=description)
+        arguments(p)
+        p.set_defaults(func=_run_task, task=task.name, task_options=options)
 
     p = subparsers.add_parser("analyze", help="anisotropy per layer and synonym similarity of embeddings",
                               description="Compare models side by side: mean cosine of random token "
@@ -69,39 +106,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=_analyze)
 
 
-def _lambada(args) -> int:
-    from headless.eval.lambada import evaluate_lambada
-    from headless.eval.scoring import markdown_table
+def _run_task(args) -> int:
+    from headless.eval.tasks import get_task
 
-    r = evaluate_lambada(args.model_dir, args.data, limit=args.limit, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, output_dir=args.output, progress=not args.quiet)
-    print(markdown_table(["examples", "accuracy", "word ppl", "token ppl"],
-                         [[r["num_examples"], r["accuracy"], r["word_perplexity"], r["token_perplexity"]]]), end="")
-    return 0
-
-
-def _zeroshot(args) -> int:
-    from headless.eval.scoring import markdown_table
-    from headless.eval.zeroshot import evaluate_zeroshot
-
-    r = evaluate_zeroshot(args.model_dir, args.tasks, data_dir=args.data_dir, limit=args.limit,
-                          batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                          answer_prefix=args.answer_prefix, output_dir=args.output, progress=not args.quiet)
-    print(markdown_table(["task", "examples", "acc", "acc_norm"],
-                         [[t, v["num_examples"], v["acc"], v["acc_norm"]] for t, v in r["tasks"].items()]), end="")
-    return 0
-
-
-def _harness(args) -> int:
-    from headless.eval.harness import run_harness
-
-    out = run_harness(args.model_dir, args.tasks, limit=args.limit, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype, num_fewshot=args.num_fewshot,
-                      include_path=args.include_path, output_dir=args.output)
-    for task, metrics in out.get("results", {}).items():
-        shown = {k.split(",")[0]: round(v, 4) for k, v in metrics.items()
-                 if isinstance(v, float) and "stderr" not in k}
-        print(task, shown)
+    task = get_task(args.task)
+    print(task.render(task.run(args.model_dir, **args.task_options(args))), end="")
     return 0
 
 

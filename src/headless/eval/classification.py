@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import math
 import pickle
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from headless.errors import HeadlessError, load_error
 from headless.eval.metrics import balanced_cross_entropy
 from headless.files import atomic_write
+from headless.param_groups import decay_groups  # the trainer's rule: no decay on biases and norms
 from headless.runtime import to_device
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,28 @@ def _check_model_dir(model_dir: str | Path) -> Path:
         raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json); "
                             "export a run with `headless export RUN_DIR OUT_DIR` first")
     return path
+
+
+_DECODER_TYPES = {"gpt2", "gpt_neox", "gptj", "gpt_neo", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma",
+                  "gemma2", "phi", "phi3", "opt", "bloom", "falcon", "olmo", "olmo2"}
+
+
+def require_encoder(model_dir: str | Path, command: str) -> None:
+    """Refuse a decoder export with one line: GLUE and XNLI fine-tune encoders (bidirectional, a
+    pooled first token); a causal LM would run, slowly and meaninglessly compared with them."""
+    path = _check_model_dir(model_dir)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise HeadlessError(f"could not read {path / 'config.json'}: {err}") from err
+    if not isinstance(config, dict):
+        raise HeadlessError(f"{path / 'config.json'} is not a JSON object")
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    causal = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    if causal or config.get("is_decoder") is True or config.get("model_type") in _DECODER_TYPES:
+        kind = causal[0] if causal else (archs or [config.get("model_type")])[0]
+        raise HeadlessError(f"{command} fine-tunes an encoder; {path} is a decoder ({kind}): evaluate it with "
+                            "`headless eval lambada|zeroshot|harness`")
 
 
 def load_tokenizer(model_dir: str | Path):
@@ -215,10 +239,6 @@ def _batch(data: Encoded, idx: Sequence[int], pad_id: int, regression: bool, dev
 
 
 def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
-    from headless.train.optim import (
-        decay_groups,  # the trainer's rule: no decay on biases and norms
-    )
-
     groups = decay_groups(model, recipe.weight_decay)
     return torch.optim.AdamW(groups, lr=recipe.lr)
 

@@ -4,7 +4,8 @@
 2. `$HEADLESS_SHARED_DATA/<relative path>`: an absolute path to a folder laid out like the project's
    `../shared/data` (lambada/, zeroshot/, xnli/, glue/, enwiki/), never resolved against the
    current directory;
-3. the standard Hugging Face hub dataset (needs a connection, or the `datasets` cache).
+3. the standard Hugging Face hub dataset (needs a connection, or the `datasets` cache; when the hub
+   cannot be reached only the cache is read, so an offline machine gets the error at once).
 
 When none of them works, the error names all three.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from headless.errors import HeadlessError
+from headless.files import atomic_write
 
 ENV_VAR = "HEADLESS_SHARED_DATA"
 
@@ -73,16 +75,33 @@ def hub_cache_dir() -> Path:
 
 
 def write_jsonl_atomic(path: Path, rows) -> Path:
-    """Write rows as JSON lines to `path` via a temp file (nothing half-written is left)."""
+    """Write rows as JSON lines to `path` atomically (nothing half-written is left)."""
     import json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    atomic_write(path, write)
     return path
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within `timeout` seconds (False when
+    HF_HUB_OFFLINE is set).  Without this check an offline machine spends half a minute in the
+    hub client's retries before the error that says where else data can come from."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,9 +109,25 @@ def write_jsonl_atomic(path: Path, rows) -> Path:
 
 
 def _load_hub(name: str, config: Optional[str], split: str):
+    """A hub dataset split; when the hub cannot be reached, only the `datasets` cache is read, so
+    that an offline machine fails at once (or loads what it cached) instead of retrying."""
     import datasets
 
-    return datasets.load_dataset(name, config, split=split)
+    if datasets.config.HF_HUB_OFFLINE or hub_reachable():
+        return datasets.load_dataset(name, config, split=split)
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def load_hub_split(name: str, config: Optional[str], split: str):
+    """`_load_hub` for the task modules (tests replace `_load_hub` to play the hub)."""
+    return _load_hub(name, config, split)
 
 
 def _zeroshot_rows(task: str, ds):
@@ -138,14 +173,14 @@ def zeroshot_from_hub(task: str) -> Path:
 
 
 HUB_XNLI = "facebook/xnli"
+XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+XNLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def xnli_from_hub(languages=None, train_languages=()) -> Path:
     """dev-<lang>.tsv files (premise, hypothesis, label) from the hub's XNLI validation splits;
     for `train_languages`, also train-<lang>.tsv from its train splits (MultiNLI, machine-translated:
     the paper's fine-tuning data, about 393k pairs per language)."""
-    from headless.eval.xnli import XNLI_LABELS, XNLI_LANGUAGES
-
     root = hub_cache_dir() / ("xnli-train" if train_languages else "xnli")  # apart: train files change the layout
     clean = lambda text: " ".join(str(text).split())  # noqa: E731 (no tabs or newlines in a TSV cell)
     wanted = list(languages or XNLI_LANGUAGES)
@@ -155,10 +190,6 @@ def xnli_from_hub(languages=None, train_languages=()) -> Path:
         if path.is_file():
             continue
         ds = _load_hub(HUB_XNLI, lang, split)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in ds:
-                f.write(f"{clean(row['premise'])}\t{clean(row['hypothesis'])}\t{XNLI_LABELS[int(row['label'])]}\n")
-        os.replace(tmp, path)
+        atomic_write(path, "".join(f"{clean(row['premise'])}\t{clean(row['hypothesis'])}\t"
+                                   f"{XNLI_LABELS[int(row['label'])]}\n" for row in ds))
     return root

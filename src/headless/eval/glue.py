@@ -29,6 +29,7 @@ from headless.eval.classification import (
     load_tokenizer,
     over_seeds,
     parse_seeds,
+    require_encoder,
     summarize,
     write_results,
 )
@@ -151,15 +152,15 @@ def read_tsv(task: GlueTask, path: Path) -> list[Example]:
 
 
 def _from_hub(task: GlueTask, key: str, split: str) -> list[Example]:
-    try:
-        from datasets import load_dataset
+    from headless.eval.datasets import load_hub_split
 
-        data = load_dataset("nyu-mll/glue", key, split=split)
-    except Exception as err:  # offline, no such split...: tell the user the one fix
-        raise HeadlessError(f"could not get GLUE {task.name} from the Hugging Face hub "
-                            f"({type(err).__name__}); pass --data-dir with the GLUE TSV layout, or set "
+    try:
+        data = load_hub_split("nyu-mll/glue", key, split)
+    except Exception as err:  # offline, no such split...: name the three ways to data
+        raise HeadlessError(f"GLUE {task.name}: no data found; pass --data-dir with the GLUE TSV layout, or set "
                             f"HEADLESS_SHARED_DATA to an absolute folder laid out like ../shared/data "
-                            f"(with glue/{task.name}/train.tsv)") from err
+                            f"(with glue/{task.name}/train.tsv), or go online for the hub dataset nyu-mll/glue "
+                            f"({type(err).__name__})") from err
     a, b = task.hub
     return [Example(row[a], None if b is None else row[b], float(row["label"]) if task.labels is None
                     else int(row["label"])) for row in data]
@@ -226,6 +227,7 @@ def run_glue(
     """
     if recipe not in RECIPES:
         raise HeadlessError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    require_encoder(model_dir, "headless glue")
     chosen = RECIPES[recipe].override(epochs=epochs, lr=lr, batch_size=batch_size)
     seeds = parse_seeds(seeds)
     if data_dir is not None and not Path(data_dir).is_dir():

@@ -34,16 +34,16 @@ from headless.eval.classification import (
     load_tokenizer,
     over_seeds,
     parse_seeds,
+    require_encoder,
     summarize,
     write_results,
 )
+from headless.eval.datasets import HUB_XNLI, XNLI_LABELS, XNLI_LANGUAGES, resolve, xnli_from_hub
 from headless.eval.metrics import classification_metrics
 from headless.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
-XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
-XNLI_LABELS = ("entailment", "neutral", "contradiction")
 # Paper §5: AdamW 2e-5, CE, wd 0, batch 128, constant LR after 10% warm-up; epochs not stated in
 # the paper, the official code uses 10.  The last epoch is reported (no separate dev set here).
 XNLI_RECIPE = Recipe(lr=2e-5, epochs=10, batch_size=128, weight_decay=0.0, schedule="constant",
@@ -112,8 +112,6 @@ def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *
     if hub_train:
         if data_dir is not None:
             raise HeadlessError("--hub-train fetches its own XNLI data from the hub; leave out --data-dir")
-        from headless.eval.datasets import HUB_XNLI, xnli_from_hub
-
         try:
             data_dir = xnli_from_hub(languages, train_languages=hub_train)
         except HeadlessError:
@@ -122,8 +120,6 @@ def load_xnli(data_dir: str | Path | None, languages: list[str] | None = None, *
             raise HeadlessError(f"--hub-train: could not load the hub dataset {HUB_XNLI} "
                                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     if data_dir is None:
-        from headless.eval.datasets import HUB_XNLI, resolve, xnli_from_hub
-
         data_dir = resolve(None, "xnli", flag="--data-dir", what="XNLI", hub=HUB_XNLI,
                            from_hub=lambda: xnli_from_hub(languages))
     root = Path(data_dir)
@@ -197,6 +193,7 @@ def run_xnli(
     hub's train splits (MultiNLI and its translations, as the paper does)."""
     if mode not in MODES:
         raise HeadlessError(f"unknown XNLI mode {mode!r}; choose from {', '.join(MODES)}")
+    require_encoder(model_dir, "headless xnli")
     recipe = XNLI_RECIPE.override(epochs=epochs, lr=lr, batch_size=batch_size)
     seeds = parse_seeds(seeds)
     modes = ["transfer", "target"] if mode == "both" else [mode]

@@ -34,29 +34,24 @@ def _bf16(device: str) -> bool:
 
 def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final: bool
                    ) -> tuple[dict[str, list[float]], Predictions]:
-    """LAMBADA, held-out cross-entropy and (final checkpoint) zero-shot scores; as `Predictions`,
-    the LAMBADA examples' correctness (accuracy of 0/1 flags against all-ones labels) and each
-    held-out sequence's cross-entropy (metric "mean")."""
-    from headless.eval.heldout import heldout_cross_entropy
-    from headless.eval.lambada import evaluate_lambada
-    from headless.eval.zeroshot import evaluate_zeroshot
+    """The decoder tasks of the registry (headless.eval.tasks): LAMBADA, held-out cross-entropy
+    and (final checkpoint) zero-shot; as `Predictions`, the LAMBADA examples' correctness and each
+    held-out sequence's cross-entropy."""
+    from headless.eval.tasks import run_task
 
     root = config.root
-    lam = evaluate_lambada(model_dir, root / "lambada" / "lambada_openai_dev.jsonl", limit=config.lambada_limit,
-                           batch_size=32, device=config.device)
-    held = heldout_cross_entropy(model_dir, dataset, max_sequences=config.heldout_sequences, device=config.device)
-    scores = {"lambada_acc": [100 * lam["accuracy"]], "lambada_token_ppl": [lam["token_perplexity"]],
-              "lambada_word_ppl": [lam["word_perplexity"]], "heldout_ce": [held["cross_entropy"]]}
+    plan = {"lambada": dict(data=root / "lambada" / "lambada_openai_dev.jsonl", limit=config.lambada_limit,
+                            batch_size=32),
+            "heldout": dict(data=dataset, max_sequences=config.heldout_sequences)}
     if config.zeroshot_tasks and (config.zeroshot_at == "all" or (final and config.zeroshot_at == "final")):
-        zs = evaluate_zeroshot(model_dir, config.zeroshot_tasks, data_dir=root / "zeroshot",
-                               limit=config.zeroshot_limit, batch_size=32, device=config.device)
-        for task, result in zs["tasks"].items():
-            scores[f"{task}_acc"] = [100 * result["acc"]]
-        scores["zeroshot_avg"] = [statistics.fmean(100 * r["acc"] for r in zs["tasks"].values())]
-    predictions = {"lambada": {"group": "lambada", "metric": "accuracy", "labels": [1] * len(lam["correct"]),
-                               "seeds": [lam["correct"]]},
-                   "heldout": {"group": "heldout", "metric": "mean", "labels": [0] * len(held["per_sequence"]),
-                               "seeds": [held["per_sequence"]]}}
+        plan["zeroshot"] = dict(tasks=config.zeroshot_tasks, data_dir=root / "zeroshot", limit=config.zeroshot_limit,
+                                batch_size=32)
+    scores: dict[str, list[float]] = {}
+    predictions: Predictions = {}
+    for name, options in plan.items():
+        result = run_task(name, model_dir, device=config.device, **options)
+        scores.update(result.scores)
+        predictions.update(result.predictions)
     return scores, predictions
 
 
@@ -77,17 +72,25 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     at that rate; `glue_avg` averages the tasks' main scores seed by seed.  One `run_glue` call per
     rate covers every task, so each task's data is read and tokenized once per call, not per task.
     Also returns every kept seed's dev predictions (`Predictions`)."""
-    from headless.eval.glue import glue_predictions, glue_task, run_glue
+    from headless.eval.glue import glue_task
+    from headless.eval.tasks import TaskResult, get_task
 
+    task = get_task("glue")
     common = dict(max_train_examples=config.glue_max_train_examples, device=config.device,
                   bf16=_bf16(config.device), data_dir=config.root / "glue", progress=False,
                   workers=config.eval_workers)
     keys = [glue_task(t)[0] for t in config.glue_tasks]
 
-    def main_scores(result: dict) -> dict[str, list[float]]:
-        return {k: [100 * v for v in result["tasks"][k]["main"]["values"]] for k in keys if k in result["tasks"]}
+    def run_glue(model_dir: Path, **options) -> TaskResult:
+        return task.run(model_dir, **options)
 
-    kept: list[tuple[dict, list[str]]] = []  # (run_glue result, the tasks whose scores it gave)
+    def main_scores(result: TaskResult) -> dict[str, list[float]]:
+        return {k: list(result.scores[k]) for k in keys if k in result.scores}
+
+    def glue_predictions(result: TaskResult, tasks: list[str]) -> Predictions:
+        return {name: entry for name, entry in result.predictions.items() if entry["group"] in tasks}
+
+    kept: list[tuple[TaskResult, list[str]]] = []  # (run_glue result, the tasks whose scores it gave)
     if config.glue_recipe == "paper":
         result = run_glue(model_dir, tasks=keys, recipe="paper", seeds=seeds, **common)
         scores, predictions = main_scores(result), glue_predictions(result, keys)
@@ -100,7 +103,8 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
         diverged = {k: [lr for lr in config.glue_lrs if k not in first[lr]] for k in keys}
         for k in keys:
             for lr in diverged[k]:
-                print(f"{k}: not fine-tuned at lr {lr:g}, which diverged ({runs[lr]['diverged'][k]})", flush=True)
+                print(f"{k}: not fine-tuned at lr {lr:g}, which diverged ({runs[lr].details['diverged'][k]})",
+                      flush=True)
             if len(diverged[k]) == len(config.glue_lrs):
                 raise HeadlessError(f"{k}: fine-tuning diverged at every rate of glue_lrs")
         best = {k: max((lr for lr in config.glue_lrs if lr not in diverged[k]), key=lambda lr: first[lr][k][0])
@@ -125,7 +129,7 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     retries = {k: 0 for k in keys}
     for result, tasks in kept:
         for k in tasks:
-            retries[k] += len(result["tasks"][k].get("fp32_retries", []))
+            retries[k] += len(result.details["tasks"][k].get("fp32_retries", []))
     scores.update({f"{k}_fp32_retries": [float(n)] for k, n in retries.items() if n})
     return with_glue_averages(scores, keys), predictions
 
@@ -155,33 +159,27 @@ def covered_languages(config: StudyConfig) -> list[str]:
 
 def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple[dict[str, list[float]], Predictions]:
     """Accuracy per mode and language, the averages, and each seed's predictions (`Predictions`)."""
-    from headless.eval.xnli import run_xnli
+    from headless.eval.tasks import run_task
 
     mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
-    result = run_xnli(model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
-                      epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
-                      device=config.device, bf16=_bf16(config.device), progress=False,
-                      workers=config.eval_workers)
+    run = run_task("xnli", model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
+                   epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
+                   device=config.device, bf16=_bf16(config.device), progress=False, workers=config.eval_workers)
+    result = run.details
     covered = set(covered_languages(config))
     scores: dict[str, list[float]] = {}
-    for name, block in result["modes"].items():
+    n = len(seeds)
+    for name, block in result["modes"].items():  # per language, the average, then covered and other
+        scores.update({k: v for k, v in run.scores.items() if k.startswith(f"xnli_{name}_")})
         langs = block["languages"]
-        for lang, summary in langs.items():
-            scores[f"xnli_{name}_{lang}"] = [100 * v for v in summary["values"]]
-        n = len(seeds)
-        scores[f"xnli_{name}_avg"] = [100 * v for v in block["average"]["values"]]
         seen = [lang for lang in langs if lang in covered]
         unseen = [lang for lang in langs if lang not in covered]
         for label, group in (("covered", seen), ("other", unseen)):
             if group:
                 scores[f"xnli_{name}_{label}"] = [100 * statistics.fmean(langs[lang]["values"][i] for lang in group)
                                                   for i in range(n)]
-    if result.get("fp32_retries"):  # runs that diverged in bf16 and ran again in float32 (a setting)
-        scores["xnli_fp32_retries"] = [float(len(result["fp32_retries"]))]
-    predictions = {f"{name}/{lang}": {"group": f"{name}/{lang}", "metric": "accuracy", "labels": result["labels"][lang],
-                                      "seeds": block["predictions"][lang]}
-                   for name, block in result["modes"].items() for lang in block["languages"]}
-    return scores, predictions
+    scores.update({k: v for k, v in run.scores.items() if k not in scores})  # the float32 retries
+    return scores, run.predictions
 
 
 ENCODER_EVALS: dict[str, Callable] = {"encoder": glue_scores, "multilingual": xnli_scores}

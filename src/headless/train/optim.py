@@ -9,6 +9,7 @@ import torch
 
 from headless.config import TrainConfig
 from headless.errors import HeadlessError
+from headless.param_groups import decay_groups
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -29,16 +30,6 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
     if _fused_supported([p for g in groups for p in g["params"]]):
         kwargs["fused"] = True
     return torch.optim.AdamW(groups, **kwargs)
-
-
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on matrices, none on biases and normalisation weights
-    (the trainable parameters with fewer than two dimensions)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
