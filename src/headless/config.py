@@ -66,7 +66,7 @@ class ObjectiveConfig:
     random_prob: float = 0.1  # MLM: of the chosen tokens, the fraction replaced by a random token
     # bernoulli: each position with mask_prob (BERT); exact: round(p·n) of a row's n eligible ones
     # (the official code); static: round(p·seq_len) per row, a constant count the model gathers
-    # with static shapes (docs/training.md)
+    # with static shapes (docs/guide/training.md)
     masking: Literal["bernoulli", "exact", "static"] = "bernoulli"
     temperature: float = 1.0  # CWT: the logits O @ E[targets]^T are divided by this
     negatives: Literal["rank", "global"] = "rank"  # CWT negatives: this process's batch, or every process's

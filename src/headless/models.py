@@ -240,7 +240,7 @@ class LanguageModel(nn.Module):
         table entry bounds it (`captures_up_to`): CWT with at most `CAPTURE_MAX_ROWS` scored rows
         per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
 
-        Measured on the H200 (docs/performance.md, tokens/s, one graph against the eager loss):
+        Measured on the H200 (docs/reference/performance.md, tokens/s, one graph against the eager loss):
         bert-small 256 x 128 (K = 4,864) CWT 3.05 M vs 2.47 M, CE 2.78 M vs 2.28 M; Pythia-70M
         8 x 2048 (K = 16,384) CWT 1.47 M vs 1.36 M, CE 1.09 M vs 0.95 M, and through `headless
         pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k

@@ -1,0 +1,89 @@
+"""The docs as a user meets them: every relative link resolves, user pages stay short, and the
+README's results table is exactly what `headless report --summary` makes of the committed reports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def relative_links(page: Path) -> list[str]:
+    """Link targets outside code blocks that point into the repository (no scheme, not an anchor)."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [t for t in LINK.findall(text) if not re.match(r"^[a-z][a-z0-9+.-]*:|^#", t)]
+
+
+def test_relative_links_resolve():
+    broken = [f"{page.relative_to(ROOT)}: {target}" for page in _pages() for target in relative_links(page)
+              if not (page.parent / target.split("#")[0]).exists()]
+    assert not broken, "broken relative links:\n" + "\n".join(broken)
+
+
+def test_the_link_check_sees_a_broken_link(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("[a](missing.md) [b](https://x.org) [c](#top) `[d](code.md)`\n```\n[e](fenced.md)\n```\n")
+    assert relative_links(page) == ["missing.md"]
+
+
+def test_user_pages_are_short():
+    """Lab notes (dated runs, what a page used to say) live in docs/results/<campaign>/NOTES.md."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "docs" / "guide").glob("*.md"),
+             *(ROOT / "docs" / "reference").glob("*.md")]
+    long = {str(p.relative_to(ROOT)): n for p in pages if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300}
+    assert not long, f"user pages over 300 lines: {long}"
+
+
+def readme_results_table() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert START in text and END in text, f"README.md has no {START} ... {END} block"
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def test_readme_results_come_from_committed_reports():
+    """Regenerate the table from the reports its rows name; any hand-edited number fails here."""
+    from headless.reproduce.report import summary_markdown
+
+    table = readme_results_table()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert rows, "the README's results table is empty"
+    reports = []
+    for row in rows:
+        campaign = row.split("|")[2].strip()
+        found = sorted((ROOT / "docs" / "results" / campaign).glob("*-report.json"))
+        assert found, f"the README quotes campaign {campaign!r}, which has no report under docs/results"
+        reports += [p for p in found if p not in reports]
+    assert table == summary_markdown(reports), (
+        "the README's results table differs from `headless report --summary` of its campaigns' reports; "
+        "regenerate it:\n" + summary_markdown(reports))
+    assert "superseded" not in table, "a superseded campaign is quoted as current in the README"
+
+
+def test_summary_marks_a_superseded_campaign(tmp_path):
+    import shutil
+
+    from headless.errors import HeadlessError
+    from headless.reproduce.report import summary_markdown
+
+    src = next((ROOT / "docs" / "results").glob("*/encoder-report.json"))
+    camp = tmp_path / "2030-01-01-encoder"
+    camp.mkdir()
+    shutil.copy(src, camp / src.name)
+    assert summary_markdown([camp / src.name]).splitlines()[-1].endswith("| current |")
+    (camp / "SUPERSEDED").write_text("by a later pair\n")
+    row = summary_markdown([camp / src.name]).splitlines()[-1]
+    assert "| 2030-01-01-encoder |" in row and row.endswith("| superseded: by a later pair |")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(HeadlessError, match="not a `headless report` report"):
+        summary_markdown([tmp_path / "bad.json"])
