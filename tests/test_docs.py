@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+RESULTS = ROOT / "docs" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -45,9 +46,9 @@ def test_user_pages_are_short():
     assert not long, f"user pages over 300 lines: {long}"
 
 
-def readme_results_table() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert START in text and END in text, f"README.md has no {START} ... {END} block"
+def results_table(page: Path) -> str:
+    text = page.read_text(encoding="utf-8")
+    assert START in text and END in text, f"{page.name} has no {START} ... {END} block"
     return text.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
 
 
@@ -55,19 +56,38 @@ def test_readme_results_come_from_committed_reports():
     """Regenerate the table from the reports its rows name; any hand-edited number fails here."""
     from headless.reproduce.report import summary_markdown
 
-    table = readme_results_table()
+    table = results_table(ROOT / "README.md")
     rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
     assert rows, "the README's results table is empty"
     reports = []
     for row in rows:
         campaign = row.split("|")[2].strip()
-        found = sorted((ROOT / "docs" / "results" / campaign).glob("*-report.json"))
+        found = sorted((RESULTS / campaign).glob("*-report.json"))
         assert found, f"the README quotes campaign {campaign!r}, which has no report under docs/results"
         reports += [p for p in found if p not in reports]
     assert table == summary_markdown(reports), (
         "the README's results table differs from `headless report --summary` of its campaigns' reports; "
         "regenerate it:\n" + summary_markdown(reports))
     assert "superseded" not in table, "a superseded campaign is quoted as current in the README"
+
+
+def test_results_index_lists_every_report():
+    from headless.reproduce.report import summary_markdown
+
+    reports = sorted(RESULTS.glob("*/*-report.json"))
+    assert results_table(RESULTS / "README.md") == summary_markdown(reports), (
+        "docs/results/README.md's table is not `headless report --summary docs/results/*/*-report.json`")
+
+
+def test_every_campaign_says_how_it_was_made():
+    """A dated folder with its commands, code version and GPU; nothing loose at the top."""
+    loose = [p.name for p in RESULTS.iterdir() if p.is_file() and p.name != "README.md"]
+    assert not loose, f"results outside a campaign folder: {loose}"
+    for campaign in (p for p in RESULTS.iterdir() if p.is_dir()):
+        assert re.match(r"\d{4}-\d{2}-\d{2}-", campaign.name), f"{campaign.name}: not a dated campaign folder"
+        readme = (campaign / "README.md").read_text(encoding="utf-8")
+        for field in ("**GPU**", "**Code version**", "Commands:"):
+            assert field in readme, f"{campaign.name}/README.md does not say {field}"
 
 
 def test_summary_marks_a_superseded_campaign(tmp_path):
@@ -87,3 +107,14 @@ def test_summary_marks_a_superseded_campaign(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(HeadlessError, match="not a `headless report` report"):
         summary_markdown([tmp_path / "bad.json"])
+
+
+def test_config_reference_is_current():
+    """docs/reference/config.md is generated from config.py's field comments: a new field, a changed
+    default or comment makes it stale until `python scripts/config_reference.py` is run."""
+    import runpy
+
+    page = runpy.run_path(str(ROOT / "scripts" / "config_reference.py"))["page"]()
+    assert (ROOT / "docs" / "reference" / "config.md").read_text(encoding="utf-8") == page, (
+        "docs/reference/config.md is stale: run `python scripts/config_reference.py`")
+    assert "| `optim.lr` |" in page and "| `budget.time_s` |" in page
