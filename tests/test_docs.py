@@ -118,3 +118,44 @@ def test_config_reference_is_current():
     assert (ROOT / "docs" / "reference" / "config.md").read_text(encoding="utf-8") == page, (
         "docs/reference/config.md is stale: run `python scripts/config_reference.py`")
     assert "| `optim.lr` |" in page and "| `budget.time_s` |" in page
+
+
+PRESET = """# A small Llama decoder (CLM) for the walk-through of docs/contributing.md
+model:
+  architecture: llama
+  hidden_size: 32
+  num_layers: 2
+  num_heads: 2
+  intermediate_size: 64
+  max_position_embeddings: 128
+optim:
+  lr: 1.0e-3
+  schedule: cosine
+  warmup_steps: 1
+batch_size: 4
+compile: auto
+"""
+
+
+def test_add_a_preset(tmp_path, fixture_datasets, capsys):
+    """docs/contributing.md, "Add a preset": a YAML file of fields, used by path, trains both twins;
+    a wrong key in it is one line."""
+    from headless.cli import main
+    from headless.config import load_config
+
+    preset = tmp_path / "llama-small.yaml"
+    preset.write_text(PRESET)
+    for flavour in ("headless", "vanilla"):
+        config = load_config(str(preset), flavour=flavour)
+        assert config.model.architecture == "llama" and config.objective_kind == "clm"
+        assert config.preset == "llama-small" and config.needs_head == (flavour == "vanilla")
+        run = tmp_path / flavour
+        assert main(["pretrain", "--preset", str(preset), "--data", str(fixture_datasets["neox"]), "--run-dir",
+                     str(run), "--flavour", flavour, "--max-steps", "2", "eval_every=2", "eval_batches=1",
+                     "save_every=2", "log_every=1", "tensorboard=false", "--no-progress"]) == 0
+        assert (run / "summary.json").is_file()
+    capsys.readouterr()
+    preset.write_text(PRESET.replace("  lr:", "  lrr:"))
+    assert main(["pretrain", "--preset", str(preset), "--show-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optim.lrr" in err and len(err.splitlines()) == 1
