@@ -126,7 +126,9 @@ STUDY_DEFAULTS: dict[str, dict] = {
     "multilingual": {"preset": "multilingual", "budget_s": 120.0, "fractions": [0.5, 1.0],
                      "pretrain": ["batch_size=128", "optim.lr=5e-4", "optim.warmup_steps=300", "optim.beta2=0.98",
                                   "eval_every=100000", "log_every=100", "compile=auto",
-                                  "compile_mode=reduce-overhead"]},
+                                  "compile_mode=reduce-overhead"],
+                     # the paper's raw outputs collapsed at this shape (docs/results/plateau-2026-12-05)
+                     "headless_pretrain": ["objective.projector=transform"]},
 }
 
 
