@@ -64,7 +64,9 @@ class StudyConfig:
     glue_max_train_examples: Optional[int] = 8000
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds at the final checkpoint
     curve_seeds: list = field(default_factory=lambda: [0])  # fine-tuning seeds at earlier checkpoints
-    xnli_modes: list = field(default_factory=lambda: ["transfer", "target"])
+    # transfer (English only), target (each language), all (translate-train-all: every language's
+    # items together, 15 x 1,245 with the parallel dev halves)
+    xnli_modes: list = field(default_factory=lambda: ["transfer", "target", "all"])
     xnli_lr: float = 5e-5
     xnli_epochs: int = 10
     # XNLI fine-tuning examples per language (a fixed random subset); with train-<lang>.tsv files
@@ -85,8 +87,8 @@ class StudyConfig:
             (bool(self.seeds) and bool(self.curve_seeds), "seeds and curve_seeds must not be empty"),
             (bool(self.glue_lrs), "glue_lrs must not be empty"),
             (self.eval_workers >= 1, "eval_workers must be >= 1"),
-            (all(m in ("transfer", "target") for m in self.xnli_modes) and bool(self.xnli_modes),
-             "xnli_modes must be transfer and/or target"),
+            (all(m in ("transfer", "target", "all") for m in self.xnli_modes) and bool(self.xnli_modes),
+             "xnli_modes must be among transfer, target, all"),
             (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),
             (all(n is None or n >= 1 for n in (self.glue_max_train_examples, self.xnli_max_train_examples)),
              "glue_max_train_examples and xnli_max_train_examples must be >= 1"),

@@ -161,7 +161,7 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     """Accuracy per mode and language, the averages, and each seed's predictions (`Predictions`)."""
     from headless.eval.tasks import run_task
 
-    mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
+    mode = ",".join(dict.fromkeys(config.xnli_modes))
     run = run_task("xnli", model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
                    epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
                    device=config.device, bf16=_bf16(config.device), progress=False, workers=config.eval_workers)
