@@ -100,3 +100,18 @@ def test_sync_free_twins_run_a_captured_step_without_host_syncs_on_gpu(preset):
     for row in rows:
         assert row["compiled_region"] == "model", row
         assert row["host_syncs_per_step"] == 0, row["host_sync_stacks"]
+
+
+def test_bench_refuses_an_objective_whose_package_is_absent_with_one_line(capsys):
+    """Issue #29: a kernel package to install is refused up front (exit 2, one line), before any case runs."""
+    from headless.bench import OBJECTIVES, missing_package
+    from headless.cli import main
+
+    absent = [o for o in OBJECTIVES if missing_package(o)]
+    if not absent:
+        pytest.skip("every optional kernel package is installed here")
+    for objective in absent:
+        assert main(["bench", "--preset", "tiny", "--objectives", f"cwt,{objective}", "--steps", "1",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and objective in err[0] and "pip install" in err[0]
