@@ -209,11 +209,19 @@ class TrainConfig:
         return LOSSES[self.loss_kind]
 
     def validate(self) -> "TrainConfig":
+        from headless.runtime import host_memory_bytes
+
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.plateau_patience >= 0, "plateau_patience must be >= 0 (0: never warn)"),
+            # a step's micro-batches are held on the host together (their loss positions are counted
+            # first): 16 bytes a token (ids and labels); an absurd grad_accum would fill the memory
+            (16 * self.batch_size * self.grad_accum * self.data.seq_len <= host_memory_bytes() // 2,
+             f"batch_size x grad_accum x data.seq_len = {self.batch_size * self.grad_accum * self.data.seq_len:,} "
+             f"tokens per step do not fit half of this machine's memory "
+             f"({host_memory_bytes() / 2**30:,.0f} GiB); lower grad_accum or batch_size"),
             (self.objective.projector == "none" or self.loss_kind in ("cwt", "nce"),
              f"objective.projector={self.objective.projector} transforms the outputs CWT scores; the "
              f"{self.loss_kind} loss has none (use objective.projector=none)"),

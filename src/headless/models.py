@@ -66,15 +66,12 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[in
 def check_size(cfg: ModelConfig, vocab_size: int, head: bool) -> None:
     """Refuse a shape whose fp32 weights alone exceed this machine's memory, before allocating: an
     allocator error (or minutes of swapping) is no way to learn that `vocab_size=4000000000` is absurd."""
-    import os
+    from headless.runtime import host_memory_bytes
 
     d, inter = cfg.hidden_size, cfg.intermediate_size or 4 * cfg.hidden_size
     params = (vocab_size * (2 if head else 1) + cfg.max_position_embeddings) * d \
         + cfg.num_layers * (4 * d * d + 2 * d * inter)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed, generous bound
-        memory = 1 << 40
+    memory = host_memory_bytes()
     if 4 * params > memory:
         raise HeadlessError(f"model too large: model.* (vocab {vocab_size}, hidden_size {d}, num_layers "
                             f"{cfg.num_layers}, intermediate_size {inter}, max_position_embeddings "
