@@ -26,7 +26,8 @@ REPORT_FORMAT = "headless-reproduce-report/1"
 HEADLINE: dict[str, dict[str, Any]] = {
     "decoder": {"pair": ("hlm_ft", "vanilla"),
                 "metrics": [("lambada_acc", "LAMBADA accuracy (%)", True),
-                            ("heldout_ce", "held-out cross-entropy (nats/token)", False)]},
+                            ("heldout_ce", "held-out cross-entropy (nats/token)", False),
+                            ("heldout_bpb", "held-out bits per byte (tokenizers compared)", False)]},
     "encoder": {"pair": ("headless", "vanilla"),
                 "metrics": [("glue_avg", "GLUE average (%)", True),
                             ("glue_avg_no_rte", "GLUE average without RTE, as the paper's Tab. 1 (%)", True)]},
