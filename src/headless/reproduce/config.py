@@ -48,6 +48,13 @@ class StudyConfig:
     # paper's (distilbert-base-multilingual-cased, 119,547 entries); XLM-R's is 250002
     tokenizer_vocab_size: int = 119547
     seq_len: Optional[int] = None  # None: the preset's
+    # decoder: None: the Pythia tokenizer and English text; N: a byte-level BPE of N entries that the
+    # study trains on English plus `languages` (issue #25's large-vocabulary pair: N >= 128k)
+    decoder_vocab_size: Optional[int] = None
+    # decoder: held-out bits per byte per language, on the sentences of XNLI's dev-<lang>.tsv (parallel
+    # text: comparable across languages and tokenizers); None: none with the Pythia tokenizer, else
+    # English plus every language of the mix that XNLI has
+    heldout_languages: Optional[list] = None
     # decoder evaluation
     finetune_tokens: float = 5e6  # HLM+FT budget per headless checkpoint (its time is counted)
     finetune_lr: float = 1e-4
@@ -90,6 +97,8 @@ class StudyConfig:
             (all(m in ("transfer", "target", "all") for m in self.xnli_modes) and bool(self.xnli_modes),
              "xnli_modes must be among transfer, target, all"),
             (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),
+            (self.decoder_vocab_size is None or self.decoder_vocab_size >= 256,
+             "decoder_vocab_size must be >= 256 (a byte-level BPE holds the 256 bytes)"),
             (all(n is None or n >= 1 for n in (self.glue_max_train_examples, self.xnli_max_train_examples)),
              "glue_max_train_examples and xnli_max_train_examples must be >= 1"),
         ]

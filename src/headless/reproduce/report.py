@@ -27,7 +27,9 @@ HEADLINE: dict[str, dict[str, Any]] = {
     "decoder": {"pair": ("hlm_ft", "vanilla"),
                 "metrics": [("lambada_acc", "LAMBADA accuracy (%)", True),
                             ("heldout_ce", "held-out cross-entropy (nats/token)", False),
-                            ("heldout_bpb", "held-out bits per byte (tokenizers compared)", False)]},
+                            ("heldout_bpb", "held-out bits per byte (tokenizers compared)", False),
+                            ("heldout_bpb_languages", "held-out bits per byte, mean over languages (XNLI "
+                                                      "sentences)", False)]},
     "encoder": {"pair": ("headless", "vanilla"),
                 "metrics": [("glue_avg", "GLUE average (%)", True),
                             ("glue_avg_no_rte", "GLUE average without RTE, as the paper's Tab. 1 (%)", True)]},
