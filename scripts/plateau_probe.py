@@ -90,7 +90,7 @@ def diagnostics(model, input_ids, labels) -> dict:
     o, t = o[keep], t[keep]
     weight = model.input_embedding_weight().float()
     e = weight.index_select(0, t)
-    on, en = F.normalize(o, dim=-1), F.normalize(e, dim=-1)
+    on = F.normalize(o, dim=-1)
     scores = o @ e.T
     n = len(t)
     offdiag = (n * n - n) or 1
