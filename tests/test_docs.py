@@ -86,8 +86,8 @@ def test_every_campaign_says_how_it_was_made():
     for campaign in (p for p in RESULTS.iterdir() if p.is_dir()):
         assert re.match(r"\d{4}-\d{2}-\d{2}-", campaign.name), f"{campaign.name}: not a dated campaign folder"
         readme = (campaign / "README.md").read_text(encoding="utf-8")
-        for field in ("**GPU**", "**Code version**", "Commands:"):
-            assert field in readme, f"{campaign.name}/README.md does not say {field}"
+        for field in ("GPU", "Code version", "```bash"):
+            assert field in readme, f"{campaign.name}/README.md does not say {field!r} (GPU, code version, commands)"
 
 
 def test_summary_marks_a_superseded_campaign(tmp_path):

@@ -26,12 +26,18 @@ REPORT_FORMAT = "headless-reproduce-report/1"
 HEADLINE: dict[str, dict[str, Any]] = {
     "decoder": {"pair": ("hlm_ft", "vanilla"),
                 "metrics": [("lambada_acc", "LAMBADA accuracy (%)", True),
-                            ("heldout_ce", "held-out cross-entropy (nats/token)", False)]},
+                            ("heldout_ce", "held-out cross-entropy (nats/token)", False),
+                            ("heldout_bpb", "held-out bits per byte (tokenizers compared)", False),
+                            ("heldout_bpb_languages", "held-out bits per byte, mean over languages (XNLI "
+                                                      "sentences)", False)]},
     "encoder": {"pair": ("headless", "vanilla"),
                 "metrics": [("glue_avg", "GLUE average (%)", True),
                             ("glue_avg_no_rte", "GLUE average without RTE, as the paper's Tab. 1 (%)", True)]},
     "multilingual": {"pair": ("headless", "vanilla"),
-                     "metrics": [("xnli_transfer_avg", "XNLI accuracy, fine-tuned on English (%)", True),
+                     "metrics": [("xnli_all_covered", "XNLI accuracy, translate-train-all, languages in the "
+                                                      "pretraining mix (%)", True),
+                                 ("xnli_all_avg", "XNLI accuracy, translate-train-all, 15 languages (%)", True),
+                                 ("xnli_transfer_avg", "XNLI accuracy, fine-tuned on English (%)", True),
                                  ("xnli_target_avg", "XNLI accuracy, fine-tuned in each language (%)", True)]},
 }
 VARIANT_NAMES = {"hlm_ft": "headless (HLM+FT)", "headless_raw": "headless (raw: embedding head)",
@@ -600,10 +606,14 @@ def load_report(path: str | Path) -> dict:
 
 
 def summary_row(report: dict) -> str:
-    """One Markdown row: the study's first headline metric at the final checkpoints."""
+    """One Markdown row: the report's first headline metric that both twins have, at the final
+    checkpoints (read from the report itself, so reports made before a headline metric existed
+    still summarise as they were written)."""
     study = report["study"]
-    metric, label, _ = HEADLINE[study]["metrics"][0]
-    entry = report["headline"].get(metric, {})
+    headline = report["headline"]
+    metric = next((m for m, e in headline.items() if "delta" in e), next(iter(headline), None))
+    entry = headline.get(metric, {}) if metric else {}
+    label = entry.get("label", metric or "–")
     vanilla_own = sorted({o for p in report["pieces"] if p["flavour"] == "vanilla" for o in p.get("overrides") or []})
     name = study + (f" (vanilla: `{' '.join(vanilla_own)}`)" if vanilla_own else "")
     by = {f: [p for p in report["pieces"] if p["flavour"] == f] for f in ("headless", "vanilla")}
