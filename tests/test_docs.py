@@ -159,3 +159,19 @@ def test_add_a_preset(tmp_path, fixture_datasets, capsys):
     assert main(["pretrain", "--preset", str(preset), "--show-config"]) == 2
     err = capsys.readouterr().err.strip()
     assert "optim.lrr" in err and len(err.splitlines()) == 1
+
+
+def test_report_summary_command(capsys, tmp_path):
+    """`headless report --summary REPORT.json ...` prints the table; without --summary, --output is
+    required (one line, exit 2)."""
+    from headless.cli import main
+
+    reports = sorted(str(p) for p in RESULTS.glob("*/*-report.json"))
+    assert main(["report", "--summary", *reports]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| study | campaign |") and len(out.splitlines()) == 2 + len(reports)
+    assert main(["report", reports[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--output" in err and len(err.splitlines()) == 1
+    assert main(["report", "--summary", str(tmp_path / "none.json")]) == 2
+    assert "no such report" in capsys.readouterr().err
