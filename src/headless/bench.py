@@ -13,9 +13,10 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # imported where used: `headless bench --help` must not import torch
+    import torch
 
 from headless.config import load_config
 from headless.errors import HeadlessError
@@ -54,6 +55,8 @@ def skip_reason(objective: str, device: torch.device) -> Optional[str]:
 
 
 def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator, exponent: float = 1.1) -> torch.Tensor:
+    import torch
+
     ranks = torch.arange(1, vocab + 1, dtype=torch.float64)
     probs = ranks.pow(-exponent)
     ids = torch.multinomial(probs / probs.sum(), batch * seq_len, replacement=True, generator=generator)
@@ -64,6 +67,8 @@ def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator,
 def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional[int], steps: int, warmup: int,
           device: torch.device, compile: bool, overrides: list[str], profile_dir: Optional[Path] = None,
           sync_debug: bool = False) -> dict:
+    import torch
+
     from headless.models import build_model, count_parameters
     from headless.train.logging import flops_per_token, peak_flops
     from headless.loss_kinds import LOSSES
@@ -156,6 +161,8 @@ def _count_syncs(train_step, step: int) -> dict:
     counts: setting the mode warns once per process that it is a "prototype" that may not detect
     all "synchronizing operations", and counting that warning made the first row of every process
     show one sync that the same step under mode "error" does not raise (H200, 2026-12-01)."""
+    import torch
+
     import traceback
     import warnings
     from collections import Counter
@@ -192,6 +199,7 @@ def _count_syncs(train_step, step: int) -> dict:
 def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Path, steps: int = 2) -> dict:
     """torch.profiler over a few more steps: the top kernels by self time, and how busy the GPU was
     (device time / wall time: below 1 means the GPU waited on the host)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -220,6 +228,8 @@ def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Pat
 
 
 def _fits(*args) -> bool:
+    import torch
+
     try:
         _case(*args)
         return True
@@ -260,6 +270,8 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
           sync_debug: bool = False) -> list[dict]:
     """Run every (objective, vocabulary size, micro-batch) case; write bench.json/.md/.png to `output`
     (and, with `profile`, a torch.profiler table per case)."""
+    import torch
+
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise HeadlessError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
