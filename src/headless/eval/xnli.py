@@ -250,7 +250,20 @@ def run_xnli(
                "fp32_retries": [[m, seed, lang or train_language] for (m, seed, lang), run in zip(plan, runs)
                                 if "retried_fp32" in run]}
     write_results(results, xnli_markdown(results), output_dir, "xnli")
+    if output_dir is not None and results["modes"]:
+        xnli_plot(results, Path(output_dir) / "xnli.png")
     return results
+
+
+def xnli_plot(results: dict, path: Path) -> Path:
+    """xnli.png: accuracy per language and the average, one bar per mode, mean ± std over the seeds."""
+    from headless.eval.plots import bar_plot
+
+    modes = results["modes"]
+    langs = list(next(iter(modes.values()))["languages"])
+    series = {m: [modes[m]["languages"].get(lang) for lang in langs] + [modes[m]["average"]] for m in modes}
+    return bar_plot(langs + ["Average"], series, path, title=f"XNLI, {over_seeds(results['seeds'])}",
+                    ylabel="accuracy (points)")
 
 
 def xnli_markdown(results: dict) -> str:
