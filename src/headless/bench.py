@@ -347,6 +347,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def swept_axis(rows: list[dict]) -> tuple[str, str]:
+    """(x, series) of bench.png: the x-axis follows what was swept (the vocabulary, as in the paper's
+    Fig. 2, when several sizes were timed; else the micro-batch), one line per value of the other."""
+    if len({r["vocab_size"] for r in rows}) <= 1 and len({r["batch_size"] for r in rows}) > 1:
+        return "batch_size", "vocab_size"
+    return "vocab_size", "batch_size"
+
+
 def write_report(rows: list[dict], out: Path, device: str) -> None:
     import matplotlib
 
@@ -357,19 +365,20 @@ def write_report(rows: list[dict], out: Path, device: str) -> None:
     (out / "bench.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
     (out / "bench.md").write_text(f"Device: {device}\n\n{format_table(rows)}\n")
     timed = [r for r in rows if "tokens_per_s" in r]
+    x, other = swept_axis(timed)
+    names = {"vocab_size": ("vocabulary size", "vocabulary", "V"), "batch_size": ("micro-batch size", "micro-batch", "batch")}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for objective in dict.fromkeys(r["objective"] for r in timed):
-        for batch in dict.fromkeys(r["batch_size"] for r in timed):
-            sel = sorted((r for r in timed if r["objective"] == objective and r["batch_size"] == batch),
-                         key=lambda r: r["vocab_size"])
+        for value in dict.fromkeys(r[other] for r in timed):
+            sel = sorted((r for r in timed if r["objective"] == objective and r[other] == value), key=lambda r: r[x])
             if not sel:
                 continue
-            label = f"{objective} (batch {batch})"
-            axes[0].plot([r["vocab_size"] for r in sel], [r["ms_per_1k_tokens"] for r in sel], "o-", label=label)
+            label = f"{objective} ({names[other][2]} {value})"
+            axes[0].plot([r[x] for r in sel], [r["ms_per_1k_tokens"] for r in sel], "o-", label=label)
             if sel[0].get("peak_mem_gib") is not None:
-                axes[1].plot([r["vocab_size"] for r in sel], [r["peak_mem_gib"] for r in sel], "o-", label=label)
-    axes[0].set(xlabel="vocabulary size", ylabel="ms per 1k tokens (train step)", title="latency vs vocabulary")
-    axes[1].set(xlabel="vocabulary size", ylabel="peak GiB", title="memory vs vocabulary")
+                axes[1].plot([r[x] for r in sel], [r["peak_mem_gib"] for r in sel], "o-", label=label)
+    axes[0].set(xlabel=names[x][0], ylabel="ms per 1k tokens (train step)", title=f"latency vs {names[x][1]}")
+    axes[1].set(xlabel=names[x][0], ylabel="peak GiB", title=f"memory vs {names[x][1]}")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
