@@ -52,15 +52,29 @@ def forest_plot(rows: Sequence[tuple[str, float, Optional[float], Optional[float
                 title: str, xlabel: str) -> Path:
     """One line per (label, difference, low, high): the difference as a dot, its 95 % interval as a
     whisker (none when unknown), 0 as a dashed line; the first row on top."""
-    plt, fig, ax = _figure(len(rows))
-    ys = list(range(len(rows)))[::-1]
-    for y, (label, delta, low, high) in zip(ys, rows):
-        ok = low is not None and high is not None
-        ax.errorbar([delta], [y], xerr=[[delta - low], [high - delta]] if ok else None, fmt="o",
-                    color="C0" if not ok or low > 0 or high < 0 else "0.4", capsize=4)
-    ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
-    ax.set_yticks(ys, [r[0] for r in rows])
-    ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set(xlabel=xlabel, title=title)
-    ax.grid(axis="x", alpha=0.3)
+    return forest_panels([(title, xlabel, rows)], path)
+
+
+def forest_panels(panels: Sequence[tuple[str, str, Sequence[tuple]]], path: str | Path) -> Path:
+    """Forest plots stacked, one panel per (title, xlabel, rows): differences in different units
+    (points, nats) each get their own x-axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heights = [1.2 + 0.38 * max(len(rows), 1) for _, _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, xlabel, rows) in zip(axes[:, 0], panels):
+        ys = list(range(len(rows)))[::-1]
+        for y, (label, delta, low, high) in zip(ys, rows):
+            ok = low is not None and high is not None
+            ax.errorbar([delta], [y], xerr=[[delta - low], [high - delta]] if ok else None, fmt="o",
+                        color="C0" if not ok or low > 0 or high < 0 else "0.4", capsize=4)
+        ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
+        ax.set_yticks(ys, [r[0] for r in rows])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set(xlabel=xlabel, title=title)
+        ax.grid(axis="x", alpha=0.3)
     return _save(plt, fig, Path(path))
