@@ -4,7 +4,7 @@ Each case builds the preset's backbone at a given vocabulary size and micro-batc
 token ids drawn from a Zipf law (so the number of unique in-batch targets is realistic: CWT's cost
 depends on it), and times warm-up + timed steps (CUDA events on GPU, medians).  It reports tokens/s,
 MFU, peak memory and the loss, as a table, JSON and PNG plots (the paper's Fig. 2 / Fig. 6b: latency
-and memory against vocabulary size).
+and memory against vocabulary size, or against the micro-batch when only that was swept).
 """
 
 from __future__ import annotations
