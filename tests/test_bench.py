@@ -105,6 +105,43 @@ def test_sync_free_twins_run_a_captured_step_without_host_syncs_on_gpu(preset):
         assert row["host_syncs_per_step"] == 0, row["host_sync_stacks"]
 
 
+def _timed(objective, vocab, batch):
+    return {"preset": "tiny", "objective": objective, "vocab_size": vocab, "batch_size": batch, "seq_len": 64,
+            "tokens_per_s": 1000.0 * batch, "ms_per_1k_tokens": 1.0 / batch, "peak_mem_gib": None, "loss": 5.0}
+
+
+@pytest.mark.parametrize("vocabs, batches, x, xs", [
+    ([512], [2, 4, 8], "micro-batch size", [2, 4, 8]),       # a batch sweep spreads along x
+    ([256, 512], [4], "vocabulary size", [256, 512]),        # the paper's Fig. 2
+    ([256, 512], [2, 4], "vocabulary size", [256, 512]),     # both: one line per batch
+])
+def test_bench_plot_x_axis_follows_what_was_swept(vocabs, batches, x, xs, tmp_path, monkeypatch):
+    """Issue #27 item 10: a batch sweep used to pile into one column at the vocabulary size."""
+    import matplotlib.axes
+
+    from headless.bench import write_report
+
+    drawn, labels, real, real_set = [], [], matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set
+
+    def spy(self, xv, *args, **kwargs):
+        drawn.append((list(xv), kwargs.get("label")))
+        return real(self, xv, *args, **kwargs)
+
+    def spy_set(self, **kwargs):
+        labels.append(kwargs.get("xlabel"))
+        return real_set(self, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set", spy_set)
+    rows = [_timed(o, v, b) for o in ("cwt", "ce") for v in vocabs for b in batches]
+    write_report(rows, tmp_path, device="cpu")
+    assert drawn and all(points == xs for points, _ in drawn) and x in labels
+    assert len(drawn) == 2 * (len(vocabs) * len(batches) // len(xs))  # one line per objective and other value
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "bench.png").shape[1] > 100
+
+
 def test_bench_refuses_an_objective_whose_package_is_absent_with_one_line(capsys):
     """Issue #29: a kernel package to install is refused up front (exit 2, one line), before any case runs."""
     from headless.bench import OBJECTIVES, missing_package

@@ -5,7 +5,8 @@ import pytest
 from headless.cli import build_parser, main
 
 COMMANDS = [["prepare"], ["tokenizer", "train"], ["pretrain"], ["finetune-head"], ["export"], ["eval", "lambada"],
-            ["eval", "zeroshot"], ["eval", "harness"], ["analyze"], ["glue"], ["xnli"], ["bench"]]
+            ["eval", "zeroshot"], ["eval", "harness"], ["eval", "analyze"], ["eval", "glue"], ["eval", "xnli"],
+            ["analyze"], ["glue"], ["xnli"], ["bench"]]  # the last three: hidden aliases of `eval TASK`
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -18,7 +19,7 @@ def test_help(command, capsys):
 
 def test_top_level_lists_commands(capsys):
     help_text = build_parser().format_help()
-    for command in {c[0] for c in COMMANDS}:
+    for command in {c[0] for c in COMMANDS} - {"analyze", "glue", "xnli"}:
         assert command in help_text
     assert main([]) == 2
 

@@ -42,9 +42,9 @@ def test_config_without_preset_uses_the_documented_default(tmp_path, capsys):
     (["pretrain", "--max-step", "3"], "--max-steps"),
     (["pretrain", "--flavr", "vanilla"], "--flavor"),
     (["finetune-head", "a", "b", "--data", "d", "--batchsize", "2"], "--batch-size"),
-    (["prepare", "x", "-o", "y", "-t", "z", "--seq-len", "4", "--max-docs", "3"], "--max-documents"),
+    (["prepare", "x", "-o", "y", "-t", "z", "--seq-len", "4", "--max-docs", "3"], "--limit"),
     (["eval", "lambada", "m", "--limt", "3"], "--limit"),
-    (["glue", "m", "--data_dir", "d"], "--data-dir"),
+    (["glue", "m", "--data_dir", "d"], "--data"),
 ])
 def test_unknown_options_get_one_line_and_a_suggestion(argv, suggestion, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -83,3 +83,22 @@ def test_clm_labels_are_shifted_like_headless(fixture_tokenizers):
         ours = compute_cwt_loss(model, {"input_ids": ids, "labels": ids.clone()}, eos_token_id=0)
         reference = cwt_loss(model(input_ids=ids).last_hidden_state, expected, model.get_input_embeddings().weight)
     assert torch.allclose(ours.loss, reference.loss) and int(ours.num_targets) == int((expected != -100).sum())
+
+
+def test_trainer_logs_cwt_accuracy_for_training_and_evaluation(fixture_data, fixture_tokenizers, tmp_path):
+    """Issue #27 item 9: the Trainer's logs (so TensorBoard, W&B, MLflow) carry CWT's accuracy."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, DataCollatorForLanguageModeling
+
+    from headless.integrations.hf import CWTTrainer
+
+    tok = AutoTokenizer.from_pretrained(fixture_tokenizers["wordpiece"])
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False)
+    trainer = CWTTrainer(model=model, args=_args(tmp_path, steps=3), train_dataset=_dataset(tok, fixture_data["corpus"]),
+                         eval_dataset=_dataset(tok, fixture_data["corpus"], n=8),
+                         data_collator=DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=0.15))
+    trainer.train()
+    accuracies = [r["cwt_accuracy"] for r in trainer.state.log_history if "loss" in r]
+    assert len(accuracies) == 3 and all(0 <= a <= 1 for a in accuracies)
+    assert 0 <= trainer.evaluate()["eval_cwt_accuracy"] <= 1

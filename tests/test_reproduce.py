@@ -640,3 +640,24 @@ def test_report_says_which_twin_never_left_the_plateau(tmp_path):
     text = (tmp_path / "out" / "decoder-report.md").read_text()
     assert "- headless seed 0: **never left the plateau**: training accuracy 0.120" in text
     assert "- vanilla seed 0: left the plateau (training accuracy 0.130) at step 5,300 (106 GPU s)" in text
+
+
+def test_report_draws_a_forest_plot_of_the_differences(tmp_path, monkeypatch):
+    """Issue #27 item 10: headless − vanilla per headline metric with its interval, one panel per unit."""
+    import headless.eval.plots as plots
+    from headless.reproduce.report import write_report
+
+    drawn, real = {}, plots.forest_panels
+    monkeypatch.setattr(plots, "forest_panels", lambda panels, path: drawn.setdefault(path.name, panels)
+                        and real(panels, path))
+    paths = [_write(tmp_path, f"{f}{s}.json", _piece(f, s)) for f in ("headless", "vanilla") for s in (0, 1)]
+    write_report(paths, tmp_path / "r")
+    assert (tmp_path / "r" / "decoder-differences.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((tmp_path / "r" / "decoder-report.json").read_text())
+    panels = drawn["decoder-differences.png"]
+    assert [p[0] for p in panels] == [e["label"] for e in report["headline"].values() if "delta" in e]
+    entry = report["headline"]["lambada_acc"]
+    label, delta, low, high = panels[0][2][0]
+    assert label == "final" and delta == pytest.approx(entry["delta"])
+    assert (low, high) == pytest.approx((delta - 1.96 * entry["delta_se"], delta + 1.96 * entry["delta_se"]))
+    assert "lower is better" in panels[1][1]  # held-out cross-entropy

@@ -4,7 +4,7 @@ Each case builds the preset's backbone at a given vocabulary size and micro-batc
 token ids drawn from a Zipf law (so the number of unique in-batch targets is realistic: CWT's cost
 depends on it), and times warm-up + timed steps (CUDA events on GPU, medians).  It reports tokens/s,
 MFU, peak memory and the loss, as a table, JSON and PNG plots (the paper's Fig. 2 / Fig. 6b: latency
-and memory against vocabulary size).
+and memory against vocabulary size, or against the micro-batch when only that was swept).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # imported where used: `headless bench --help` must not import torch
+    import torch
 
 from headless.config import load_config
 from headless.errors import HeadlessError
@@ -63,6 +64,8 @@ def skip_reason(objective: str, device: torch.device) -> Optional[str]:
 
 
 def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator, exponent: float = 1.1) -> torch.Tensor:
+    import torch
+
     ranks = torch.arange(1, vocab + 1, dtype=torch.float64)
     probs = ranks.pow(-exponent)
     ids = torch.multinomial(probs / probs.sum(), batch * seq_len, replacement=True, generator=generator)
@@ -73,6 +76,8 @@ def zipf_batch(batch: int, seq_len: int, vocab: int, generator: torch.Generator,
 def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional[int], steps: int, warmup: int,
           device: torch.device, compile: bool, overrides: list[str], profile_dir: Optional[Path] = None,
           sync_debug: bool = False) -> dict:
+    import torch
+
     from headless.models import build_model, count_parameters
     from headless.train.logging import flops_per_token, peak_flops
     from headless.loss_kinds import LOSSES
@@ -165,6 +170,8 @@ def _count_syncs(train_step, step: int) -> dict:
     counts: setting the mode warns once per process that it is a "prototype" that may not detect
     all "synchronizing operations", and counting that warning made the first row of every process
     show one sync that the same step under mode "error" does not raise (H200, 2026-12-01)."""
+    import torch
+
     import traceback
     import warnings
     from collections import Counter
@@ -201,6 +208,7 @@ def _count_syncs(train_step, step: int) -> dict:
 def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Path, steps: int = 2) -> dict:
     """torch.profiler over a few more steps: the top kernels by self time, and how busy the GPU was
     (device time / wall time: below 1 means the GPU waited on the host)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -229,6 +237,8 @@ def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Pat
 
 
 def _fits(*args) -> bool:
+    import torch
+
     try:
         _case(*args)
         return True
@@ -269,6 +279,8 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
           sync_debug: bool = False) -> list[dict]:
     """Run every (objective, vocabulary size, micro-batch) case; write bench.json/.md/.png to `output`
     (and, with `profile`, a torch.profiler table per case)."""
+    import torch
+
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise HeadlessError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
@@ -347,6 +359,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def swept_axis(rows: list[dict]) -> tuple[str, str]:
+    """(x, series) of bench.png: the x-axis follows what was swept (the vocabulary, as in the paper's
+    Fig. 2, when several sizes were timed; else the micro-batch), one line per value of the other."""
+    if len({r["vocab_size"] for r in rows}) <= 1 and len({r["batch_size"] for r in rows}) > 1:
+        return "batch_size", "vocab_size"
+    return "vocab_size", "batch_size"
+
+
 def write_report(rows: list[dict], out: Path, device: str) -> None:
     import matplotlib
 
@@ -357,19 +377,20 @@ def write_report(rows: list[dict], out: Path, device: str) -> None:
     (out / "bench.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
     (out / "bench.md").write_text(f"Device: {device}\n\n{format_table(rows)}\n")
     timed = [r for r in rows if "tokens_per_s" in r]
+    x, other = swept_axis(timed)
+    names = {"vocab_size": ("vocabulary size", "vocabulary", "V"), "batch_size": ("micro-batch size", "micro-batch", "batch")}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for objective in dict.fromkeys(r["objective"] for r in timed):
-        for batch in dict.fromkeys(r["batch_size"] for r in timed):
-            sel = sorted((r for r in timed if r["objective"] == objective and r["batch_size"] == batch),
-                         key=lambda r: r["vocab_size"])
+        for value in dict.fromkeys(r[other] for r in timed):
+            sel = sorted((r for r in timed if r["objective"] == objective and r[other] == value), key=lambda r: r[x])
             if not sel:
                 continue
-            label = f"{objective} (batch {batch})"
-            axes[0].plot([r["vocab_size"] for r in sel], [r["ms_per_1k_tokens"] for r in sel], "o-", label=label)
+            label = f"{objective} ({names[other][2]} {value})"
+            axes[0].plot([r[x] for r in sel], [r["ms_per_1k_tokens"] for r in sel], "o-", label=label)
             if sel[0].get("peak_mem_gib") is not None:
-                axes[1].plot([r["vocab_size"] for r in sel], [r["peak_mem_gib"] for r in sel], "o-", label=label)
-    axes[0].set(xlabel="vocabulary size", ylabel="ms per 1k tokens (train step)", title="latency vs vocabulary")
-    axes[1].set(xlabel="vocabulary size", ylabel="peak GiB", title="memory vs vocabulary")
+                axes[1].plot([r[x] for r in sel], [r["peak_mem_gib"] for r in sel], "o-", label=label)
+    axes[0].set(xlabel=names[x][0], ylabel="ms per 1k tokens (train step)", title=f"latency vs {names[x][1]}")
+    axes[1].set(xlabel=names[x][0], ylabel="peak GiB", title=f"memory vs {names[x][1]}")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

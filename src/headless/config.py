@@ -177,7 +177,10 @@ class TrainConfig:
     save_every: int = 500  # checkpoint every N steps (and at the end)
     keep_last: int = 2  # checkpoints kept on disk
     progress: bool = True  # show a progress bar
-    tensorboard: bool = True  # write TensorBoard logs to RUN_DIR/tensorboard
+    tensorboard: bool = True  # write TensorBoard logs to RUN_DIR/tensorboard (false drops it from report_to)
+    # where metrics, the config and its hparams go, through each tool's own library: tensorboard
+    # (RUN_DIR/tensorboard), wandb (project $WANDB_PROJECT or headless), mlflow ($MLFLOW_TRACKING_URI)
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
     # warn when training accuracy has not risen 25 % above its early plateau this many steps after the
@@ -281,6 +284,7 @@ class TrainConfig:
             self.loss.implementation(self.objective.loss_implementation)
         except HeadlessError as err:
             raise HeadlessError(f"invalid config: {err}") from None
+        _check_report_to(self.report_to)
         if self.objective_kind == "mlm" and not self.model.is_encoder:
             raise HeadlessError(f"invalid config: MLM needs an encoder, got model.architecture={self.model.architecture}")
         if self.objective_kind == "clm" and self.model.is_encoder:
@@ -547,6 +551,21 @@ def read_yaml(path: Path, cls: type | None = None) -> dict:
     if cls is not None:
         _check_sections(cls, data, str(path))
     return data
+
+
+REPORTERS = ("tensorboard", "wandb", "mlflow")
+
+
+def _check_report_to(report_to: list) -> None:
+    """Known names, and their package installed: refused before a run starts, not at its first log."""
+    import importlib.util
+
+    for name in report_to:
+        if name not in REPORTERS:
+            raise HeadlessError(f"invalid config: report_to: unknown {name!r}; choose from {', '.join(REPORTERS)}")
+        if importlib.util.find_spec(name) is None:
+            raise HeadlessError(f"invalid config: report_to includes {name} but the {name} package is not "
+                                f"installed (pip install {name})")
 
 
 def _check_sections(cls: type, data: dict, where: str, prefix: str = "") -> None:

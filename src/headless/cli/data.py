@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headless.cli.options import add_progress_flag
+from headless.cli.options import add_alias, add_progress_flag
 
 INPUT_HELP = ("text sources: .txt/.jsonl/.parquet files (optionally .gz/.xz/.zst), directories, globs, "
               "a datasets.save_to_disk directory, hf:NAME[:CONFIG][@SPLIT], or python-docs "
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--workers", type=int, default=None, metavar="N",
                          help="tokenizer processes (default: 1 process; the Rust tokenizer already "
                               "uses every core)")
-    prepare.add_argument("--max-documents", type=int, default=None, metavar="N", help="read at most N documents")
+    prepare.add_argument("--limit", type=int, default=None, metavar="N", help="read at most N documents")
+    add_alias(prepare, "--max-documents", to="--limit", dest="limit", type=int)
     prepare.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
     prepare.add_argument("--overwrite", action="store_true", help="replace a dataset prepared with other settings")
     add_progress_flag(prepare, "no progress bar")
@@ -53,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--output", "-o", required=True, metavar="DIR")
     train.add_argument("--text-field", default="text", metavar="F")
     train.add_argument("--min-frequency", type=int, default=2, metavar="N")
-    train.add_argument("--max-documents", type=int, default=None, metavar="N")
+    train.add_argument("--limit", type=int, default=None, metavar="N", help="read at most N documents")
+    add_alias(train, "--max-documents", to="--limit", dest="limit", type=int)
     add_progress_flag(train, "no progress bar")
     train.set_defaults(func=_train_tokenizer)
 
@@ -64,7 +66,7 @@ def _prepare(args: argparse.Namespace) -> int:
     prepare_dataset(args.inputs or None, args.output, args.tokenizer, seq_len=args.seq_len,
                     validation_fraction=args.validation_fraction, validation_inputs=args.validation_input,
                     text_field=args.text_field, num_workers=args.workers, seed=args.seed,
-                    overwrite=args.overwrite, max_documents=args.max_documents,
+                    overwrite=args.overwrite, max_documents=args.limit,
                     split_paragraphs=args.split_paragraphs, progress=not args.quiet)
     return 0
 
@@ -74,7 +76,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
     tok = train_tokenizer(args.inputs or None, kind=args.kind, vocab_size=args.vocab_size,
                           output_dir=args.output, text_field=args.text_field,
-                          min_frequency=args.min_frequency, max_documents=args.max_documents,
+                          min_frequency=args.min_frequency, max_documents=args.limit,
                           progress=not args.quiet)
     print(f"headless: saved a {args.kind} tokenizer of {len(tok)} tokens to {args.output}")
     return 0

@@ -1,11 +1,12 @@
-"""`headless eval lambada|zeroshot|harness` and `headless analyze`: decoder evaluation of exported
-Hugging Face directories (ours or anyone's)."""
+"""`headless eval TASK`: every evaluation of exported Hugging Face directories (ours or anyone's)
+under one command: lambada, zeroshot, heldout, harness (decoders), glue, xnli (encoders, from
+cli/classify.py) and analyze (any).  `headless glue|xnli|analyze` stay as hidden aliases."""
 
 from __future__ import annotations
 
 import argparse
 
-from headless.cli.options import add_progress_flag
+from headless.cli.options import PRECISIONS, add_alias, add_precision, add_progress_flag
 
 
 def _common(p: argparse.ArgumentParser, batch_size: int = 16, progress: bool = True) -> None:
@@ -13,7 +14,7 @@ def _common(p: argparse.ArgumentParser, batch_size: int = 16, progress: bool = T
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples (per task)")
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_precision(p, help="weights and activations in this precision; ")
     p.add_argument("--output", default=None, metavar="DIR", help="write the tables (md + json) here")
     if progress:
         add_progress_flag(p)
@@ -30,8 +31,9 @@ def _zeroshot_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--tasks", default="boolq,piqa,arc_easy,pubmedqa",
                    help="comma-separated task names or .jsonl paths")
-    p.add_argument("--data-dir", default=None, help="folder of the task files (default: "
+    p.add_argument("--data", default=None, metavar="DIR", help="folder of the task files (default: "
                    "$HEADLESS_SHARED_DATA/zeroshot, else the hub datasets of lm-eval's tasks)")
+    add_alias(p, "--data-dir", to="--data", dest="data")
     p.add_argument("--answer-prefix", default="\nAnswer:",
                    help="appended to each {query} before the choices (default: '\\nAnswer:')")
 
@@ -39,7 +41,8 @@ def _zeroshot_arguments(p: argparse.ArgumentParser) -> None:
 def _heldout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="a Hugging Face model directory (AutoModelForCausalLM)")
     p.add_argument("--data", required=True, help="a prepared dataset (`headless prepare`) in the model's tokenizer")
-    p.add_argument("--max-sequences", type=int, default=256, help="score the first N validation sequences")
+    p.add_argument("--limit", type=int, default=256, help="score the first N validation sequences (default 256)")
+    add_alias(p, "--max-sequences", to="--limit", dest="limit", type=int)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best available)")
 
@@ -52,7 +55,7 @@ def _harness_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_options(args) -> dict:
-    return dict(limit=args.limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+    return dict(limit=args.limit, batch_size=args.batch_size, device=args.device, dtype=PRECISIONS[args.precision],
                 output_dir=args.output, progress=not args.quiet)
 
 
@@ -62,41 +65,51 @@ COMMANDS = {
     "lambada": ("Greedy last-word accuracy and target perplexity on LAMBADA (OpenAI).", _lambada_arguments,
                 lambda a: dict(_run_options(a), data=a.data)),
     "zeroshot": ("Score each choice by its log-likelihood; report acc and acc_norm.", _zeroshot_arguments,
-                 lambda a: dict(_run_options(a), tasks=a.tasks, data_dir=a.data_dir, answer_prefix=a.answer_prefix)),
+                 lambda a: dict(_run_options(a), tasks=a.tasks, data_dir=a.data, answer_prefix=a.answer_prefix)),
     "heldout": ("Next-token cross-entropy over the whole vocabulary on the first validation sequences of a "
                 "prepared dataset.", _heldout_arguments,
-                lambda a: dict(data=a.data, max_sequences=a.max_sequences, batch_size=a.batch_size, device=a.device)),
+                lambda a: dict(data=a.data, max_sequences=a.limit, batch_size=a.batch_size, device=a.device)),
     "harness": ("Wrap lm_eval.simple_evaluate with the `hf` model on MODEL_DIR.", _harness_arguments,
-                lambda a: dict(tasks=a.tasks, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
+                lambda a: dict(tasks=a.tasks, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=PRECISIONS[a.precision],
                                num_fewshot=a.num_fewshot, include_path=a.include_path, output_dir=a.output)),
 }
 
 
 def register(subparsers) -> None:
+    from headless.cli.classify import add_glue, add_xnli
     from headless.eval.tasks import TASKS
 
-    ev = subparsers.add_parser("eval", help="evaluate an exported model (LAMBADA, zero-shot, lm-eval)",
-                               description="Evaluate a Hugging Face model directory.")
+    ev = subparsers.add_parser("eval", help="evaluate an exported model: lambada, zeroshot, heldout, harness, "
+                               "glue, xnli, analyze", description="Evaluate a Hugging Face model directory.")
     sub = ev.add_subparsers(dest="eval_command", metavar="TASK", required=True)
     for task in TASKS.values():
         if task.model != "decoder":
-            continue  # encoders: `headless glue`, `headless xnli` (cli/classify.py); any: `headless analyze`
+            continue  # encoders: `headless eval glue|xnli` (cli/classify.py); any: `headless eval analyze`
         if task.name not in COMMANDS:
             raise KeyError(f"decoder task {task.name!r} of headless.eval.tasks has no entry in cli/eval.py COMMANDS")
         description, arguments, options = COMMANDS[task.name]
         p = sub.add_parser(task.name, help=task.help, description=description)
         arguments(p)
         p.set_defaults(func=_run_task, task=task.name, task_options=options)
+    add_glue(sub, prog="headless eval glue")
+    add_xnli(sub, prog="headless eval xnli")
+    add_analyze(sub)
+    add_analyze(subparsers, hidden=True)  # `headless analyze`, as before
 
-    p = subparsers.add_parser("analyze", help="anisotropy per layer and synonym similarity of embeddings",
+
+def add_analyze(subparsers, hidden: bool = False) -> None:
+    shown = {} if hidden else {"help": "anisotropy per layer and synonym similarity of embeddings"}
+    p = subparsers.add_parser("analyze", **shown,
                               description="Compare models side by side: mean cosine of random token "
                               "pairs per layer, and cosine of synonym vs random word embeddings.")
     p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR")
-    p.add_argument("--text", default=None, help=".txt/.jsonl(.xz/.gz) text (default: enwiki validation "
-                   "under $HEADLESS_SHARED_DATA, else an embedded text)")
+    p.add_argument("--data", default=None, metavar="FILE", help=".txt/.jsonl(.xz/.gz) text (default: enwiki "
+                   "validation under $HEADLESS_SHARED_DATA, else an embedded text)")
+    add_alias(p, "--text", to="--data", dest="data")
     p.add_argument("--synonyms", default=None, help="a word<TAB>word file (default: the shipped list)")
     p.add_argument("--pairs", type=int, default=1000, help="random token pairs for anisotropy")
-    p.add_argument("--sequences", type=int, default=64, help="text sequences to encode")
+    p.add_argument("--limit", type=int, default=64, help="text sequences to encode (default 64)")
+    add_alias(p, "--sequences", to="--limit", dest="limit", type=int)
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
     p.add_argument("--multi-token", choices=["mean", "skip"], default="mean",
                    help="words of several tokens: average their embeddings, or skip them")
@@ -117,8 +130,8 @@ def _run_task(args) -> int:
 def _analyze(args) -> int:
     from headless.eval.analysis import analysis_markdown, analyze_models
 
-    r = analyze_models(args.model_dirs, text=args.text, synonyms=args.synonyms, num_pairs=args.pairs,
-                       num_sequences=args.sequences, max_length=args.max_length, multi_token=args.multi_token,
+    r = analyze_models(args.model_dirs, text=args.data, synonyms=args.synonyms, num_pairs=args.pairs,
+                       num_sequences=args.limit, max_length=args.max_length, multi_token=args.multi_token,
                        seed=args.seed, device=args.device, output_dir=args.output)
     print(analysis_markdown(r), end="")
     return 0

@@ -43,9 +43,56 @@ class Parser(argparse.ArgumentParser):
         return ns, extras
 
 
+# transformers.TrainingArguments / run_*.py spellings -> ours, first one the command has wins: people
+# arrive from the HF examples with these in their fingers, and difflib alone points them astray
+HF_SPELLINGS = {
+    "learning_rate": ["--optim.lr", "--lr"],
+    "output_dir": ["--run-dir", "--output"],
+    "logging_dir": ["--run-dir", "--output"],
+    "per_device_train_batch_size": ["--batch-size"],
+    "per_device_eval_batch_size": ["--batch-size"],
+    "train_batch_size": ["--batch-size"],
+    "num_train_epochs": ["--epochs", "--max-steps", "--tokens"],
+    "max_steps": ["--max-steps", "--steps", "--tokens"],
+    "warmup_steps": ["--optim.warmup-steps", "--warmup-steps"],
+    "weight_decay": ["--optim.weight-decay"],
+    "lr_scheduler_type": ["--optim.schedule"],
+    "gradient_accumulation_steps": ["--grad-accum"],
+    "max_grad_norm": ["--optim.grad-clip"],
+    "bf16": ["--precision"],
+    "fp16": ["--precision"],
+    "torch_dtype": ["--precision"],
+    "logging_steps": ["--log-every"],
+    "save_steps": ["--save-every"],
+    "save_total_limit": ["--keep-last"],
+    "eval_steps": ["--eval-every"],
+    "disable_tqdm": ["--no-progress"],
+    "max_seq_length": ["--data.seq-len", "--max-seq-len", "--seq-len"],
+    "train_file": ["--data"],
+    "dataset_name": ["--data"],
+    "data_dir": ["--data"],
+    "max_train_samples": ["--train-limit", "--limit"],
+    "max_eval_samples": ["--limit"],
+    "resume_from_checkpoint": ["--resume"],
+    "report_to": ["--report-to"],
+}
+
+
+def add_alias(parser: argparse.ArgumentParser, *names: str, to: str, **kwargs) -> None:
+    """Old spellings of option `to` (--data-dir for --data): accepted, hidden from --help, and never
+    suggested themselves (a suggestion names the current spelling)."""
+    parser.add_argument(*names, help=argparse.SUPPRESS, **kwargs)
+    aliases = vars(parser).setdefault("_headless_aliases", {})
+    aliases.update({n: to for n in names})
+
+
 def suggest(option: str, parser: argparse.ArgumentParser) -> str:
-    """` (did you mean --x?)` for the closest option string of `parser`, or ''."""
+    """` (did you mean --x?)` for an HF spelling of ours, else the closest option string of `parser`, or ''."""
     name = option.split("=", 1)[0]
+    aliases = getattr(parser, "_headless_aliases", {})
+    for ours in HF_SPELLINGS.get(name.lstrip("-").replace("-", "_"), []):
+        if ours in parser._option_string_actions:
+            return f" (did you mean {aliases.get(ours, ours)}?)"
     known = [s for s in parser._option_string_actions if s.startswith("--")]
     normalised: dict[str, str] = {}
     for s in known:  # suggest the dashed spelling (--max-steps) when both exist
@@ -53,7 +100,7 @@ def suggest(option: str, parser: argparse.ArgumentParser) -> str:
         if key not in normalised or "_" in normalised[key]:
             normalised[key] = s
     close = difflib.get_close_matches(name.replace("_", "-"), list(normalised), n=1, cutoff=0.6)
-    return f" (did you mean {normalised[close[0]]}?)" if close else ""
+    return f" (did you mean {aliases.get(normalised[close[0]], normalised[close[0]])}?)" if close else ""
 
 
 def finish(args: argparse.Namespace, extras: list[str]) -> argparse.Namespace:
@@ -193,6 +240,36 @@ def add_config_options(parser: argparse.ArgumentParser, *, skip: Iterable[str] =
                                      nargs="?" if is_bool else None, metavar=metavar,
                                      help=f"{text}default: {shown}".replace("%", "%%"),
                                      choices=None if choices is None else choices)
+
+
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _precision(value: str) -> str:
+    """fp32/bf16/fp16 (the config's words); torch's float32/bfloat16/float16 are read as the same."""
+    short = {v: k for k, v in PRECISIONS.items()}.get(value, value)
+    if short not in PRECISIONS and short != "auto":
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return short
+
+
+def add_precision(parser: argparse.ArgumentParser, default: str = "fp32", choices=tuple(PRECISIONS),
+                  help: str = "") -> None:
+    """--precision, the same word on every command (and as `precision=` of the run config); the old
+    --dtype / --bf16 stay as hidden aliases."""
+    parser.add_argument("--precision", type=_precision, default=default, metavar="{" + ",".join(choices) + "}",
+                        help=f"{help}default: {default}")
+    add_alias(parser, "--dtype", to="--precision", dest="precision", type=_precision)
+    add_alias(parser, "--bf16", to="--precision", dest="precision", action="store_const", const="bf16")
+
+
+def check_precision(args: argparse.Namespace, choices=tuple(PRECISIONS)) -> str:
+    """The parsed --precision, refused with one line where a command supports fewer."""
+    from headless.errors import HeadlessError
+
+    if args.precision not in choices:
+        raise HeadlessError(f"--precision must be one of {', '.join(choices)} here, got {args.precision}")
+    return args.precision
 
 
 def add_progress_flag(parser: argparse.ArgumentParser, help: str = "no progress bars") -> None:

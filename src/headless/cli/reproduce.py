@@ -31,10 +31,11 @@ def register(subparsers) -> None:
     p.add_argument("--work-dir", default="runs/reproduce", help="data, runs and scratch (default runs/reproduce)")
     p.add_argument("--output", default=None, help="folder for the pieces and report (default WORK_DIR/STUDY/results)")
     p.add_argument("--show-config", action="store_true", help="print the resolved study settings and exit")
-    from headless.cli.options import add_config_options
+    from headless.cli.options import add_config_options, add_progress_flag
     from headless.reproduce.config import StudyConfig
 
-    add_config_options(p, cls=StudyConfig, skip={"study"})
+    add_progress_flag(p)
+    add_config_options(p, cls=StudyConfig, skip={"study", "progress"})
     p.set_defaults(func=_reproduce)
 
     r = subparsers.add_parser("report", help="merge `headless reproduce` pieces into tables and curves",
@@ -55,7 +56,7 @@ def _reproduce(args) -> int:
 
     from headless.reproduce import FLAVOURS, load_study, run_study
 
-    config = load_study(args.study, args.config, args.overrides)
+    config = load_study(args.study, args.config, args.overrides + (["progress=false"] if args.quiet else []))
     if args.show_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0

@@ -18,6 +18,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from headless.errors import HeadlessError
 from headless.eval.classification import (
@@ -287,7 +288,20 @@ def run_glue(
         results["average"] = summarize([statistics.fmean(t["main"]["values"][i] for t in results["tasks"].values())
                                         for i in range(len(seeds))])
     write_results(results, glue_markdown(results), output_dir, "glue")
+    if output_dir is not None and results["tasks"]:
+        glue_plot(results, Path(output_dir) / "glue.png")
     return results
+
+
+def glue_plot(results: dict, path: Path) -> Path:
+    """glue.png: each task's score and the average, mean ± std over the seeds."""
+    from headless.eval.plots import bar_plot
+
+    tasks = list(results["tasks"].values())
+    scores = [t["main"] for t in tasks] + ([results["average"]] if "average" in results else [])
+    names = [t["name"] for t in tasks] + (["Average"] if "average" in results else [])
+    return bar_plot(names, {Path(str(results["model"])).name: scores}, path,
+                    title=f"GLUE dev, {over_seeds(results['seeds'])}")
 
 
 def glue_predictions(results: dict, keys: list[str] | None = None) -> dict[str, dict]:
@@ -363,4 +377,26 @@ def compare_glue(a: str | Path, b: str | Path, output_dir: str | Path | None = N
     markdown = "\n".join(lines) + "\n"
     write_results({"benchmark": "glue-compare", "a": ra, "b": rb, "paired_bootstrap": paired or None}, markdown,
                   output_dir, "glue-compare")
+    if output_dir is not None and shared:
+        from headless.eval.plots import forest_plot
+
+        rows = [_difference(ra, rb, [k], ra["tasks"][k]["main"], rb["tasks"][k]["main"], ra["tasks"][k]["name"])
+                for k in shared]
+        rows.append(_difference(ra, rb, shared, average(ra), average(rb), "Average", paired))
+        forest_plot(rows, Path(output_dir) / "glue-compare.png", title=f"GLUE: B = {rb['model']} − A = {ra['model']}",
+                    xlabel="B − A (points); whiskers: 95 % paired bootstrap, else over seeds")
     return markdown
+
+
+def _difference(ra: dict, rb: dict, keys: list[str], sa: dict, sb: dict, label: str,
+                paired: Optional[dict] = None) -> tuple:
+    """(label, B − A, low, high) in points: the paired bootstrap's interval over dev examples and
+    seeds when both carry predictions, else a normal interval over the seeds (none with one seed)."""
+    from headless.eval.bootstrap import paired_bootstrap
+
+    delta = 100 * (sb["mean"] - sa["mean"])
+    paired = paired or paired_bootstrap(glue_predictions(rb, keys), glue_predictions(ra, keys), keys)
+    if paired:
+        return label, delta, paired["low"], paired["high"]
+    spread = (sa["std"] ** 2 / len(sa["values"]) + sb["std"] ** 2 / len(sb["values"])) ** 0.5
+    return (label, delta, delta - 196 * spread, delta + 196 * spread) if spread > 0 else (label, delta, None, None)

@@ -274,7 +274,20 @@ def run_xnli(
     for retry in results["fp32_retries"]:
         retry[2] = "all languages" if retry[2] == ALL else retry[2]
     write_results(results, xnli_markdown(results), output_dir, "xnli")
+    if output_dir is not None and results["modes"]:
+        xnli_plot(results, Path(output_dir) / "xnli.png")
     return results
+
+
+def xnli_plot(results: dict, path: Path) -> Path:
+    """xnli.png: accuracy per language and the average, one bar per mode, mean ± std over the seeds."""
+    from headless.eval.plots import bar_plot
+
+    modes = results["modes"]
+    langs = list(next(iter(modes.values()))["languages"])
+    series = {m: [modes[m]["languages"].get(lang) for lang in langs] + [modes[m]["average"]] for m in modes}
+    return bar_plot(langs + ["Average"], series, path, title=f"XNLI, {over_seeds(results['seeds'])}",
+                    ylabel="accuracy (points)")
 
 
 def xnli_markdown(results: dict) -> str:

@@ -99,11 +99,27 @@ def _trainer_class():
             # a base model's forward takes no `labels`: keep the column and treat it as the label
             self.label_names = ["labels"]
             self.can_return_loss = True
+            # top-1 in-batch retrieval accuracy, summed on the device between logs (no host sync per
+            # step), per mode: "train" feeds `cwt_accuracy`, "eval" feeds `eval_cwt_accuracy`
+            self._cwt_hits: dict[str, list] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = compute_cwt_loss(model, inputs, num_items_in_batch=num_items_in_batch, **self.cwt_options)
+            if out.accuracy is not None:
+                hits = self._cwt_hits.setdefault("train" if model.training else "eval", [0, 0])
+                hits[0] = hits[0] + out.accuracy.detach() * out.num_targets
+                hits[1] = hits[1] + out.num_targets
             outputs = {"loss": out.loss}
             return (out.loss, outputs) if return_outputs else out.loss
+
+        def log(self, logs: dict, *args, **kwargs):
+            """Add CWT's accuracy since the last log to the Trainer's logs (and so to every `report_to`);
+            with several processes each reports its own share's accuracy, as the Trainer's loss does not."""
+            for mode, key, when in (("train", "cwt_accuracy", "loss"), ("eval", "eval_cwt_accuracy", "eval_loss")):
+                hits = self._cwt_hits.pop(mode, None) if when in logs else None
+                if hits is not None and float(hits[1]) > 0:
+                    logs[key] = round(float(hits[0]) / float(hits[1]), 4)
+            return super().log(logs, *args, **kwargs)
 
     return CWTTrainer
 

@@ -566,6 +566,31 @@ def plot_pretraining(report: dict, out_dir: Path) -> Path | None:
     return path
 
 
+def plot_differences(report: dict, out_dir: Path) -> Path | None:
+    """<study>-differences.png: a forest plot of each headline's headless − vanilla, at the final
+    checkpoints (95 % paired bootstrap, else ± 1.96 standard errors of the seeds, else no whisker)
+    and at equal GPU seconds; one panel per metric, since their units differ."""
+    from headless.eval.plots import forest_panels
+
+    panels = []
+    for entry in report["headline"].values():
+        if "delta" not in entry:
+            continue
+        paired, se, delta = entry.get("paired_bootstrap"), entry.get("delta_se"), entry["delta"]
+        low, high = ((paired["low"], paired["high"]) if paired else
+                     (delta - 1.96 * se, delta + 1.96 * se) if se else (None, None))
+        rows = [("final", delta, low, high)]
+        if "delta_at_vanilla_gpu_s" in entry:
+            rows.append(("at vanilla's GPU s", entry["delta_at_vanilla_gpu_s"], None, None))
+        if "delta_at_headless_gpu_s" in entry:
+            rows.append(("at headless's GPU s", entry["delta_at_headless_gpu_s"], None, None))
+        better = "higher" if entry.get("higher_is_better", True) else "lower"
+        panels.append((entry["label"], f"headless − vanilla ({better} is better for headless)", rows))
+    if not panels:
+        return None
+    return forest_panels(panels, Path(out_dir) / f"{report['study']}-differences.png")
+
+
 def write_report(piece_paths: list[str | Path], output_dir: str | Path, bootstrap: int = 1000) -> dict:
     """Merge the pieces into OUTPUT_DIR/{report.json, report.md, <study>-<metric>.png,
     <study>-pretraining.png}."""
@@ -579,6 +604,7 @@ def write_report(piece_paths: list[str | Path], output_dir: str | Path, bootstra
     atomic_write(out / f"{report['study']}-report.md", report_markdown(report))
     plot_report(report, out)
     plot_pretraining(report, out)
+    plot_differences(report, out)
     return report
 
 

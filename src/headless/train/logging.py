@@ -3,8 +3,10 @@ of the curves and a human-readable summary.md.  Only rank 0 ever creates a `RunL
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -48,24 +50,61 @@ def flops_per_token(non_embedding_params: int, num_layers: int, hidden: int, seq
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, *, tensorboard: bool, progress: bool):
+    """metrics.jsonl always; TensorBoard, W&B and MLflow (`report_to`) through their own libraries, each
+    given the run's config: TensorBoard as text (config.yaml) and hparams, W&B as its run config,
+    MLflow as params and a config.yaml artifact, so runs can be compared where people look."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, *, tensorboard: bool, progress: bool,
+                 report_to: tuple = ("tensorboard",), config: Optional[dict] = None):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._truncate_after(start_step)
         self._metrics = open(self.metrics_path, "a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
+        self._tb = self._wandb = self._mlflow = None
+        if tensorboard and "tensorboard" in report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
             except ImportError:  # tensorboard is a dependency, but never let logging kill a run
                 self._tb = None
+        if "wandb" in report_to:
+            import wandb
+
+            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "headless"), name=self.run_dir.name,
+                                     dir=str(self.run_dir), config=config, resume="allow",
+                                     id=hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16])
+        if "mlflow" in report_to:
+            import mlflow
+
+            self._mlflow = mlflow
+            if mlflow.active_run() is None:
+                mlflow.start_run(run_name=self.run_dir.name)
+        if config is not None and start_step == 0:
+            self._log_config(config)
         self._bar = None
         if progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _log_config(self, config: dict) -> None:
+        """The config as text and its scalar settings as hparams (TensorBoard's HParams tab, linked to
+        this run's val/loss and val/accuracy curves); as params + config.yaml artifact in MLflow."""
+        import yaml
+
+        text = yaml.safe_dump(config, sort_keys=False)
+        flat = flat_hparams(config)
+        if self._tb is not None:
+            from torch.utils.tensorboard.summary import hparams
+
+            self._tb.add_text("config", "```\n" + text + "```", 0)
+            writer = self._tb._get_file_writer()  # same run as the scalars, so the HParams tab links them
+            for summary in hparams(flat, {"val/loss": float("nan"), "val/accuracy": float("nan")}):
+                writer.add_summary(summary)
+        if self._mlflow is not None:
+            self._mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+            self._mlflow.log_text(text, "config.yaml")
 
     def set_total(self, total_steps: int) -> None:
         """The run's length became known (a time budget was resolved)."""
@@ -93,10 +132,15 @@ class RunLogger:
         record = {"split": split, "step": step, "time": time.time(), **values}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        scalars = {f"{split}/{key}": value for key, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
         if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(f"{split}/{key}", value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(scalars, step=step)
 
     def advance(self, step: int) -> None:
         """Every step: move the bar (tqdm redraws at most every 0.1 s, with its ETA and steps/s).
@@ -122,7 +166,26 @@ class RunLogger:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._mlflow is not None:
+            self._mlflow.end_run()
         self._metrics.close()
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """{"optim.lr": 5e-4, ...}: the scalar leaves of a nested config (lists as text), as hparams take them."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{prefix}{key}."))
+        elif value is None:
+            out[f"{prefix}{key}"] = "none"
+        elif isinstance(value, (bool, int, float, str)):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -23,7 +23,8 @@ class Metrics:
         self.logger = None
         if env.is_main:
             self.logger = RunLogger(config.run_dir, config.max_steps, start_step, tensorboard=config.tensorboard,
-                                    progress=config.progress)
+                                    progress=config.progress, report_to=tuple(config.report_to),
+                                    config=config.to_dict())
         self.peak = peak_flops(run.device)
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.epoch = run.loader.epoch if start_step else 0

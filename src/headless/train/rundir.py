@@ -43,7 +43,7 @@ LOCK_FILE = ".lock"
 # a run marker's states: only a `started` run (no checkpoint ever saved) may be cleared by a fresh start
 STARTED, CHECKPOINTED = "started", "checkpointed"
 # what a run writes at its top level (removed when a run that never checkpointed is restarted)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "curves.png", "summary.md", "summary.json",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "curves.png", "summary.md", "summary.json",
              "tokenizer", CHECKPOINT_DIR)
 # Settings a resumed run may change without changing its trajectory (dotted keys; a key covers its
 # sub-keys).  batch_size / grad_accum may change for losses scored against the vocabulary if the
@@ -52,7 +52,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "curves.png", "summa
 # is an explicit change of the LR schedule from the checkpoint on; optim.extend says how a larger
 # max_steps continues it (headless.train.optim.Schedule.extend).
 RESUMABLE = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress", "tensorboard",
-             "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "optim.extend", "run_dir",
+             "report_to", "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "optim.extend", "run_dir",
              "plateau_patience"}
 
 
