@@ -311,8 +311,10 @@ def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_che
     assert (saved_config.max_steps, saved_config.optim.schedule_steps) == (100000, None)
     assert json.loads((list_checkpoints(tmp_path / "run")[-1] / "state.json").read_text())["budget"][
         "resolved_max_steps"] == steps
-    # planned again at a fifth of the first plan, from the steps since the calibration
-    assert summary["calibrated_at"] < summary["replanned_at"] < summary["checkpoint_steps"][0]
+    # planned again at a fifth of the first plan, from the steps since the calibration (a loaded
+    # machine's slow steps can leave no room between the calibration and that fifth: no re-plan then)
+    if steps >= 5 * (summary["calibrated_at"] + 1):
+        assert summary["calibrated_at"] < summary["replanned_at"] < summary["checkpoint_steps"][0]
     assert summary["calibrated_s_per_step"] > 0
 
 
