@@ -22,8 +22,8 @@ Variants (`--variant`), all headless unless `vanilla`:
            gets a home other than the embeddings' common direction
   both     scale and bias
   cosine   cos(o, e) · exp(s), s learned, init log(`--cos-scale`)
-  proj     the outputs pass a projector first (Linear D×D, GELU, LayerNorm: the transform the vanilla
-           twin's MLM head has and the headless twin lacks), dropped at export
+  proj     the library's `objective.projector=transform`: the outputs pass Linear D×D, GELU,
+           LayerNorm first (the transform the vanilla twin's MLM head has), dropped at export
   zloss    the paper's scores plus 1e-4 · logsumexp² per row (PaLM's z-loss: keeps the scores' scale)
   emblr    the paper's objective, the embedding matrix at a tenth of the learning rate
 
@@ -51,8 +51,6 @@ def variant_loss(variant: str, cos_scale: float):
 
     def loss(self, hidden, labels):
         o, t = gather_static_positions(hidden, labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
-        if variant == "proj":
-            o = self.probe_proj(o)
         valid = t != IGNORE_INDEX
         ids = t.clamp(min=0)
         e = self.input_embedding_weight().index_select(0, ids)
@@ -87,11 +85,12 @@ def diagnostics(model, input_ids, labels) -> dict:
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=input_ids.is_cuda):
         hidden = model.hidden_states(input_ids)
     o, t = gather_static_positions(hidden.float(), labels, static_mask_count(labels.shape[1], model.objective.mask_prob))
+    o = model.project(o)
     keep = t != IGNORE_INDEX
     o, t = o[keep], t[keep]
     weight = model.input_embedding_weight().float()
     e = weight.index_select(0, t)
-    on, en = F.normalize(o, dim=-1), F.normalize(e, dim=-1)
+    on = F.normalize(o, dim=-1)
     scores = o @ e.T
     n = len(t)
     offdiag = (n * n - n) or 1
@@ -141,6 +140,8 @@ def main() -> None:
 
     flavour = "vanilla" if args.variant == "vanilla" else "headless"
     overrides = [f"data.path={args.data}", f"max_steps={args.steps}", "eval_every=100000000", *args.overrides]
+    if args.variant == "proj":
+        overrides.append("objective.projector=transform")
     config = load_config(args.preset, overrides=overrides, flavour=flavour)
     env = dist.init_distributed(config.device)
     torch.manual_seed(config.seed)
@@ -159,21 +160,18 @@ def main() -> None:
             return opt
 
         build.build_optimizer = optimizer_with_slow_embeddings
-    elif args.variant not in ("vanilla", "paper"):
+    elif args.variant not in ("vanilla", "paper", "proj"):
         d = model.input_embedding_weight()
-        if args.variant == "proj":
-            dim = d.shape[1]
-            model.probe_proj = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.LayerNorm(dim))
-            torch.nn.init.normal_(model.probe_proj[0].weight, std=0.02)
-            torch.nn.init.zeros_(model.probe_proj[0].bias)
         if args.variant in ("scale", "both", "cosine"):
             init = math.log(args.cos_scale) if args.variant == "cosine" else 0.0
             model.probe_log_scale = torch.nn.Parameter(torch.tensor(init))
         if args.variant in ("bias", "both"):
             model.probe_bias = torch.nn.Parameter(torch.zeros(d.shape[0]))
-    if args.variant not in ("vanilla", "paper", "emblr"):
+    if args.variant not in ("vanilla", "paper", "emblr", "proj"):
         model.loss = types.MethodType(variant_loss(args.variant, args.cos_scale), model)
-    run = build_run(config, env, data, model)
+    from headless.train.optim import Schedule
+
+    run = build_run(config, env, data, model, Schedule.of(config.optim, config.optim.schedule_steps or config.max_steps))
     info = data.info
     probe = micro_batches(run.loader, config, info, step=10**6)[0]
     probe_ids, probe_labels = probe[0].to(run.device), probe[1].to(run.device)

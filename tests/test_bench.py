@@ -20,18 +20,21 @@ def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
 
     cases = {(loss, impl.name) for loss, kind in LOSSES.items() for impl in kind.implementations}
     assert {(loss, impl) for _, loss, impl in OBJECTIVES.values()} == cases
-    rows = bench("tiny-gpt", objectives=list(OBJECTIVES), vocab_sizes=[512], batch_sizes=[2], seq_len=32, steps=1,
+    from headless.bench import missing_package
+
+    installed = [o for o in OBJECTIVES if not missing_package(o)]  # the absent ones are refused (test below)
+    rows = bench("tiny-gpt", objectives=installed, vocab_sizes=[512], batch_sizes=[2], seq_len=32, steps=1,
                  warmup=1, overrides=SMALL, output=str(tmp_path), progress=False)
     by = {r["objective"]: r for r in rows}
-    assert set(by) == set(OBJECTIVES)
-    for name, (_, loss, impl) in OBJECTIVES.items():
+    assert set(by) == set(installed)
+    for name, (_, loss, impl) in ((n, OBJECTIVES[n]) for n in installed):
         entry = LOSSES[loss].implementation(impl)
         if entry.needs_cuda:
             assert "CUDA" in by.pop(name)["skipped"]  # no GPU here
         elif entry.external and "skipped" in by[name]:  # optional packages, CUDA only; torch >= 2.13
             reason = by.pop(name)["skipped"]
             assert "liger_kernel" in reason or "cut_cross_entropy" in reason or "2.13" in reason
-    assert {"cwt-liger", "ce-cce", "nce-liger", "ce+cwt-cce"}.isdisjoint(by)
+    assert {"cwt-liger", "ce-cce", "nce-liger", "ce+cwt-cce"}.isdisjoint(by)  # CPU: never a row
     if not hasattr(torch.nn.functional, "linear_cross_entropy"):
         assert "cwt-torch" not in by and "ce-torch" not in by
     assert all(r["tokens_per_s"] > 0 and r["targets"] == 2 * 31 for r in by.values())
@@ -45,7 +48,7 @@ def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
         assert by[a]["loss"] == pytest.approx(by[b]["loss"], rel=1e-4), (a, b)
     assert by["cwt"]["unique_targets"] <= 62
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["device"] == "cpu" and len(data["rows"]) == len(OBJECTIVES)
+    assert data["device"] == "cpu" and len(data["rows"]) == len(installed)
     assert (tmp_path / "bench.png").stat().st_size > 1000
     assert "| cwt | 512 | 2 |" in (tmp_path / "bench.md").read_text()
     assert "objective" in format_table(rows)
@@ -100,3 +103,18 @@ def test_sync_free_twins_run_a_captured_step_without_host_syncs_on_gpu(preset):
     for row in rows:
         assert row["compiled_region"] == "model", row
         assert row["host_syncs_per_step"] == 0, row["host_sync_stacks"]
+
+
+def test_bench_refuses_an_objective_whose_package_is_absent_with_one_line(capsys):
+    """Issue #29: a kernel package to install is refused up front (exit 2, one line), before any case runs."""
+    from headless.bench import OBJECTIVES, missing_package
+    from headless.cli import main
+
+    absent = [o for o in OBJECTIVES if missing_package(o)]
+    if not absent:
+        pytest.skip("every optional kernel package is installed here")
+    for objective in absent:
+        assert main(["bench", "--preset", "tiny", "--objectives", f"cwt,{objective}", "--steps", "1",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and objective in err[0] and "pip install" in err[0]

@@ -110,7 +110,24 @@ def test_eval_heldout_cli(models, capsys):
     assert main(["eval", "heldout", str(models["decoder"]), "--data", str(models["dataset"]),
                  "--max-sequences", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "| sequences | tokens | cross-entropy | perplexity |" in out and "| 2 |" in out
+    assert "| sequences | tokens | bytes | cross-entropy (nats/token) | perplexity | bits per byte |" in out
+    assert "| 2 |" in out
+
+
+def test_heldout_bits_per_byte_are_the_summed_loss_over_the_scored_texts_bytes(models):
+    """Bits per byte (issue #25): tokenizers of different sizes compare on the text itself."""
+    import math
+
+    import numpy as np
+
+    from headless.data.loader import PackedDataset
+    from headless.eval.heldout import heldout_cross_entropy
+
+    r = heldout_cross_entropy(models["decoder"], models["dataset"], max_sequences=3, device="cpu")
+    data = PackedDataset(models["dataset"], "validation")
+    text_bytes = sum(len(data.tokenizer.decode(np.asarray(data[i][1:]).tolist()).encode("utf-8")) for i in range(3))
+    assert r["bytes"] == text_bytes > r["tokens"]  # a byte-level BPE token holds at least one byte
+    assert r["bits_per_byte"] == pytest.approx(r["cross_entropy"] * r["tokens"] / math.log(2) / text_bytes)
 
 
 @pytest.mark.parametrize("command,head", [("glue", True), ("xnli", True), ("glue", False)])

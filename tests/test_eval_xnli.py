@@ -215,3 +215,26 @@ def test_one_seed_shows_its_accuracy_without_a_zero_spread():
                "layout": "fixture"}
     text = xnli_markdown(results)
     assert "±" not in text and "| en | 50.00 |" in text and "one seed (3), no spread" in text, text
+
+
+def test_translate_train_all_fine_tunes_once_on_every_language_and_evaluates_each(fixture_data, fixture_tokenizers,
+                                                                                 tmp_path):
+    """Issue #25: mode all pools every language's fine-tuning items (parallel halves), one run per seed,
+    scored in every language; on the generated fixtures (no ../shared)."""
+    from tiny_models import tiny_encoder
+
+    model = tiny_encoder(tmp_path / "encoder", fixture_tokenizers["wordpiece"])
+    langs = ["en", "fr"]
+    _, data = load_xnli(fixture_data["xnli"], langs)
+    results = run_xnli(model, data_dir=fixture_data["xnli"], mode="transfer,all", languages=langs, seeds=[0, 1],
+                       epochs=1, batch_size=8, device="cpu", progress=False, output_dir=tmp_path / "out")
+    assert list(results["modes"]) == ["transfer", "all"]
+    assert results["all_train_examples"] == sum(len(data[lang][0]) for lang in langs)
+    block = results["modes"]["all"]
+    assert list(block["languages"]) == langs and len(block["average"]["values"]) == 2
+    for lang in langs:
+        assert len(block["predictions"][lang]) == 2  # one fine-tuning per seed, scored in each language
+        assert len(block["predictions"][lang][0]) == len(data[lang][1])
+    assert "translate-train-all" in (tmp_path / "out" / "xnli.md").read_text()
+    with pytest.raises(HeadlessError, match="unknown XNLI mode 'transfer,every'"):
+        run_xnli(model, data_dir=fixture_data["xnli"], mode="transfer,every", device="cpu", progress=False)

@@ -291,3 +291,12 @@ def test_finetune_tokens_and_prepare_workers_must_be_positive(fixture_tokenizers
         _fails(["prepare", str(fixture_data["corpus"]), "-o", str(tmp_path / "out"), "--seq-len", "16",
                 "--tokenizer", str(fixture_tokenizers["wordpiece"]), "--workers", workers], capsys, "--workers")
         assert not (tmp_path / "out").exists()
+
+
+def test_an_absurd_grad_accum_is_one_line_before_anything_is_allocated(capsys):
+    """A step's micro-batches are held on the host together: grad_accum=1e9 filled 24 GiB before."""
+    from headless.cli import main
+
+    assert main(["pretrain", "--preset", "tiny", "grad_accum=1000000000", "--run-dir", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokens per step do not fit" in err[0]

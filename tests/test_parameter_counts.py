@@ -31,3 +31,17 @@ def test_encoder_head_projection_counts_as_embedding():
     transform = sum(p.numel() for p in model.hf.cls.predictions.transform.parameters())
     bias = model.hf.get_output_embeddings().bias.numel()
     assert vanilla["non_embedding"] == headless["non_embedding"] + transform + bias
+
+
+@pytest.mark.parametrize("flavour", ["headless", "vanilla"])
+def test_the_llama_1b_preset_is_llama_3_2_1b(flavour):
+    """Issue #29: the 1B-class shape at V = 128,256 (built on the meta device: no memory)."""
+    import torch
+
+    config = load_config("llama-1b", flavour=flavour)
+    with torch.device("meta"):
+        model = build_model(config.model, config.objective, config.loss_kind, 128256)
+    counts = count_parameters(model)
+    assert counts["total"] == 1_235_814_400  # Llama-3.2-1B's, the head tied to the embedding
+    assert counts["embedding"] == 128256 * 2048
+    assert model.hf.config.num_key_value_heads == 8

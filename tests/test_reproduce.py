@@ -87,11 +87,13 @@ def test_decoder_study_toy_budget_end_to_end(mini_root, tmp_path):
     head_final = pieces[0]["points"][-1]["variants"]
     assert set(head_final) == {"hlm_ft", "headless_raw"}
     assert head_final["hlm_ft"]["gpu_s"] > head_final["headless_raw"]["gpu_s"]  # fine-tuning time counted
-    for name in ("lambada_acc", "lambada_token_ppl", "heldout_ce", "boolq_acc", "zeroshot_avg"):
+    for name in ("lambada_acc", "lambada_token_ppl", "heldout_ce", "heldout_bpb", "boolq_acc", "zeroshot_avg"):
         assert name in head_final["hlm_ft"]["scores"]
+    assert not any(k.startswith("heldout_bpb_") for k in head_final["hlm_ft"]["scores"])  # Pythia: English only
     assert "boolq_acc" not in pieces[0]["points"][0]["variants"]["hlm_ft"]["scores"]  # zero-shot: final only
     report = result["report"]
-    assert set(report["headline"]) == {"lambada_acc", "heldout_ce"}
+    assert set(report["headline"]) == {"lambada_acc", "heldout_ce", "heldout_bpb", "heldout_bpb_languages"}
+    assert "delta" in report["headline"]["heldout_bpb"] and "delta" not in report["headline"]["heldout_bpb_languages"]
     assert report["headline"]["lambada_acc"]["crossing"]["status"]
     # LAMBADA's per-example correctness travels; HLM+FT and vanilla are paired on the same examples
     flags = head_final["hlm_ft"]["predictions"]["lambada"]
@@ -106,6 +108,26 @@ def test_decoder_study_toy_budget_end_to_end(mini_root, tmp_path):
     assert sum(per_seq) / 4 == pytest.approx(head_final["hlm_ft"]["scores"]["heldout_ce"][0])
     assert (tmp_path / "out" / "decoder-lambada_acc.png").stat().st_size > 1000
     assert "| LAMBADA accuracy (%) |" in (tmp_path / "out" / "decoder-report.md").read_text()
+
+
+def test_a_decoder_study_with_its_own_large_bpe_scores_bits_per_byte_per_language(mini_root, tmp_path):
+    """Issue #25: decoder_vocab_size trains a byte-level BPE on English + the languages; held-out bits
+    per byte per language on XNLI's parallel sentences (a small vocabulary here; >= 128k on the GPU)."""
+    from headless.reproduce import run_study
+
+    config = _study("decoder", mini_root, "budget_s=2", "preset=tiny-gpt", "seq_len=64", "finetune_tokens=512",
+                    "heldout_sequences=2", "zeroshot_tasks=[]", "fractions=[1.0]", "decoder_vocab_size=700",
+                    "languages=[de,fr]", _pretrain("grad_accum=1"))
+    result = run_study(config, flavours=("vanilla",), work_dir=tmp_path / "work", output_dir=tmp_path / "out")
+    piece = json.loads(result["pieces"][0].read_text())
+    assert {"de.jsonl.xz", "gutenberg_fr_es.jsonl.xz", "gutenberg_en.jsonl.xz"} <= set(piece["data"]["inputs"])
+    (tokenizer,) = (tmp_path / "work" / "decoder" / "tokenizers").iterdir()
+    assert tokenizer.name.startswith("decoder-bpe-700-")
+    scores = piece["points"][-1]["variants"]["vanilla"]["scores"]
+    for lang in ("en", "de", "fr"):
+        assert 0 < scores[f"heldout_bpb_{lang}"][0] < 20
+    assert scores["heldout_bpb_languages"][0] == pytest.approx(
+        sum(scores[f"heldout_bpb_{lang}"][0] for lang in ("en", "de", "fr")) / 3)
 
 
 def test_encoder_study_toy_budget_end_to_end(mini_root, tmp_path):

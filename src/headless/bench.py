@@ -38,6 +38,15 @@ def _cases() -> dict:
 OBJECTIVES = _cases()
 
 
+def missing_package(objective: str) -> Optional[str]:
+    """The install hint when an objective's kernel package is absent (CCE, Liger, ...), else None."""
+    from headless.loss_kinds import LOSSES
+    from headless.losses.external import missing_package as missing
+
+    _, loss, name = OBJECTIVES[objective]
+    return missing(name) if LOSSES[loss].implementation(name).external else None
+
+
 def skip_reason(objective: str, device: torch.device) -> Optional[str]:
     """Why an objective cannot run here (a kernel needing CUDA, an optional package), or None."""
     from headless.loss_kinds import LOSSES
@@ -263,6 +272,9 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise HeadlessError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
+    missing = [f"{o}: {why}" for o in objectives if (why := missing_package(o))]
+    if missing:  # a package to install is the user's to fix, not a row to skip in a sweep
+        raise HeadlessError(f"cannot bench {'; '.join(missing)}")
     from headless.runtime import resolve_device
 
     dev = resolve_device(device)

@@ -69,6 +69,11 @@ class ObjectiveConfig:
     # with static shapes (docs/training.md)
     masking: Literal["bernoulli", "exact", "static"] = "bernoulli"
     temperature: float = 1.0  # CWT: the logits O @ E[targets]^T are divided by this
+    # CWT / NCE: transform: score a transform of the outputs (Linear D x D, GELU, LayerNorm: the one the
+    # vanilla MLM head applies before its tied decoder), not exported; none: the paper's raw outputs.
+    # At the multilingual shape and lr 1e-3 the paper's objective collapsed and this did not
+    # (docs/training.md, 'The MLM plateau')
+    projector: Literal["none", "transform"] = "none"
     negatives: Literal["rank", "global"] = "rank"  # CWT negatives: this process's batch, or every process's
     max_negatives: Optional[int] = None  # CWT: cap on the unique target ids scored against (none: all of the batch)
     loss_implementation: str = "auto"  # auto, reference, chunked, triton, ...: each loss's own set (loss_kinds.LOSSES)
@@ -204,11 +209,22 @@ class TrainConfig:
         return LOSSES[self.loss_kind]
 
     def validate(self) -> "TrainConfig":
+        from headless.runtime import host_memory_bytes
+
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.plateau_patience >= 0, "plateau_patience must be >= 0 (0: never warn)"),
+            # a step's micro-batches are held on the host together (their loss positions are counted
+            # first): 16 bytes a token (ids and labels); an absurd grad_accum would fill the memory
+            (16 * self.batch_size * self.grad_accum * self.data.seq_len <= host_memory_bytes() // 2,
+             f"batch_size x grad_accum x data.seq_len = {self.batch_size * self.grad_accum * self.data.seq_len:,} "
+             f"tokens per step do not fit half of this machine's memory "
+             f"({host_memory_bytes() / 2**30:,.0f} GiB); lower grad_accum or batch_size"),
+            (self.objective.projector == "none" or self.loss_kind in ("cwt", "nce"),
+             f"objective.projector={self.objective.projector} transforms the outputs CWT scores; the "
+             f"{self.loss_kind} loss has none (use objective.projector=none)"),
             (self.data.seq_len >= 2, "data.seq_len must be >= 2"),
             (math.isfinite(self.optim.lr) and self.optim.lr > 0, "optim.lr must be > 0 and finite"),
             (0 <= self.optim.beta1 < 1, "optim.beta1 must be in [0, 1)"),

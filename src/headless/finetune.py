@@ -23,9 +23,8 @@ def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
     """A causal-LM directory with the new head: from a run dir, an HF base model, or as is."""
     from transformers import AutoModel, AutoTokenizer
 
-    from headless.eval.scoring import model_dir_config
     from headless.export import export
-    from headless.models import attach_lm_head
+    from headless.models import attach_lm_head, model_dir_config
 
     if (model_dir / "config.yaml").is_file():  # a headless run directory
         return export(model_dir, work_dir, add_head=True, overwrite=True)

@@ -32,6 +32,21 @@ from headless.loss_kinds import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS, loss_kind 
 # building HF configs and models
 
 
+def model_dir_config(model_dir):
+    """The config of a Hugging Face model directory, or a one-line error saying why not."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json there)")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError, KeyError) as err:
+        raise HeadlessError(f"cannot read the config of {path}: {load_error(err)}") from None
+
+
 def round_up(value: int, multiple: int) -> int:
     return ((value + multiple - 1) // multiple) * multiple if multiple > 1 else value
 
@@ -51,15 +66,12 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, pad_token_id: Optional[in
 def check_size(cfg: ModelConfig, vocab_size: int, head: bool) -> None:
     """Refuse a shape whose fp32 weights alone exceed this machine's memory, before allocating: an
     allocator error (or minutes of swapping) is no way to learn that `vocab_size=4000000000` is absurd."""
-    import os
+    from headless.runtime import host_memory_bytes
 
     d, inter = cfg.hidden_size, cfg.intermediate_size or 4 * cfg.hidden_size
     params = (vocab_size * (2 if head else 1) + cfg.max_position_embeddings) * d \
         + cfg.num_layers * (4 * d * d + 2 * d * inter)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed, generous bound
-        memory = 1 << 40
+    memory = host_memory_bytes()
     if 4 * params > memory:
         raise HeadlessError(f"model too large: model.* (vocab {vocab_size}, hidden_size {d}, num_layers "
                             f"{cfg.num_layers}, intermediate_size {inter}, max_position_embeddings "
@@ -157,6 +169,16 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
 
+def output_transform(dim: int, std: float) -> nn.Module:
+    """Linear D x D, GELU, LayerNorm: BERT's MLM-head transform, which the paper's headless twin drops
+    with the head.  Scoring its output instead of the raw last layer kept the headless DistilBERT-shape
+    twin from collapsing at lr 1e-3 (docs/training.md, 'The MLM plateau')."""
+    layer = nn.Linear(dim, dim)
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+    return nn.Sequential(layer, nn.GELU(), nn.LayerNorm(dim))
+
+
 class LanguageModel(nn.Module):
     """An HF model plus the loss that the objective scores its outputs with.
 
@@ -185,6 +207,13 @@ class LanguageModel(nn.Module):
             matrix = nn.Embedding(emb.shape[0], emb.shape[1])
             nn.init.normal_(matrix.weight, std=getattr(hf_model.config, "initializer_range", 0.02))
             setattr(self, name, matrix)
+        if objective.projector == "transform":  # what CWT scores: see `project`
+            self.projector = output_transform(emb.shape[1], getattr(hf_model.config, "initializer_range", 0.02))
+
+    def project(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The outputs a contrastive loss scores: raw (the paper) or through `objective.projector`."""
+        projector = getattr(self, "projector", None)
+        return outputs if projector is None else projector(outputs)
 
     @property
     def config(self):
@@ -324,7 +353,7 @@ def cwt_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
     """CWT: outputs against the input embeddings of the targets (the loss selects the rows itself)."""
     from headless.losses import cwt_loss
 
-    return cwt_loss(outputs, targets, model.input_embedding_weight(), reduction="sum",
+    return cwt_loss(model.project(outputs), targets, model.input_embedding_weight(), reduction="sum",
                     implementation=model.objective.loss_implementation, **_contrastive_options(model))
 
 
@@ -332,7 +361,7 @@ def nce_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
     """CWT's computation against the separate target matrix (the entry's extra parameter)."""
     from headless.losses import nce_untied_loss
 
-    return nce_untied_loss(outputs, targets, model.target_embedding.weight, reduction="sum",
+    return nce_untied_loss(model.project(outputs), targets, model.target_embedding.weight, reduction="sum",
                            implementation=model.objective.loss_implementation, **_contrastive_options(model))
 
 

@@ -119,3 +119,13 @@ def to_device(tensor: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
     if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory: the bound for sizes a user can mistype (a model, a step)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed, generous bound
+        return 1 << 40

@@ -63,9 +63,11 @@ def register(subparsers) -> None:
                            "evaluates; with train-<lang>.tsv beside them, those fine-tune and all of dev "
                            "evaluates) or the XNLI-1.0 xnli.dev.tsv + xnli.test.tsv (default: "
                            "$HEADLESS_SHARED_DATA/xnli, else the facebook/xnli hub dataset)")
-    xnli.add_argument("--mode", choices=("transfer", "target", "both"), default="transfer",
+    xnli.add_argument("--mode", default="transfer", metavar="MODE[,MODE]",
                       help="transfer: fine-tune on English, evaluate every language; target: "
-                           "fine-tune and evaluate within each language")
+                           "fine-tune and evaluate within each language; all (translate-train-all): "
+                           "fine-tune once on every language's items, evaluate every language; "
+                           "both: transfer,target (default: transfer)")
     xnli.add_argument("--languages", help="comma-separated language codes (default: all found)")
     xnli.add_argument("--train-language", default="en", help="source language of transfer mode")
     xnli.add_argument("--hub-train", action="store_true",

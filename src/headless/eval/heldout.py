@@ -3,6 +3,10 @@
 Next-token cross-entropy over the whole vocabulary, the quantity vanilla pretraining minimises, so a
 vanilla decoder and a headless one given a head (raw or HLM+FT) compare on the same footing.  The
 first `max_sequences` packed sequences are scored, in order: the same tokens for every model.
+
+Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the scored text (each
+sequence's targets decoded with the dataset's tokenizer): unlike nats per token it compares models
+whose tokenizers differ (a 50k and a 128k vocabulary, issue #25).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from headless.errors import HeadlessError
 @torch.no_grad()
 def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: str = "validation",
                           max_sequences: int = 256, batch_size: int = 8, device: str | None = "auto") -> dict:
-    """{"cross_entropy" (nats per token), "perplexity", "tokens", "sequences", "per_sequence"
+    """{"cross_entropy" (nats per token), "perplexity", "bits_per_byte", "bytes", "tokens", "sequences", "per_sequence"
     (each sequence's mean cross-entropy, in order: every sequence has the same number of tokens, so
     their mean is the cross-entropy; for paired tests)}."""
     import numpy as np
@@ -32,7 +36,7 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
         raise HeadlessError(f"{dataset} has no {split} sequences to score")
     model, _, dev = load_causal_lm(model_dir, device=device)
     rows = model.get_output_embeddings().weight.shape[0]
-    total, tokens, per_sequence = 0.0, 0, []
+    total, tokens, nbytes, per_sequence = 0.0, 0, 0, []
     for start in range(0, count, batch_size):
         batch = torch.from_numpy(np.stack([data[i] for i in range(start, min(count, start + batch_size))]).astype(np.int64))
         if int(batch.max()) >= rows:
@@ -44,7 +48,9 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
                                                    reduction="none").view(batch.shape[0], -1)  # [B, L-1]
         total += float(losses.sum())
         tokens += batch[:, 1:].numel()
+        nbytes += sum(len(data.tokenizer.decode(row[1:].tolist()).encode("utf-8")) for row in batch.cpu())
         per_sequence += losses.mean(dim=1).tolist()
     ce = total / tokens
-    return {"cross_entropy": ce, "perplexity": math.exp(ce), "tokens": tokens, "sequences": count,
+    return {"cross_entropy": ce, "perplexity": math.exp(ce), "bits_per_byte": total / math.log(2) / max(nbytes, 1),
+            "bytes": nbytes, "tokens": tokens, "sequences": count,
             "per_sequence": per_sequence}

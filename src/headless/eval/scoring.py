@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from headless.errors import HeadlessError, load_error
+from headless.models import model_dir_config  # noqa: F401  (its home: with the model loading)
 from headless.runtime import parse_dtype, resolve_device
 
 
@@ -33,19 +34,6 @@ class Score:
     num_tokens: int
     is_greedy: bool
 
-
-
-def model_dir_config(model_dir: str | os.PathLike):
-    """The config of a Hugging Face model directory, or a one-line error saying why not."""
-    from transformers import AutoConfig
-
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise HeadlessError(f"{path} is not a Hugging Face model directory (no config.json there)")
-    try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=False)
-    except (ValueError, OSError, KeyError) as err:
-        raise HeadlessError(f"cannot read the config of {path}: {load_error(err)}") from None
 
 
 def load_tokenizer_dir(model_dir: str | os.PathLike):

@@ -115,14 +115,15 @@ class Heldout:
         if data is None:
             raise HeadlessError("held-out cross-entropy needs a prepared dataset (`headless prepare`): pass its path")
         r = heldout_cross_entropy(model_dir, data, **options)
-        return TaskResult(self.name, {"heldout_ce": [r["cross_entropy"]]},
+        return TaskResult(self.name, {"heldout_ce": [r["cross_entropy"]], "heldout_bpb": [r["bits_per_byte"]]},
                           {"heldout": {"group": "heldout", "metric": "mean", "labels": [0] * len(r["per_sequence"]),
                                        "seeds": [r["per_sequence"]]}}, r)
 
     def render(self, result: TaskResult) -> str:
         r = result.details
-        return _table(["sequences", "tokens", "cross-entropy", "perplexity"],
-                      [[r["sequences"], r["tokens"], r["cross_entropy"], r["perplexity"]]])
+        return _table(["sequences", "tokens", "bytes", "cross-entropy (nats/token)", "perplexity", "bits per byte"],
+                      [[r["sequences"], r["tokens"], r["bytes"], r["cross_entropy"], r["perplexity"],
+                        r["bits_per_byte"]]])
 
 
 class Harness:

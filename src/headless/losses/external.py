@@ -29,6 +29,14 @@ BACKENDS = ("liger", "cce", "torch")
 _PACKAGES = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
 
 
+def missing_package(backend: str) -> str | None:
+    """The install hint when `backend`'s package is absent (None when it is there, or needs none)."""
+    package = _PACKAGES.get(backend)
+    if package is None or importlib.util.find_spec(package) is not None:
+        return None
+    return f"{package} is not installed (pip install {package.replace('_', '-')})"
+
+
 def unavailable_reason(backend: str, device: torch.device) -> str | None:
     """Why `backend` cannot run on `device` (None when it can)."""
     if backend == "torch":

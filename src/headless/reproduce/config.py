@@ -55,6 +55,13 @@ class StudyConfig:
     # paper's (distilbert-base-multilingual-cased, 119,547 entries); XLM-R's is 250002
     tokenizer_vocab_size: int = 119547
     seq_len: Optional[int] = None  # None: the preset's
+    # decoder: None: the Pythia tokenizer and English text; N: a byte-level BPE of N entries that the
+    # study trains on English plus `languages` (issue #25's large-vocabulary pair: N >= 128k)
+    decoder_vocab_size: Optional[int] = None
+    # decoder: held-out bits per byte per language, on the sentences of XNLI's dev-<lang>.tsv (parallel
+    # text: comparable across languages and tokenizers); None: none with the Pythia tokenizer, else
+    # English plus every language of the mix that XNLI has
+    heldout_languages: Optional[list] = None
     # decoder evaluation
     finetune_tokens: float = 5e6  # HLM+FT budget per headless checkpoint (its time is counted)
     finetune_lr: float = 1e-4
@@ -71,7 +78,9 @@ class StudyConfig:
     glue_max_train_examples: Optional[int] = 8000
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds at the final checkpoint
     curve_seeds: list = field(default_factory=lambda: [0])  # fine-tuning seeds at earlier checkpoints
-    xnli_modes: list = field(default_factory=lambda: ["transfer", "target"])
+    # transfer (English only), target (each language), all (translate-train-all: every language's
+    # items together, 15 x 1,245 with the parallel dev halves)
+    xnli_modes: list = field(default_factory=lambda: ["transfer", "target", "all"])
     xnli_lr: float = 5e-5
     xnli_epochs: int = 10
     # XNLI fine-tuning examples per language (a fixed random subset); with train-<lang>.tsv files
@@ -92,11 +101,13 @@ class StudyConfig:
             (bool(self.seeds) and bool(self.curve_seeds), "seeds and curve_seeds must not be empty"),
             (bool(self.glue_lrs), "glue_lrs must not be empty"),
             (self.eval_workers >= 1, "eval_workers must be >= 1"),
-            (all(m in ("transfer", "target") for m in self.xnli_modes) and bool(self.xnli_modes),
-             "xnli_modes must be transfer and/or target"),
+            (all(m in ("transfer", "target", "all") for m in self.xnli_modes) and bool(self.xnli_modes),
+             "xnli_modes must be among transfer, target, all"),
             (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),
             (all(n is None or n >= 1 for n in (self.subset_documents, self.subset_chars)),
              "subset_documents and subset_chars must be >= 1"),
+            (self.decoder_vocab_size is None or self.decoder_vocab_size >= 256,
+             "decoder_vocab_size must be >= 256 (a byte-level BPE holds the 256 bytes)"),
             (all(n is None or n >= 1 for n in (self.glue_max_train_examples, self.xnli_max_train_examples)),
              "glue_max_train_examples and xnli_max_train_examples must be >= 1"),
         ]
@@ -135,7 +146,9 @@ STUDY_DEFAULTS: dict[str, dict] = {
     "multilingual": {"preset": "multilingual", "budget_s": 120.0, "fractions": [0.5, 1.0],
                      "pretrain": ["batch_size=128", "optim.lr=5e-4", "optim.warmup_steps=300", "optim.beta2=0.98",
                                   "eval_every=100000", "log_every=100", "compile=auto",
-                                  "compile_mode=reduce-overhead"]},
+                                  "compile_mode=reduce-overhead"],
+                     # the paper's raw outputs collapsed at this shape (docs/results/plateau-2026-12-05)
+                     "headless_pretrain": ["objective.projector=transform"]},
 }
 
 
@@ -156,7 +169,7 @@ SMOKE_DEFAULTS: dict[str, dict] = {
     "encoder": dict(_SMOKE_COMMON, preset="tiny", books=False, glue_tasks=["rte", "stsb"], glue_lrs=[1e-4],
                     glue_epochs=1, glue_max_train_examples=128),
     "multilingual": dict(_SMOKE_COMMON, preset="tiny", languages=["de", "fr"], tokenizer_vocab_size=2000,
-                         xnli_modes=["transfer"], xnli_epochs=1, xnli_max_train_examples=128),
+                         xnli_modes=["all"], xnli_epochs=1, xnli_max_train_examples=128),
 }
 
 

@@ -61,12 +61,12 @@ def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
         limit = 2  # English stays one language among five, not most of the text
     shards = shards[:limit] if limit else shards
     train = list(shards)
-    if config.study == "multilingual":
+    if config.study == "multilingual" or (config.study == "decoder" and config.decoder_vocab_size):
         train += [_need(root / "multilingual" / f"{lang}.jsonl.xz", f"Wikipedia in {lang!r}")
                   for lang in config.languages if lang not in BOOK_LANGUAGES]
         if set(config.languages) & set(BOOK_LANGUAGES):
             train.append(_need(root / "books" / "gutenberg_fr_es.jsonl.xz", "Project Gutenberg books in French and Spanish"))
-    elif config.books:
+    if config.study != "multilingual" and config.books:
         train.append(_need(root / "books" / "gutenberg_en.jsonl.xz", "Project Gutenberg books"))
     validation = sorted((root / "enwiki" / "validation").glob("enwiki-*.jsonl*")) if config.study != "multilingual" else []
     return train, validation
@@ -106,7 +106,7 @@ def check_inputs(config: StudyConfig) -> None:
     a piece does, before any subset, tokeniser or dataset is written."""
     pretraining_files(config)
     root = config.root
-    if config.study == "decoder":
+    if config.study == "decoder" and not config.decoder_vocab_size:  # else the study trains its own
         _need(root / "tokenizers" / "gpt-neox-20b" / "tokenizer.json", "the GPT-NeoX tokenizer")
     elif config.study == "encoder":
         _need(root / "tokenizers" / "bert-base-uncased" / "vocab.txt", "the BERT uncased vocabulary")
@@ -119,6 +119,15 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
     from headless.data.tokenizers import train_tokenizer
 
     root = config.root
+    if config.study == "decoder" and config.decoder_vocab_size:  # issue #25: a large byte-level BPE
+        key = fingerprint(train_hashes, vocab=config.decoder_vocab_size, kind="bpe")
+        out = work_dir / "tokenizers" / f"decoder-bpe-{config.decoder_vocab_size}-{key}"
+        if not (out / "tokenizer.json").is_file():
+            print(f"training a {config.decoder_vocab_size:,}-entry byte-level BPE tokenizer on the {len(train)} files "
+                  f"of the mix into {out}", flush=True)
+            train_tokenizer([str(p) for p in train], kind="bpe", vocab_size=config.decoder_vocab_size,
+                            output_dir=out, progress=config.progress)
+        return out
     if config.study == "decoder":
         return _need(root / "tokenizers" / "gpt-neox-20b" / "tokenizer.json", "the GPT-NeoX tokenizer")
     if config.study == "encoder":

@@ -52,7 +52,63 @@ def decoder_scores(model_dir: Path, config: StudyConfig, dataset: Path, *, final
         result = run_task(name, model_dir, device=config.device, **options)
         scores.update(result.scores)
         predictions.update(result.predictions)
+    per_language = []
+    for lang, held in language_heldout_sets(config, dataset).items():
+        result = run_task("heldout", model_dir, device=config.device, data=held, max_sequences=config.heldout_sequences)
+        scores[f"heldout_bpb_{lang}"] = result.scores["heldout_bpb"]
+        per_language.append(result.scores["heldout_bpb"][0])
+    if per_language:
+        scores["heldout_bpb_languages"] = [statistics.fmean(per_language)]
     return scores, predictions
+
+
+def heldout_languages(config: StudyConfig) -> list[str]:
+    """The decoder study's per-language held-out sets: `heldout_languages`, or English and the mix's
+    languages that XNLI has when the study trains its own tokenizer."""
+    from headless.eval.datasets import XNLI_LANGUAGES
+
+    if config.heldout_languages is not None:
+        return list(config.heldout_languages)
+    if not config.decoder_vocab_size:
+        return []
+    return [lang for lang in ["en", *config.languages] if lang in XNLI_LANGUAGES]
+
+
+def language_heldout_sets(config: StudyConfig, dataset: Path) -> dict[str, Path]:
+    """{language: a prepared dataset of XNLI dev-<lang>.tsv's distinct sentences} in the pretraining
+    data's tokenizer and sequence length (validation split), made once next to the dataset.  The
+    files are parallel, so each language scores the same content: bits per byte then compare
+    languages and tokenizers."""
+    import csv
+    import json
+    import sys
+
+    from headless.data.loader import PackedDataset
+    from headless.data.prepare import intact_manifest, prepare_dataset
+    from headless.data.tokenizers import load_tokenizer
+
+    langs = heldout_languages(config)
+    if not langs:
+        return {}
+    seq_len = PackedDataset(dataset, "train").seq_len
+    out: dict[str, Path] = {}
+    for lang in langs:
+        source = config.root / "xnli" / f"dev-{lang}.tsv"
+        if not source.is_file():
+            raise HeadlessError(f"held-out language {lang!r}: {source} not found (heldout_languages=...)")
+        target = dataset.parent / f"{dataset.name}-heldout-{lang}"
+        if intact_manifest(target) is None:
+            csv.field_size_limit(sys.maxsize)
+            with source.open(encoding="utf-8", newline="") as handle:
+                rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+            sentences = list(dict.fromkeys(text for row in rows for text in row[:2] if text.strip()))
+            texts = target.parent / f".{target.name}.jsonl"
+            texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in sentences), encoding="utf-8")
+            prepare_dataset([str(texts)], target, load_tokenizer(str(dataset / "tokenizer")), seq_len=seq_len,
+                            validation_inputs=[str(texts)], progress=False)
+            texts.unlink()
+        out[lang] = target
+    return out
 
 
 def hlm_finetune(model_dir: Path, out_dir: Path, run_dir: Path, config: StudyConfig, dataset: Path) -> float:
@@ -161,7 +217,7 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     """Accuracy per mode and language, the averages, and each seed's predictions (`Predictions`)."""
     from headless.eval.tasks import run_task
 
-    mode = "both" if len(set(config.xnli_modes)) == 2 else config.xnli_modes[0]
+    mode = ",".join(dict.fromkeys(config.xnli_modes))
     run = run_task("xnli", model_dir, data_dir=config.root / "xnli", mode=mode, seeds=seeds, lr=config.xnli_lr,
                    epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
                    device=config.device, bf16=_bf16(config.device), progress=False, workers=config.eval_workers)

@@ -26,12 +26,18 @@ REPORT_FORMAT = "headless-reproduce-report/1"
 HEADLINE: dict[str, dict[str, Any]] = {
     "decoder": {"pair": ("hlm_ft", "vanilla"),
                 "metrics": [("lambada_acc", "LAMBADA accuracy (%)", True),
-                            ("heldout_ce", "held-out cross-entropy (nats/token)", False)]},
+                            ("heldout_ce", "held-out cross-entropy (nats/token)", False),
+                            ("heldout_bpb", "held-out bits per byte (tokenizers compared)", False),
+                            ("heldout_bpb_languages", "held-out bits per byte, mean over languages (XNLI "
+                                                      "sentences)", False)]},
     "encoder": {"pair": ("headless", "vanilla"),
                 "metrics": [("glue_avg", "GLUE average (%)", True),
                             ("glue_avg_no_rte", "GLUE average without RTE, as the paper's Tab. 1 (%)", True)]},
     "multilingual": {"pair": ("headless", "vanilla"),
-                     "metrics": [("xnli_transfer_avg", "XNLI accuracy, fine-tuned on English (%)", True),
+                     "metrics": [("xnli_all_covered", "XNLI accuracy, translate-train-all, languages in the "
+                                                      "pretraining mix (%)", True),
+                                 ("xnli_all_avg", "XNLI accuracy, translate-train-all, 15 languages (%)", True),
+                                 ("xnli_transfer_avg", "XNLI accuracy, fine-tuned on English (%)", True),
                                  ("xnli_target_avg", "XNLI accuracy, fine-tuned in each language (%)", True)]},
 }
 VARIANT_NAMES = {"hlm_ft": "headless (HLM+FT)", "headless_raw": "headless (raw: embedding head)",

@@ -273,10 +273,13 @@ class Checkpointer:
         self.parts: dict[str, Any] = {}
         self._restored: set[str] = set()
 
-    def register(self, name: str, part: Any) -> None:
+    def register(self, name: str, part: Any, restored: bool = False) -> None:
+        """Add a part; `restored`: its owner loaded it already (restore leaves it alone)."""
         if name in self.parts:
             raise ValueError(f"checkpoint part {name!r} is registered already")
         self.parts[name] = part
+        if restored:
+            self._restored.add(name)
 
     def save(self, step: int) -> None:
         gathered = {name: part.state_dict() for name, part in self.parts.items()}  # collective: every rank
