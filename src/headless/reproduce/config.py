@@ -157,14 +157,14 @@ STUDY_DEFAULTS: dict[str, dict] = {
 # The calibration floor (budget.calibration_skip + calibration_steps = 6 steps) stays far below the
 # budget's step count, so the budget decides and every fraction gets its own checkpoint.
 _SMOKE_MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=128",
-                "batch_size=8", "grad_accum=1", "optim.warmup_steps=6", "budget.calibration_skip=2",
+                "batch_size=8", "grad_accum=1", "optim.warmup_steps=14", "budget.calibration_skip=2",
                 "budget.calibration_steps=4", "log_every=5", "eval_batches=2", "eval_every=100000",
                 "tensorboard=false", "compile=false"]
 _SMOKE_COMMON = {"budget_s": 10.0, "fractions": [0.5, 1.0], "seq_len": 64, "enwiki_shards": 1,
                  "subset_documents": 64, "subset_chars": 4000, "seeds": [0], "curve_seeds": [0],
                  "pretrain": _SMOKE_MODEL}
 SMOKE_DEFAULTS: dict[str, dict] = {
-    "decoder": dict(_SMOKE_COMMON, preset="tiny-gpt", books=False, finetune_tokens=20000, lambada_limit=64,
+    "decoder": dict(_SMOKE_COMMON, preset="tiny-gpt", books=False, finetune_tokens=8192, lambada_limit=64,
                     heldout_sequences=16, zeroshot_tasks=["boolq", "piqa"], zeroshot_limit=32),
     "encoder": dict(_SMOKE_COMMON, preset="tiny", books=False, glue_tasks=["rte", "stsb"], glue_lrs=[1e-4],
                     glue_epochs=1, glue_max_train_examples=128),

@@ -150,7 +150,8 @@ def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) 
     work_dir = Path(work_dir)
     train, validation = pretraining_files(config)
     names = [p.name for p in train] + [f"validation: {p.name}" for p in validation]
-    if config.subset_documents or config.subset_chars:
+    subset = config.subset_documents is not None or config.subset_chars is not None
+    if subset:
         print(f"taking a subset of {len(train) + len(validation)} files (the first {config.subset_documents or 'all'} "
               f"documents of each, cut to {config.subset_chars or 'any'} characters)", flush=True)
         train, validation = subset_files(config, work_dir, train), subset_files(config, work_dir, validation)
@@ -173,6 +174,8 @@ def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) 
         manifest = prepare_dataset([str(p) for p in train], out, tokenizer, seq_len=seq_len,
                                    num_workers=min(8, cores - 1) if cores > 4 else None,
                                    validation_inputs=[str(p) for p in validation] or None,
-                                   validation_fraction=0.0 if validation else 0.01, progress=config.progress)
+                                   # a subset's 1 % would be a sequence or two: too few to measure
+                                   validation_fraction=0.0 if validation else (0.05 if subset else 0.01),
+                                   progress=config.progress)
     train_tokens = int(manifest["splits"]["train"]["num_tokens"])
     return StudyData(dataset=out, fingerprint=key, train_tokens=train_tokens, inputs=names)

@@ -375,6 +375,7 @@ def unit_words(unit: str) -> dict[str, str]:
     """The report's words for its seconds: "GPU s" / "GPU time" / "GPU seconds" only on GPUs."""
     kind = unit[:-2] if unit.endswith(" s") else ""
     return {"s": unit, "time": f"{kind} time".strip(), "seconds": f"{kind} seconds".strip(),
+            "second": f"{kind} second".strip(),
             "equal": f"equal {kind} time".replace("  ", " ").strip()}
 
 
@@ -438,7 +439,7 @@ def report_markdown(report: dict) -> str:
         if abs(h / v - 1) > 0.05:  # the trainer's calibration_tolerance
             lines += ["", f"**The twins' pretraining time was not equal**: {h:.0f} s of steps for headless against "
                       f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
-                      f"\"at equal {unit}\" column reads the longer twin's curve at the other's last second "
+                      f"\"at equal {unit}\" column reads the longer twin's curve at the other's last {words['second']} "
                       "(interpolated between its checkpoints) and is the equal-time reading."]
     gpus = {f: {p["device_uuid"] for p in report["pieces"] if p["flavour"] == f} for f in ("headless", "vanilla")}
     if all(gpus.values()) and None not in gpus["headless"] | gpus["vanilla"] and gpus["headless"] != gpus["vanilla"]:
