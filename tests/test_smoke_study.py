@@ -163,3 +163,19 @@ def test_the_report_names_the_seconds_of_the_device_and_peak_memory_only_on_cuda
     assert ("GPU" in text) == (unit == "GPU s") and ("GPU" in printed) == (unit == "GPU s")
     assert ("peak GiB" in text) == ("NVIDIA H100" in devices)
     assert "- headless seed 0: fraction 0.25 (step 2) is not evaluated on its own: because" in text
+
+
+def test_a_subset_follows_its_source_not_its_name(tmp_path):
+    """Two data roots in one work directory: each gets its own subset of its own files."""
+    from fixtures import _write_xz, documents
+    from headless.reproduce import load_study
+    from headless.reproduce.data import subset_files
+
+    config = load_study("encoder", overrides=["subset_documents=3", "subset_chars=50"])
+    one = _write_xz(tmp_path / "a" / "enwiki-000.jsonl.xz", documents(5, seed=1))
+    two = _write_xz(tmp_path / "b" / "enwiki-000.jsonl.xz", documents(5, seed=2))
+    first, second = subset_files(config, tmp_path / "work", [one]), subset_files(config, tmp_path / "work", [two])
+    assert first != second
+    rows = [json.loads(line)["text"] for line in first[0].read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r) <= 50 for r in rows) and rows[0] == documents(5, seed=1)[0][:50]
+    assert subset_files(load_study("encoder"), tmp_path / "work", [one]) == [one]  # no subset: the files themselves

@@ -74,7 +74,7 @@ def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
 
 def subset_files(config: StudyConfig, work_dir: Path, paths: list[Path]) -> list[Path]:
     """The first `subset_documents` documents of each file, each cut to `subset_chars` characters,
-    written once to WORK_DIR/subsets/ as jsonl (a smoke study tokenises these, not 100 MB); with no
+    written once per source content to WORK_DIR/subsets/ as jsonl (a smoke study tokenises these, not 100 MB); with no
     subset set, the files themselves."""
     import json
 
@@ -86,9 +86,8 @@ def subset_files(config: StudyConfig, work_dir: Path, paths: list[Path]) -> list
     out = work_dir / "subsets" / f"{config.subset_documents or 'all'}docs-{config.subset_chars or 'all'}chars"
     subset = []
     for path in paths:
-        target = out / f"{path.name.split('.')[0]}.jsonl"
-        if target in subset:
-            raise HeadlessError(f"two inputs named {path.name.split('.')[0]}.* in the study's mix; rename one")
+        # named by the source's content: another data_root in the same work directory gets its own subset
+        target = out / f"{path.name.split('.')[0]}-{sha256_file(path)[:16]}.jsonl"
         if not target.is_file():
             docs = []
             for doc in iter_documents([str(path)]):

@@ -95,6 +95,10 @@ def check_piece(piece: dict, path: Path) -> None:
     for key in ("steps", "tokens", "gpu_s", "tokens_per_s", "epochs", "parameters"):
         if pretrain.get(key) is not None and not _finite(pretrain[key]):
             raise bad(f"pretrain.{key} = {pretrain[key]!r} is not a finite number")
+    fractions = piece.get("fractions")  # pieces written before they kept it have none
+    if fractions is not None and not (isinstance(fractions, list) and all(
+            isinstance(e, dict) and (e.get("reason") is None or isinstance(e["reason"], str)) for e in fractions)):
+        raise bad("fractions is not a list of {requested, step, kept, reason}")
     points = piece.get("points")
     if not isinstance(points, list) or not points:
         raise bad("no evaluated points (`points` is empty or missing)")
