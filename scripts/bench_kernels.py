@@ -1,4 +1,4 @@
-"""Kernel-level benchmark of the CWT / vanilla-CE loss paths on one CUDA GPU (see docs/kernels.md).
+"""Kernel-level benchmark of the CWT / vanilla-CE loss paths on one CUDA GPU (see docs/reference/kernels.md).
 
 For each shape: forward+backward latency (median of CUDA-event timings after warm-up) and peak memory
 (max_memory_allocated above the inputs) of: our Triton kernel (both backward modes), the chunked PyTorch path of

@@ -1,4 +1,4 @@
-"""Time and memory of every loss path on CPU (forward + backward), for docs/losses.md.
+"""Time and memory of every loss path on CPU (forward + backward), for docs/reference/losses.md.
 
     python scripts/bench_losses.py                      # K in {4096, 16384}, D=512, V=50k
     python scripts/bench_losses.py --sizes 512 --vocab 5000 --repeats 1   # quick look

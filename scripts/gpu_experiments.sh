@@ -7,7 +7,7 @@
 # Optional kernels (Liger, Cut Cross-Entropy) on a machine without internet: carry their wheels and
 # install them with `pip install --no-deps --target /tmp/site .whl/*.whl`; /tmp/site is then used.
 # Data: copy the enwiki shards, tokenizers and evaluation sets of ../shared/data into .data/ first
-# (see docs/training.md); `headless prepare` packs them here.
+# (see docs/guide/training.md); `headless prepare` packs them here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 HEADLESS_CACHE=runs/cache TOKENIZERS_PARALLELISM=true
@@ -140,7 +140,7 @@ EOF2
     $B --compile --objectives cwt,ce-triton,ce-hf --output "$RES/p160-graphs" compile_mode=reduce-overhead || true
     $B --objectives cwt,cwt-liger,cwt-cce,ce-hf-full,ce-triton,ce-liger,ce-cce --output "$RES/p160-eager" || true
     ;;
-  final-p160)  # the numbers in docs/performance.md: compiled backbone with CUDA graphs, every head
+  final-p160)  # the numbers in docs/reference/performance.md: compiled backbone with CUDA graphs, every head
     B="$H bench --steps 8 --warmup 4 --preset pythia-160m --batch-sizes 8 --compile"
     $B --objectives backbone,cwt,ce-triton,ce-hf,ce-hf-full --vocab-sizes 50304 --output "$RES/p160-50k" \
        compile_mode=reduce-overhead || true

@@ -1,7 +1,7 @@
 """The plateau probes' table: per run, accuracy every 1k steps, collapse, largest gradient norm, the
 output geometry at the end, and when the run left the MLM plateau (`headless.train.plateau`).
 
-    python scripts/plateau_table.py docs/results/plateau-2026-12-05/*.jsonl [--ms-per-step vanilla=18.5,...]
+    python scripts/plateau_table.py docs/results/2026-12-05-plateau/*.jsonl [--ms-per-step vanilla=18.5,...]
 
 `--ms-per-step NAME=MS` converts the exit step into GPU seconds for runs whose name starts with NAME
 (the probes ran side by side, so their own wall times are shared time): take the step times of

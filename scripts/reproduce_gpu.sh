@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One GPU job of docs/reproduction.md: one study's twin(s), their evaluations, the pieces in $OUT.
+# One GPU job of docs/guide/reproduction.md: one study's twin(s), their evaluations, the pieces in $OUT.
 #
 #   bash scripts/reproduce_gpu.sh STUDY FLAVOUR [KEY=VALUE ...]     FLAVOUR: headless | vanilla | both
 #
-# Data: .data/STUDY laid out like ../shared/data (the files the study reads; docs/reproduction.md
+# Data: .data/STUDY laid out like ../shared/data (the files the study reads; docs/guide/reproduction.md
 # says which), carried to the GPU machine.  Files that compress well (GLUE's TSVs) may travel packed
 # instead, as .data/STUDY-extra.tar.xz (paths relative to .data/STUDY): it is unpacked there first,
 # which keeps the carried tree under the 64 MiB limit.  SMOKE=1 first runs the same study at a 10-second budget

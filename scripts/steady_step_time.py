@@ -3,7 +3,7 @@
     python scripts/steady_step_time.py RUN/metrics.jsonl [--after 500]
 
 The median over the windows between consecutive train log records that start at or after step
-`--after` (past compilation and CUDA-graph capture).  This is how docs/reproduction.md reads the
+`--after` (past compilation and CUDA-graph capture).  This is how docs/guide/reproduction.md reads the
 true step time of runs made before `measured_s_per_step` existed.
 """
 

@@ -5,7 +5,7 @@ in the trainer's fixed shuffled order, and a training batch (the share of each b
 
 Prepares (or reuses) the multilingual study's data in WORK_DIR, then classifies every sequence by
 its most frequent script: Latin, Hangul (ko), kana (ja), or CJK ideographs. Why it matters: CWT's
-in-batch loss depends on a batch's mix, a vocabulary head's does not (docs/reproduction.md).
+in-batch loss depends on a batch's mix, a vocabulary head's does not (docs/guide/reproduction.md).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def write_lambada(path: Path, n: int = 12) -> Path:
 
 def write_zeroshot(folder: Path, n: int = 8) -> Path:
     """boolq / piqa / arc_easy / pubmed_qa_labeled jsonl files in the layouts of ../shared/data/zeroshot.
-    PIQA queries end with a newline, as the real ones do (docs/evaluation-decoders.md)."""
+    PIQA queries end with a newline, as the real ones do (docs/guide/evaluation-decoders.md)."""
     rng = random.Random(2)
     folder.mkdir(parents=True, exist_ok=True)
     tasks = {"boolq": [], "piqa": [], "arc_easy": [], "pubmed_qa_labeled": []}

@@ -1,4 +1,4 @@
-"""The import graph follows the layers of docs/architecture.md: a module imports only its own
+"""The import graph follows the layers of docs/reference/architecture.md: a module imports only its own
 layer and the layers before it (never a later one), so the loss cannot know the trainer and the
 trainer cannot know the CLI."""
 
@@ -36,7 +36,7 @@ def layer_of(module: str) -> int:
             if name == prefix or name.startswith(prefix + "."):
                 if best is None or len(prefix) > best[1]:
                     best = (index, len(prefix))
-    assert best is not None, f"{module} belongs to no layer of docs/architecture.md"
+    assert best is not None, f"{module} belongs to no layer of docs/reference/architecture.md"
     return best[0]
 
 

@@ -68,7 +68,7 @@ def test_cwt_back_ends_match_float64_reference(backend, temperature):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["liger", pytest.param("cce", marks=pytest.mark.xfail(
     reason="cut-cross-entropy 25.1.1 (exact mode): 4.5% gradient error on an H100, and pretraining losses "
-           "that drift from every other path (docs/performance.md)", strict=False))])
+           "that drift from every other path (docs/reference/performance.md)", strict=False))])
 def test_vanilla_back_ends_match_float64_reference(backend):
     if unavailable_reason(backend, torch.device("cuda")):
         pytest.skip(unavailable_reason(backend, torch.device("cuda")))

@@ -1,4 +1,4 @@
-"""Issue #13 item 3: the lm-eval task template of docs/evaluation-decoders.md builds exactly the prompts
+"""Issue #13 item 3: the lm-eval task template of docs/guide/evaluation-decoders.md builds exactly the prompts
 headless scores, also on PIQA, whose queries end with a newline that headless strips."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from headless.eval.zeroshot import read_task
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluation-decoders.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "guide" / "evaluation-decoders.md"
 
 
 def _documented_template() -> str:

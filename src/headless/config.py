@@ -66,13 +66,13 @@ class ObjectiveConfig:
     random_prob: float = 0.1  # MLM: of the chosen tokens, the fraction replaced by a random token
     # bernoulli: each position with mask_prob (BERT); exact: round(p·n) of a row's n eligible ones
     # (the official code); static: round(p·seq_len) per row, a constant count the model gathers
-    # with static shapes (docs/training.md)
+    # with static shapes (docs/guide/training.md)
     masking: Literal["bernoulli", "exact", "static"] = "bernoulli"
     temperature: float = 1.0  # CWT: the logits O @ E[targets]^T are divided by this
     # CWT / NCE: transform: score a transform of the outputs (Linear D x D, GELU, LayerNorm: the one the
     # vanilla MLM head applies before its tied decoder), not exported; none: the paper's raw outputs.
     # At the multilingual shape and lr 1e-3 the paper's objective collapsed and this did not
-    # (docs/training.md, 'The MLM plateau')
+    # (docs/guide/training.md, 'The MLM plateau')
     projector: Literal["none", "transform"] = "none"
     negatives: Literal["rank", "global"] = "rank"  # CWT negatives: this process's batch, or every process's
     max_negatives: Optional[int] = None  # CWT: cap on the unique target ids scored against (none: all of the batch)

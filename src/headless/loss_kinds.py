@@ -15,7 +15,7 @@ from importlib import import_module
 from typing import Callable, Optional
 
 # The largest micro-batches that `auto` scores inside the compiled graph, each the largest measured
-# to win there (docs/performance.md).  CWT's K x K pairs grow as K²: K = 16,384 rows (Pythia-70M and
+# to win there (docs/reference/performance.md).  CWT's K x K pairs grow as K²: K = 16,384 rows (Pythia-70M and
 # -160M at 8 x 2048; at 64 x 2048 they would need 64 GiB).  The vanilla head's dense logits grow as
 # K x V: Pythia-70M at 64 x 2048 with V = 50,304 (captured 1.20 M tokens/s against 0.97 M eager).
 CAPTURE_MAX_ROWS = 16_384
@@ -96,7 +96,7 @@ def _logits_fit(rows: int, vocab: int) -> bool:
     return rows * vocab <= CAPTURE_MAX_LOGITS
 
 
-# the contrastive paths of `headless.losses.cwt_loss` (its docstring and docs/losses.md)
+# the contrastive paths of `headless.losses.cwt_loss` (its docstring and docs/reference/losses.md)
 CONTRASTIVE = (
     Implementation("auto", "the fastest exact path for the device (cwt_loss)"),
     Implementation("reference", "the paper's K x K score matrix, no de-duplication", capturable=True),

@@ -172,7 +172,7 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 def output_transform(dim: int, std: float) -> nn.Module:
     """Linear D x D, GELU, LayerNorm: BERT's MLM-head transform, which the paper's headless twin drops
     with the head.  Scoring its output instead of the raw last layer kept the headless DistilBERT-shape
-    twin from collapsing at lr 1e-3 (docs/training.md, 'The MLM plateau')."""
+    twin from collapsing at lr 1e-3 (docs/guide/training.md, 'The MLM plateau')."""
     layer = nn.Linear(dim, dim)
     nn.init.normal_(layer.weight, std=std)
     nn.init.zeros_(layer.bias)
@@ -269,7 +269,7 @@ class LanguageModel(nn.Module):
         table entry bounds it (`captures_up_to`): CWT with at most `CAPTURE_MAX_ROWS` scored rows
         per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
 
-        Measured on the H200 (docs/performance.md, tokens/s, one graph against the eager loss):
+        Measured on the H200 (docs/reference/performance.md, tokens/s, one graph against the eager loss):
         bert-small 256 x 128 (K = 4,864) CWT 3.05 M vs 2.47 M, CE 2.78 M vs 2.28 M; Pythia-70M
         8 x 2048 (K = 16,384) CWT 1.47 M vs 1.36 M, CE 1.09 M vs 0.95 M, and through `headless
         pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k

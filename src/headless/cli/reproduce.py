@@ -12,7 +12,8 @@ REPRODUCE_EPILOG = """examples:
   headless reproduce encoder --flavour vanilla --output results/   # one piece (one GPU job)
   headless reproduce decoder budget_s=3600 seed=1 data_root=/data/shared
   headless reproduce decoder compare=tokens steps=5000        # equal tokens instead of equal time
-  headless report results/*.json --output docs/results/reproduction
+  headless report results/*.json --output reports/decoder
+  headless report --summary docs/results/*/*-report.json   # one Markdown row per committed report
 study settings are key=value pairs or --key value options (see --show-config); `pretrain=[k=v,...]`
 adds to the twins' TrainConfig overrides."""
 
@@ -39,9 +40,12 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("report", help="merge `headless reproduce` pieces into tables and curves",
                               description="Merge pieces of one study (any order, any machines) into "
-                              "STUDY-report.md, STUDY-report.json and PNG curves.")
-    r.add_argument("pieces", nargs="+", metavar="PIECE.json")
-    r.add_argument("--output", required=True, help="folder for the report")
+                              "STUDY-report.md, STUDY-report.json and PNG curves; or, with --summary, print "
+                              "one Markdown row per committed report (the README's results table).")
+    r.add_argument("pieces", nargs="+", metavar="PIECE.json", help="pieces, or reports with --summary")
+    r.add_argument("--output", help="folder for the report (required unless --summary)")
+    r.add_argument("--summary", action="store_true",
+                   help="read STUDY-report.json files and print a table of their headline metric")
     r.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="replicates of the paired bootstrap over evaluation examples and seeds (0: none)")
     r.set_defaults(func=_report)
@@ -79,11 +83,15 @@ def _print_headline(report: dict) -> None:
 
 
 def _report(args) -> int:
-    from headless.reproduce.report import write_report
+    from headless.errors import HeadlessError
+    from headless.reproduce.report import summary_markdown, write_report
 
+    if args.summary:
+        print(summary_markdown(args.pieces), end="")
+        return 0
+    if args.output is None:
+        raise HeadlessError("headless report: --output FOLDER is required (or --summary to tabulate reports)")
     if args.bootstrap < 0:
-        from headless.errors import HeadlessError
-
         raise HeadlessError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     report = write_report(args.pieces, args.output, bootstrap=args.bootstrap)
     _print_headline(report)

@@ -3,7 +3,7 @@
 Data: the standard GLUE TSV layout (TASK/train.tsv, TASK/dev.tsv; MNLI: dev_matched.tsv and
 dev_mismatched.tsv), read with csv.QUOTE_NONE like the original distribution expects, or the
 `nyu-mll/glue` dataset from the hub when no --data-dir is given.  Two recipes: "standard" (the
-usual BERT one) and "paper" (Godey et al. 2024, Tab. 14 + App. E.1); see docs/evaluation-encoders.md.
+usual BERT one) and "paper" (Godey et al. 2024, Tab. 14 + App. E.1); see docs/guide/evaluation-encoders.md.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ DEFAULT_CLASS_CHUNK = 8192  # classes per block of the chunked path (online log-
 
 @dataclass
 class LossOutput:
-    """A loss and the cheap metrics computed on the way (see docs/architecture.md)."""
+    """A loss and the cheap metrics computed on the way (see docs/reference/architecture.md)."""
 
     loss: Tensor  # scalar for reduction "mean"/"sum", target_ids.shape for "none"
     num_targets: Tensor  # long scalar: non-ignored positions on this rank

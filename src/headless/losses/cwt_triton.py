@@ -5,13 +5,13 @@
 CWT calls it with classes = the unique target embeddings and b = log(count) (so that deduplicated
 classes score exactly like the paper's K×K matrix with repeats); vanilla CE with the head weight/bias.
 
-Design (see docs/kernels.md):
+Design (see docs/reference/kernels.md):
 - forward: one program per block of rows, online log-sum-exp over blocks of classes, tl.dot over
   blocks of D with fp32 accumulation; only the per-row LSE [K] (fp32) is saved for backward.
 - backward, with ``G = scale·g_k·(P − onehot)``, deterministic (no atomics): a Triton kernel
   recomputes G for a chunk of classes into a bounded buffer (K × chunk ≤ 2^27 elements), then
   cuBLAS does ``dO += G @ C_chunk`` and ``dC_chunk = Gᵀ @ O``. (An all-Triton backward with no G
-  buffer measured 1.4–3.3× slower on the H100 at every shape and was removed, docs/kernels.md.)
+  buffer measured 1.4–3.3× slower on the H100 at every shape and was removed, docs/reference/kernels.md.)
 """
 
 from __future__ import annotations

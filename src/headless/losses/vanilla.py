@@ -22,7 +22,7 @@ AUTO_DENSE_LOGITS_BYTES_CUDA = 4 * 2**30  # on CUDA, for heads with a trainable 
 
 
 def _auto(outputs: Tensor, num_rows: int, num_classes: int, trainable_bias: bool = False) -> str:
-    """Fastest exact path (docs/performance.md). CUDA: the Triton kernel (faster than materialised
+    """Fastest exact path (docs/reference/performance.md). CUDA: the Triton kernel (faster than materialised
     logits in a full decoder training step, and linear in memory), except for a head with a
     trainable bias (BERT's MLM head) whose logits take at most 4 GiB: there the dense logits were
     faster (folding the bias into the kernel's classes copies the head every step). CPU: dense

@@ -1,7 +1,7 @@
 """`headless reproduce`: the paper's headless-vs-vanilla comparisons as commands.
 
 `run_study` trains and evaluates both twins of a study (or one, as one piece of a larger run);
-`write_report` merges pieces into tables and curves.  See docs/reproduction.md.
+`write_report` merges pieces into tables and curves.  See docs/guide/reproduction.md.
 """
 
 from __future__ import annotations

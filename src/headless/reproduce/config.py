@@ -132,13 +132,13 @@ class StudyConfig:
         return root
 
 
-# What `headless reproduce STUDY` runs with no override: the protocols of docs/reproduction.md.
+# What `headless reproduce STUDY` runs with no override: the protocols of docs/guide/reproduction.md.
 STUDY_DEFAULTS: dict[str, dict] = {
     "decoder": {"preset": "pythia-70m", "budget_s": 240.0,
                 "pretrain": ["grad_accum=4", "optim.warmup_steps=200", "eval_every=100000", "log_every=50"]},
     # encoder pieces spend most of their time in GLUE fine-tuning: two curve points, two rates.
     # 200 s: on the H200, 103 s of vanilla steps scored 60.8 GLUE and 60 s scored 52.4 (below 60 the
-    # comparison says little); a piece then needs two 10-minute jobs (WALL=, docs/reproduction.md)
+    # comparison says little); a piece then needs two 10-minute jobs (WALL=, docs/guide/reproduction.md)
     "encoder": {"preset": "bert-small", "budget_s": 200.0, "fractions": [0.5, 1.0], "glue_lrs": [1e-4, 3e-5],
                 "pretrain": ["batch_size=256", "optim.lr=1e-3", "optim.warmup_steps=500", "optim.beta2=0.98",
                              "eval_every=100000", "log_every=100", "compile=auto",
@@ -147,7 +147,7 @@ STUDY_DEFAULTS: dict[str, dict] = {
                      "pretrain": ["batch_size=128", "optim.lr=5e-4", "optim.warmup_steps=300", "optim.beta2=0.98",
                                   "eval_every=100000", "log_every=100", "compile=auto",
                                   "compile_mode=reduce-overhead"],
-                     # the paper's raw outputs collapsed at this shape (docs/results/plateau-2026-12-05)
+                     # the paper's raw outputs collapsed at this shape (docs/results/2026-12-05-plateau)
                      "headless_pretrain": ["objective.projector=transform"]},
 }
 

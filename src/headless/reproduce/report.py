@@ -608,3 +608,59 @@ def write_report(piece_paths: list[str | Path], output_dir: str | Path, bootstra
     plot_pretraining(report, out)
     return report
 
+
+
+SUMMARY_HEADER = ("| study | campaign | metric | headless | vanilla | headless − vanilla [95 %] "
+                  "| at equal GPU s | epochs (h / v) | seeds (h / v) | status |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def load_report(path: str | Path) -> dict:
+    """A report written by `write_report`, with its campaign (the folder holding it) and whether a
+    `SUPERSEDED` note beside it retires it: a committed result is quoted from its report, never by hand."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadlessError(f"{path}: no such report") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HeadlessError(f"{path}: not a JSON report ({err})") from None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise HeadlessError(f"{path}: not a `headless report` report (format {REPORT_FORMAT} expected)")
+    note = path.resolve().parent / "SUPERSEDED"
+    report["_campaign"] = path.resolve().parent.name
+    report["_superseded"] = note.read_text(encoding="utf-8").strip().splitlines()[0] if note.is_file() else None
+    return report
+
+
+def summary_row(report: dict) -> str:
+    """One Markdown row: the report's first headline metric that both twins have, at the final
+    checkpoints (read from the report itself, so reports made before a headline metric existed
+    still summarise as they were written)."""
+    study = report["study"]
+    headline = report["headline"]
+    metric = next((m for m, e in headline.items() if "delta" in e), next(iter(headline), None))
+    entry = headline.get(metric, {}) if metric else {}
+    label = entry.get("label", metric or "–")
+    vanilla_own = sorted({o for p in report["pieces"] if p["flavour"] == "vanilla" for o in p.get("overrides") or []})
+    name = study + (f" (vanilla: `{' '.join(vanilla_own)}`)" if vanilla_own else "")
+    by = {f: [p for p in report["pieces"] if p["flavour"] == f] for f in ("headless", "vanilla")}
+    epochs = " / ".join(f"{statistics.fmean(p['pretrain'].get('epochs', 0) for p in by[f]):.1f}" if by[f] else "–"
+                        for f in by)
+    seeds = " / ".join(str(len({p["seed"] for p in by[f]})) for f in by)
+    if "delta" in entry:
+        b = entry.get("paired_bootstrap")
+        spread = (f" [{b['low']:+.2f}, {b['high']:+.2f}]" if b else
+                  f" ± {entry['delta_se']:.2f} (s.e.)" if entry.get("delta_se") is not None else "")
+        # the longer twin's curve read at the other's last GPU second (the paper's comparison)
+        at = entry.get("delta_at_vanilla_gpu_s", entry.get("delta_at_headless_gpu_s"))
+        cells = [f"{entry['headless']['mean']:.2f}", f"{entry['vanilla']['mean']:.2f}", f"{entry['delta']:+.2f}{spread}",
+                 "–" if at is None else f"{at:+.2f}"]
+    else:
+        cells = ["–", "–", "needs both twins", "–"]
+    status = f"superseded: {report['_superseded']}" if report.get("_superseded") else "current"
+    return f"| {name} | {report['_campaign']} | {label} | " + " | ".join(cells) + f" | {epochs} | {seeds} | {status} |"
+
+
+def summary_markdown(report_paths: list[str | Path]) -> str:
+    """`headless report --summary`: a table, one row per report, in the order given."""
+    return SUMMARY_HEADER + "\n" + "\n".join(summary_row(load_report(p)) for p in report_paths) + "\n"

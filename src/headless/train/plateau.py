@@ -92,4 +92,4 @@ class PlateauWatch:
         return (f"warning: step {step}: training accuracy {accuracy:.3f} has not left its plateau "
                 f"({info['level']:.3f}) {self.patience} steps after the warm-up (plateau_patience). A headless "
                 "twin stuck here learns nothing its scores can show: try a lower optim.lr or a longer "
-                "optim.warmup_steps (docs/training.md, 'The MLM plateau').")
+                "optim.warmup_steps (docs/guide/training.md, 'The MLM plateau').")
