@@ -150,3 +150,45 @@ def write_all(root: Path) -> dict[str, Path]:
         "glue": write_glue(root / "glue"),
         "xnli": write_xnli(root / "xnli"),
     }
+
+
+def _write_xz(path: Path, docs: list[str]) -> Path:
+    import lzma
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lzma.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+def write_study_root(root: Path) -> Path:
+    """`write_all` plus what `headless reproduce` reads, in the same layout as ../shared/data:
+    enwiki train/validation shards, English and French books, German Wikipedia, and the two
+    tokenizers (a 512-entry byte-level BPE as `gpt-neox-20b/tokenizer.json`, a 512-entry WordPiece as
+    `bert-base-uncased/vocab.txt`), all generated (~2 s)."""
+    from headless.data.tokenizers import load_tokenizer, train_tokenizer
+
+    write_all(root)
+    for i in range(2):
+        _write_xz(root / "enwiki" / "train" / f"enwiki-00{i}.jsonl.xz", documents(200, seed=10 + i))
+    _write_xz(root / "enwiki" / "validation" / "enwiki-029.jsonl.xz", documents(40, seed=20))
+    _write_xz(root / "books" / "gutenberg_en.jsonl.xz", documents(20, seed=21))
+    french = [" ".join(FR.get(w.lower(), w) for w in d.split()) for d in documents(60, seed=22)]
+    _write_xz(root / "books" / "gutenberg_fr_es.jsonl.xz", french)
+    _write_xz(root / "multilingual" / "de.jsonl.xz", [d.replace("The ", "Der ") for d in documents(60, seed=23)])
+    scratch = root / ".tokenizer-training"
+    for kind in ("bpe", "wordpiece"):
+        train_tokenizer([str(root / "corpus" / "train.jsonl")], kind=kind, vocab_size=512, output_dir=scratch / kind,
+                        progress=False)
+    neox = root / "tokenizers" / "gpt-neox-20b"
+    neox.mkdir(parents=True, exist_ok=True)
+    (neox / "tokenizer.json").write_bytes((scratch / "bpe" / "tokenizer.json").read_bytes())
+    vocab = load_tokenizer(str(scratch / "wordpiece")).get_vocab()
+    bert = root / "tokenizers" / "bert-base-uncased"
+    bert.mkdir(parents=True, exist_ok=True)
+    (bert / "vocab.txt").write_text("".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])),
+                                    encoding="utf-8")
+    import shutil
+
+    shutil.rmtree(scratch)  # made just above
+    return root

@@ -202,7 +202,7 @@ def _piece(flavour: str, seed: int = 0, *, study: str = "decoder", fingerprint: 
             "data": {"fingerprint": fingerprint, "train_tokens": 1000, "inputs": ["a.jsonl"]},
             "eval_fingerprint": "e", "pretrain": {"steps": 100, "tokens": int(1000 * speed), "tokens_per_s": 10 * speed,
                                                   "epochs": speed, "gpu_s": 100.0, "parameters": 1e6},
-            "points": points, "environment": {"device": "cpu"}}
+            "points": points, "environment": {"device": "NVIDIA H100 80GB HBM3"}}  # a GPU piece
 
 
 def _write(tmp_path: Path, name: str, piece: dict) -> Path:

@@ -8,6 +8,7 @@ import sys
 
 REPRODUCE_EPILOG = """examples:
   headless reproduce decoder                                  # both twins, 240 GPU-seconds each, report
+  headless reproduce decoder --size smoke                     # a tiny twin on a data subset: minutes on a CPU
   headless reproduce encoder --flavour vanilla --output results/   # one piece (one GPU job)
   headless reproduce decoder budget_s=3600 seed=1 data_root=/data/shared
   headless reproduce decoder compare=tokens steps=5000        # equal tokens instead of equal time
@@ -63,8 +64,6 @@ def _reproduce(args) -> int:
     flavours = FLAVOURS if args.flavour == "both" else (args.flavour,)
     result = run_study(config, flavours=flavours, work_dir=args.work_dir, output_dir=args.output,
                        command="headless " + shlex.join(sys.argv[1:]))
-    for path in result["pieces"]:
-        print(f"piece written: {path}")
     if result["report"]:
         _print_headline(result["report"])
     return 0
@@ -73,14 +72,15 @@ def _reproduce(args) -> int:
 def _print_headline(report: dict) -> None:
     from headless.reproduce.report import crossing_text, delta_text, equal_time_text, within_noise
 
+    unit = report.get("time_unit", "GPU s")
     for entry in report["headline"].values():
         if "delta" in entry:
             b = entry.get("paired_bootstrap")
             paired = f"; paired bootstrap 95 % [{b['low']:+.2f}, {b['high']:+.2f}]" if b else ""
             print(f"{entry['label']}: headless {entry['headless']['mean']:.2f} vs vanilla "
-                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}{paired}); at equal GPU s: "
+                  f"{entry['vanilla']['mean']:.2f} ({delta_text(entry)}{paired}); at equal {unit}: "
                   f"{equal_time_text(entry)}; headless reaches vanilla's final score: "
-                  f"{crossing_text(entry['crossing'], within_noise(entry))}")
+                  f"{crossing_text(entry['crossing'], within_noise(entry), unit)}")
 
 
 def _report(args) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from headless.reproduce.config import FLAVOURS, STUDIES, StudyConfig, load_study
-from headless.reproduce.piece import run_piece
+from headless.reproduce.piece import check_settings, run_piece
 from headless.reproduce.report import build_report, write_report
 
 
@@ -24,13 +24,25 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and len(flavours) > 1:
         raise HeadlessError("under torchrun a launch runs one piece: pass --flavour headless or --flavour vanilla "
                             "(rank 0 evaluates while the other ranks have finished), then `headless report`")
+    check_settings(config, flavours)  # both twins' settings before the first one's data work
     out = Path(output_dir) if output_dir else Path(work_dir) / config.study / "results"
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        print(f"headless reproduce {config.study} (size {config.size}): twin(s) {', '.join(flavours)}, data from "
+              f"{config.root}, work in {Path(work_dir) / config.study}, results in {out}", flush=True)
     paths = []
     for flavour in flavours:
         path = out / f"{config.study}-{flavour}-seed{config.seed}.json"
         if run_piece(config, flavour, work_dir=work_dir, output=path, command=command) is not None:
+            print(f"piece written: {path}", flush=True)
             paths.append(path)  # rank 0 (or the one process): the other ranks only pretrain
-    report = write_report(paths, out) if len(set(flavours)) == 2 else None
+    report = None
+    if len(set(flavours)) == 2 and paths:
+        print(f"writing the report to {out}", flush=True)
+        report = write_report(paths, out)
+        print(f"report written: {out / (config.study + '-report.md')}", flush=True)
+    elif paths:
+        print(f"one twin: no report; `headless report` merges this piece with the other twin's", flush=True)
     return {"pieces": paths, "report": report}
 
 

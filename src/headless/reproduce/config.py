@@ -23,6 +23,9 @@ class StudyConfig:
     """One study; each piece of it trains one flavour at one pretraining seed."""
 
     study: Literal["decoder", "encoder", "multilingual"] = "decoder"
+    # full: the documented protocol (STUDY_DEFAULTS); smoke: SMOKE_DEFAULTS on top, a tiny model on a
+    # small subset of the data, end to end in a few minutes on 2 CPU cores (it checks, it measures nothing)
+    size: Literal["full", "smoke"] = "full"
     preset: str = "pythia-70m"
     # equal GPU time (the paper's comparison): each twin trains `budget_s` seconds of steady-state
     # step time, its step count set by its own measured throughput; equal tokens: both twins take
@@ -40,6 +43,10 @@ class StudyConfig:
     # data: a folder laid out like ../shared/data (MANIFEST.md); None: $HEADLESS_SHARED_DATA
     data_root: Optional[str] = None
     enwiki_shards: Optional[int] = None  # None: every train shard found
+    # a subset: the first `subset_documents` documents of each input file (validation too), each cut to
+    # `subset_chars` characters, copied into the work directory before tokenising (None: whole files)
+    subset_documents: Optional[int] = None
+    subset_chars: Optional[int] = None
     books: bool = True  # Project Gutenberg English books in the pretraining mix (decoder, encoder)
     # multilingual, with English: Wikipedia in de/ja/ko/zh (multilingual/<lang>.jsonl.xz), French and
     # Spanish from the Gutenberg books (books/gutenberg_fr_es.jsonl.xz holds both)
@@ -97,6 +104,8 @@ class StudyConfig:
             (all(m in ("transfer", "target", "all") for m in self.xnli_modes) and bool(self.xnli_modes),
              "xnli_modes must be among transfer, target, all"),
             (self.enwiki_shards is None or self.enwiki_shards >= 1, "enwiki_shards must be >= 1"),
+            (all(n is None or n >= 1 for n in (self.subset_documents, self.subset_chars)),
+             "subset_documents and subset_chars must be >= 1"),
             (self.decoder_vocab_size is None or self.decoder_vocab_size >= 256,
              "decoder_vocab_size must be >= 256 (a byte-level BPE holds the 256 bytes)"),
             (all(n is None or n >= 1 for n in (self.glue_max_train_examples, self.xnli_max_train_examples)),
@@ -143,27 +152,58 @@ STUDY_DEFAULTS: dict[str, dict] = {
 }
 
 
+# `size=smoke` (`--size smoke`), on top of STUDY_DEFAULTS: every code path of the study on a tiny twin, a
+# few hundred kB of each input and a handful of evaluation examples, in a few minutes on 2 CPU cores.
+# The calibration floor (budget.calibration_skip + calibration_steps = 6 steps) stays far below the
+# budget's step count, so the budget decides and every fraction gets its own checkpoint.
+_SMOKE_MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=128",
+                "batch_size=8", "grad_accum=1", "optim.warmup_steps=14", "budget.calibration_skip=2",
+                "budget.calibration_steps=4", "log_every=5", "eval_batches=2", "eval_every=100000",
+                "tensorboard=false", "compile=false"]
+_SMOKE_COMMON = {"budget_s": 10.0, "fractions": [0.5, 1.0], "seq_len": 64, "enwiki_shards": 1,
+                 "subset_documents": 64, "subset_chars": 4000, "seeds": [0], "curve_seeds": [0],
+                 "pretrain": _SMOKE_MODEL}
+SMOKE_DEFAULTS: dict[str, dict] = {
+    "decoder": dict(_SMOKE_COMMON, preset="tiny-gpt", books=False, finetune_tokens=8192, lambada_limit=64,
+                    heldout_sequences=16, zeroshot_tasks=["boolq", "piqa"], zeroshot_limit=32),
+    "encoder": dict(_SMOKE_COMMON, preset="tiny", books=False, glue_tasks=["rte", "stsb"], glue_lrs=[1e-4],
+                    glue_epochs=1, glue_max_train_examples=128),
+    "multilingual": dict(_SMOKE_COMMON, preset="tiny", languages=["de", "fr"], tokenizer_vocab_size=2000,
+                         xnli_modes=["all"], xnli_epochs=1, xnli_max_train_examples=128),
+}
+
+
 PRETRAIN_KEYS = ("pretrain", "headless_pretrain", "vanilla_pretrain")  # key=value lists: CLI items add to them
 
 
 def load_study(study: str, config_file: str | Path | None = None, overrides: list[str] | dict | None = None
                ) -> StudyConfig:
-    """The study's defaults <- a YAML file <- key=value overrides, validated."""
+    """The study's defaults <- its size (`size=smoke`: SMOKE_DEFAULTS) <- a YAML file <- key=value
+    overrides, validated.  The size is read from the file and overrides first, so that what they set
+    wins over it."""
     from headless.config import deep_merge, from_dict, parse_overrides, read_yaml
 
     if study not in STUDIES:
         raise HeadlessError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
-    data = dict(STUDY_DEFAULTS[study], study=study)
+    layers = []
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise HeadlessError(f"study config file not found: {path}")
-        data = deep_merge(data, read_yaml(path, StudyConfig))
-    if overrides:
-        update = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides), StudyConfig)
+        layers.append((read_yaml(path, StudyConfig), False))  # a file's lists replace
+    if overrides:  # key=value lists add to the twins' overrides
+        layers.append((dict(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides), StudyConfig),
+                       True))
+    size = next((layer["size"] for layer, _ in reversed(layers) if "size" in layer), "full")
+    if size not in ("full", "smoke"):
+        raise HeadlessError(f"invalid study config: size must be full or smoke, got {size!r}")
+    data = dict(STUDY_DEFAULTS[study], study=study)
+    if size == "smoke":
+        layers.insert(0, (dict(SMOKE_DEFAULTS[study], size="smoke"), False))  # its twin overrides replace
+    for update, adds in layers:
         for key in PRETRAIN_KEYS:
-            if key in update and isinstance(update[key], list):
-                update[key] = list(data.get(key, [])) + update[key]  # add to, not replace
+            if adds and key in update and isinstance(update[key], list):
+                update = dict(update, **{key: list(data.get(key, [])) + update[key]})  # add to, not replace
         data = deep_merge(data, update)
     if data.get("study", study) != study:
         raise HeadlessError(f"the config is for study {data['study']!r}, not {study!r}")

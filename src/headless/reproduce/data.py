@@ -72,6 +72,45 @@ def pretraining_files(config: StudyConfig) -> tuple[list[Path], list[Path]]:
     return train, validation
 
 
+def subset_files(config: StudyConfig, work_dir: Path, paths: list[Path]) -> list[Path]:
+    """The first `subset_documents` documents of each file, each cut to `subset_chars` characters,
+    written once per source content to WORK_DIR/subsets/ as jsonl (a smoke study tokenises these, not 100 MB); with no
+    subset set, the files themselves."""
+    import json
+
+    from headless.data.readers import iter_documents
+    from headless.files import atomic_write
+
+    if config.subset_documents is None and config.subset_chars is None:
+        return paths
+    out = work_dir / "subsets" / f"{config.subset_documents or 'all'}docs-{config.subset_chars or 'all'}chars"
+    subset = []
+    for path in paths:
+        # named by the source's content: another data_root in the same work directory gets its own subset
+        target = out / f"{path.name.split('.')[0]}-{sha256_file(path)[:16]}.jsonl"
+        if not target.is_file():
+            docs = []
+            for doc in iter_documents([str(path)]):
+                docs.append(doc[:config.subset_chars] if config.subset_chars else doc)
+                if config.subset_documents and len(docs) >= config.subset_documents:
+                    break
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        subset.append(target)
+    return subset
+
+
+def check_inputs(config: StudyConfig) -> None:
+    """Every pretraining input and the study's tokenizer exist (a look, no reading): the first thing
+    a piece does, before any subset, tokeniser or dataset is written."""
+    pretraining_files(config)
+    root = config.root
+    if config.study == "decoder" and not config.decoder_vocab_size:  # else the study trains its own
+        _need(root / "tokenizers" / "gpt-neox-20b" / "tokenizer.json", "the GPT-NeoX tokenizer")
+    elif config.study == "encoder":
+        _need(root / "tokenizers" / "bert-base-uncased" / "vocab.txt", "the BERT uncased vocabulary")
+
+
 def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], train_hashes: list[tuple[str, str]]
                      ) -> Path:
     """The Pythia tokenizer (decoder), BERT's uncased vocabulary (encoder), or a cased WordPiece
@@ -83,6 +122,8 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
         key = fingerprint(train_hashes, vocab=config.decoder_vocab_size, kind="bpe")
         out = work_dir / "tokenizers" / f"decoder-bpe-{config.decoder_vocab_size}-{key}"
         if not (out / "tokenizer.json").is_file():
+            print(f"training a {config.decoder_vocab_size:,}-entry byte-level BPE tokenizer on the {len(train)} files "
+                  f"of the mix into {out}", flush=True)
             train_tokenizer([str(p) for p in train], kind="bpe", vocab_size=config.decoder_vocab_size,
                             output_dir=out, progress=config.progress)
         return out
@@ -93,6 +134,8 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
     key = fingerprint(train_hashes, vocab=config.tokenizer_vocab_size)
     out = work_dir / "tokenizers" / f"multilingual-wordpiece-{config.tokenizer_vocab_size}-{key}"
     if not (out / "tokenizer.json").is_file():
+        print(f"training a {config.tokenizer_vocab_size:,}-entry WordPiece tokenizer on the {len(train)} files of "
+              f"the mix into {out}", flush=True)
         train_tokenizer([str(p) for p in train], kind="wordpiece", vocab_size=config.tokenizer_vocab_size,
                         output_dir=out, lowercase=False, progress=config.progress)
     return out
@@ -105,6 +148,13 @@ def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) 
 
     work_dir = Path(work_dir)
     train, validation = pretraining_files(config)
+    names = [p.name for p in train] + [f"validation: {p.name}" for p in validation]
+    subset = config.subset_documents is not None or config.subset_chars is not None
+    if subset:
+        print(f"taking a subset of {len(train) + len(validation)} files (the first {config.subset_documents or 'all'} "
+              f"documents of each, cut to {config.subset_chars or 'any'} characters)", flush=True)
+        train, validation = subset_files(config, work_dir, train), subset_files(config, work_dir, validation)
+        names = [f"{n} (subset)" for n in names]
     train_hashes = file_hashes(train)
     tokenizer = load_tokenizer(str(tokenizer_source(config, work_dir, train, train_hashes)))
     key = fingerprint(train_hashes + file_hashes(validation), tokenizer=tokenizer_hash(tokenizer), seq_len=seq_len,
@@ -114,11 +164,17 @@ def prepare_study_data(config: StudyConfig, work_dir: str | Path, seq_len: int) 
     # the folder's name hashes the inputs' contents: a dataset prepared there from the same files
     # at another path (or copied, with new mtimes) is the same dataset, so a piece resumes with it
     manifest = intact_manifest(out)
-    if manifest is None:
+    if manifest is not None:
+        print(f"reusing the prepared data {out}", flush=True)
+    else:
+        size = sum(p.stat().st_size for p in train + validation) / 1e6
+        print(f"preparing {len(train)} files{f' + {len(validation)} validation' if validation else ''} "
+              f"({size:,.1f} MB on disk) with seq_len={seq_len} into {out}", flush=True)
         manifest = prepare_dataset([str(p) for p in train], out, tokenizer, seq_len=seq_len,
                                    num_workers=min(8, cores - 1) if cores > 4 else None,
                                    validation_inputs=[str(p) for p in validation] or None,
-                                   validation_fraction=0.0 if validation else 0.01, progress=config.progress)
+                                   # a subset's 1 % would be a sequence or two: too few to measure
+                                   validation_fraction=0.0 if validation else (0.05 if subset else 0.01),
+                                   progress=config.progress)
     train_tokens = int(manifest["splits"]["train"]["num_tokens"])
-    return StudyData(dataset=out, fingerprint=key, train_tokens=train_tokens,
-                     inputs=[p.name for p in train] + [f"validation: {p.name}" for p in validation])
+    return StudyData(dataset=out, fingerprint=key, train_tokens=train_tokens, inputs=names)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from headless.errors import HeadlessError
 from headless.files import atomic_write_json, mark, marked_kinds
 from headless.reproduce.config import FLAVOURS, StudyConfig
-from headless.reproduce.data import content_fingerprint, fingerprint, prepare_study_data
+from headless.reproduce.data import check_inputs, content_fingerprint, fingerprint, prepare_study_data
 from headless.reproduce import evaluate
 
 PIECE_FORMAT = "headless-reproduce-piece/1"
@@ -51,13 +51,19 @@ def eval_files(config: StudyConfig) -> list[Path]:
     return files
 
 
-def train_config(config: StudyConfig, flavour: str, dataset: Path, run_dir: Path):
-    """The twin's TrainConfig: the preset, the study's overrides, the budget and curve checkpoints."""
+def train_config(config: StudyConfig, flavour: str, dataset: Optional[Path], run_dir: Path):
+    """The twin's TrainConfig: the preset, the study's overrides, the budget and curve checkpoints.
+    `dataset=None` (not prepared yet, `check_settings`): the same config, as the dataset will fit it."""
     from headless.config import load_config
 
     own = config.headless_pretrain if flavour == "headless" else config.vanilla_pretrain
-    overrides = list(config.pretrain) + list(own) + [
-        f"data.path={dataset}", f"run_dir={run_dir}", f"seed={config.seed}", f"device={config.device}",
+    data = [f"data.path={dataset}"] if dataset is not None else []
+    if dataset is None and config.seq_len:  # what fitting to a prepared dataset does (headless.fit)
+        positions = load_config(config.preset, overrides=list(config.pretrain) + list(own)).model.max_position_embeddings
+        if not any(o.startswith("model.max_position_embeddings=") for o in list(config.pretrain) + list(own)):
+            data.append(f"model.max_position_embeddings={max(positions, config.seq_len)}")
+    overrides = list(config.pretrain) + list(own) + data + [
+        f"run_dir={run_dir}", f"seed={config.seed}", f"device={config.device}",
         f"progress={str(config.progress).lower()}", f"budget.checkpoint_fractions={json.dumps(config.fractions)}",
         "save_every=100000000", "keep_last=1"]
     if config.compare == "time":
@@ -67,6 +73,26 @@ def train_config(config: StudyConfig, flavour: str, dataset: Path, run_dir: Path
     if config.seq_len:
         overrides.append(f"data.seq_len={config.seq_len}")
     return load_config(config.preset, overrides=overrides, flavour=flavour)
+
+
+def check_settings(config: StudyConfig, flavours=FLAVOURS) -> dict:
+    """Every setting, before any data work: the study config, its inputs and evaluation data, and
+    each twin's TrainConfig after all overrides (a bad `pretrain=[...]` item fails here in well
+    under a second, not after minutes of tokenising or the other twin's training).  Returns the
+    twins' configs."""
+    for flavour in flavours:
+        if flavour not in FLAVOURS:
+            raise HeadlessError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+    config.validate()
+    check_inputs(config)
+    eval_files(config)
+    configs = {}
+    for flavour in flavours:
+        try:
+            configs[flavour] = train_config(config, flavour, None, Path("run"))
+        except HeadlessError as err:
+            raise HeadlessError(f"the {flavour} twin's pretraining settings: {err}") from None
+    return configs
 
 
 def _pretrained_run(cfg, run_dir: Path) -> dict:
@@ -108,6 +134,72 @@ def run_plateau(records: list[dict], cfg) -> dict:
     by_step = {r["step"]: r.get("accuracy") for r in records if r.get("split") == "train"}
     steps = sorted(by_step)
     return plateau_exit(steps, [by_step[s] for s in steps], cfg.optim.warmup_steps, cfg.plateau_patience)
+
+
+def time_unit(devices) -> str:
+    """What a piece's seconds are: "GPU s" only when every device was a GPU ("cpu"/"mps" is how
+    the trainer names the others), "CPU s" when all ran on the CPU, else plain "s"."""
+    devices = list(devices)
+    if devices and all(d and d not in ("cpu", "mps") for d in devices):
+        return "GPU s"
+    if devices and all(d == "cpu" for d in devices):
+        return "CPU s"
+    return "s"
+
+
+def _budget_text(config: StudyConfig, cfg) -> str:
+    if config.compare != "time":
+        return f"equal tokens: {cfg.max_steps:,} steps"
+    b = cfg.budget
+    floor = b.calibration_skip + b.calibration_steps
+    return (f"{config.budget_s:g} s of steps; max_steps is planned after step {floor} at the earliest and by the "
+            f"end of warm-up (step {cfg.optim.warmup_steps}) at the latest, so a run never takes fewer than "
+            f"{floor} steps")
+
+
+def budget_note(config: StudyConfig, cfg, summary: dict, spent: Optional[float]) -> Optional[str]:
+    """Why a time-budget run's steps did not take its budget (None when they did, within the
+    calibration tolerance)."""
+    if not spent:
+        return None
+    tolerance = cfg.budget.calibration_tolerance
+    if abs(spent / config.budget_s - 1) <= tolerance:
+        return None
+    steps = int(summary["steps"])
+    calibrated = summary.get("calibrated_at")
+    if spent > config.budget_s and calibrated is not None and steps <= calibrated:
+        return (f"the budget of {config.budget_s:g} s was spent before the time budget could plan: the run took "
+                f"the {steps} steps of its calibration (budget.calibration_skip={cfg.budget.calibration_skip} + "
+                f"windows of budget.calibration_steps={cfg.budget.calibration_steps}), {spent:.1f} s; lower them, "
+                f"or raise budget_s")
+    if steps >= cfg.max_steps:
+        return f"max_steps={cfg.max_steps} capped the run below its budget of {config.budget_s:g} s"
+    return (f"the steps took {spent:.1f} s, not the budget's {config.budget_s:g} s: the step time measured over the "
+            "run differed from the plan's (the report compares the twins at the seconds each actually spent)")
+
+
+def fraction_steps(fractions: list[float], curve: list[int], steps: int, summary: dict) -> list[dict]:
+    """Each requested fraction, the checkpoint step that stands for it, and why it is not its own
+    when it is not: with a time budget no checkpoint is kept before max_steps is planned, and two
+    fractions may round to one step."""
+    out = []
+    planned_at = summary.get("replanned_at") or summary.get("calibrated_at")
+    owner: dict[int, float] = {}
+    for f in sorted(fractions, reverse=True):
+        want = max(1, round(f * steps))
+        step = min([s for s in curve if s >= want], default=steps)
+        reason, kept = None, step not in owner
+        if step in owner:
+            why = (f"no checkpoint is kept before step {planned_at}, where the time budget fixed max_steps"
+                   if planned_at and want < planned_at else "both round to that step")
+            reason = (f"fraction {f:g} (step {want}) is not evaluated on its own: {why}; checkpoint {step} "
+                      f"(fraction {owner[step]:g}) stands for it")
+        elif step != want:
+            reason = (f"fraction {f:g} is evaluated at step {step} ({step / steps:.2f} of the run), not step {want}: "
+                      f"no checkpoint is kept before step {planned_at}, where the time budget fixed max_steps")
+        owner.setdefault(step, f)
+        out.append({"requested": f, "step": step, "fraction": step / steps, "kept": kept, "reason": reason})
+    return sorted(out, key=lambda e: e["requested"])
 
 
 def _checkpoint(run_dir: Path, step: int) -> tuple[Path, dict]:
@@ -169,16 +261,14 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     other ranks return None once pretraining is done.  GPU seconds count all processes."""
     import torch
 
-    if flavour not in FLAVOURS:
-        raise HeadlessError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
-    config.validate()
+    check_settings(config, [flavour])  # every setting and input, before any data work
     work = Path(work_dir) / config.study
     from headless.config import load_config
 
     from headless.train import distributed as dist
 
     seq_len = config.seq_len or load_config(config.preset).data.seq_len
-    files = eval_files(config)  # fail on missing evaluation data before hours of pretraining
+    files = eval_files(config)
     # under torchrun every rank pretrains (the trainer's DDP/FSDP2) and rank 0 alone prepares the
     # data first and evaluates afterwards; one process: no group, nothing changes
     env = dist.init_distributed(config.device)
@@ -189,6 +279,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         key = fingerprint([], config={k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device")})
         run_dir = work / "runs" / f"{flavour}-seed{config.seed}-{key}"
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+        if env.is_main:
+            print(f"{config.study}: training twin {flavour} ({config.preset}, {_budget_text(config, cfg)}) "
+                  f"in {run_dir}", flush=True)
         summary = _pretrained_run(cfg, run_dir)
     finally:
         dist.shutdown()  # the trainer ends the group it used; a reused run never started it
@@ -204,7 +297,18 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     gpu_per_step = per_step * world if per_step else None  # GPU seconds per step, all processes
     tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len * world
     curve = sorted(summary.get("checkpoint_steps") or [steps])
-    from tqdm.auto import tqdm
+    unit = time_unit([summary.get("device")])
+    spent = steps * gpu_per_step if per_step else None
+    print(f"{config.study}/{flavour}: {steps:,} steps, " + (f"{spent:.1f} {unit} of steps" if spent else "")
+          + (f" (budget {config.budget_s:g} s)" if config.compare == "time" else ""), flush=True)
+    if config.compare == "time":
+        note = budget_note(config, cfg, summary, spent)
+        if note:
+            print(f"{config.study}/{flavour}: {note}", flush=True)
+    fractions = fraction_steps(config.fractions, curve, steps, summary)
+    for entry in fractions:
+        if entry["reason"]:
+            print(f"{config.study}/{flavour}: {entry['reason']}", flush=True)
 
     eval_fingerprint = content_fingerprint(files)
     # each evaluated point is kept in the run, so that a piece stopped mid-evaluation (a job's time
@@ -217,8 +321,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=gpu_per_step, code=code, config={
         k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "eval_workers")})
     points = []
-    for step in tqdm(curve, desc=f"{config.study}/{flavour}: evaluating checkpoints", unit="ckpt",
-                     disable=None if config.progress else True):
+    for k, step in enumerate(curve, 1):
+        print(f"{config.study}/{flavour}: evaluating checkpoint {k} of {len(curve)} (step {step:,}, "
+              f"{step / steps:.2f} of the run)", flush=True)
         done = run_dir / "reproduce-points" / f"step-{step}-{eval_key}.json"
         if done.is_file():
             point = json.loads(done.read_text())
@@ -259,7 +364,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": summary.get("mfu_last"),
             "final_val_loss": summary.get("final_val_loss"), "device": summary.get("device"),
             "curves": pretraining_curves(read_metrics(run_dir)), "plateau": run_plateau(read_metrics(run_dir), cfg)},
-        "points": points,
+        "points": points, "fractions": fractions,
         "study_config": config.to_dict(), "train_config": cfg.to_dict(),
         "environment": {"host": platform.node(), "python": sys.version.split()[0], "torch": torch.__version__,
                         "device": summary.get("device"), "device_uuid": summary.get("device_uuid"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

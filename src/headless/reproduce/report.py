@@ -17,7 +17,7 @@ from typing import Any
 from headless.errors import HeadlessError
 from headless.files import atomic_write, atomic_write_json
 from headless.reproduce.evaluate import with_glue_averages, without_rte
-from headless.reproduce.piece import PIECE_FORMAT
+from headless.reproduce.piece import PIECE_FORMAT, time_unit
 from headless.train.plateau import plateau_text
 
 REPORT_FORMAT = "headless-reproduce-report/1"
@@ -95,6 +95,10 @@ def check_piece(piece: dict, path: Path) -> None:
     for key in ("steps", "tokens", "gpu_s", "tokens_per_s", "epochs", "parameters"):
         if pretrain.get(key) is not None and not _finite(pretrain[key]):
             raise bad(f"pretrain.{key} = {pretrain[key]!r} is not a finite number")
+    fractions = piece.get("fractions")  # pieces written before they kept it have none
+    if fractions is not None and not (isinstance(fractions, list) and all(
+            isinstance(e, dict) and (e.get("reason") is None or isinstance(e["reason"], str)) for e in fractions)):
+        raise bad("fractions is not a list of {requested, step, kept, reason}")
     points = piece.get("points")
     if not isinstance(points, list) or not points:
         raise bad("no evaluated points (`points` is empty or missing)")
@@ -299,11 +303,15 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
     study = pieces[0]["study"]
     curve = curves(pieces)
     head, van = HEADLINE[study]["pair"]
+    devices = [p["environment"].get("device") for p in pieces]
     result = {"format": REPORT_FORMAT, "study": study, "compare": pieces[0]["compare"],
+              # "GPU s" only when every twin ran on a GPU; "peak GiB" is a CUDA figure
+              "time_unit": time_unit(devices), "cuda": any(d and d not in ("cpu", "mps") for d in devices),
               "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
               "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
-                          "pretrain": p["pretrain"], "plateau": piece_plateau(p), "device": p["environment"].get("device"),
+                          "pretrain": p["pretrain"], "plateau": piece_plateau(p),
+                          "fractions": p.get("fractions"), "device": p["environment"].get("device"),
                           "device_uuid": p["environment"].get("device_uuid")} for p in pieces],
               "curves": curve, "headline": {}, "bootstrap_replicates": bootstrap}
     for metric, label, higher in HEADLINE[study]["metrics"]:
@@ -367,14 +375,23 @@ def equal_time_text(entry: dict) -> str:
     return "–"
 
 
-def crossing_text(c: dict, noise: bool = False) -> str:
+def unit_words(unit: str) -> dict[str, str]:
+    """The report's words for its seconds: "GPU s" / "GPU time" / "GPU seconds" only on GPUs."""
+    kind = unit[:-2] if unit.endswith(" s") else ""
+    return {"s": unit, "time": f"{kind} time".strip(), "seconds": f"{kind} seconds".strip(),
+            "second": f"{kind} second".strip(),
+            "equal": f"equal {kind} time".replace("  ", " ").strip()}
+
+
+def crossing_text(c: dict, noise: bool = False, unit: str = "GPU s") -> str:
     """`noise`: the final scores are within noise, so a crossing says little."""
     status = c.get("status")
     caveat = "; the final scores are within noise" if noise else ""
+    time_word = unit_words(unit)["time"]
     if status == "reached":
-        return f"{100 * c['fraction']:.0f}% of vanilla's GPU time{caveat}"
+        return f"{100 * c['fraction']:.0f}% of vanilla's {time_word}{caveat}"
     if status == "at or before the first checkpoint":
-        return f"≤ {100 * c['fraction_max']:.0f}% of vanilla's GPU time (already at the first checkpoint{caveat})"
+        return f"≤ {100 * c['fraction_max']:.0f}% of vanilla's {time_word} (already at the first checkpoint{caveat})"
     if status == "not reached":
         return "not reached"
     return status or "–"
@@ -383,19 +400,21 @@ def crossing_text(c: dict, noise: bool = False) -> str:
 def report_markdown(report: dict) -> str:
     study, curve = report["study"], report["curves"]
     variants = [v for v in VARIANT_ORDER if v in curve] + sorted(set(curve) - set(VARIANT_ORDER))
-    budget = (f"equal GPU time: {report['budget_s']:g} s of steady-state pretraining steps per twin"
+    unit = report.get("time_unit", "GPU s")
+    words = unit_words(unit)
+    budget = (f"{words['equal']}: {report['budget_s']:g} s of steady-state pretraining steps per twin"
               if report["compare"] == "time" else "equal tokens: the same steps for both twins")
     lines = [f"# Reproduction: {study}", "", f"Comparison: {budget}. Pretraining data: "
              f"{', '.join(report['data']['inputs'])} ({report['data']['train_tokens']:,} tokens per epoch, "
              f"fingerprint `{report['data']['fingerprint']}`).", "", "## Headline", "",
-             "| metric | headless | vanilla | difference | GPU s (headless / vanilla) | at equal GPU s "
+             f"| metric | headless | vanilla | difference | {unit} (headless / vanilla) | at equal {unit} "
              "| headless reaches vanilla's final score at |", "|---|---|---|---|---|---|---|"]
     for metric, entry in report["headline"].items():
         if "delta" in entry:
             at_text = equal_time_text(entry)
             lines.append(f"| {entry['label']} | {_fmt(entry['headless'])} | {_fmt(entry['vanilla'])} | "
                          f"{delta_text(entry)} | {entry['gpu_s']['headless']:.0f} / {entry['gpu_s']['vanilla']:.0f} | "
-                         f"{at_text} | {crossing_text(entry['crossing'], within_noise(entry))} |")
+                         f"{at_text} | {crossing_text(entry['crossing'], within_noise(entry), unit)} |")
         else:
             lines.append(f"| {entry['label']} | – | – | – | – | – | needs both twins |")
     if any(entry.get("delta_se") is not None for entry in report["headline"].values()):
@@ -424,22 +443,29 @@ def report_markdown(report: dict) -> str:
         if abs(h / v - 1) > 0.05:  # the trainer's calibration_tolerance
             lines += ["", f"**The twins' pretraining time was not equal**: {h:.0f} s of steps for headless against "
                       f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
-                      "\"at equal GPU s\" column reads the longer twin's curve at the other's last GPU second "
+                      f"\"at equal {unit}\" column reads the longer twin's curve at the other's last {words['second']} "
                       "(interpolated between its checkpoints) and is the equal-time reading."]
     gpus = {f: {p["device_uuid"] for p in report["pieces"] if p["flavour"] == f} for f in ("headless", "vanilla")}
     if all(gpus.values()) and None not in gpus["headless"] | gpus["vanilla"] and gpus["headless"] != gpus["vanilla"]:
         lines += ["", "**The twins pretrained on different GPUs**: a machine's own speed then enters their step "
                   "times, and so the steps each got at equal time. Pieces run one after the other on one machine "
                   "compare the flavours alone."]
-    lines += ["", "## Pretraining", "", "| twin | seed | steps | tokens | tokens/s | epochs | GPU s "
-              "(planned) | parameters | peak GiB | device |", "|---|---|---|---|---|---|---|---|---|---|"]
+    cuda = report.get("cuda", True)  # peak memory is measured on CUDA only
+    lines += ["", "## Pretraining", "", f"| twin | seed | steps | tokens | tokens/s | epochs | {unit} "
+              "(planned) | parameters |" + (" peak GiB |" if cuda else "") + " device |",
+              "|---|---|---|---|---|---|---|---|" + ("---|" if cuda else "") + "---|"]
     for p in report["pieces"]:
         t = p["pretrain"]
         lines.append(f"| {p['flavour']} | {p['seed']} | {t['steps']:,} | {t['tokens']:,} | "
                      f"{(t.get('tokens_per_s') or 0):,.0f} | {t.get('epochs', 0):.2f} | {_gpu_s_text(t)} | "
-                     f"{(t.get('parameters') or 0) / 1e6:.1f}M | {t.get('peak_mem_gib') or 0:.1f} | {p.get('device')} |")
-    lines += ["", "GPU s: steps x the seconds per step measured over the run (saves and validation excluded); "
+                     f"{(t.get('parameters') or 0) / 1e6:.1f}M |"
+                     + (f" {t.get('peak_mem_gib') or 0:.1f} |" if cuda else "") + f" {p.get('device')} |")
+    lines += ["", f"{unit}: steps x the seconds per step measured over the run (saves and validation excluded); "
               "in brackets, steps x the planned seconds per step that fixed max_steps."]
+    moved = [f"{p['flavour']} seed {p['seed']}: {e['reason']}" for p in report["pieces"]
+             for e in (p.get("fractions") or []) if e.get("reason")]
+    if moved:
+        lines += ["", "Checkpoint fractions not evaluated as requested:", ""] + [f"- {m}" for m in moved]
     plateau = [p for p in report["pieces"] if p.get("plateau")]
     if plateau:
         lines += ["", "The MLM plateau (training accuracy 25 % above its level after the warm-up counts as leaving "
@@ -447,7 +473,7 @@ def report_markdown(report: dict) -> str:
         for p in plateau:
             t = p["pretrain"]
             lines.append(f"- {p['flavour']} seed {p['seed']}: "
-                         + plateau_text(p["plateau"], t.get("measured_s_per_step") or t.get("steady_s_per_step")))
+                         + plateau_text(p["plateau"], t.get("measured_s_per_step") or t.get("steady_s_per_step"), unit))
     own = [f"{p['flavour']} seed {p['seed']}: `{' '.join(p['overrides'])}`" for p in report["pieces"] if p.get("overrides")]
     if own:
         lines += ["", "Settings of one twin only (`headless_pretrain` / `vanilla_pretrain`): " + "; ".join(own) + "."]
@@ -455,11 +481,11 @@ def report_markdown(report: dict) -> str:
                   if not p["pretrain"].get("measured_s_per_step")]
     if unmeasured:
         lines += ["", f"**Not measured**: {', '.join(unmeasured)} ran before the run's step time was measured; "
-                  "its GPU s above and in the curves are the calibration's plan, not what the run spent."]
+                  f"its {unit} above and in the curves are the calibration's plan, not what the run spent."]
     if any(p["pretrain"].get("curves") for p in report["pieces"]):
         lines += ["", f"![pretraining curves]({study}-pretraining.png)", "",
-                  "The twins' own pretraining losses and top-1 accuracies (train and validation) against GPU "
-                  "seconds. They measure different things: CWT retrieves the target among the micro-batch's "
+                  f"The twins' own pretraining losses and top-1 accuracies (train and validation) against "
+                  f"{words['seconds']}. They measure different things: CWT retrieves the target among the micro-batch's "
                   "targets, the vanilla head predicts it among the whole vocabulary. Read them for their shape: "
                   "a flat accuracy is a twin stuck on the MLM plateau (predicting frequent tokens)."]
     final_metrics = sorted({k for v in variants for k in curve[v][-1]["scores"]})
@@ -472,7 +498,7 @@ def report_markdown(report: dict) -> str:
     for metric, label, _ in HEADLINE[study]["metrics"]:
         if not _scored(curve, metric):
             continue
-        lines += [f"{label}:", "", "| twin | fraction | GPU s | tokens | epochs | score |", "|---|---|---|---|---|---|"]
+        lines += [f"{label}:", "", f"| twin | fraction | {unit} | tokens | epochs | score |", "|---|---|---|---|---|---|"]
         for v in variants:
             for row in curve[v]:
                 if metric in row["scores"]:
@@ -511,7 +537,8 @@ def plot_report(report: dict, out_dir: Path) -> list[Path]:
             for ax, key in zip(axes, ("gpu_s", "tokens")):
                 ax.errorbar([r[key] for r in rows], means, yerr=stds, fmt=style + "o", capsize=3,
                             label=VARIANT_NAMES.get(v, v))
-        axes[0].set_xlabel("GPU seconds (pretraining, + fine-tuning for HLM+FT)")
+        axes[0].set_xlabel(f"{unit_words(report.get('time_unit', 'GPU s'))['seconds']} "
+                           "(pretraining, + fine-tuning for HLM+FT)")
         axes[1].set_xlabel("pretraining tokens")
         for ax in axes:
             ax.set_ylabel(label)
@@ -554,7 +581,7 @@ def plot_pretraining(report: dict, out_dir: Path) -> Path | None:
                     ax.plot(*zip(*pts), style, color=colours.get(p["flavour"]), alpha=0.85, markersize=4,
                             label=label)
     for ax, name in zip(axes, ("loss (CWT: in-batch; vanilla: over the vocabulary)", "top-1 accuracy")):
-        ax.set_xlabel("GPU seconds (pretraining steps)")
+        ax.set_xlabel(f"{unit_words(report.get('time_unit', 'GPU s'))['seconds']} (pretraining steps)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)

@@ -53,10 +53,10 @@ def plateau_exit(steps: list[int], accuracy: list[Optional[float]], warmup: int,
     return out
 
 
-def plateau_text(info: dict, seconds_per_step: Optional[float] = None) -> str:
-    """One sentence for a report."""
+def plateau_text(info: dict, seconds_per_step: Optional[float] = None, unit: str = "GPU s") -> str:
+    """One sentence for a report; `unit` names the seconds ("GPU s" only for a GPU's)."""
     def when(step: int) -> str:
-        return f"step {step:,}" + (f" ({step * seconds_per_step:.0f} GPU s)" if seconds_per_step else "")
+        return f"step {step:,}" + (f" ({step * seconds_per_step:.0f} {unit})" if seconds_per_step else "")
 
     if info.get("level") is None:
         return "too short to judge the plateau"
