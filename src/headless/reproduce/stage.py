@@ -60,7 +60,7 @@ def _corpus_files(inputs: list, base: str | os.PathLike | None) -> list[tuple[st
         for file in files:
             try:
                 name = file.resolve().relative_to(anchor).as_posix() if base_dir else \
-                    (Path(path.name) / file.relative_to(path)).as_posix() if path.is_dir() else path.name
+                    (Path(path.resolve().name) / file.relative_to(path)).as_posix() if path.is_dir() else path.name
             except ValueError:
                 raise HeadlessError(f"{file} is not under --base {base_dir}") from None
             if name in found and found[name].resolve() != file.resolve():
