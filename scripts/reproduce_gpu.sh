@@ -6,7 +6,8 @@
 # Data: .data/STUDY laid out like ../shared/data (the files the study reads; docs/guide/reproduction.md
 # says which), carried to the GPU machine.  Files that compress well (GLUE's TSVs) may travel packed
 # instead, as .data/STUDY-extra.tar.xz (paths relative to .data/STUDY): it is unpacked there first,
-# which keeps the carried tree under the 64 MiB limit.  SMOKE=1 first runs the same study at a 10-second budget
+# which keeps the carried tree under the 64 MiB limit.  DATA_ROOT=DIR reads the data from DIR instead:
+# a corpus staged over several calls (`headless stage check`, docs/reproduction.md).  SMOKE=1 first runs the same study at a 10-second budget
 # with small evaluation limits, so that a broken path fails in one minute, not ten.
 #
 # WALL=SECONDS stops the piece cleanly before a job's time limit: SIGTERM makes the trainer save a
@@ -20,7 +21,7 @@ STUDY=${1:?study}; FLAVOUR=${2:?flavour}; shift 2
 RES=${OUT:-results}/$STUDY
 mkdir -p "$RES"
 [ -f ".data/$STUDY-extra.tar.xz" ] && tar xJf ".data/$STUDY-extra.tar.xz" -C ".data/$STUDY"
-H="python3 -m headless reproduce $STUDY data_root=.data/$STUDY progress=false"
+H="python3 -m headless reproduce $STUDY data_root=${DATA_ROOT:-.data/$STUDY} progress=false"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 if [ "${SMOKE:-0}" = 1 ]; then

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator, Optional
 from headless.errors import HeadlessError
 
 MARKER_PREFIX = ".headless-"
-KINDS = ("run", "dataset", "export", "tokenizer", "scratch")  # scratch: a reproduce piece's evaluation folder
+# scratch: a reproduce piece's evaluation folder; stage-parts / stage-dest: `headless stage split` / `pull`
+KINDS = ("run", "dataset", "export", "tokenizer", "scratch", "stage-parts", "stage-dest")
 
 
 # -- writes ------------------------------------------------------------------------------------

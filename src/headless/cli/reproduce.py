@@ -1,4 +1,4 @@
-"""`headless reproduce STUDY` and `headless report PIECE.json ...`."""
+"""`headless reproduce STUDY`, `headless report PIECE.json ...` and `headless stage split|pull|check`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ REPRODUCE_EPILOG = """examples:
   headless report --summary docs/results/*/*-report.json   # one Markdown row per committed report
 study settings are key=value pairs or --key value options (see --show-config); `pretrain=[k=v,...]`
 adds to the twins' TrainConfig overrides."""
+
+
+STAGE_EPILOG = """examples:
+  headless stage split ../shared/data/enwiki ../shared/data/books --base ../shared/data --parts-dir .data/stage
+  headless stage pull .data/stage /tmp/headless-stage          # on the GPU machine, once per carried part
+  headless reproduce decoder data_root=$(headless stage check /tmp/headless-stage .data/stage/manifest.json)"""
 
 
 def register(subparsers) -> None:
@@ -50,6 +56,27 @@ def register(subparsers) -> None:
     r.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="replicates of the paired bootstrap over evaluation examples and seeds (0: none)")
     r.set_defaults(func=_report)
+
+    st = subparsers.add_parser("stage", help="carry a corpus larger than one GPU job to the GPU machine, in parts",
+                               description="Split a corpus into content-addressed parts, take each carried "
+                               "part into a folder on the GPU machine, check that all arrived "
+                               "(docs/reproduction.md, 'A corpus larger than one transfer').",
+                               epilog=STAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = st.add_subparsers(dest="stage_command", metavar="COMMAND", required=True)
+    sp = sub.add_parser("split", help="cut CORPUS files/folders into parts + manifest.json")
+    sp.add_argument("corpus", nargs="+", metavar="CORPUS", help="files or folders (a folder keeps its name)")
+    sp.add_argument("--parts-dir", required=True, help="folder for the parts and manifest (e.g. .data/stage)")
+    sp.add_argument("--max-mib", type=float, default=40.0, help="largest part in MiB (default 40)")
+    sp.add_argument("--base", default=None, help="name files relative to this folder (e.g. ../shared/data)")
+    sp.set_defaults(func=_stage_split)
+    pl = sub.add_parser("pull", help="on the GPU machine: verify the carried parts and take them into DEST")
+    pl.add_argument("part_dir", metavar="PART_DIR", help="the carried parts' folder (with manifest.json)")
+    pl.add_argument("dest", metavar="DEST", help="a folder outside the repository, e.g. /tmp/headless-stage")
+    pl.set_defaults(func=_stage_pull)
+    ck = sub.add_parser("check", help="print DEST's data folder when every part arrived intact")
+    ck.add_argument("dest", metavar="DEST")
+    ck.add_argument("manifest", metavar="MANIFEST", help="the split's manifest.json (or its folder)")
+    ck.set_defaults(func=_stage_check)
 
 
 def _reproduce(args) -> int:
@@ -97,4 +124,29 @@ def _report(args) -> int:
     report = write_report(args.pieces, args.output, bootstrap=args.bootstrap)
     _print_headline(report)
     print(f"report written: {args.output}/{report['study']}-report.md")
+    return 0
+
+
+def _stage_split(args) -> int:
+    from headless.reproduce.stage import split_corpus
+
+    manifest = split_corpus(args.corpus, args.parts_dir, args.max_mib, base=args.base)
+    print(f"{len(manifest['files'])} files, {manifest['bytes'] / 2**20:.1f} MiB in {len(manifest['parts'])} "
+          f"part(s) under {args.parts_dir} (sha256 {manifest['sha256'][:12]}):")
+    for part in manifest["parts"]:
+        print(f"  {part['name']}  {part['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
+def _stage_pull(args) -> int:
+    from headless.reproduce.stage import pull
+
+    pull(args.part_dir, args.dest)
+    return 0
+
+
+def _stage_check(args) -> int:
+    from headless.reproduce.stage import check
+
+    print(check(args.dest, args.manifest))
     return 0

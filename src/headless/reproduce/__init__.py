@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from headless.reproduce.config import FLAVOURS, STUDIES, StudyConfig, load_study
+from headless.reproduce.config import FLAVOURS, STUDIES, StudyConfig, check_epochs, load_study
 from headless.reproduce.piece import check_settings, run_piece
 from headless.reproduce.report import build_report, write_report
 
@@ -25,6 +25,10 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
         raise HeadlessError("under torchrun a launch runs one piece: pass --flavour headless or --flavour vanilla "
                             "(rank 0 evaluates while the other ranks have finished), then `headless report`")
     check_settings(config, flavours)  # both twins' settings before the first one's data work
+    # before any data is prepared: the documented token count (the piece checks the prepared one)
+    lines = check_epochs(config, flavours)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*lines, sep="\n", flush=True)
     out = Path(output_dir) if output_dir else Path(work_dir) / config.study / "results"
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
@@ -46,5 +50,5 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
     return {"pieces": paths, "report": report}
 
 
-__all__ = ["FLAVOURS", "STUDIES", "StudyConfig", "load_study", "run_piece", "run_study", "build_report",
-           "write_report"]
+__all__ = ["FLAVOURS", "STUDIES", "StudyConfig", "check_epochs", "load_study", "run_piece", "run_study",
+           "build_report", "write_report"]

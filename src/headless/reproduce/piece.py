@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from headless.errors import HeadlessError
 from headless.files import atomic_write_json, mark, marked_kinds
-from headless.reproduce.config import FLAVOURS, StudyConfig
+from headless.reproduce.config import FLAVOURS, StudyConfig, check_epochs
 from headless.reproduce.data import check_inputs, content_fingerprint, fingerprint, prepare_study_data
 from headless.reproduce import evaluate
 
@@ -274,6 +274,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     env = dist.init_distributed(config.device)
     try:
         data = dist.rank_zero_first(lambda: prepare_study_data(config, work, seq_len))
+        epochs = check_epochs(config, (flavour,), data.train_tokens)  # refuses > max_epochs, before pretraining
+        if env.is_main:
+            print(*epochs, sep="\n", flush=True)
         cfg = train_config(config, flavour, data.dataset, Path("run"))
         # one run directory per distinct pretraining config: a piece re-run reuses or resumes its own run
         key = fingerprint([], config={k: v for k, v in cfg.to_dict().items() if k not in ("progress", "device")})

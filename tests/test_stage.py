@@ -1,0 +1,160 @@
+"""`headless stage`: a corpus carried to the GPU machine in parts, one call per part, into a folder
+that persists between calls; interrupted copies are redone and corrupted parts refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from headless.cli import main
+from headless.errors import HeadlessError
+from headless.reproduce.stage import check, pull, split_corpus
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A folder laid out like ../shared/data: one file spanning several parts, small ones, an empty one."""
+    root = tmp_path / "shared"
+    (root / "enwiki" / "train").mkdir(parents=True)
+    (root / "books").mkdir()
+    (root / "enwiki" / "train" / "enwiki-000.jsonl.xz").write_bytes(os.urandom(70_000))
+    (root / "enwiki" / "train" / "enwiki-001.jsonl.xz").write_bytes(os.urandom(30_000))
+    (root / "books" / "gutenberg_en.jsonl.xz").write_bytes(os.urandom(25_000))
+    (root / "books" / "empty.tsv").write_bytes(b"")
+    return root
+
+
+def _split(corpus: Path, tmp_path: Path) -> tuple[Path, dict]:
+    parts = tmp_path / "repo" / ".data" / "stage"
+    manifest = split_corpus([corpus / "enwiki", corpus / "books"], parts, max_mib=40_000 / 2**20, base=corpus)
+    return parts, manifest
+
+
+def _carry(parts: Path, names: list[str], call: Path) -> Path:
+    """What one device call carries: the manifest and some parts."""
+    call.mkdir(parents=True)
+    shutil.copy(parts / "manifest.json", call)
+    for name in names:
+        shutil.copy(parts / name, call)
+    return call
+
+
+def _same_tree(staged: Path, corpus: Path) -> bool:
+    files = sorted(p.relative_to(corpus) for p in corpus.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file()) and all(
+        (staged / f).read_bytes() == (corpus / f).read_bytes() for f in files)
+
+
+def test_split_makes_content_addressed_parts_and_a_manifest(corpus, tmp_path):
+    parts, manifest = _split(corpus, tmp_path)
+    assert [p["bytes"] for p in manifest["parts"]] == [40_000, 40_000, 40_000, 5_000]
+    names = [p["name"] for p in manifest["parts"]]
+    assert all(n.startswith(f"{i:03d}-{p['sha256'][:12]}") for i, (n, p) in enumerate(zip(names, manifest["parts"])))
+    assert {f["path"] for f in manifest["files"]} == {"enwiki/train/enwiki-000.jsonl.xz", "enwiki/train/enwiki-001.jsonl.xz",
+                                                       "books/gutenberg_en.jsonl.xz", "books/empty.tsv"}
+    assert json.loads((parts / "manifest.json").read_text()) == manifest
+    # the same files split again give the same parts, and an earlier split's folder may be replaced
+    again = split_corpus([corpus / "enwiki", corpus / "books"], parts, max_mib=40_000 / 2**20, base=corpus)
+    assert again == manifest
+
+
+def test_split_refuses_a_folder_it_did_not_make(corpus, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(HeadlessError, match="did not make it"):
+        split_corpus([corpus], mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_parts_carried_one_call_at_a_time_stage_the_corpus(corpus, tmp_path):
+    parts, manifest = _split(corpus, tmp_path)
+    dest = tmp_path / "gpu" / "headless-stage"
+    names = [p["name"] for p in manifest["parts"]]
+    for i, name in enumerate(names):
+        result = pull(_carry(parts, [name], tmp_path / f"call{i}"), dest, log=lambda *_: None)
+        assert result["received"] == [name] and result["complete"] == (i == len(names) - 1)
+        if i < len(names) - 1:
+            with pytest.raises(HeadlessError, match=f"{len(names) - i - 1} of {len(names)} parts missing"):
+                check(dest, parts / "manifest.json")
+    data = check(dest, parts / "manifest.json")
+    assert data == (dest / "data").absolute() and _same_tree(data, corpus)
+    record = json.loads((dest / "received.json").read_text())
+    assert sorted(record) == sorted(names) and all(record[n]["sha256"][:12] == n[4:16] for n in names)
+
+
+def test_an_interrupted_transfer_is_detected_and_redone(corpus, tmp_path):
+    parts, manifest = _split(corpus, tmp_path)
+    dest = tmp_path / "dest"
+    names = [p["name"] for p in manifest["parts"]]
+    pull(_carry(parts, names[:2], tmp_path / "first"), dest, log=lambda *_: None)
+    # the second call was killed mid-copy: its part truncated in DEST, another one's temporary left over
+    (dest / "parts" / names[2]).write_bytes((parts / names[2]).read_bytes()[:1234])
+    leftover = dest / "parts" / f".{names[3]}.tmp-999999999"
+    leftover.write_bytes(b"half")
+    with pytest.raises(HeadlessError, match=names[2]):
+        check(dest, parts / "manifest.json")
+    said = []
+    result = pull(_carry(parts, names[2:], tmp_path / "again"), dest, log=said.append)
+    assert result["received"] == names[2:] and result["complete"]
+    assert not leftover.exists() and any("incomplete or damaged: copying it again" in s for s in said)
+    assert _same_tree(check(dest, parts / "manifest.json"), corpus)
+    # a damaged part whose copy is not carried this time is dropped and reported missing
+    (dest / "parts" / names[0]).write_bytes(b"x")
+    result = pull(_carry(parts, [], tmp_path / "empty-call"), dest, log=said.append)
+    assert result["missing"] == [names[0]] and "removed; carry it again" in said[-2]
+    with pytest.raises(HeadlessError, match=f"1 of 4 parts missing or damaged \\({names[0]}\\)"):
+        check(dest, parts / "manifest.json")
+
+
+def test_a_corrupted_part_is_refused_with_one_line_before_anything_is_written(corpus, tmp_path, capsys):
+    parts, manifest = _split(corpus, tmp_path)
+    name = manifest["parts"][1]["name"]
+    call = _carry(parts, [name], tmp_path / "call")
+    data = bytearray((call / name).read_bytes())
+    data[100] ^= 0xFF
+    (call / name).write_bytes(bytes(data))
+    dest = tmp_path / "dest"
+    assert main(["stage", "pull", str(call), str(dest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refusing the corrupted part" in err and name in err
+    assert not dest.exists()
+    (call / name).write_bytes(bytes(data[:500]))  # truncated in transit
+    assert main(["stage", "pull", str(call), str(dest)]) == 2
+    assert "500 of 40000 bytes" in capsys.readouterr().err
+
+
+def test_pull_refuses_a_folder_holding_another_corpus_or_not_its_own(corpus, tmp_path):
+    parts, manifest = _split(corpus, tmp_path)
+    dest = tmp_path / "dest"
+    pull(_carry(parts, [manifest["parts"][0]["name"]], tmp_path / "c1"), dest, log=lambda *_: None)
+    (corpus / "books" / "gutenberg_en.jsonl.xz").write_bytes(os.urandom(10))
+    other = split_corpus([corpus / "books"], tmp_path / "other", base=corpus)
+    with pytest.raises(HeadlessError, match="stages another corpus"):
+        pull(tmp_path / "other", dest)
+    with pytest.raises(HeadlessError, match="stages another corpus"):
+        check(dest, tmp_path / "other" / "manifest.json")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(HeadlessError, match="did not make it"):
+        pull(tmp_path / "other", mine)
+    assert other["parts"] and (mine / "photo.jpg").read_bytes() == b"x"
+
+
+def test_cli_split_pull_check(corpus, tmp_path, capsys):
+    parts = tmp_path / "stage"
+    assert main(["stage", "split", str(corpus / "enwiki"), str(corpus / "books"), "--base", str(corpus),
+                 "--parts-dir", str(parts), "--max-mib", "0.05"]) == 0
+    assert "4 files" in capsys.readouterr().out
+    dest = tmp_path / "dest"
+    assert main(["stage", "check", str(dest), str(parts / "manifest.json")]) == 2
+    assert "nothing is staged" in capsys.readouterr().err
+    assert main(["stage", "pull", str(parts), str(dest)]) == 0
+    assert "complete: data_root=" in capsys.readouterr().out
+    assert main(["stage", "check", str(dest), str(parts)]) == 0
+    assert capsys.readouterr().out.strip() == str((dest / "data").absolute())
