@@ -453,7 +453,7 @@ def test_one_twin_settings_reach_that_twin_only_and_the_report_names_them(tmp_pa
 
     config = load_study("encoder", overrides=["vanilla_pretrain=[objective.loss_implementation=hf]",
                                               "headless_pretrain=[objective.temperature=0.5]"])
-    assert config.pretrain[:2] == ["batch_size=256", "optim.lr=1e-3"]  # the study's defaults are kept
+    assert config.pretrain[:2] == ["batch_size=256", "optim.lr=5e-4"]  # the study's defaults are kept
     vanilla = train_config(config, "vanilla", tmp_path / "data", tmp_path / "run")
     headless = train_config(config, "headless", tmp_path / "data", tmp_path / "run")
     assert vanilla.objective.loss_implementation == "hf" and vanilla.objective.temperature == 1.0

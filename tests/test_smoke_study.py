@@ -29,7 +29,7 @@ def test_smoke_sizes_layer_under_the_users_settings():
     assert smoke.subset_documents and smoke.enwiki_shards == 1
     assert smoke.pretrain[-1] == "optim.lr=2e-3" and "grad_accum=4" not in smoke.pretrain  # the protocol's: replaced
     full = load_study("decoder")
-    assert full.size == "full" and full.preset == "pythia-70m" and full.subset_documents is None
+    assert full.size == "full" and full.preset == "pythia-160m" and full.subset_documents is None
     for study in ("encoder", "multilingual"):
         assert load_study(study, overrides=["size=smoke"]).preset == "tiny"
 
