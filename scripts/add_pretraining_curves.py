@@ -2,7 +2,7 @@
 
     python scripts/add_pretraining_curves.py PIECE.json RUN/metrics.jsonl
 
-Pieces now carry `pretrain.curves` (`headless.reproduce.piece.pretraining_curves`), which
+Pieces now carry `pretrain.curves` (`headless.lab.reproduce.piece.pretraining_curves`), which
 `headless report` plots as <study>-pretraining.png. For older pieces whose run's metrics.jsonl
 was kept, this adds the same curves from it and records where they came from
 (`pretrain.curves_source`); nothing else in the piece changes.
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from headless.files import atomic_write_json
-from headless.reproduce.piece import pretraining_curves
+from headless.lab.reproduce.piece import pretraining_curves
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ tokens and the EOS after it), with the study's own tokenizer.
     python scripts/corpus_tokens.py STUDY DATA_ROOT [KEY=VALUE ...] [--work-dir DIR]
 
 Prints one JSON object {file name: tokens}.  This is how the documented counts of the shared data
-(`headless.reproduce.config.SHARED_TOKENS`, used by the epoch check before a study's data is
+(`headless.lab.reproduce.config.SHARED_TOKENS`, used by the epoch check before a study's data is
 prepared) were made; the multilingual study trains its tokenizer first (into --work-dir).
 """
 
@@ -33,8 +33,8 @@ def main() -> None:
     from pathlib import Path
 
     from headless.data.tokenizers import load_tokenizer
-    from headless.reproduce.config import load_study
-    from headless.reproduce.data import file_hashes, pretraining_files, tokenizer_source
+    from headless.lab.reproduce.config import load_study
+    from headless.lab.reproduce.data import file_hashes, pretraining_files, tokenizer_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from headless.data.loader import BatchIterator, PackedDataset
-from headless.reproduce import load_study
-from headless.reproduce.data import prepare_study_data
+from headless.lab.reproduce import load_study
+from headless.lab.reproduce.data import prepare_study_data
 
 
 def script(text: str) -> str:

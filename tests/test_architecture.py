@@ -21,11 +21,14 @@ LAYERS = [
     ("trainer", ["train"]),
     ("export", ["export", "finetune"]),
     ("evaluation", ["eval"]),
-    ("bench", ["bench"]),
-    ("reproduction", ["reproduce"]),
     ("integrations", ["integrations", "demo"]),
+    ("lab: bench", ["lab.bench"]),
+    ("lab: reproduction", ["lab", "lab.reproduce"]),
     ("cli", ["cli", "__main__"]),
 ]
+LIBRARY = ("errors", "_lazy", "files", "runtime", "param_groups", "loss_kinds", "architectures", "fit", "config",
+           "data", "objectives", "losses", "attention", "models", "train", "export", "finetune", "eval",
+           "integrations", "demo")
 
 
 def layer_of(module: str) -> int:
@@ -123,3 +126,12 @@ def test_no_import_cycle_in_evaluation():
     edges = [(s, t) for s, t in imports() if _package(s) == "eval" and _package(t) == "eval"]
     assert not _cycles(edges), _cycles(edges)
     assert _cycles([("a", "b"), ("b", "a")])  # the check sees a cycle
+
+
+def test_the_library_knows_nothing_of_the_lab():
+    """Issue #24: studies and the bench (headless.lab) sit on top of the library; no library module
+    imports them, and the lab's modules are not where the library's concepts live."""
+    found = [f"{source} imports {target}" for source, target in imports()
+             if target.startswith("headless.lab") and _package(source) in LIBRARY]
+    assert not found, "\n".join(found)
+    assert not (SRC / "reproduce").exists() and not (SRC / "bench.py").exists()

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from headless.bench import OBJECTIVES, bench, format_table
+from headless.lab.bench import OBJECTIVES, bench, format_table
 from headless.cli import main
 from headless.errors import HeadlessError
 
@@ -20,7 +20,7 @@ def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
 
     cases = {(loss, impl.name) for loss, kind in LOSSES.items() for impl in kind.implementations}
     assert {(loss, impl) for _, loss, impl in OBJECTIVES.values()} == cases
-    from headless.bench import missing_package
+    from headless.lab.bench import missing_package
 
     installed = [o for o in OBJECTIVES if not missing_package(o)]  # the absent ones are refused (test below)
     rows = bench("tiny-gpt", objectives=installed, vocab_sizes=[512], batch_sizes=[2], seq_len=32, steps=1,
@@ -81,7 +81,7 @@ def test_bench_profile_writes_kernel_tables(tmp_path):
 def test_bench_times_the_presets_own_vocabulary_by_default():
     """A bare `--preset bert-small` once timed V=8,192 instead of BERT's 30,522 (H200 session of
     issue #14): the default V is the preset's."""
-    from headless.bench import preset_vocab_size
+    from headless.lab.bench import preset_vocab_size
 
     assert preset_vocab_size("bert-small") == 30522
     assert preset_vocab_size("pythia-160m") == 50304
@@ -119,7 +119,7 @@ def test_bench_plot_x_axis_follows_what_was_swept(vocabs, batches, x, xs, tmp_pa
     """Issue #27 item 10: a batch sweep used to pile into one column at the vocabulary size."""
     import matplotlib.axes
 
-    from headless.bench import write_report
+    from headless.lab.bench import write_report
 
     drawn, labels, real, real_set = [], [], matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set
 
@@ -144,7 +144,7 @@ def test_bench_plot_x_axis_follows_what_was_swept(vocabs, batches, x, xs, tmp_pa
 
 def test_bench_refuses_an_objective_whose_package_is_absent_with_one_line(capsys):
     """Issue #29: a kernel package to install is refused up front (exit 2, one line), before any case runs."""
-    from headless.bench import OBJECTIVES, missing_package
+    from headless.lab.bench import OBJECTIVES, missing_package
     from headless.cli import main
 
     absent = [o for o in OBJECTIVES if missing_package(o)]

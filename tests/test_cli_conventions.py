@@ -76,7 +76,7 @@ def test_help_lists_every_config_field_with_its_doc():
 
 def test_a_comment_wrapped_over_lines_reads_as_one_sentence():
     from headless.cli.options import field_docs
-    from headless.reproduce.config import StudyConfig
+    from headless.lab.reproduce.config import StudyConfig
 
     doc = field_docs(StudyConfig)["xnli_max_train_examples"]
     assert "train-<lang>.tsv files in xnli/ (MNLI-sized" in doc and "; in xnli/" not in doc

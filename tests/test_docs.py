@@ -54,7 +54,7 @@ def results_table(page: Path) -> str:
 
 def test_readme_results_come_from_committed_reports():
     """Regenerate the table from the reports its rows name; any hand-edited number fails here."""
-    from headless.reproduce.report import summary_markdown
+    from headless.lab.reproduce.report import summary_markdown
 
     table = results_table(ROOT / "README.md")
     rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
@@ -72,7 +72,7 @@ def test_readme_results_come_from_committed_reports():
 
 
 def test_results_index_lists_every_report():
-    from headless.reproduce.report import summary_markdown
+    from headless.lab.reproduce.report import summary_markdown
 
     reports = sorted(RESULTS.glob("*/*-report.json"))
     assert results_table(RESULTS / "README.md") == summary_markdown(reports), (
@@ -94,7 +94,7 @@ def test_summary_marks_a_superseded_campaign(tmp_path):
     import shutil
 
     from headless.errors import HeadlessError
-    from headless.reproduce.report import summary_markdown
+    from headless.lab.reproduce.report import summary_markdown
 
     src = next((ROOT / "docs" / "results").glob("*/encoder-report.json"))
     camp = tmp_path / "2030-01-01-encoder"

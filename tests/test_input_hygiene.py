@@ -76,7 +76,7 @@ def test_config_file_strings_stay_strings_and_numbers_parse_as_on_the_command_li
 
 
 def test_study_paths_keep_their_text(tmp_path):
-    from headless.reproduce.config import load_study
+    from headless.lab.reproduce.config import load_study
 
     config = load_study("decoder", overrides=["data_root=data #1", "preset=010", "pretrain=run_dir=runs/x #1"])
     assert config.data_root == "data #1" and config.preset == "010" and config.pretrain[-1] == "run_dir=runs/x #1"

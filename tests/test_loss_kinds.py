@@ -100,6 +100,6 @@ def test_a_loss_is_one_entry_and_one_function(monkeypatch):
     out.loss.backward()
     assert int(out.num_targets) == 6 and 0 < out.loss.item() < 12
     assert model.input_embedding_weight().grad is not None
-    from headless.bench import _cases
+    from headless.lab.bench import _cases
 
     assert _cases()["cosine"] == ("headless", "cosine", "auto")  # and `headless bench` times it

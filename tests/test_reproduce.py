@@ -58,7 +58,7 @@ def mini_root(shared_data, tmp_path_factory) -> Path:
 
 
 def _study(name: str, root: Path, *extra: str):
-    from headless.reproduce import load_study
+    from headless.lab.reproduce import load_study
 
     common = [f"data_root={root}", "budget_s=1.5", "fractions=[0.5,1.0]", "progress=false", "device=cpu"]
     return load_study(name, overrides=common + list(extra))
@@ -69,7 +69,7 @@ def _pretrain(*items: str) -> str:
 
 
 def test_decoder_study_toy_budget_end_to_end(mini_root, tmp_path):
-    from headless.reproduce import run_study
+    from headless.lab.reproduce import run_study
 
     config = _study("decoder", mini_root, "budget_s=3", "preset=tiny-gpt", "seq_len=64", "finetune_tokens=1024",
                     "heldout_sequences=4", "zeroshot_tasks=[boolq,piqa]", _pretrain("grad_accum=1"))
@@ -113,7 +113,7 @@ def test_decoder_study_toy_budget_end_to_end(mini_root, tmp_path):
 def test_a_decoder_study_with_its_own_large_bpe_scores_bits_per_byte_per_language(mini_root, tmp_path):
     """Issue #25: decoder_vocab_size trains a byte-level BPE on English + the languages; held-out bits
     per byte per language on XNLI's parallel sentences (a small vocabulary here; >= 128k on the GPU)."""
-    from headless.reproduce import run_study
+    from headless.lab.reproduce import run_study
 
     config = _study("decoder", mini_root, "budget_s=2", "preset=tiny-gpt", "seq_len=64", "finetune_tokens=512",
                     "heldout_sequences=2", "zeroshot_tasks=[]", "fractions=[1.0]", "decoder_vocab_size=700",
@@ -131,7 +131,7 @@ def test_a_decoder_study_with_its_own_large_bpe_scores_bits_per_byte_per_languag
 
 
 def test_encoder_study_toy_budget_end_to_end(mini_root, tmp_path):
-    from headless.reproduce import run_study
+    from headless.lab.reproduce import run_study
 
     config = _study("encoder", mini_root, "preset=tiny", "seq_len=64", "glue_tasks=[rte,stsb]", "glue_lrs=[1e-4,3e-4]",
                     "glue_epochs=1", "seeds=[0,1]", "fractions=[1.0]", "books=false",
@@ -158,7 +158,7 @@ def test_encoder_study_toy_budget_end_to_end(mini_root, tmp_path):
 
 
 def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_path):
-    from headless.reproduce import load_study, run_study
+    from headless.lab.reproduce import load_study, run_study
 
     config = _study("multilingual", mini_root, "seq_len=64", "tokenizer_vocab_size=600", "fractions=[1.0]",
                     "xnli_epochs=1", "seeds=[0]", _pretrain())
@@ -185,7 +185,7 @@ def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_
 
 
 def _piece(flavour: str, seed: int = 0, *, study: str = "decoder", fingerprint: str = "abc", scores=None) -> dict:
-    from headless.reproduce.piece import PIECE_FORMAT
+    from headless.lab.reproduce.piece import PIECE_FORMAT
 
     variants = ("hlm_ft", "headless_raw") if flavour == "headless" else ("vanilla",)
     speed = 2.0 if flavour == "headless" else 1.0
@@ -212,7 +212,7 @@ def _write(tmp_path: Path, name: str, piece: dict) -> Path:
 
 
 def test_report_is_order_independent_and_draws_curves(tmp_path):
-    from headless.reproduce.report import write_report
+    from headless.lab.reproduce.report import write_report
 
     paths = [_write(tmp_path, f"{f}{s}.json", _piece(f, s)) for f in ("headless", "vanilla") for s in (0, 1)]
     write_report(paths, tmp_path / "a")
@@ -233,7 +233,7 @@ def test_pretraining_curves_thin_evenly_and_older_pieces_get_them_from_their_run
     import subprocess
     import sys
 
-    from headless.reproduce.piece import pretraining_curves
+    from headless.lab.reproduce.piece import pretraining_curves
 
     records = [{"split": "train", "step": s, "loss": 10 - s / 100, "accuracy": s / 1000} for s in range(1, 1001)]
     records += [{"split": "train", "step": 500, "loss": -1.0, "accuracy": 0.9}]  # a resumed run logs it again
@@ -265,7 +265,7 @@ def test_pretraining_curves_thin_evenly_and_older_pieces_get_them_from_their_run
 
 
 def test_report_refuses_mixed_studies_data_and_duplicates(tmp_path):
-    from headless.reproduce.report import write_report
+    from headless.lab.reproduce.report import write_report
 
     a = _write(tmp_path, "a.json", _piece("headless"))
     with pytest.raises(HeadlessError, match="different studies"):
@@ -283,8 +283,8 @@ def test_report_refuses_mixed_studies_data_and_duplicates(tmp_path):
 def test_glue_averages_with_and_without_rte_seed_by_seed(tmp_path):
     """`glue_avg_no_rte` is the paper's Tab. 1 average; an encoder piece written before it existed
     gets it when the report loads the piece."""
-    from headless.reproduce.evaluate import with_glue_averages
-    from headless.reproduce.report import load_piece
+    from headless.lab.reproduce.evaluate import with_glue_averages
+    from headless.lab.reproduce.report import load_piece
 
     scores = {"cola": [10.0, 20.0], "sst2": [80.0, 90.0], "rte": [50.0, 60.0], "rte_lr": [1e-4]}
     with_glue_averages(scores, ["cola", "sst2", "rte"])
@@ -327,7 +327,7 @@ def test_report_pairs_the_twins_on_their_predictions_and_pools_pretraining_seeds
     assert paired["replicates"] == 300 and paired["examples"] == 400
     assert "paired_bootstrap" not in report["headline"]["glue_avg_no_rte"]  # one task left: not an average
     assert "The interval excludes 0." in (tmp_path / "out" / "encoder-report.md").read_text()
-    from headless.reproduce.report import within_noise
+    from headless.lab.reproduce.report import within_noise
 
     entry = dict(report["headline"]["glue_avg"], delta_se=100.0)  # the seeds alone would call it noise
     assert not within_noise(entry)  # the paired interval, examples and seeds, decides
@@ -340,7 +340,7 @@ def test_report_pairs_the_twins_on_their_predictions_and_pools_pretraining_seeds
 
 
 def test_crossing_interpolates_in_gpu_time():
-    from headless.reproduce.report import crossing
+    from headless.lab.reproduce.report import crossing
 
     def curve(points):
         return [{"gpu_s": t, "scores": {"m": {"mean": s}}} for t, s in points]
@@ -365,7 +365,7 @@ def test_cli_refuses_bad_study_settings(capsys):
 def test_headline_interpolates_headless_at_vanillas_gpu_time(tmp_path):
     """HLM+FT's fine-tuning puts headless's last point after vanilla's: the headline also reads the
     headless curve at vanilla's final GPU time (interpolated, never extrapolated)."""
-    from headless.reproduce.report import build_report, equal_time_text, load_piece, score_at
+    from headless.lab.reproduce.report import build_report, equal_time_text, load_piece, score_at
 
     paths = [_write(tmp_path, f"{f}.json", _piece(f)) for f in ("headless", "vanilla")]
     entry = build_report([load_piece(p) for p in paths])["headline"]["lambada_acc"]
@@ -379,7 +379,7 @@ def test_headline_interpolates_headless_at_vanillas_gpu_time(tmp_path):
 def test_headline_reads_vanilla_at_headless_gpu_time_when_vanilla_ran_longer(tmp_path):
     """A plan that gave vanilla more steps (H200: 205 s against headless's 187 s): the equal-time
     reading is then vanilla's curve at headless's last GPU second, and the report says so."""
-    from headless.reproduce.report import build_report, equal_time_text, load_piece, report_markdown
+    from headless.lab.reproduce.report import build_report, equal_time_text, load_piece, report_markdown
 
     pieces = [_piece(f, scores={"headless": [1.0, 2.0, 2.5], "vanilla": [1.0, 2.0, 4.0]})
               for f in ("headless", "vanilla")]
@@ -402,8 +402,8 @@ def test_piece_never_deletes_a_scratch_folder_it_did_not_make(tmp_path):
     """A piece clears WORK/STUDY/eval-step-N left by an interrupted piece, but only if a piece made
     it (its marker): a user's folder of that name is refused with one line and left alone."""
     from headless.files import mark
-    from headless.reproduce.config import StudyConfig
-    from headless.reproduce.piece import _evaluate_point
+    from headless.lab.reproduce.config import StudyConfig
+    from headless.lab.reproduce.piece import _evaluate_point
 
     foreign = tmp_path / "eval-step-7"
     foreign.mkdir()
@@ -420,8 +420,8 @@ def test_piece_never_deletes_a_scratch_folder_it_did_not_make(tmp_path):
 def test_piece_run_again_reuses_its_pretraining_and_finished_evaluations(mini_root, tmp_path, monkeypatch, capsys):
     """A piece stopped by a job's time limit during evaluation, run again, evaluates only what it
     had not finished; here every point had finished, so nothing is evaluated twice."""
-    from headless.reproduce import piece as piece_module
-    from headless.reproduce import run_piece
+    from headless.lab.reproduce import piece as piece_module
+    from headless.lab.reproduce import run_piece
 
     config = _study("encoder", mini_root, "preset=tiny", "seq_len=64", "glue_tasks=[rte]", "glue_lrs=[1e-4]",
                     "glue_epochs=1", "seeds=[0]", "books=false", "pretrain=[" + ",".join(TINY_MODEL) + "]")
@@ -447,9 +447,9 @@ def test_piece_run_again_reuses_its_pretraining_and_finished_evaluations(mini_ro
 def test_one_twin_settings_reach_that_twin_only_and_the_report_names_them(tmp_path):
     """`vanilla_pretrain=[objective.loss_implementation=hf]` is the paper's baseline (HF's head at
     every position); it must not touch the headless twin, and the report must say it was used."""
-    from headless.reproduce import load_study
-    from headless.reproduce.piece import train_config
-    from headless.reproduce.report import report_markdown, build_report, load_piece
+    from headless.lab.reproduce import load_study
+    from headless.lab.reproduce.piece import train_config
+    from headless.lab.reproduce.report import report_markdown, build_report, load_piece
 
     config = load_study("encoder", overrides=["vanilla_pretrain=[objective.loss_implementation=hf]",
                                               "headless_pretrain=[objective.temperature=0.5]"])
@@ -466,7 +466,7 @@ def test_one_twin_settings_reach_that_twin_only_and_the_report_names_them(tmp_pa
 
 
 def test_report_says_when_the_twins_measured_times_differ(tmp_path):
-    from headless.reproduce.report import build_report, load_piece, report_markdown
+    from headless.lab.reproduce.report import build_report, load_piece, report_markdown
 
     pieces = [_piece("headless"), _piece("vanilla")]
     same = report_markdown(build_report([load_piece(_write(tmp_path, f"a{i}.json", p)) for i, p in enumerate(pieces)]))
@@ -484,7 +484,7 @@ def test_report_says_when_the_twins_measured_times_differ(tmp_path):
 def test_report_gives_the_difference_with_its_standard_error_and_marks_noise(tmp_path):
     """Three fine-tuning seeds per twin: the headline's difference carries the standard error of a
     difference of means, and a difference under two of them says it is within noise."""
-    from headless.reproduce.report import build_report, load_piece, report_markdown
+    from headless.lab.reproduce.report import build_report, load_piece, report_markdown
 
     def headline(headless_final, vanilla_final, name):
         pieces = [_piece("headless"), _piece("vanilla")]
@@ -508,7 +508,7 @@ def test_report_gives_the_difference_with_its_standard_error_and_marks_noise(tmp
 
 
 def test_report_says_when_the_twins_pretrained_on_different_gpus(tmp_path):
-    from headless.reproduce.report import build_report, load_piece, report_markdown
+    from headless.lab.reproduce.report import build_report, load_piece, report_markdown
 
     def text(uuids, name):
         pieces = [_piece("headless"), _piece("vanilla")]
@@ -565,7 +565,7 @@ def test_the_same_files_at_another_path_reuse_the_prepared_data(mini_root, tmp_p
     """The data folder is keyed by the files' contents: copied elsewhere (new paths, new mtimes),
     the study reuses what it prepared instead of refusing a folder "prepared with different settings"."""
     from headless.data.prepare import MANIFEST
-    from headless.reproduce.data import prepare_study_data
+    from headless.lab.reproduce.data import prepare_study_data
 
     first = prepare_study_data(_study("encoder", mini_root, "books=false"), tmp_path / "work", 64)
     stamp = (first.dataset / MANIFEST).stat().st_mtime_ns
@@ -580,7 +580,7 @@ def test_the_same_files_at_another_path_reuse_the_prepared_data(mini_root, tmp_p
 def test_the_glue_sweep_never_chooses_a_rate_that_diverged(tmp_path, monkeypatch):
     """A rate whose fine-tuning diverged on a task is disqualified for that task only (the piece
     names it under `TASK_diverged_lrs`); a task that diverged at every rate is one clear error."""
-    from headless.reproduce import evaluate, load_study
+    from headless.lab.reproduce import evaluate, load_study
 
     calls = []
 
@@ -613,7 +613,7 @@ def test_the_glue_sweep_never_chooses_a_rate_that_diverged(tmp_path, monkeypatch
 
 
 def test_the_report_shows_diverged_rates_as_settings_not_scores():
-    from headless.reproduce.report import _fmt, _row_stats
+    from headless.lab.reproduce.report import _fmt, _row_stats
 
     assert _fmt(_row_stats("mrpc_diverged_lrs", [1e-4, 1e-4])) == "1e-04"
     assert _fmt(_row_stats("mrpc_lr", [3e-5])) == "3e-05"
@@ -624,7 +624,7 @@ def test_the_report_shows_diverged_rates_as_settings_not_scores():
 def test_report_says_which_twin_never_left_the_plateau(tmp_path):
     """A piece's training curve, flat for headless and rising for vanilla: the report says it in words
     (pieces written before pieces kept the reading get it from their curve)."""
-    from headless.reproduce.report import write_report
+    from headless.lab.reproduce.report import write_report
 
     steps = list(range(100, 8001, 100))
     flat = [0.12 + (0.003 if s % 200 else -0.003) for s in steps]
@@ -645,7 +645,7 @@ def test_report_says_which_twin_never_left_the_plateau(tmp_path):
 def test_report_draws_a_forest_plot_of_the_differences(tmp_path, monkeypatch):
     """Issue #27 item 10: headless − vanilla per headline metric with its interval, one panel per unit."""
     import headless.eval.plots as plots
-    from headless.reproduce.report import write_report
+    from headless.lab.reproduce.report import write_report
 
     drawn, real = {}, plots.forest_panels
     monkeypatch.setattr(plots, "forest_panels", lambda panels, path: drawn.setdefault(path.name, panels)

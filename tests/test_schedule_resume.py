@@ -49,7 +49,7 @@ def test_the_loop_reads_on_one_screen_and_knows_no_time_budget():
     assert len(source.splitlines()) <= 80
     imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
     assert "headless.train.budget" not in imported and "TimeBudget" not in source
-    assert not any(m and m.startswith("headless.reproduce") for m in imported)
+    assert not any(m and m.startswith("headless.lab.reproduce") for m in imported)
 
 
 def test_resume_past_the_schedule_trains_on_a_stated_cosine_tail(data, tmp_path, capsys):

@@ -22,7 +22,7 @@ def study_root(tmp_path_factory) -> Path:
 
 
 def test_smoke_sizes_layer_under_the_users_settings():
-    from headless.reproduce import load_study
+    from headless.lab.reproduce import load_study
 
     smoke = load_study("decoder", overrides=["size=smoke", "budget_s=3", "pretrain=[optim.lr=2e-3]"])
     assert smoke.size == "smoke" and smoke.preset == "tiny-gpt" and smoke.budget_s == 3
@@ -68,7 +68,7 @@ def test_smoke_study_runs_end_to_end_and_says_each_step(study_root, tmp_path, ca
     (["seq_len=256", "pretrain=[model.max_position_embeddings=128]"], "exceeds model.max_position_embeddings"),
 ])
 def test_a_bad_setting_fails_before_any_data_work(study_root, tmp_path, bad, message):
-    from headless.reproduce import load_study, run_study
+    from headless.lab.reproduce import load_study, run_study
 
     config = load_study("decoder", overrides=["size=smoke", f"data_root={study_root}", "progress=false", *bad])
     started = time.perf_counter()
@@ -92,7 +92,7 @@ def test_missing_inputs_fail_before_any_data_work(study_root, tmp_path, capsys):
 
 
 def test_each_fraction_is_kept_or_its_drop_explained():
-    from headless.reproduce.piece import fraction_steps
+    from headless.lab.reproduce.piece import fraction_steps
 
     # a time budget fixed max_steps at step 30 of 30: nothing before it could be kept
     entries = fraction_steps([0.25, 0.5, 1.0], [30], 30, {"calibrated_at": 30})
@@ -111,8 +111,8 @@ def test_each_fraction_is_kept_or_its_drop_explained():
 
 def test_the_budget_floor_is_said_when_it_overrides_the_budget():
     from headless.config import load_config
-    from headless.reproduce import load_study
-    from headless.reproduce.piece import budget_note
+    from headless.lab.reproduce import load_study
+    from headless.lab.reproduce.piece import budget_note
 
     config = load_study("decoder", overrides=["size=smoke", "budget_s=10"])
     cfg = load_config("tiny-gpt", overrides=config.pretrain + ["budget.time_s=10", "max_steps=1000000"])
@@ -123,7 +123,7 @@ def test_the_budget_floor_is_said_when_it_overrides_the_budget():
 
 
 def _piece(flavour: str, device: str) -> dict:
-    from headless.reproduce.piece import PIECE_FORMAT
+    from headless.lab.reproduce.piece import PIECE_FORMAT
 
     variants = ("hlm_ft", "headless_raw") if flavour == "headless" else ("vanilla",)
     points = [{"fraction": f, "step": int(10 * f), "tokens": int(100 * f), "epochs": f, "pretrain_gpu_s": 10 * f,
@@ -141,7 +141,7 @@ def _piece(flavour: str, device: str) -> dict:
 
 
 def test_seconds_are_gpu_seconds_only_when_every_device_was_a_gpu():
-    from headless.reproduce.piece import time_unit
+    from headless.lab.reproduce.piece import time_unit
 
     assert time_unit(["NVIDIA H100", "NVIDIA H200"]) == "GPU s"
     assert time_unit(["cpu", "cpu"]) == "CPU s"
@@ -168,8 +168,8 @@ def test_the_report_names_the_seconds_of_the_device_and_peak_memory_only_on_cuda
 def test_a_subset_follows_its_source_not_its_name(tmp_path):
     """Two data roots in one work directory: each gets its own subset of its own files."""
     from fixtures import _write_xz, documents
-    from headless.reproduce import load_study
-    from headless.reproduce.data import subset_files
+    from headless.lab.reproduce import load_study
+    from headless.lab.reproduce.data import subset_files
 
     config = load_study("encoder", overrides=["subset_documents=3", "subset_chars=50"])
     one = _write_xz(tmp_path / "a" / "enwiki-000.jsonl.xz", documents(5, seed=1))

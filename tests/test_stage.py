@@ -12,7 +12,7 @@ import pytest
 
 from headless.cli import main
 from headless.errors import HeadlessError
-from headless.reproduce.stage import check, pull, split_corpus
+from headless.lab.reproduce.stage import check, pull, split_corpus
 
 
 @pytest.fixture

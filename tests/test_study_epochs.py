@@ -7,7 +7,7 @@ import pytest
 
 from headless.cli import main
 from headless.errors import HeadlessError
-from headless.reproduce.config import (SHARED_TOKENS, STUDIES, THROUGHPUT, check_epochs, documented_tokens,
+from headless.lab.reproduce.config import (SHARED_TOKENS, STUDIES, THROUGHPUT, check_epochs, documented_tokens,
                                        estimate_epochs, load_study)
 
 from test_reproduce import _study, mini_root  # noqa: F401  (the mini data root fixture, shared)
@@ -20,7 +20,7 @@ def _tokens(config) -> int:
     return documented_tokens(config) or MULTILINGUAL_TOKENS
 
 
-@pytest.mark.parametrize("study", STUDIES)
+@pytest.mark.parametrize("study", ["decoder", "encoder"])
 def test_each_studys_defaults_give_at_most_two_epochs_at_its_default_budget(study):
     config = load_study(study)
     assert config.max_epochs == 2 and config.preset in THROUGHPUT
@@ -92,10 +92,19 @@ def test_reproduce_refuses_before_preparing_anything(tmp_path, capsys):
 def test_a_piece_checks_the_prepared_count_before_pretraining(mini_root, tmp_path, capsys):
     """The documented count of the mini data's file names passes; the prepared count (a few
     thousand tokens) does not, and the piece stops before any pretraining run exists."""
-    from headless.reproduce import run_study
+    from headless.lab.reproduce import run_study
 
     config = _study("decoder", mini_root, "preset=pythia-160m", "seq_len=64", "zeroshot_tasks=[]")
     with pytest.raises(HeadlessError, match="epochs of its .* prepared tokens > max_epochs=2"):
         run_study(config, flavours=("headless",), work_dir=tmp_path / "work", output_dir=tmp_path / "out")
     assert "documented tokens" in capsys.readouterr().out
     assert (tmp_path / "work" / "decoder" / "data").is_dir() and not (tmp_path / "work" / "decoder" / "runs").exists()
+
+
+def test_the_multilingual_study_has_no_epoch_limit_and_says_how_many_it_runs():
+    """Its ~19 M tokens cannot hold a budget in which the twins leave the MLM plateau within two
+    epochs (issue #25 asks for >= 240 s): no limit, and the estimate is still said."""
+    config = load_study("multilingual")
+    assert config.max_epochs is None and config.budget_s >= 120
+    lines = check_epochs(config, train_tokens=MULTILINGUAL_TOKENS)
+    assert len(lines) == 2 and all("epochs of its" in line for line in lines)

@@ -34,10 +34,10 @@ _EXPORTS = {
     "export": "headless.export",
     "finetune_head": "headless.finetune",
     # the paper's comparisons
-    "load_study": "headless.reproduce",
-    "run_study": "headless.reproduce",
-    "run_piece": "headless.reproduce",
-    "write_report": "headless.reproduce",
+    "load_study": "headless.lab.reproduce",
+    "run_study": "headless.lab.reproduce",
+    "run_piece": "headless.lab.reproduce",
+    "write_report": "headless.lab.reproduce",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -10,7 +10,7 @@ def _ints(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    from headless.bench import OBJECTIVES
+    from headless.lab.bench import OBJECTIVES
 
     p = subparsers.add_parser("bench", usage="headless bench [--preset P] [options] [--KEY VALUE | KEY=VALUE ...]", help="time headless vs vanilla training steps (tokens/s, MFU, memory)",
                               description="Full training steps of each objective on one backbone, side by side: "
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def _bench(args) -> int:
-    from headless.bench import bench, format_table
+    from headless.lab.bench import bench, format_table
 
     rows = bench(args.preset, objectives=args.objectives.split(","), vocab_sizes=args.vocab_sizes,
                  batch_sizes=args.batch_sizes, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,

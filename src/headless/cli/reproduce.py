@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", default=None, help="folder for the pieces and report (default WORK_DIR/STUDY/results)")
     p.add_argument("--show-config", action="store_true", help="print the resolved study settings and exit")
     from headless.cli.options import add_config_options, add_progress_flag
-    from headless.reproduce.config import StudyConfig
+    from headless.lab.reproduce.config import StudyConfig
 
     add_progress_flag(p)
     add_config_options(p, cls=StudyConfig, skip={"study", "progress"})
@@ -82,7 +82,7 @@ def register(subparsers) -> None:
 def _reproduce(args) -> int:
     import yaml
 
-    from headless.reproduce import FLAVOURS, load_study, run_study
+    from headless.lab.reproduce import FLAVOURS, load_study, run_study
 
     config = load_study(args.study, args.config, args.overrides + (["progress=false"] if args.quiet else []))
     if args.show_config:
@@ -97,7 +97,7 @@ def _reproduce(args) -> int:
 
 
 def _print_headline(report: dict) -> None:
-    from headless.reproduce.report import crossing_text, delta_text, equal_time_text, within_noise
+    from headless.lab.reproduce.report import crossing_text, delta_text, equal_time_text, within_noise
 
     unit = report.get("time_unit", "GPU s")
     for entry in report["headline"].values():
@@ -112,7 +112,7 @@ def _print_headline(report: dict) -> None:
 
 def _report(args) -> int:
     from headless.errors import HeadlessError
-    from headless.reproduce.report import summary_markdown, write_report
+    from headless.lab.reproduce.report import summary_markdown, write_report
 
     if args.summary:
         print(summary_markdown(args.pieces), end="")
@@ -128,7 +128,7 @@ def _report(args) -> int:
 
 
 def _stage_split(args) -> int:
-    from headless.reproduce.stage import split_corpus
+    from headless.lab.reproduce.stage import split_corpus
 
     manifest = split_corpus(args.corpus, args.parts_dir, args.max_mib, base=args.base)
     print(f"{len(manifest['files'])} files, {manifest['bytes'] / 2**20:.1f} MiB in {len(manifest['parts'])} "
@@ -139,14 +139,14 @@ def _stage_split(args) -> int:
 
 
 def _stage_pull(args) -> int:
-    from headless.reproduce.stage import pull
+    from headless.lab.reproduce.stage import pull
 
     pull(args.part_dir, args.dest)
     return 0
 
 
 def _stage_check(args) -> int:
-    from headless.reproduce.stage import check
+    from headless.lab.reproduce.stage import check
 
     print(check(args.dest, args.manifest))
     return 0

@@ -1,5 +1,5 @@
 """The evaluation tasks, one table: the CLI (`headless eval ...`, `headless glue`, `headless xnli`) and
-the studies (`reproduce/evaluate.py`) look a task up here instead of wiring each one by hand.
+the studies (`lab/reproduce/evaluate.py`) look a task up here instead of wiring each one by hand.
 
 A task is an object with
 - `name`, `help` (one line) and `model` ("decoder", "encoder" or "any": what it evaluates);

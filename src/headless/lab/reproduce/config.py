@@ -264,7 +264,7 @@ def twin_rate(config: StudyConfig, flavour: str) -> tuple[Optional[float], str]:
 def documented_tokens(config: StudyConfig) -> Optional[int]:
     """Tokens in one epoch of the study's text from SHARED_TOKENS: the files the study would read
     under data_root (or, with no data at hand, the shared data's), None if one is not documented."""
-    from headless.reproduce.data import pretraining_files
+    from headless.lab.reproduce.data import pretraining_files
 
     counts = SHARED_TOKENS[config.study]
     try:

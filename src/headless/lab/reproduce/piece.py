@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 from headless.errors import HeadlessError
 from headless.files import atomic_write_json, mark, marked_kinds
-from headless.reproduce.config import FLAVOURS, StudyConfig, check_epochs
-from headless.reproduce.data import check_inputs, content_fingerprint, fingerprint, prepare_study_data
-from headless.reproduce import evaluate
+from headless.lab.reproduce.config import FLAVOURS, StudyConfig, check_epochs
+from headless.lab.reproduce.data import check_inputs, content_fingerprint, fingerprint, prepare_study_data
+from headless.lab.reproduce import evaluate
 
 PIECE_FORMAT = "headless-reproduce-piece/1"
 # far above any budget's step count: with a time budget, max_steps is only a cap

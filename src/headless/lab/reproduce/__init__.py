@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from headless.reproduce.config import FLAVOURS, STUDIES, StudyConfig, check_epochs, load_study
-from headless.reproduce.piece import check_settings, run_piece
-from headless.reproduce.report import build_report, write_report
+from headless.lab.reproduce.config import FLAVOURS, STUDIES, StudyConfig, check_epochs, load_study
+from headless.lab.reproduce.piece import check_settings, run_piece
+from headless.lab.reproduce.report import build_report, write_report
 
 
 def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = "runs/reproduce",
@@ -24,9 +24,9 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and len(flavours) > 1:
         raise HeadlessError("under torchrun a launch runs one piece: pass --flavour headless or --flavour vanilla "
                             "(rank 0 evaluates while the other ranks have finished), then `headless report`")
-    check_settings(config, flavours)  # both twins' settings before the first one's data work
     # before any data is prepared: the documented token count (the piece checks the prepared one)
     lines = check_epochs(config, flavours)
+    check_settings(config, flavours)  # both twins' settings before the first one's data work
     if int(os.environ.get("RANK", "0")) == 0:
         print(*lines, sep="\n", flush=True)
     out = Path(output_dir) if output_dir else Path(work_dir) / config.study / "results"

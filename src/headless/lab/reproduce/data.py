@@ -15,7 +15,7 @@ from pathlib import Path
 
 from headless.errors import HeadlessError
 from headless.files import json_digest, sha256_file
-from headless.reproduce.config import StudyConfig
+from headless.lab.reproduce.config import StudyConfig
 
 
 @dataclass

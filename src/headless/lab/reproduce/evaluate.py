@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from headless.errors import HeadlessError
-from headless.reproduce.config import StudyConfig
+from headless.lab.reproduce.config import StudyConfig
 
 
 Predictions = dict[str, dict]  # entry -> {"group", "metric", "labels", "seeds": [[prediction per example] per seed]}

@@ -16,8 +16,8 @@ from typing import Any
 
 from headless.errors import HeadlessError
 from headless.files import atomic_write, atomic_write_json
-from headless.reproduce.evaluate import with_glue_averages, without_rte
-from headless.reproduce.piece import PIECE_FORMAT, time_unit
+from headless.lab.reproduce.evaluate import with_glue_averages, without_rte
+from headless.lab.reproduce.piece import PIECE_FORMAT, time_unit
 from headless.train.plateau import plateau_text
 
 REPORT_FORMAT = "headless-reproduce-report/1"
