@@ -3,8 +3,8 @@
 HF's "sdpa" builds no mask for an unpadded batch, so SDPA runs with `is_causal=True` (decoders) or
 no mask (encoders) and can pick its flash kernels.  While torch.compile traces the model, though,
 transformers (at least up to torch 2.13) cannot prove the batch is unpadded and materialises a
-[B, 1, T, T] mask, which rules the flash kernels out: on an H100, Pythia-160M's attention took
-about twice as long compiled as eager.  Our pretraining batches are packed and never padded, so
+[B, 1, T, T] mask, which rules the flash kernels out: compiled attention then ran about twice
+as long as eager (docs/reference/performance.md).  Our pretraining batches are packed and never padded, so
 this registers "headless_sdpa": HF's own SDPA attention with a mask function that returns no mask
 whenever there is nothing to mask (no attention_mask, plain causal or bidirectional pattern, no
 cache offset) and defers to HF's `sdpa_mask` otherwise.  Same numbers, faster kernels.

@@ -363,7 +363,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # fails with the reason.
 _REMOVED = {
     "objective.cwt_sync_free": (False, ("objective.cwt_sync_free was removed: the sync-free CWT path "
-                                        "measured 14% slower on pythia-160m (H200); drop the key")),
+                                        "measured slower than the captured K x K path (CHANGELOG.md); drop the key")),
 }
 
 

@@ -269,12 +269,9 @@ class LanguageModel(nn.Module):
         table entry bounds it (`captures_up_to`): CWT with at most `CAPTURE_MAX_ROWS` scored rows
         per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
 
-        Measured on the H200 (docs/reference/performance.md, tokens/s, one graph against the eager loss):
-        bert-small 256 x 128 (K = 4,864) CWT 3.05 M vs 2.47 M, CE 2.78 M vs 2.28 M; Pythia-70M
-        8 x 2048 (K = 16,384) CWT 1.47 M vs 1.36 M, CE 1.09 M vs 0.95 M, and through `headless
-        pretrain` 11.4 vs 12.8 ms per step (CWT), 15.5 vs 17.8 (CE); Pythia-160M 8 x 2048 CWT 501k
-        vs 460k, CE 435k vs 385k, and at V = 256k 470k vs 431k (CE 224k vs 191k); Pythia-70M
-        64 x 2048, CE only, 1.20 M vs 0.97 M.  Above the bounds the Triton losses stay, eager."""
+        The bounds are the largest shapes at which one graph measured faster than the eager loss,
+        for both twins (docs/reference/performance.md has the shapes, numbers and commands).  Above
+        them the Triton losses stay, eager."""
         bound = self.kind.captures_up_to
         if bound is None or not self._sync_free_with("reference"):
             return False

@@ -6,7 +6,7 @@ first `max_sequences` packed sequences are scored, in order: the same tokens for
 
 Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the scored text (each
 sequence's targets decoded with the dataset's tokenizer): unlike nats per token it compares models
-whose tokenizers differ (a 50k and a 128k vocabulary, issue #25).
+whose tokenizers differ (a 50k and a 128k vocabulary).
 """
 
 from __future__ import annotations

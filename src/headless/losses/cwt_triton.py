@@ -11,7 +11,7 @@ Design (see docs/reference/kernels.md):
 - backward, with ``G = scale·g_k·(P − onehot)``, deterministic (no atomics): a Triton kernel
   recomputes G for a chunk of classes into a bounded buffer (K × chunk ≤ 2^27 elements), then
   cuBLAS does ``dO += G @ C_chunk`` and ``dC_chunk = Gᵀ @ O``. (An all-Triton backward with no G
-  buffer measured 1.4–3.3× slower on the H100 at every shape and was removed, docs/reference/kernels.md.)
+  buffer measured slower at every shape and was removed: docs/reference/kernels.md.)
 """
 
 from __future__ import annotations

@@ -28,13 +28,12 @@ class TimeBudget(Policy):
     between device synchronisations up to the end of warm-up (the last step whose learning rate
     does not depend on max_steps), and the median of the last three windows gives the first plan:
     the calibration is as late as the schedule allows.  Stopping at the first three windows that
-    agree was not enough: the first few hundred MLM steps ran up to twice as slow as the rest on
-    the H200 once, steadily, so early windows agreed and were still slow (vanilla bert-small got
-    half its budget).  Calibration stops earlier only when the budget would be spent before
+    agree was not enough: the first few hundred MLM steps can run steadily slower than the rest,
+    so early windows agree and are still slow (a twin then gets a fraction of its budget).  Calibration stops earlier only when the budget would be spent before
     warm-up ends.  `calibration_spread` records how far the three windows were apart.
 
-    Even at warm-up's end, 20-step windows were 5-30 % off the run's own step time (the H200,
-    three studies), so max_steps is planned once more at `calibration_replan` of the first plan
+    Even at warm-up's end, short windows can be well off the run's own step time (measured:
+    docs/guide/reproduction.md), so max_steps is planned once more at `calibration_replan` of the first plan
     (before the first checkpoint fraction), from every step timed since the calibration: a few
     thousand steps.  The cosine's length moves with it; at a fifth of the run that changes the
     learning rate by about 2 % for a 10 % longer or shorter plan.  max_steps = min(config.max_steps,

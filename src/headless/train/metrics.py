@@ -122,7 +122,7 @@ def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep
         "tokens": state.counters["tokens"], "parameters": params["total"],
         "non_embedding_parameters": params["non_embedding"], "world_size": env.world_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        # which GPU: two sessions' H200s ran the same step 15 % apart (docs/guide/reproduction.md)
+        # which GPU: two machines of one model can run the same step apart (docs/guide/reproduction.md)
         "device_uuid": _gpu_uuid(device),
         "wall_time_s": elapsed, "final_train_loss": last_train.get("loss"),
         "final_val_loss": last_val.get("loss"), "final_val_accuracy": last_val.get("accuracy"),

@@ -3,7 +3,7 @@
 An MLM model first learns the unigram distribution: within a few hundred steps its accuracy climbs
 to the share of the most frequent tokens (about 0.11-0.13 on Wikipedia text) and stays there until
 it starts to use the context.  A headless twin can stay there for its whole budget at a learning
-rate where vanilla leaves (issue #25), and nothing downstream says why its scores are at chance.
+rate where vanilla leaves, and nothing downstream says why its scores are at chance.
 
 The rule, on the (step, accuracy) log points of a run:
 - the plateau's level is the median accuracy over the first half of `patience` steps after the

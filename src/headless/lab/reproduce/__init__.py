@@ -46,7 +46,7 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
         report = write_report(paths, out)
         print(f"report written: {out / (config.study + '-report.md')}", flush=True)
     elif paths:
-        print(f"one twin: no report; `headless report` merges this piece with the other twin's", flush=True)
+        print("one twin: no report; `headless report` merges this piece with the other twin's", flush=True)
     return {"pieces": paths, "report": report}
 
 

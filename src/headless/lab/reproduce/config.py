@@ -56,7 +56,7 @@ class StudyConfig:
     tokenizer_vocab_size: int = 119547
     seq_len: Optional[int] = None  # None: the preset's
     # decoder: None: the Pythia tokenizer and English text; N: a byte-level BPE of N entries that the
-    # study trains on English plus `languages` (issue #25's large-vocabulary pair: N >= 128k)
+    # study trains on English plus `languages` (the large-vocabulary pair: N >= 128k)
     decoder_vocab_size: Optional[int] = None
     # decoder: held-out bits per byte per language, on the sentences of XNLI's dev-<lang>.tsv (parallel
     # text: comparable across languages and tokenizers); None: none with the Pythia tokenizer, else

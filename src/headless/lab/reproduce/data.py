@@ -118,7 +118,7 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
     from headless.data.tokenizers import train_tokenizer
 
     root = config.root
-    if config.study == "decoder" and config.decoder_vocab_size:  # issue #25: a large byte-level BPE
+    if config.study == "decoder" and config.decoder_vocab_size:  # a large byte-level BPE
         key = fingerprint(train_hashes, vocab=config.decoder_vocab_size, kind="bpe")
         out = work_dir / "tokenizers" / f"decoder-bpe-{config.decoder_vocab_size}-{key}"
         if not (out / "tokenizer.json").is_file():
