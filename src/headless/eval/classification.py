@@ -133,7 +133,10 @@ def load_tokenizer(model_dir: str | Path):
     """The tokenizer saved next to the model (never downloaded), checked against its vocabulary."""
     from headless.data.tokenizers import load_model_tokenizer
 
+    from headless.models import model_dir_config
+
     path = _check_model_dir(model_dir)
+    model_dir_config(path)  # a config transformers cannot read (or remote code): one line, before any data work
     with _quiet_transformers():
         return load_model_tokenizer(path)
 
