@@ -216,6 +216,7 @@ def test_license_and_measured_results_reach_the_card(runs, tmp_path):
     card = (out / "README.md").read_text()
     assert "license: apache-2.0" in card and "pipeline_tag: text-generation" in card
     assert "AutoModelForCausalLM" in card and "new" in card
-    write_outputs(out / "eval-results", "lambada", {"accuracy": 0.5}, "| examples | accuracy |\n|---|---|\n| 6 | 0.5 |\n")
+    write_outputs(out / "eval-results", "lambada", {"accuracy": 0.5},
+                  f"| model | examples | accuracy |\n|---|---|---|\n| {out.resolve()} | 6 | 0.5 |\n")
     card = (out / "README.md").read_text()
-    assert "### lambada" in card and "| 6 | 0.5 |" in card
+    assert "### lambada" in card and "| lm | 6 | 0.5 |" in card and str(tmp_path) not in card

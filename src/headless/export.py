@@ -132,6 +132,11 @@ def _default_base_model(backbone) -> tuple[Any, list[str]]:
     import torch
     import transformers as tf
 
+    from headless.architectures import by_model_type
+
+    entry = by_model_type(getattr(backbone.config, "model_type", ""))
+    if entry is None or not entry.base_model_kwargs:  # built as AutoModel builds it: nothing left out
+        return backbone, []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         full = tf.AutoModel.from_config(backbone.config)

@@ -11,12 +11,14 @@ evaluation wrote its tables into EXPORT/eval-results.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 from headless.files import atomic_write
 
 RESULTS_DIR = "eval-results"
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s|`/]+/)*([^\s|`/]+)")
 CITATION = """@inproceedings{godey2024headless,
   title     = {Headless Language Models: Learning without Predicting with Contrastive Weight Tying},
   author    = {Godey, Nathan and de la Clergerie, {\\'E}ric and Sagot, Beno{\\^\\i}t},
@@ -140,7 +142,8 @@ def _results(export_dir: Path, summary: Optional[dict], meta: dict) -> list[str]
                      f"{summary['final_val_loss']:.4f}" + (f" (top-1 accuracy {acc:.3f})" if acc is not None else ""))
     results = export_dir / RESULTS_DIR
     for table in sorted(results.glob("*.md")) if results.is_dir() else []:
-        lines += ["", f"### {table.stem}", "", table.read_text(encoding="utf-8").strip()]
+        text = table.read_text(encoding="utf-8").strip()
+        lines += ["", f"### {table.stem}", "", ABSOLUTE_PATH.sub(r"\1", text)]  # a table's model column: its name
     return lines or ["None measured yet: evaluate with `headless glue|xnli|eval ... --output MODEL/eval-results` "
                      "and the card is rebuilt with them."]
 
