@@ -118,7 +118,7 @@ def test_tokenizer_larger_than_model_is_refused(tmp_path, bert_vocab_file, glue_
     status = main(["glue", str(small), "--data-dir", str(glue_dir), "--tasks", "wnli", "--device", "cpu",
                    "--max-train-examples", "8", "--quiet", "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert status == 2 and "30522 tokens but the model has only 1000 embedding rows" in err
+    assert status == 2 and "30522 tokens but the model embeds only 1000" in err
 
 
 def test_not_a_model_dir_and_bad_compare_input(tmp_path, glue_dir):

@@ -87,3 +87,35 @@ def test_finetune_rejects_encoders_and_other_tokenizers(neox_data, tmp_path, sha
 
     with pytest.raises(HeadlessError, match="neither a run directory nor a Hugging Face model"):
         finetune_head(tmp_path / "nothing", tmp_path / "out", data=str(neox_data))
+
+
+def test_finetune_head_refuses_a_model_without_its_tokenizer(fixture_datasets, fixture_tokenizers, tmp_path):
+    """Issue #27 item 2: a headless decoder directory without a tokenizer is refused in one line before
+    any training (transformers 5 would build a stand-in from config.json)."""
+    from tiny_models import tiny_decoder
+    from transformers import GPTNeoXModel
+
+    from headless.finetune import finetune_head
+
+    bare = tiny_decoder(tmp_path / "base", fixture_tokenizers["bpe"] / "tokenizer.json", cls=GPTNeoXModel)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink()
+    with pytest.raises(HeadlessError, match="has no tokenizer"):
+        finetune_head(bare, tmp_path / "out", data=str(fixture_datasets["neox"]), run_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_finetune_head_from_an_hf_base_model_saves_a_portable_tokenizer(fixture_datasets, fixture_tokenizers,
+                                                                          tmp_path):
+    import json
+
+    from tiny_models import tiny_decoder
+    from transformers import GPTNeoXModel
+
+    from headless.finetune import _headless_with_head
+
+    base = tiny_decoder(tmp_path / "base", fixture_tokenizers["bpe"] / "tokenizer.json", cls=GPTNeoXModel)
+    init = _headless_with_head(base, tmp_path / "init")
+    saved = json.loads((init / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast" and saved["model_max_length"] == 2048
+    assert "local_files_only" not in saved

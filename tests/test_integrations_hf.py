@@ -102,3 +102,30 @@ def test_trainer_logs_cwt_accuracy_for_training_and_evaluation(fixture_data, fix
     accuracies = [r["cwt_accuracy"] for r in trainer.state.log_history if "loss" in r]
     assert len(accuracies) == 3 and all(0 <= a <= 1 for a in accuracies)
     assert 0 <= trainer.evaluate()["eval_cwt_accuracy"] <= 1
+
+
+def test_trainer_saves_the_tokenizer_with_the_model(fixture_data, fixture_tokenizers, tmp_path):
+    """Issue #27 item 2: the documented recipe (`trainer.save_model`) writes the tokenizer, in the form every
+    supported transformers loads, with model_max_length from the model; without a tokenizer it refuses."""
+    import json
+
+    from transformers import AutoTokenizer, BertConfig, BertModel, DataCollatorForLanguageModeling
+
+    from headless.errors import HeadlessError
+    from headless.eval.classification import load_tokenizer
+    from headless.integrations.hf import CWTTrainer
+
+    tok = AutoTokenizer.from_pretrained(fixture_tokenizers["wordpiece"])
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False)
+    ds = _dataset(tok, fixture_data["corpus"], n=8)
+    with pytest.raises(HeadlessError, match="needs the tokenizer"):
+        CWTTrainer(model=model, args=_args(tmp_path, steps=1), train_dataset=ds, data_collator=lambda rows: rows)
+    trainer = CWTTrainer(model=model, args=_args(tmp_path, steps=1), train_dataset=ds,
+                         data_collator=DataCollatorForLanguageModeling(tok, mlm=True))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "export"))
+    saved = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast" and saved["model_max_length"] == 64
+    assert "is_local" not in saved and "local_files_only" not in saved
+    assert load_tokenizer(tmp_path / "export")("a b")["input_ids"] == tok("a b")["input_ids"]

@@ -33,6 +33,7 @@ _EXPORTS = {
     "resume_run": "headless.train.loop",
     "export": "headless.export",
     "finetune_head": "headless.finetune",
+    "fill_mask": "headless.embedding_head",
     # the paper's comparisons
     "load_study": "headless.lab.reproduce",
     "run_study": "headless.lab.reproduce",

@@ -1,9 +1,14 @@
 """Run directory -> a standard Hugging Face directory that anyone's code can load.
 
-* headless runs export the base model (`AutoModel`): there is no head to export.
+* headless runs export the base model (`AutoModel`): there is no head to export.  Encoders get the
+  modules AutoModel builds by default (BERT's pooler, which MLM never trains, initialised) so that
+  AutoModel, sentence-transformers and fine-tuning load them without a missing-weights report.
 * vanilla runs export the model with its head (`AutoModelForMaskedLM` / `AutoModelForCausalLM`).
 * `add_head=True` turns a headless decoder into a causal LM whose new, untied head is a copy of the
   input embeddings — the starting point of HLM+FT (`headless finetune-head`).
+
+The tokenizer travels with the model (`save_model_tokenizer`) and README.md is a Hub model card
+(`headless.model_card`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from headless.errors import HeadlessError
 from headless.files import (
@@ -24,22 +29,6 @@ from headless.files import (
     remove_stale_tmp,
     tmp_sibling,
 )
-
-MODEL_CARD = """---
-library_name: transformers
-tags: [headless, contrastive-weight-tying]
----
-# {name}
-
-Exported by `headless` from `{run_dir}` (step {step}).
-
-- flavour: **{flavour}** ({loss} loss, {objective})
-- architecture: {architecture} ({cls})
-- {head_note}
-
-Load with `transformers.{auto}.from_pretrained(PATH)`.
-"""
-
 
 def load_run_model(run_dir: Path, checkpoint: Optional[str]):
     """The run's model with the weights of `checkpoint` (default: the newest that verifies); only
@@ -77,11 +66,17 @@ def load_run_model(run_dir: Path, checkpoint: Optional[str]):
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str] = None,
-           add_head: bool = False, overwrite: bool = False) -> Path:
-    """Write the run's latest (or given) checkpoint as an HF directory; returns `out_dir`."""
+           add_head: bool = False, overwrite: bool = False, license: str = "other") -> Path:
+    """Write the run's latest (or given) checkpoint as an HF directory; returns `out_dir`.
+    `license` is the Hub card's (an SPDX-like id the Hub knows, e.g. apache-2.0): the weights' terms
+    follow from the training data, which only the user knows, hence "other" unless told."""
+    from headless.data.tokenizers import save_model_tokenizer
+    from headless.model_card import read_manifest, write_model_card
     from headless.models import attach_lm_head
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not license or any(c.isspace() for c in license):
+        raise HeadlessError(f"--license takes a license id such as apache-2.0, mit or other, got {license!r}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not overwrite:
             raise HeadlessError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
@@ -94,15 +89,19 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
         if model.has_head:
             raise HeadlessError("--add-head: this run already has a vocabulary head (vanilla flavour)")
         hf = attach_lm_head(model.backbone)
+        untrained = []
+    elif model.has_head:
+        hf, untrained = model.hf, []
     else:
-        hf = model.hf if model.has_head else model.backbone
+        hf, untrained = _default_base_model(model.backbone)
     if config.model.is_encoder:
         auto = "AutoModelForMaskedLM" if model.has_head else "AutoModel"
     else:
         auto = "AutoModelForCausalLM" if (model.has_head or add_head) else "AutoModel"
-    head_note = ("head: the original vocabulary head" if model.has_head else
-                 "head: NEW, untied, initialised from the input embeddings — fine-tune it (HLM+FT)" if add_head
-                 else "no vocabulary head: the model was trained with Contrastive Weight Tying")
+    meta = {"flavour": config.flavour, "loss": config.loss_kind, "objective": config.objective_kind,
+            "projector": config.objective.projector, "step": step, "run": run_dir.resolve().name,
+            "add_head": add_head, "vocabulary_head": "trained" if model.has_head else "new" if add_head else "none",
+            "auto_class": auto, "untrained_modules": untrained, "license": license}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out_dir.absolute().parent, re.escape(out_dir.absolute().name))  # a killed export's
@@ -110,15 +109,11 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         hf.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        meta = {"flavour": config.flavour, "loss": config.loss_kind, "objective": config.objective_kind,
-                "step": step, "run_dir": str(run_dir), "add_head": add_head, "auto_class": auto}
+        save_model_tokenizer(tokenizer, tmp, hf.config)
         (tmp / "headless.json").write_text(json.dumps(meta, indent=2))
         mark(tmp, "export")
-        (tmp / "README.md").write_text(MODEL_CARD.format(
-            name=out_dir.name, run_dir=run_dir, step=step, flavour=config.flavour, loss=config.loss_kind,
-            objective=config.objective_kind.upper(), architecture=config.model.architecture,
-            cls=type(hf).__name__, head_note=head_note, auto=auto))
+        write_model_card(tmp, name=out_dir.name, config=config, manifest=read_manifest(config.data.path),
+                         summary=_read_json(run_dir / "summary.json"), model_class=type(hf).__name__)
         publish_dir(tmp, out_dir)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,3 +122,37 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: Optional[str
                                 "written") from None
         raise
     return out_dir
+
+
+def _default_base_model(backbone) -> tuple[Any, list[str]]:
+    """(the backbone as `AutoModel.from_pretrained` builds it, the modules added).  The trainer leaves
+    out modules MLM never trains (BERT's pooler, see architectures.py), which AutoModel would then
+    report MISSING on every load; they are added here, initialised as transformers initialises them
+    (seeded: an export is reproducible), and the card says they are untrained."""
+    import torch
+    import transformers as tf
+
+    from headless.architectures import by_model_type
+
+    entry = by_model_type(getattr(backbone.config, "model_type", ""))
+    if entry is None or not entry.base_model_kwargs:  # built as AutoModel builds it: nothing left out
+        return backbone, []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        full = tf.AutoModel.from_config(backbone.config)
+    if type(full) is not type(backbone):
+        return backbone, []
+    children = dict(backbone.named_children())
+    missing, unexpected = full.load_state_dict(backbone.state_dict(), strict=False)
+    added = sorted({key.split(".")[0] for key in missing})
+    if not missing or unexpected or any(name in children for name in added):
+        return backbone, []  # nothing to add, or not only whole new modules: export what was trained
+    return full.to(next(backbone.parameters()).dtype), added
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -21,8 +21,9 @@ from headless.errors import HeadlessError, load_error
 
 def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
     """A causal-LM directory with the new head: from a run dir, an HF base model, or as is."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
+    from headless.data.tokenizers import load_model_tokenizer, save_model_tokenizer
     from headless.export import export
     from headless.models import attach_lm_head, model_dir_config
 
@@ -32,16 +33,16 @@ def _headless_with_head(model_dir: Path, work_dir: Path) -> Path:
         raise HeadlessError(f"{model_dir} is neither a run directory nor a Hugging Face model directory")
     config = model_dir_config(model_dir)  # one line, never remote code, for any config.json
     archs = config.architectures or []
+    tokenizer = load_model_tokenizer(model_dir)  # no tokenizer, or not the model's: one line, before training
     if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
         return model_dir  # already has a head (e.g. exported with --add-head): fine-tune it as is
     try:
         base = AutoModel.from_pretrained(str(model_dir), trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
         raise HeadlessError(f"cannot load {model_dir}: {load_error(err)}") from None
     lm = attach_lm_head(base)
     lm.save_pretrained(str(work_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(work_dir))
+    save_model_tokenizer(tokenizer, work_dir, lm.config)
     return work_dir
 
 
@@ -66,9 +67,10 @@ def finetune_head(
     `data` is a dataset prepared with the model's tokenizer (`headless prepare`); `tokens` is the
     budget (the paper used <2% of the pretraining tokens: 10k steps x 256 x 2048).
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from headless.config import load_config
+    from headless.data.tokenizers import load_saved_tokenizer
     from headless.data.loader import PackedDataset
     from headless.export import export
     from headless.train.loop import pretrain
@@ -86,7 +88,7 @@ def finetune_head(
     shutil.rmtree(init_dir, ignore_errors=True)
     init = _headless_with_head(model_dir, init_dir)
 
-    model_tok = AutoTokenizer.from_pretrained(str(init), trust_remote_code=False)
+    model_tok = load_saved_tokenizer(init)
     if model_tok.get_vocab() != dataset.tokenizer.get_vocab():
         raise HeadlessError(f"the dataset {data} was prepared with another tokenizer than the model's; "
                             "prepare it with the model's tokenizer")

@@ -81,17 +81,104 @@ def load_tokenizer(spec: Any, *, lowercase: bool = True) -> PreTrainedTokenizerF
     return ensure_special_tokens(tokenizer)
 
 
+# what save_pretrained writes for some tokenizer; a folder with none of them has no tokenizer, and
+# transformers 5 would build a 5-entry all-[UNK] one from config.json alone
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+# keys transformers 5 writes into tokenizer_config.json about how it was *loaded*, not what it is
+LOAD_TIME_KEYS = ("local_files_only", "is_local", "name_or_path", "cache_dir", "revision", "token",
+                  "trust_remote_code", "force_download", "subfolder", "_commit_hash")
+
+
 def load_saved_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFast:
     """The tokenizer saved (save_pretrained) next to a model, a run or a dataset: loaded as it is,
     never downloaded and never given extra special tokens (unlike `load_tokenizer`)."""
     from transformers import AutoTokenizer
 
     path = Path(directory)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise HeadlessError(f"{path} has no tokenizer (no tokenizer.json or tokenizer_config.json): a model "
+                            "travels with the tokenizer it was trained with; save it there (save_pretrained)")
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise HeadlessError(f"no usable tokenizer in {path} (save it with save_pretrained next to the model): "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def load_model_tokenizer(model_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """The tokenizer saved with the model in `model_dir`, refused with one line when there is none or
+    it does not match the model (`check_tokenizer_fits`): never scored through the wrong one."""
+    path = Path(model_dir)
+    tokenizer = load_saved_tokenizer(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None  # no readable config.json: the model loader says so in its own words
+    if isinstance(config, dict):
+        config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        check_tokenizer_fits(tokenizer, config.get("vocab_size"), path,
+                             {k: config.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")})
+    return tokenizer
+
+
+def check_tokenizer_fits(tokenizer, rows, where, special_ids: dict | None = None) -> None:
+    """Refuse a tokenizer that is not the model's: more tokens than embedding rows (ids would index
+    past the matrix), far fewer (a stand-in such as the 5-entry tokenizer transformers 5 builds for a
+    folder without one; real models pad their rows by a few percent at most), or special-token ids
+    the model names that the tokenizer does not have."""
+    if not isinstance(rows, int) or rows <= 0:
+        return
+    n = len(tokenizer)
+    if n > rows:
+        raise HeadlessError(f"the tokenizer in {where} has {n} tokens but the model embeds only {rows}: "
+                            "they do not belong together")
+    if n < rows // 2 and rows - n >= 128:  # (tiny test vocabularies padded to a multiple of 64 pass)
+        raise HeadlessError(f"the tokenizer in {where} has {n} tokens for the model's {rows} embedding rows: it "
+                            "is not the tokenizer the model was trained with")
+    for name, value in (special_ids or {}).items():
+        ids = value if isinstance(value, list) else [value]
+        bad = [i for i in ids if isinstance(i, int) and not 0 <= i < n]
+        if bad:
+            raise HeadlessError(f"the model in {where} has {name} {bad[0]} but its tokenizer has only {n} tokens: "
+                                "they do not belong together")
+
+
+def save_model_tokenizer(tokenizer, directory: str | os.PathLike, hf_config) -> None:
+    """`tokenizer.save_pretrained(directory)` in a form every supported transformers loads as the
+    model sees it: class `PreTrainedTokenizerFast` (it reads tokenizer.json verbatim on 4.x and 5.x;
+    transformers 5's own `TokenizersBackend` does not exist on 4.57), `model_max_length` from the
+    model's positions (else 1e30, and a long input overflows them), the model's input names
+    (token_type_ids only where it embeds them) and no keys about how it was loaded."""
+    from headless.files import atomic_write
+
+    directory = Path(directory)
+    tokenizer.save_pretrained(str(directory))
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for key in LOAD_TIME_KEYS:
+        config.pop(key, None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("auto_map", None)  # never remote code
+    positions = model_positions(hf_config)
+    if positions:
+        config["model_max_length"] = positions
+    types = (getattr(hf_config, "type_vocab_size", 0) or 0) > 1
+    config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"] if types else \
+        ["input_ids", "attention_mask"]
+    atomic_write(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def model_positions(hf_config) -> int | None:
+    """How many tokens the model takes (RoBERTa-like models reserve padding_idx + 1 position rows)."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+                pad = getattr(hf_config, "pad_token_id", None)
+                value -= (1 if pad is None else pad) + 1  # positions start at padding_idx + 1
+            return value
+    return None
 
 
 def _wordpiece(vocab_file: Path, lowercase: bool):

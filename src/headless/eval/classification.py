@@ -131,29 +131,21 @@ def require_encoder(model_dir: str | Path, command: str) -> None:
 
 def load_tokenizer(model_dir: str | Path):
     """The tokenizer saved next to the model (never downloaded), checked against its vocabulary."""
-    from headless.data.tokenizers import load_saved_tokenizer
+    from headless.data.tokenizers import load_model_tokenizer
+
+    from headless.models import model_dir_config
 
     path = _check_model_dir(model_dir)
+    model_dir_config(path)  # a config transformers cannot read (or remote code): one line, before any data work
     with _quiet_transformers():
-        tokenizer = load_saved_tokenizer(path)
-    _check_fit(path, tokenizer, getattr(_config(path), "vocab_size", None))
-    return tokenizer
-
-
-def _config(path: Path):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as err:
-        raise HeadlessError(f"could not read {path / 'config.json'}: {load_error(err)}") from None
+        return load_model_tokenizer(path)
 
 
 def _check_fit(path: Path, tokenizer, rows: int | None) -> None:
-    """Fail before any training when token ids could index past the embedding matrix."""
-    if rows is not None and len(tokenizer) > rows:
-        raise HeadlessError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model has only "
-                            f"{rows} embedding rows: they do not belong together")
+    """Fail before any training when the tokenizer is not the model's (`check_tokenizer_fits`)."""
+    from headless.data.tokenizers import check_tokenizer_fits
+
+    check_tokenizer_fits(tokenizer, rows, path)
 
 
 def pad_token_id(tokenizer) -> int:
@@ -488,4 +480,7 @@ def write_results(results: dict, markdown: str, output_dir: str | Path | None, s
     out = Path(output_dir)
     atomic_write(out / f"{stem}.json", json.dumps(results, indent=2) + "\n")
     atomic_write(out / f"{stem}.md", markdown)
+    from headless.model_card import refresh_if_export
+
+    refresh_if_export(out)  # EXPORT/eval-results: the export's model card shows them
     log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")

@@ -18,6 +18,7 @@ from headless.eval.scoring import (
     load_tokenizer_dir,
     markdown_table,
     model_dir_config,
+    require_lm_head,
     write_outputs,
 )
 from headless.runtime import resolve_device
@@ -57,11 +58,8 @@ def run_harness(
         raise HeadlessError("no tasks given")
     # Clear one-line errors for what lm-eval would otherwise report as a deep traceback.
     config = model_dir_config(model_dir)
-    tokenizer = load_tokenizer_dir(model_dir)
-    vocab = getattr(config, "vocab_size", None)
-    if isinstance(vocab, int) and len(tokenizer) > vocab:
-        raise HeadlessError(f"tokenizer of {model_dir} has {len(tokenizer)} tokens but the model embeds only "
-                            f"{vocab}: they do not belong together")
+    require_lm_head(model_dir, config)  # a headless export: lm-eval would score a random head
+    tokenizer = load_tokenizer_dir(model_dir)  # refused when absent or not the model's
     if tokenizer.eos_token_id is None and tokenizer.bos_token_id is None:
         raise HeadlessError(f"the tokenizer of {model_dir} has no EOS/BOS token, which lm-eval needs as a prefix: "
                             "set tokenizer.eos_token and save it again")

@@ -37,20 +37,37 @@ class Score:
 
 
 def load_tokenizer_dir(model_dir: str | os.PathLike):
-    from headless.data.tokenizers import load_saved_tokenizer
+    """The model's own tokenizer, refused when absent or not the model's (never scored through a
+    stand-in): `headless.data.tokenizers.load_model_tokenizer`."""
+    from headless.data.tokenizers import load_model_tokenizer
 
-    return load_saved_tokenizer(model_dir)
+    return load_model_tokenizer(model_dir)
 
 
 def check_vocab(tokenizer, model, model_dir) -> None:
     """A tokenizer that emits ids the embedding matrix lacks would index out of range (or silently
-    read the wrong rows on GPU): refuse it up front."""
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise HeadlessError(
-            f"tokenizer of {model_dir} has {len(tokenizer)} tokens but the model embeds only {rows}: "
-            "they do not belong together"
-        )
+    read the wrong rows on GPU): refuse it up front, against the loaded embedding's rows."""
+    from headless.data.tokenizers import check_tokenizer_fits
+
+    check_tokenizer_fits(tokenizer, model.get_input_embeddings().num_embeddings, model_dir)
+
+
+NO_HEAD = ("{model_dir} has no language-modelling head (a headless export?): export it with --add-head or "
+           "fine-tune one with `headless finetune-head`")
+
+
+def require_lm_head(model_dir, config) -> None:
+    """Refuse, without loading the weights, a decoder saved without a vocabulary head: lm-eval (and
+    AutoModelForCausalLM) would give it a random one and score noise.  A headless export says so in
+    headless.json; any other directory by its config's `architectures` (a base model class)."""
+    try:
+        meta = json.loads((Path(model_dir) / "headless.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    archs = [a for a in getattr(config, "architectures", None) or [] if isinstance(a, str)]
+    headless = isinstance(meta, dict) and (meta.get("vocabulary_head") == "none" or meta.get("auto_class") == "AutoModel")
+    if headless or (archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+        raise HeadlessError(NO_HEAD.format(model_dir=model_dir))
 
 
 def load_causal_lm(model_dir: str | os.PathLike, *, device: str | None = "auto", dtype=None):
@@ -79,10 +96,7 @@ def load_causal_lm(model_dir: str | os.PathLike, *, device: str | None = "auto",
     head = model.get_output_embeddings()
     head_names = {n for n, p in model.named_parameters() if head is not None and p is head.weight}
     if head is None or head_names & set(info.get("missing_keys", ())):
-        raise HeadlessError(
-            f"{model_dir} has no language-modelling head (a headless export?): export it with "
-            "--add-head or fine-tune one with `headless finetune-head`"
-        )
+        raise HeadlessError(NO_HEAD.format(model_dir=model_dir))
     check_vocab(tokenizer, model, model_dir)
     dev = resolve_device(device, mps=True)
     return model.to(dev).eval(), tokenizer, dev
@@ -207,6 +221,9 @@ def write_outputs(output_dir: str | os.PathLike, stem: str, data: dict, markdown
 
     for suffix, text in ((".json", json.dumps(data, indent=2) + "\n"), (".md", markdown)):
         atomic_write(out / f"{stem}{suffix}", text)
+    from headless.model_card import refresh_if_export
+
+    refresh_if_export(out)  # EXPORT/eval-results: the export's model card shows them
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -5,7 +5,9 @@
 
     model = AutoModel.from_config(config)       # a base model: headless means no vocabulary head
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True)   # or mlm=False for CLM
-    CWTTrainer(model=model, args=TrainingArguments(...), train_dataset=ds, data_collator=collator).train()
+    trainer = CWTTrainer(model=model, args=TrainingArguments(...), train_dataset=ds, data_collator=collator)
+    trainer.train()
+    trainer.save_model("exports/my-model")      # the model *and* its tokenizer, on the main process only
 
 `compute_cwt_loss(model, batch)` is the same loss for a hand-written loop (plain torch or
 `accelerate.Accelerator`).  Label conventions are HF's, converted here:
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from headless.architectures import is_causal
+from headless.errors import HeadlessError
 from headless.losses import LossOutput, cwt_loss
 from headless.objectives import IGNORE_INDEX, document_ids_from_eos
 
@@ -94,6 +97,9 @@ def _trainer_class():
         def __init__(self, *args, causal: Optional[bool] = None, eos_token_id: Optional[int] = None,
                      temperature: float = 1.0, cwt_kwargs: Optional[dict] = None, **kwargs):
             super().__init__(*args, **kwargs)
+            if self._tokenizer() is None:  # a saved model without its tokenizer cannot be evaluated
+                raise HeadlessError("CWTTrainer needs the tokenizer: pass processing_class=tokenizer (or a "
+                                    "collator that holds it) so that save_model writes it with the model")
             self.cwt_options = dict(causal=causal, eos_token_id=eos_token_id, temperature=temperature,
                                     **(cwt_kwargs or {}))
             # a base model's forward takes no `labels`: keep the column and treat it as the label
@@ -102,6 +108,20 @@ def _trainer_class():
             # top-1 in-batch retrieval accuracy, summed on the device between logs (no host sync per
             # step), per mode: "train" feeds `cwt_accuracy`, "eval" feeds `eval_cwt_accuracy`
             self._cwt_hits: dict[str, list] = {}
+
+        def _tokenizer(self):
+            if self.processing_class is not None:
+                return self.processing_class
+            return getattr(self.data_collator, "tokenizer", None)
+
+        def _save(self, output_dir: Optional[str] = None, state_dict=None):
+            """The Trainer's save, then the tokenizer again in the form every supported transformers
+            loads, with `model_max_length` from the model (`save_model_tokenizer`)."""
+            super()._save(output_dir, state_dict=state_dict)
+            if self.args.should_save:
+                from headless.data.tokenizers import save_model_tokenizer
+
+                save_model_tokenizer(self._tokenizer(), output_dir or self.args.output_dir, _unwrap(self.model).config)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = compute_cwt_loss(model, inputs, num_items_in_batch=num_items_in_batch, **self.cwt_options)
