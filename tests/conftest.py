@@ -43,6 +43,15 @@ def tiny_bert_dir(tmp_path_factory, bert_vocab_file: Path) -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _eval_results_elsewhere(tmp_path_factory):
+    """Evaluations write their tables to ./eval-results by default: never into the checkout."""
+    import os
+
+    os.environ["HEADLESS_EVAL_RESULTS"] = str(tmp_path_factory.mktemp("eval-results"))
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests' models are tiny: one intra-op thread is faster than two (and ~10x faster on a busy
     2-core box, where two threads per process fight the other processes for cores)."""

@@ -113,3 +113,23 @@ def test_help_builds_the_parser_without_torch_and_fast():
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "headless", "--help"], capture_output=True, check=True)
     assert time.perf_counter() - start < 3.0  # < 1 s on an idle machine; slack for a loaded CI box
+
+
+def test_every_evaluation_writes_its_tables_to_one_default_place(monkeypatch, tmp_path):
+    """Issue #27 item 8: --output, else $HEADLESS_EVAL_RESULTS (default ./eval-results) / the model's
+    name, for every evaluation (GLUE and XNLI wrote there, LAMBADA only with --output)."""
+    from pathlib import Path
+
+    from headless.cli.options import results_dir
+
+    model = tmp_path / "models" / "p70-hlm-ft"
+    assert results_dir(tmp_path / "out", model) == tmp_path / "out"
+    monkeypatch.setenv("HEADLESS_EVAL_RESULTS", str(tmp_path / "results"))
+    assert results_dir(None, model) == tmp_path / "results" / "p70-hlm-ft"
+    monkeypatch.delenv("HEADLESS_EVAL_RESULTS")
+    assert results_dir(None, model) == Path("eval-results") / "p70-hlm-ft"
+    import headless.cli.classify as classify
+    import headless.cli.eval as cli_eval
+
+    source = Path(cli_eval.__file__).read_text() + Path(classify.__file__).read_text()
+    assert "output_dir=args.output" not in source and "output_dir=a.output" not in source

@@ -33,7 +33,7 @@ def _common(parser: argparse.ArgumentParser, *, batch_help: str, epochs_help: st
     parser.add_argument("--workers", type=_positive, default=1,
                         help="fine-tune this many (task, seed) runs side by side, one process each; a small "
                              "model leaves a GPU mostly idle, so several can share it (default 1)")
-    parser.add_argument("--output", type=Path, help="results directory (default eval-results/<model name>)")
+    parser.add_argument("--output", type=Path, help="results directory (default: $HEADLESS_EVAL_RESULTS or ./eval-results, /MODEL_NAME)")
     add_progress_flag(parser, "no progress bars or per-epoch lines")
 
 
@@ -111,7 +111,9 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _output(args, model_dir: Path) -> Path:
-    return args.output or Path("eval-results") / (model_dir.resolve().name or "model")
+    from headless.cli.options import results_dir
+
+    return results_dir(args.output, model_dir)
 
 
 def _glue(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from headless.cli.options import PRECISIONS, add_alias, add_precision, add_progress_flag
+from headless.cli.options import PRECISIONS, add_alias, add_precision, add_progress_flag, results_dir
+
+OUTPUT_HELP = "write the tables (md + json) here (default: $HEADLESS_EVAL_RESULTS or ./eval-results, /MODEL_NAME)"
 
 
 def _common(p: argparse.ArgumentParser, batch_size: int = 16, progress: bool = True) -> None:
@@ -15,7 +17,7 @@ def _common(p: argparse.ArgumentParser, batch_size: int = 16, progress: bool = T
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best available)")
     add_precision(p, help="weights and activations in this precision; ")
-    p.add_argument("--output", default=None, metavar="DIR", help="write the tables (md + json) here")
+    p.add_argument("--output", default=None, metavar="DIR", help=OUTPUT_HELP)
     if progress:
         add_progress_flag(p)
 
@@ -45,6 +47,7 @@ def _heldout_arguments(p: argparse.ArgumentParser) -> None:
     add_alias(p, "--max-sequences", to="--limit", dest="limit", type=int)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument("--output", default=None, metavar="DIR", help=OUTPUT_HELP)
 
 
 def _harness_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +59,7 @@ def _harness_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_options(args) -> dict:
     return dict(limit=args.limit, batch_size=args.batch_size, device=args.device, dtype=PRECISIONS[args.precision],
-                output_dir=args.output, progress=not args.quiet)
+                output_dir=results_dir(args.output, args.model_dir), progress=not args.quiet)
 
 
 # per task of the registry (headless.eval.tasks) that `headless eval` offers: its description, its
@@ -71,7 +74,8 @@ COMMANDS = {
                 lambda a: dict(data=a.data, max_sequences=a.limit, batch_size=a.batch_size, device=a.device)),
     "harness": ("Wrap lm_eval.simple_evaluate with the `hf` model on MODEL_DIR.", _harness_arguments,
                 lambda a: dict(tasks=a.tasks, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=PRECISIONS[a.precision],
-                               num_fewshot=a.num_fewshot, include_path=a.include_path, output_dir=a.output)),
+                               num_fewshot=a.num_fewshot, include_path=a.include_path,
+                               output_dir=results_dir(a.output, a.model_dir))),
 }
 
 
@@ -115,7 +119,8 @@ def add_analyze(subparsers, hidden: bool = False) -> None:
                    help="words of several tokens: average their embeddings, or skip them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--output", default=None, metavar="DIR", help="write analysis.{md,json,png} here")
+    p.add_argument("--output", default=None, metavar="DIR", help="write analysis.{md,json,png} here (default: "
+                   "$HEADLESS_EVAL_RESULTS or ./eval-results, /the first model's name)")
     p.set_defaults(func=_analyze)
 
 
@@ -123,7 +128,18 @@ def _run_task(args) -> int:
     from headless.eval.tasks import get_task
 
     task = get_task(args.task)
-    print(task.render(task.run(args.model_dir, **args.task_options(args))), end="")
+    result = task.run(args.model_dir, **args.task_options(args))
+    text = task.render(result)
+    print(text, end="")
+    if args.task == "heldout":  # the other tasks write their own tables where they are told
+        import json
+
+        from headless.files import atomic_write
+
+        out = results_dir(args.output, args.model_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "heldout.md", text)
+        atomic_write(out / "heldout.json", json.dumps({k: v for k, v in result.details.items()}, indent=1))
     return 0
 
 
@@ -132,6 +148,6 @@ def _analyze(args) -> int:
 
     r = analyze_models(args.model_dirs, text=args.data, synonyms=args.synonyms, num_pairs=args.pairs,
                        num_sequences=args.limit, max_length=args.max_length, multi_token=args.multi_token,
-                       seed=args.seed, device=args.device, output_dir=args.output)
+                       seed=args.seed, device=args.device, output_dir=results_dir(args.output, args.model_dirs[0]))
     print(analysis_markdown(r), end="")
     return 0

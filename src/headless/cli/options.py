@@ -280,3 +280,17 @@ def add_progress_flag(parser: argparse.ArgumentParser, help: str = "no progress 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args, extras = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     return finish(args, extras)
+
+
+RESULTS_ENV = "HEADLESS_EVAL_RESULTS"
+
+
+def results_dir(output, model_dir) -> "Path":
+    """Where every evaluation writes its tables (md + json): `--output`, else
+    $HEADLESS_EVAL_RESULTS (default ./eval-results) / the model directory's name."""
+    import os
+    from pathlib import Path
+
+    if output:
+        return Path(output)
+    return Path(os.environ.get(RESULTS_ENV) or "eval-results") / (Path(model_dir).resolve().name or "model")
