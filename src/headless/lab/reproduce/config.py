@@ -207,8 +207,8 @@ THROUGHPUT: dict[str, tuple[tuple[int, int], dict[str, float]]] = {
     "bert-small": ((256, 128), {"headless": 2_985_024, "vanilla": 2_735_225, "vanilla-hf": 1_337_469}),
     # docs/performance.md, "BERT-base, 256 x 128, V = 30,522" (cwt-paper / ce-hf / ce-hf-full)
     "bert-base": ((256, 128), {"headless": 664_995, "vanilla": 638_827, "vanilla-hf": 422_352}),
-    # docs/reproduction.md: the multilingual pieces (18.6 ms per 128 x 128 step, a 50k vocabulary)
-    "multilingual": ((128, 128), {"headless": 882_893, "vanilla": 878_561}),
+    # docs/results/2026-12-05-plateau: `headless pretrain` at V = 119,547 (14.98 / 18.49 / 104.34 ms)
+    "multilingual": ((128, 128), {"headless": 1_093_940, "vanilla": 886_226, "vanilla-hf": 157_023}),
 }
 
 # Tokens per file of ../shared/data as `headless prepare` packs them (each document's tokens and
@@ -223,9 +223,13 @@ SHARED_TOKENS: dict[str, dict[str, int]] = {
                 "gutenberg_en.jsonl.xz": 18258068},
     "encoder": {**{f"enwiki-{i:03d}.jsonl.xz": n for i, n in enumerate(_ENWIKI_BERT)},
                 "gutenberg_en.jsonl.xz": 16566896},
-    # the study's own cased WordPiece tokenizer (tokenizer_vocab_size=119547) trained on its default mix
-    "multilingual": {},
+    # the study's own cased WordPiece tokenizer (tokenizer_vocab_size=119547) trained on its default
+    # mix (2 enwiki shards, de/ja/ko/zh, fr/es books): 19,115,235 tokens
+    "multilingual": {"enwiki-000.jsonl.xz": 3263653, "enwiki-001.jsonl.xz": 3261121, "de.jsonl.xz": 2405304,
+                     "ja.jsonl.xz": 2834041, "ko.jsonl.xz": 2008328, "zh.jsonl.xz": 4069657,
+                     "gutenberg_fr_es.jsonl.xz": 1273131},
 }
+_COUNTED_VOCAB = {"multilingual": 119547}  # the tokenizer a study trains itself: its counts hold at this size
 
 
 @dataclass
@@ -267,6 +271,9 @@ def documented_tokens(config: StudyConfig) -> Optional[int]:
     from headless.lab.reproduce.data import pretraining_files
 
     counts = SHARED_TOKENS[config.study]
+    if config.subset_documents or config.subset_chars or (config.study == "decoder" and config.decoder_vocab_size) \
+            or config.tokenizer_vocab_size != _COUNTED_VOCAB.get(config.study, config.tokenizer_vocab_size):
+        return None  # another tokenizer or part files: the counts do not apply
     try:
         names = [p.name for p in pretraining_files(config)[0]]
     except HeadlessError:  # no data here yet (a GPU run's data arrives later): the shared data's files
