@@ -7,7 +7,7 @@
 # says which), carried to the GPU machine.  Files that compress well (GLUE's TSVs) may travel packed
 # instead, as .data/STUDY-extra.tar.xz (paths relative to .data/STUDY): it is unpacked there first,
 # which keeps the carried tree under the 64 MiB limit.  DATA_ROOT=DIR reads the data from DIR instead:
-# a corpus staged over several calls (`headless stage check`, docs/reproduction.md).  SMOKE=1 first runs the same study at a 10-second budget
+# a corpus staged over several calls (`headless stage check`, docs/guide/reproduction.md).  SMOKE=1 first runs the same study at a 10-second budget
 # with small evaluation limits, so that a broken path fails in one minute, not ten.
 #
 # WALL=SECONDS stops the piece cleanly before a job's time limit: SIGTERM makes the trainer save a

@@ -8,23 +8,15 @@ import pytest
 from headless.cli import main
 from headless.errors import HeadlessError
 from headless.lab.reproduce.config import (SHARED_TOKENS, STUDIES, THROUGHPUT, check_epochs, documented_tokens,
-                                       estimate_epochs, load_study)
+                                           estimate_epochs, load_study)
 
 from test_reproduce import _study, mini_root  # noqa: F401  (the mini data root fixture, shared)
-
-# the prepared count of the multilingual pieces in docs/results/reproduction (their own tokenizer)
-MULTILINGUAL_TOKENS = 19_093_376
-
-
-def _tokens(config) -> int:
-    return documented_tokens(config) or MULTILINGUAL_TOKENS
-
 
 @pytest.mark.parametrize("study", ["decoder", "encoder"])
 def test_each_studys_defaults_give_at_most_two_epochs_at_its_default_budget(study):
     config = load_study(study)
     assert config.max_epochs == 2 and config.preset in THROUGHPUT
-    tokens = _tokens(config)
+    tokens = documented_tokens(config)
     for flavour in ("headless", "vanilla"):
         estimate, _ = estimate_epochs(config, flavour, tokens)
         assert estimate is not None and estimate.epochs <= 2.0, (study, flavour, estimate)
@@ -33,6 +25,16 @@ def test_each_studys_defaults_give_at_most_two_epochs_at_its_default_budget(stud
     estimate, _ = estimate_epochs(hf, "vanilla", tokens)
     assert estimate is None or estimate.epochs <= 2.0
     assert len(check_epochs(config, train_tokens=tokens)) == 2  # no refusal
+
+
+def test_the_multilingual_study_has_no_limit_and_says_how_often_it_repeats_its_text():
+    """Its ~19 M tokens cannot hold a budget that leaves the MLM plateau within two epochs: it runs
+    without the limit (max_epochs: null) and its estimate is printed, not refused."""
+    config = load_study("multilingual", overrides=["data_root=/nonexistent"])
+    assert config.max_epochs is None and config.budget_s >= 120 and STUDIES[-1] == "multilingual"
+    lines = check_epochs(config)
+    assert len(lines) == 2 and all("epochs of its 19.1 M documented tokens" in line for line in lines)
+    assert "= 6.87 epochs" in lines[0]  # 120 s x 1,093,940 tokens/s / 19,115,235
 
 
 def test_the_documented_counts_match_what_prepare_packed_for_the_published_pairs():
@@ -45,6 +47,11 @@ def test_the_documented_counts_match_what_prepare_packed_for_the_published_pairs
     every = load_study("decoder", overrides=["data_root=/nonexistent"])
     assert documented_tokens(every) == sum(SHARED_TOKENS["decoder"].values()) > 85e6  # the ~90 M of the issue
     assert documented_tokens(load_study("decoder", overrides=["books=false", "data_root=/nonexistent"])) < 70e6
+    # the multilingual study's own tokenizer: its counts hold for the vocabulary they were made with
+    assert documented_tokens(load_study("multilingual", overrides=["data_root=/nonexistent"])) == 19_115_235
+    for study, other in [("multilingual", "tokenizer_vocab_size=50000"), ("decoder", "decoder_vocab_size=131072"),
+                         ("encoder", "subset_documents=64")]:
+        assert documented_tokens(load_study(study, overrides=[other, "data_root=/nonexistent"])) is None, other
 
 
 def test_settings_that_exceed_two_epochs_are_refused_with_one_line():
@@ -80,12 +87,12 @@ def test_a_shape_without_a_measured_rate_is_not_estimated_and_not_refused():
     assert all("another model shape" in line for line in check_epochs(config, train_tokens=1000))
 
 
-def test_reproduce_refuses_before_preparing_anything(tmp_path, capsys):
+def test_reproduce_refuses_before_preparing_anything(mini_root, tmp_path, capsys):
     work = tmp_path / "work"
-    status = main(["reproduce", "decoder", "budget_s=3000", f"data_root={tmp_path}", "--work-dir", str(work)])
+    status = main(["reproduce", "decoder", "budget_s=3000", f"data_root={mini_root}", "--work-dir", str(work)])
     assert status == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "max_epochs=2" in err and "budget_s=3000" in err
+    assert len(err.splitlines()) == 1 and "max_epochs=2" in err and "budget_s=3000" in err and "documented" in err
     assert not work.exists()
 
 
@@ -100,11 +107,3 @@ def test_a_piece_checks_the_prepared_count_before_pretraining(mini_root, tmp_pat
     assert "documented tokens" in capsys.readouterr().out
     assert (tmp_path / "work" / "decoder" / "data").is_dir() and not (tmp_path / "work" / "decoder" / "runs").exists()
 
-
-def test_the_multilingual_study_has_no_epoch_limit_and_says_how_many_it_runs():
-    """Its ~19 M tokens cannot hold a budget in which the twins leave the MLM plateau within two
-    epochs (issue #25 asks for >= 240 s): no limit, and the estimate is still said."""
-    config = load_study("multilingual")
-    assert config.max_epochs is None and config.budget_s >= 120
-    lines = check_epochs(config, train_tokens=MULTILINGUAL_TOKENS)
-    assert len(lines) == 2 and all("epochs of its" in line for line in lines)

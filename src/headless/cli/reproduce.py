@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     st = subparsers.add_parser("stage", help="carry a corpus larger than one GPU job to the GPU machine, in parts",
                                description="Split a corpus into content-addressed parts, take each carried "
                                "part into a folder on the GPU machine, check that all arrived "
-                               "(docs/reproduction.md, 'A corpus larger than one transfer').",
+                               "(docs/guide/reproduction.md, 'A corpus larger than one transfer').",
                                epilog=STAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = st.add_subparsers(dest="stage_command", metavar="COMMAND", required=True)
     sp = sub.add_parser("split", help="cut CORPUS files/folders into parts + manifest.json")

@@ -88,7 +88,7 @@ class StudyConfig:
     xnli_max_train_examples: Optional[int] = None
     eval_workers: int = 1  # GLUE / XNLI fine-tunings run side by side in this many processes (one GPU)
     # refuse to pretrain when a twin would see its text more often than this (estimated before
-    # pretraining from its shape's measured H200 throughput, docs/reproduction.md); null: no limit
+    # pretraining from its shape's measured throughput, docs/guide/reproduction.md); null: no limit
     max_epochs: Optional[float] = 2.0
     device: str = "auto"
     progress: bool = True
@@ -144,7 +144,7 @@ class StudyConfig:
 #   encoder, bert-base:    200 s x 664,995 tokens/s = 133 M tokens = 1.58 epochs
 # The multilingual text (~19 M tokens) cannot hold a budget in which its twins leave the MLM
 # plateau within two epochs (vanilla left it after ~100 s of steps): that study keeps 120 s and
-# max_epochs: null (about 6 epochs; issue #25 asks for >= 240 s), and says so when it runs.
+# max_epochs: null (about 7 epochs), and says how many when it runs.
 STUDY_DEFAULTS: dict[str, dict] = {
     "decoder": {"preset": "pythia-160m", "budget_s": 300.0,
                 "pretrain": ["grad_accum=4", "optim.warmup_steps=200", "eval_every=100000", "log_every=50"]},
@@ -186,29 +186,29 @@ SMOKE_DEFAULTS: dict[str, dict] = {
 
 
 # -- at most two epochs ---------------------------------------------------------------------------
-# Repeated text may favour one twin (issue #26), so a study's defaults keep each twin to at most
+# Repeated text may favour one twin, so a study's defaults keep each twin to at most
 # `max_epochs` passes over its pretraining text, and `headless reproduce` refuses settings that
 # would exceed it before pretraining starts (`check_epochs`).  The estimate, per twin:
 #   tokens seen = budget_s x its shape's tokens/s (x processes)   [compare=tokens: steps x tokens/step]
 #                 + finetune_tokens (HLM+FT fine-tunes the headless decoder on the same text)
 #   epochs      = tokens seen / tokens in one epoch of the study's text
-# The arithmetic of the defaults is in docs/reproduction.md ("At most two epochs").
+# The arithmetic of the defaults is in docs/guide/reproduction.md ("At most two epochs").
 
 # Steady tokens/s of each twin at a preset's shape, both twins captured, on one H200 (the fastest
 # GPU the studies ran on, so on a slower one the twins see fewer epochs than estimated):
 # preset -> ((micro-batch, seq_len) measured at, {twin: tokens/s}).  "vanilla-hf" is HF's head at
 # every position (`vanilla_pretrain=[objective.loss_implementation=hf]`).
 THROUGHPUT: dict[str, tuple[tuple[int, int], dict[str, float]]] = {
-    # docs/performance.md, "H200, 2026-12-02" (bench, one graph; the trainer measured 2.6 % below)
+    # docs/reference/performance.md, "Current numbers" (the bench; the trainer measured 2.6 % below)
     "pythia-70m": ((8, 2048), {"headless": 1_473_568, "vanilla": 1_088_134}),
-    # docs/performance.md, "H200, 2026-12-01, later" (cwt-paper / ce-hf, captured)
+    # the same table (cwt-paper / ce-hf, one graph)
     "pythia-160m": ((8, 2048), {"headless": 500_858, "vanilla": 434_726}),
-    # docs/reproduction.md: the encoder pieces' measured steps (10.98 / 11.98 ms, 24.50 ms HF head)
+    # docs/guide/reproduction.md: the encoder pieces' measured steps
     "bert-small": ((256, 128), {"headless": 2_985_024, "vanilla": 2_735_225, "vanilla-hf": 1_337_469}),
-    # docs/performance.md, "BERT-base, 256 x 128, V = 30,522" (cwt-paper / ce-hf / ce-hf-full)
+    # docs/reference/performance.md, "Current numbers" (cwt-paper / ce-hf / ce-hf-full, V = 30,522)
     "bert-base": ((256, 128), {"headless": 664_995, "vanilla": 638_827, "vanilla-hf": 422_352}),
-    # docs/reproduction.md: the multilingual pieces (18.6 ms per 128 x 128 step, a 50k vocabulary)
-    "multilingual": ((128, 128), {"headless": 882_893, "vanilla": 878_561}),
+    # the twins' steps through `headless pretrain` at V = 119,547 (docs/guide/reproduction.md's table)
+    "multilingual": ((128, 128), {"headless": 1_093_940, "vanilla": 886_226, "vanilla-hf": 157_023}),
 }
 
 # Tokens per file of ../shared/data as `headless prepare` packs them (each document's tokens and
@@ -223,9 +223,13 @@ SHARED_TOKENS: dict[str, dict[str, int]] = {
                 "gutenberg_en.jsonl.xz": 18258068},
     "encoder": {**{f"enwiki-{i:03d}.jsonl.xz": n for i, n in enumerate(_ENWIKI_BERT)},
                 "gutenberg_en.jsonl.xz": 16566896},
-    # the study's own cased WordPiece tokenizer (tokenizer_vocab_size=119547) trained on its default mix
-    "multilingual": {},
+    # the study's own cased WordPiece tokenizer (tokenizer_vocab_size=119547) trained on its default
+    # mix (2 enwiki shards, de/ja/ko/zh, fr/es books): 19,115,235 tokens
+    "multilingual": {"enwiki-000.jsonl.xz": 3263653, "enwiki-001.jsonl.xz": 3261121, "de.jsonl.xz": 2405304,
+                     "ja.jsonl.xz": 2834041, "ko.jsonl.xz": 2008328, "zh.jsonl.xz": 4069657,
+                     "gutenberg_fr_es.jsonl.xz": 1273131},
 }
+_COUNTED_VOCAB = {"multilingual": 119547}  # the tokenizer a study trains itself: its counts hold at this size
 
 
 @dataclass
@@ -267,6 +271,9 @@ def documented_tokens(config: StudyConfig) -> Optional[int]:
     from headless.lab.reproduce.data import pretraining_files
 
     counts = SHARED_TOKENS[config.study]
+    if config.subset_documents or config.subset_chars or (config.study == "decoder" and config.decoder_vocab_size) \
+            or config.tokenizer_vocab_size != _COUNTED_VOCAB.get(config.study, config.tokenizer_vocab_size):
+        return None  # another tokenizer or part files: the counts do not apply
     try:
         names = [p.name for p in pretraining_files(config)[0]]
     except HeadlessError:  # no data here yet (a GPU run's data arrives later): the shared data's files

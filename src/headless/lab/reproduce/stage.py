@@ -3,7 +3,7 @@
 A call to the lent GPU machine carries at most 64 MiB of working tree (about 45 M tokens of
 xz-compressed text once the repository is counted), while the shared English text the studies
 train on is about 110 MiB.  So the corpus travels in several calls, each carrying one part, into a
-folder outside the repository that persists while the machine stays up (docs/reproduction.md):
+folder outside the repository that persists while the machine stays up (docs/guide/reproduction.md):
 
 * `split`: the inputs, read as one byte stream (files in path order), cut into parts of at most
   `--max-mib`; each part is named after its sha256 (content-addressed: the same files give the same
@@ -248,7 +248,8 @@ def pull(part_dir: str | os.PathLike, dest: str | os.PathLike, *, log=print) -> 
         path = part_dir / part["name"]
         got = path.stat().st_size
         if got != part["bytes"] or sha256_file(path) != part["sha256"]:
-            what = f"{got} of {part['bytes']} bytes" if got != part["bytes"] else "its sha256 differs from the manifest's"
+            what = (f"{got} of {part['bytes']} bytes" if got != part["bytes"]
+                    else "its sha256 differs from the manifest's")
             raise HeadlessError(f"refusing the corrupted part {path} ({what}): carry an intact copy or split again")
     _open_dest(dest, manifest)
     parts = dest / "parts"
