@@ -19,7 +19,7 @@ LAYERS = [
     ("parallel", ["train.distributed"]),
     ("checkpoints", ["train.checkpoint"]),
     ("trainer", ["train"]),
-    ("export", ["export", "finetune"]),
+    ("export", ["export", "finetune", "model_card", "embedding_head"]),
     ("evaluation", ["eval"]),
     ("integrations", ["integrations", "demo"]),
     ("lab: bench", ["lab.bench"]),
@@ -27,7 +27,8 @@ LAYERS = [
     ("cli", ["cli", "__main__"]),
 ]
 LIBRARY = ("errors", "_lazy", "files", "runtime", "param_groups", "loss_kinds", "architectures", "fit", "config",
-           "data", "objectives", "losses", "attention", "models", "train", "export", "finetune", "eval",
+           "data", "objectives", "losses", "attention", "models", "train", "export", "finetune", "model_card",
+           "embedding_head", "eval",
            "integrations", "demo")
 
 
