@@ -128,7 +128,7 @@ def test_the_marker_check_sees_an_unmarked_block(tmp_path):
                     "```yaml\nnot: checked\n```\n1. a step:\n\n   <!-- doc-test: run -->\n   ```python\n   z = 1\n   ```\n")
     blocks = code_blocks(page, "p.md")
     assert [(b.line, b.marker, b.reason) for b in blocks] == [
-        (3, "run", ""), (7, None, ""), (11, "skip", ""), (15, "skip", "needs a GPU"), (23, "run", "")]
+        (3, "run", ""), (7, None, ""), (11, "skip", ""), (15, "skip", "needs a GPU"), (24, "run", "")]
     assert blocks[-1].code == "z = 1\n"
     assert [p.split(":")[1] for p in marker_problems(blocks)] == ["7 (python)", "11 (sh)"]
 
