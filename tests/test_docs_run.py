@@ -178,8 +178,9 @@ def _substitute(code: str, page: str) -> str:
     return code
 
 
-def run_page(page: str, root: Path) -> None:
-    blocks = [b for b in code_blocks(ROOT / page, page) if b.marker == "run"]
+def run_page(page: str, root: Path, path: Path | None = None) -> None:
+    """Run the page's `run` blocks in order in a fresh directory beside root/shared/data."""
+    blocks = [b for b in code_blocks(path or ROOT / page, page) if b.marker == "run"]
     work = root / re.sub(r"\W", "-", page)
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
@@ -204,3 +205,14 @@ RUN_PAGES = [_name(p) for p in doc_pages() if any(b.marker == "run" for b in cod
 @pytest.mark.parametrize("page", RUN_PAGES)
 def test_the_docs_run(page, docs_root):
     run_page(page, docs_root)
+
+
+def test_a_failing_block_fails_the_page(docs_root, tmp_path):
+    """bash runs with -e (a failing command stops the block) and a later block sees an earlier one's files."""
+    page = tmp_path / "p.md"
+    page.write_text("<!-- doc-test: run -->\n```bash\nheadless --help > help.txt\n```\n"
+                    "<!-- doc-test: run -->\n```python\nassert 'pretrain' in open('help.txt').read()\n```\n")
+    run_page("ok.md", docs_root, page)
+    page.write_text("<!-- doc-test: run -->\n```bash\nfalse\necho reached\n```\n")
+    with pytest.raises(AssertionError, match="failed"):
+        run_page("bad.md", docs_root, page)
