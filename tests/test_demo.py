@@ -44,7 +44,7 @@ def test_demo_report_layout(fixture_data, tmp_path, capsys):
     _top1(report)
     assert re.search(r"^\| top-5 \| [\d.]+% \| [\d.]+% \| [\d.]+% \|$", report, flags=re.M)
     assert len(re.findall(r"headless: .+ vanilla: ", report)) >= 1  # masked-word guesses of both twins
-    assert "docs/performance.md" in report  # the CPU: speed is a GPU claim
+    assert "docs/reference/performance.md" in report  # the CPU: speed is a GPU claim
     assert " -> " not in report  # no nearest neighbours: at this budget they do not look like neighbours
     plot = Path(re.search(r"^Plot: (.+)$", report, flags=re.M).group(1))
     assert plot.is_file() and plot.parent == tmp_path / "demo"
@@ -63,9 +63,12 @@ def test_demo_at_its_defaults_learns_within_a_cpu_budget(tmp_path, capsys):
                  "tensorboard=false"]) == 0
     spent = _cpu_seconds() - before
     report = capsys.readouterr().out
+    top1 = re.search(r"^\| top-1 \| ([\d.]+)% \| ([\d.]+)% \| ([\d.]+)% \|$", report, flags=re.M)
+    unigram, headless, vanilla = (float(x) for x in top1.groups())
+    # measured 4.4 / 15.9 / 15.3 % on 64 held-out sequences spread over the split: both twins learned
+    assert headless >= 2 * unigram and vanilla >= 2 * unigram, report
     top5 = re.search(r"^\| top-5 \| ([\d.]+)% \| ([\d.]+)% \| ([\d.]+)% \|$", report, flags=re.M)
     unigram, headless, vanilla = (float(x) for x in top5.groups())
-    # measured 14.4 / 19.1 / 17.9: above the baseline, if not by much (top-1 is not yet)
-    assert headless >= unigram + 2 and vanilla >= unigram + 2, report
+    assert headless > unigram and vanilla > unigram, report
     assert len(re.findall(r"headless: .+vanilla: ", report)) >= 10, report  # the printed guesses
     assert spent < CPU_BUDGET_S, f"the demo took {spent:.0f} CPU seconds"
