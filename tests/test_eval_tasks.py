@@ -13,22 +13,6 @@ from headless.cli import main
 from headless.eval.tasks import TASKS, TaskResult, get_task
 from tiny_models import tiny_decoder, tiny_encoder
 
-HARNESS_YAML = """task: fixture_lambada
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: loglikelihood
-test_split: test
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{' ' + continuation}}}}"
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
 
 @pytest.fixture(scope="module")
 def models(fixture_data, fixture_tokenizers, tmp_path_factory) -> dict:
@@ -53,8 +37,10 @@ def _eos(tokenizer_dir) -> str:
 
 def _harness(fx, models, tmp_path):
     pytest.importorskip("lm_eval.models.huggingface", reason="lm-eval is an optional extra (headless[eval])")
-    (tmp_path / "fixture_lambada.yaml").write_text(HARNESS_YAML.format(data=fx["lambada"]))
-    return models["decoder"], dict(tasks="fixture_lambada", include_path=tmp_path, limit=4, device="cpu")
+    from test_eval_harness import LAMBADA_YAML  # the local lm-eval LAMBADA task, one home
+
+    (tmp_path / "local_lambada.yaml").write_text(LAMBADA_YAML.format(data=fx["lambada"]))
+    return models["decoder"], dict(tasks="local_lambada", include_path=tmp_path, limit=4, device="cpu")
 
 
 # How each registered task runs on the fixtures: (model directory, options).  A new task needs an

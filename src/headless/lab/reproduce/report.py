@@ -45,16 +45,22 @@ VARIANT_NAMES = {"hlm_ft": "headless (HLM+FT)", "headless_raw": "headless (raw: 
 VARIANT_ORDER = ["hlm_ft", "headless", "headless_raw", "vanilla"]
 
 
+def _read_json(path: Path, noun: str, kind: str, fmt: str) -> dict:
+    """A JSON file of the given `format`, or one line saying why not (missing, not JSON, another kind)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadlessError(f"{path}: no such {noun}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HeadlessError(f"{path}: not a JSON {noun} ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise HeadlessError(f"{path}: not a {kind} (format {fmt} expected)")
+    return data
+
+
 def load_piece(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        piece = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HeadlessError(f"{path}: no such piece") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise HeadlessError(f"{path}: not a JSON piece ({err})") from None
-    if not isinstance(piece, dict) or piece.get("format") != PIECE_FORMAT:
-        raise HeadlessError(f"{path}: not a `headless reproduce` piece (format {PIECE_FORMAT} expected)")
+    piece = _read_json(path, "piece", "`headless reproduce` piece", PIECE_FORMAT)
     check_piece(piece, path)
     piece["_path"] = str(path)
     if piece.get("study") == "encoder":  # pieces written before `glue_avg_no_rte` existed get it here
@@ -644,14 +650,7 @@ def load_report(path: str | Path) -> dict:
     """A report written by `write_report`, with its campaign (the folder holding it) and whether a
     `SUPERSEDED` note beside it retires it: a committed result is quoted from its report, never by hand."""
     path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HeadlessError(f"{path}: no such report") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise HeadlessError(f"{path}: not a JSON report ({err})") from None
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise HeadlessError(f"{path}: not a `headless report` report (format {REPORT_FORMAT} expected)")
+    report = _read_json(path, "report", "`headless report` report", REPORT_FORMAT)
     note = path.resolve().parent / "SUPERSEDED"
     report["_campaign"] = path.resolve().parent.name
     report["_superseded"] = note.read_text(encoding="utf-8").strip().splitlines()[0] if note.is_file() else None
