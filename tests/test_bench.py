@@ -40,7 +40,8 @@ def test_bench_runs_every_objective_and_same_objectives_agree(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["targets"] == 2 * 31 for r in by.values())
     # the same objective computed by different paths gives the same loss on the same model and data,
     # including HF's own forward(labels=) with logits at every position (ce-hf-full)
-    pairs = [("cwt", "cwt-paper"), ("cwt", "cwt-chunked"), ("cwt", "cwt-dedup"), ("ce", "ce-hf"),
+    pairs = [("cwt", "cwt-paper"), ("cwt", "cwt-chunked"), ("cwt", "cwt-dedup"), ("cwt", "cwt-bounded"),
+             ("nce", "nce-bounded"), ("ce", "ce-hf"),
              ("ce", "ce-chunked"), ("ce", "ce-hf-full"), ("nce", "nce-reference"), ("nce", "nce-chunked"),
              ("ce+cwt", "ce+cwt-reference"), ("ce+cwt", "ce+cwt-chunked")]
     pairs += [(a, b) for a, b in [("cwt", "cwt-torch"), ("ce", "ce-torch")] if b in by]

@@ -43,7 +43,7 @@ def _assert_same(a, b, tol=1e-9):
     torch.testing.assert_close(wa, wb, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("path", ["dedup", "chunked", *TORCH_LCE])
+@pytest.mark.parametrize("path", ["dedup", "bounded", "chunked", *TORCH_LCE])
 @pytest.mark.parametrize("temperature", [1.0, 0.05])
 def test_paths_equal_reference_float64(path, temperature):
     outputs, ids, weight = _batch()  # 300 positions over 50 tokens: many duplicates
@@ -272,7 +272,7 @@ def test_bench_script_runs(capsys):
     assert "cwt/chunked" in printed and "vanilla/torch" in printed
 
 
-@pytest.mark.parametrize("path", ["auto", "chunked", "dedup", "reference"])
+@pytest.mark.parametrize("path", ["auto", "chunked", "dedup", "bounded", "reference"])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("temperature", [1.0, 0.05])
 def test_static_rows_equals_the_selected_rows(path, reduction, temperature):
@@ -288,7 +288,7 @@ def test_static_rows_equals_the_selected_rows(path, reduction, temperature):
     assert int(got[0].num_targets) == int(ref[0].num_targets) == 240
 
 
-@pytest.mark.parametrize("path", ["auto", "reference"])
+@pytest.mark.parametrize("path", ["auto", "reference", "bounded"])
 def test_static_rows_with_every_target_ignored_and_with_the_last_token_id(path):
     outputs, ids, weight = _batch(K=40, V=10, ignore_every=0)
     ids[:] = 9  # the largest id sorts next to the "ignored" class, which must not merge with it
@@ -315,3 +315,108 @@ def test_static_rows_falls_back_where_it_does_not_apply():
         gen = dict(generator=torch.Generator().manual_seed(0)) if "max_negatives" in kw else {}
         b = cwt_loss(outputs, ids, weight, **kw, **gen).loss
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def _with_unique(count, K=400, V=1000, ignore_every=6, seed=0):
+    """A batch whose kept targets hold exactly `count` unique ids (many duplicates, some ignored)."""
+    outputs, ids, weight = _batch(K=K, V=V, ignore_every=0, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    pool = torch.randperm(V, generator=g)[:count]
+    ids = pool[torch.arange(K) % count][torch.randperm(K, generator=g)]
+    ids[(torch.arange(K) % ignore_every == 0) & (torch.arange(K) >= 2 * count)] = -100
+    assert ids[ids != -100].unique().numel() == count
+    return outputs, ids.view(4, K // 4), weight
+
+
+def test_bounded_room():
+    """The room: the bound capped at min(V, K) (which no micro-batch can exceed), rounded up to 128."""
+    from headless.losses.cwt import unique_room
+
+    assert unique_room(131_072, 50_304) == 50_304 and unique_room(16_384, 256_000) == 16_384
+    assert unique_room(131_072, 50_304, 30_000) == 30_080 and unique_room(100, 1000, 10**6) == 128
+    assert unique_room(300, 50) == 128
+
+
+@pytest.mark.parametrize("count", [127, 128])
+def test_bounded_is_exact_up_to_a_full_room(count):
+    """With the unique targets filling the room to its last class: the reference's value, gradients,
+    accuracy and unique count, and no overflow."""
+    outputs, ids, weight = _with_unique(count)
+    ref = _loss_and_grads(outputs, ids.reshape(-1), weight, implementation="reference", reduction="sum",
+                          temperature=0.1)
+    got = _loss_and_grads(outputs, ids.reshape(-1), weight, implementation="bounded", reduction="sum",
+                          static_rows=True, unique_bound=128, temperature=0.1)
+    _assert_same(got, ref)
+    assert got[0].accuracy == ref[0].accuracy and int(got[0].num_unique) == count
+    assert int(got[0].unique_overflow) == 0
+
+
+def test_bounded_overflow_poisons_the_loss_and_reports_the_count():
+    """One unique target more than the room: no branch in a graph, so the loss is NaN (a trainer
+    skips the step), the gradients stay finite, and `unique_overflow` carries the count."""
+    outputs, ids, weight = _with_unique(129)
+    out, g_out, g_w = _loss_and_grads(outputs, ids.reshape(-1), weight, implementation="bounded",
+                                      reduction="sum", static_rows=True, unique_bound=100)
+    assert math.isnan(float(out.loss.detach())) and int(out.unique_overflow) == int(out.num_unique) == 129
+    assert torch.isfinite(g_out).all() and torch.isfinite(g_w).all()
+
+
+def test_bounded_compiles_as_one_graph():
+    """fullgraph=True: no torch.unique, no data-dependent size, no host read (any of them would
+    break the graph); the compiled value and gradients are the reference's. aot_eager traces
+    forward and backward as Inductor would, without its minutes of code generation on a CPU."""
+    outputs, ids, weight = _with_unique(90)
+
+    def run(o, t, w):
+        out = cwt_loss(o, t, w, implementation="bounded", reduction="sum", static_rows=True, check_ids=False,
+                       allow_empty=True, unique_bound=128)
+        return out.loss, out.accuracy, out.num_unique, out.unique_overflow
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    loss, accuracy, unique, overflow = compiled(outputs.view(4, 100, -1), ids, weight)
+    g_out, g_w = torch.autograd.grad(loss, [outputs, weight])
+    ref = _loss_and_grads(outputs, ids.reshape(-1), weight, implementation="reference", reduction="sum")
+    _assert_same(((LossOutput(loss, None, None, None)), g_out, g_w), ref)
+    assert float(accuracy) == float(ref[0].accuracy) and int(unique) == 90 and int(overflow) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bounded_on_gpu_bf16_matches_float64_and_never_syncs_when_compiled():
+    """bf16 under autocast, compiled whole with Inductor: within bf16's tolerance of the float64
+    reference (the K x K pairs), as close as the K x K path itself at bf16, and no host sync."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    K, V, D = 4 * 2048, 5000, 256
+    E = (torch.randn(V, D, device="cuda", generator=gen) * 0.1).requires_grad_()
+    o = (torch.randn(4, 2048, D, device="cuda", generator=gen) * 0.1).requires_grad_()
+    ids = torch.randint(0, V // 2, (4, 2048), device="cuda", generator=gen)
+    ids[:, -1] = -100
+    ids[1, 100:300] = -100
+
+    def run(o, t, w, impl):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = cwt_loss(o, t, w, implementation=impl, reduction="sum", static_rows=True, check_ids=False,
+                           allow_empty=True)
+        return out.loss, out.num_unique, out.unique_overflow
+
+    ref = cwt_loss(o.double().reshape(K, D), ids.reshape(K), E.double(), implementation="reference", reduction="sum")
+    g_ref = torch.autograd.grad(ref.loss, [o, E])
+    errors = {}
+    for impl in ("reference", "bounded"):
+        compiled = torch.compile(run, fullgraph=True)
+        for _ in range(2):  # the first call compiles (and autotunes)
+            loss, unique, overflow = compiled(o, ids, E, impl)
+            grads = torch.autograd.grad(loss, [o, E])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any host read raises
+        try:
+            loss, unique, overflow = compiled(o, ids, E, impl)
+            grads = torch.autograd.grad(loss, [o, E])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        errors[impl] = [abs(float(loss) - float(ref.loss)) / abs(float(ref.loss))] + \
+            [float((g.double() - r).norm() / r.norm()) for g, r in zip(grads, g_ref)]
+        assert int(unique) == int(ref.num_unique)
+    assert int(overflow) == 0
+    assert max(errors["bounded"]) < 2e-2, errors
+    assert all(b <= 2 * r + 1e-4 for b, r in zip(errors["bounded"], errors["reference"])), errors

@@ -158,7 +158,8 @@ def test_static_masking_loss_has_no_host_sync_on_gpu():
 
 # (architecture, loss, flavour, loss implementation): every shape static, no host read
 SYNC_FREE = [("bert", "cwt", "headless", "reference"), ("bert", "ce", "vanilla", "reference"),
-             ("gpt-neox", "cwt", "headless", "reference"), ("gpt-neox", "ce", "vanilla", "chunked")]
+             ("gpt-neox", "cwt", "headless", "reference"), ("gpt-neox", "ce", "vanilla", "chunked"),
+             ("gpt-neox", "cwt", "headless", "bounded"), ("bert", "cwt", "headless", "bounded")]
 
 
 def _sync_free_case(arch, loss, flavour, impl, extra=()):
@@ -240,6 +241,8 @@ def test_clm_scores_every_position_and_equals_the_selected_ones(loss, impl):
     ("gpt-neox", "cwt", "auto", [], "model"),            # static CLM: auto is the measured one-graph path
     ("gpt-neox", "ce", "auto", [], "model"),
     ("gpt-neox", "cwt", "triton", [], "backbone"),       # torch.unique: a data-dependent size
+    ("gpt-neox", "cwt", "bounded", [], "model"),         # de-duplicated into a static room
+    ("bert", "cwt", "bounded", ["objective.max_negatives=8"], "backbone"),
     ("bert", "cwt", "auto", [], "model"),                # static MLM: auto is the measured one-graph path
     ("bert", "ce", "auto", [], "model"),
     ("bert", "cwt", "auto", ["objective.masking=bernoulli"], "backbone"),
@@ -273,6 +276,26 @@ def test_auto_keeps_the_eager_loss_above_the_measured_bounds(arch, loss):
     else:
         fits = CAPTURE_MAX_LOGITS // (per_row * model.hf.get_output_embeddings().weight.shape[0])
         assert fits * per_row > CAPTURE_MAX_ROWS  # the head's bound is not the CWT one
-    assert model.captures_by_default(fits, 2048) and not model.captures_by_default(fits + 1, 2048)
+    assert model.captured_implementation(fits, 2048) == "reference"
+    if loss == "cwt":  # above: the bounded de-duplication (room min(V, K) = 128 < K), until its
+        # K x room scores pass the head's bound
+        assert model.captured_implementation(fits + 1, 2048) == "bounded"
+        fits = CAPTURE_MAX_LOGITS // (per_row * 128)
+        assert model.captured_implementation(fits, 2048) == "bounded"
+    assert not model.captures_by_default(fits + 1, 2048)
     assert model.compile_model("default", fits + 1, 2048) is False
     assert model.compiled_region == "backbone" and model.objective.loss_implementation == "auto"
+
+
+def test_auto_captures_the_bounded_path_only_while_its_room_is_smaller_than_the_rows():
+    """K x room < K x K: with V >= K (no bound) the room is K and "bounded" would score as many pairs
+    as the K x K reference it replaces, so `auto` stays eager; a bound below K captures it."""
+    from headless.loss_kinds import loss_kind
+    from headless.models import CAPTURE_MAX_ROWS
+
+    captured_as, rows = loss_kind("cwt").captured_as, CAPTURE_MAX_ROWS + 2048
+    assert captured_as(CAPTURE_MAX_ROWS, 10**6, None) == "reference"
+    assert captured_as(rows, rows, None) is None and captured_as(rows, 256_000, None) is None
+    assert captured_as(rows, rows, 4096) == captured_as(rows, 8192, None) == "bounded"
+    assert captured_as(131_072, 50_304, None) == "bounded"  # Pythia-70M at 64 x 2048: K x V scores
+    assert captured_as(131_072 * 2, 50_304, None) is None  # past the head's measured bound

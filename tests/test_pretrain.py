@@ -290,6 +290,36 @@ def test_divergence_is_raised_at_the_next_log_step(fixture_datasets, tmp_path, m
     assert not [r for r in records if r["split"] == "train"]  # stopped before step 4 was logged
 
 
+def test_a_micro_batch_beyond_the_bounded_room_stops_the_run_with_one_line(fixture_datasets, tmp_path, capsys,
+                                                                           monkeypatch):
+    """CWT "bounded" with room for 16 unique targets (the synthetic corpus has ~55 per micro-batch):
+    nothing branches in the graph, the steps are skipped as NaN, and the next log step stops the
+    run with one line naming the key, before the NaN guard's "diverged"."""
+    from headless.losses import cwt
+
+    monkeypatch.setattr(cwt, "ROOM_MULTIPLE", 8)  # else the room is at least 128
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={fixture_datasets['neox']}", "--run-dir",
+            str(run_dir), "model.architecture=gpt-neox", "objective.kind=clm", "objective.loss_implementation=bounded",
+            "objective.unique_bound=16", "max_steps=4", "log_every=3", "save_every=100", "eval_every=100",
+            "max_nan_skips=1"]
+    _fails(args, capsys, "unique targets, more than objective.unique_bound=16 leaves room for (such steps were "
+                         "skipped); set objective.unique_bound=")
+    records = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    assert not [r for r in records if json.loads(r)["split"] == "train"]  # stopped before step 3 was logged
+
+
+def test_the_bounded_room_may_change_on_resume_but_not_the_objective():
+    """objective.unique_bound only sizes the classes of an exact path: the key the error above names
+    is accepted by `--resume`; what changes the objective is not."""
+    from headless.errors import HeadlessError
+    from headless.train.rundir import check_resume_overrides
+
+    check_resume_overrides({"objective": {"unique_bound": 50_304}})
+    with pytest.raises(HeadlessError, match="objective.max_negatives"):
+        check_resume_overrides({"objective": {"max_negatives": 8}})
+
+
 def test_time_budget_sets_max_steps_from_measured_throughput_and_keeps_curve_checkpoints(datasets, tmp_path):
     """`time_budget_s` resolves max_steps from the steady-state seconds per step measured after
     the untimed first steps, and again at a fifth of the run; curve checkpoints at

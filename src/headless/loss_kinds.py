@@ -18,6 +18,9 @@ from typing import Callable, Optional
 # to win there (docs/reference/performance.md).  CWT's K x K pairs grow as K²: K = 16,384 rows (Pythia-70M and
 # -160M at 8 x 2048; at 64 x 2048 they would need 64 GiB).  The vanilla head's dense logits grow as
 # K x V: Pythia-70M at 64 x 2048 with V = 50,304 (captured 1.20 M tokens/s against 0.97 M eager).
+# Above CAPTURE_MAX_ROWS, CWT's "bounded" path (K x room scores, room = min(V, K) by default) is
+# captured while room < K and its scores are no more than the head's bound: the same K x V
+# scores as that measured head (whether it beats the eager Triton kernel there is to be measured).
 CAPTURE_MAX_ROWS = 16_384
 CAPTURE_MAX_LOGITS = 131_072 * 50_304
 
@@ -58,9 +61,9 @@ class LossKind:
     implementations: tuple  # of Implementation; the first is "auto"
     # extra trainable V x D matrices the model creates for it (attribute names of nn.Embedding)
     extra_parameters: tuple = ()
-    # under compile, `auto` becomes "reference" (one graph) while this holds for (scored rows per
-    # micro-batch, vocabulary rows); None: `auto` stays eager
-    captures_up_to: Optional[Callable[[int, int], bool]] = field(default=None, compare=False)
+    # under compile, `auto` becomes the implementation this names (one graph) for (scored rows per
+    # micro-batch, vocabulary rows, objective.unique_bound), e.g. "reference"; None: `auto` stays eager
+    captured_as: Optional[Callable[[int, int, Optional[int]], Optional[str]]] = field(default=None, compare=False)
 
     @property
     def in_batch(self) -> bool:
@@ -88,12 +91,19 @@ class LossKind:
         return _resolve(target) if target else None
 
 
-def _rows_fit(rows: int, vocab: int) -> bool:
-    return rows <= CAPTURE_MAX_ROWS
+def _cwt_captured_as(rows: int, vocab: int, unique_bound: Optional[int] = None) -> Optional[str]:
+    """K x K pairs up to CAPTURE_MAX_ROWS; above, the bounded de-duplication while its K x room
+    scores are fewer than K x K and within the head's measured bound."""
+    if rows <= CAPTURE_MAX_ROWS:
+        return "reference"
+    from headless.losses.cwt import unique_room
+
+    room = unique_room(rows, vocab, unique_bound)
+    return "bounded" if room < rows and rows * room <= CAPTURE_MAX_LOGITS else None
 
 
-def _logits_fit(rows: int, vocab: int) -> bool:
-    return rows * vocab <= CAPTURE_MAX_LOGITS
+def _head_captured_as(rows: int, vocab: int, unique_bound: Optional[int] = None) -> Optional[str]:
+    return "reference" if rows * vocab <= CAPTURE_MAX_LOGITS else None
 
 
 # the contrastive paths of `headless.losses.cwt_loss` (its docstring and docs/reference/losses.md)
@@ -101,6 +111,8 @@ CONTRASTIVE = (
     Implementation("auto", "the fastest exact path for the device (cwt_loss)"),
     Implementation("reference", "the paper's K x K score matrix, no de-duplication", capturable=True),
     Implementation("dedup", "de-duplicated targets, dense K x U scores"),
+    Implementation("bounded", "de-duplicated on the device into a static room of classes (objective.unique_bound), "
+                   "dense K x room scores", capturable=True),
     Implementation("chunked", "de-duplicated, PyTorch online log-sum-exp"),
     Implementation("triton", "de-duplicated, our fused Triton kernel", needs_cuda=True),
     Implementation("liger", "de-duplicated, through Liger's fused linear cross-entropy", external=True),
@@ -133,11 +145,11 @@ LOSSES: dict[str, LossKind] = {k.name: k for k in (
              description="Contrastive Weight Tying: outputs against the input embeddings of the batch's targets",
              function="headless.models:cwt_of", implementations=(*_named(CONTRASTIVE, reference="cwt-paper"),
                                                                  BACKBONE_ONLY),
-             captures_up_to=_rows_fit),
+             captured_as=_cwt_captured_as),
     LossKind("ce", needs_head=True, scores="vocabulary", metrics=(),
              description="cross-entropy over the whole vocabulary through the LM head",
              function="headless.models:ce_of", implementations=(*_named(HEAD, reference="ce-hf"), HF_OWN_HEAD),
-             captures_up_to=_logits_fit),
+             captured_as=_head_captured_as),
     LossKind("ce+cwt", needs_head=True, scores="vocabulary", metrics=("unique_targets",),
              description="the sum of both (paper Tab. 6); FLOPs are dominated by the head; the implementation "
                          "is the head's (CWT takes auto)",

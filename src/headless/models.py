@@ -243,9 +243,9 @@ class LanguageModel(nn.Module):
 
         Needs static shapes and a loss written in plain tensor ops with no data-dependent size (the
         table's `capturable` implementations): CWT "reference" (the paper's K×K pairs, no
-        `torch.unique`), CE "reference" or "chunked".  The de-duplicating CWT paths need
-        `torch.unique`, the Triton kernels stay outside the graph, and global negatives or
-        `max_negatives` gather or sample on the host."""
+        `torch.unique`) or "bounded" (de-duplicated into a static room), CE "reference" or
+        "chunked".  The other de-duplicating CWT paths need `torch.unique`, the Triton kernels
+        stay outside the graph, and global negatives or `max_negatives` gather or sample on the host."""
         return self._sync_free_with(self.objective.loss_implementation)
 
     def _sync_free_with(self, implementation: str) -> bool:
@@ -264,29 +264,37 @@ class LanguageModel(nn.Module):
         return batch_size * per_row
 
     def captures_by_default(self, batch_size: int, seq_len: int) -> bool:
-        """Whether `loss_implementation: auto` becomes "reference" under compile, so that backbone
-        and loss are one graph: static shapes (CLM, or MLM with static masking) and a loss whose
-        table entry bounds it (`captures_up_to`): CWT with at most `CAPTURE_MAX_ROWS` scored rows
-        per micro-batch, or CE with at most `CAPTURE_MAX_LOGITS` logits.
+        """Whether `loss_implementation: auto` becomes a one-graph path under compile
+        (`captured_implementation`)."""
+        return self.captured_implementation(batch_size, seq_len) is not None
+
+    def captured_implementation(self, batch_size: int, seq_len: int) -> Optional[str]:
+        """What `loss_implementation: auto` becomes under compile, so that backbone and loss are one
+        graph, or None: needs static shapes (CLM, or MLM with static masking) and a loss whose
+        table entry says so (`captured_as`): CWT "reference" with at most `CAPTURE_MAX_ROWS` scored
+        rows per micro-batch, above that "bounded" while its room is smaller than the rows; CE
+        "reference" with at most `CAPTURE_MAX_LOGITS` logits.
 
         The bounds are the largest shapes at which one graph measured faster than the eager loss,
         for both twins (docs/reference/performance.md has the shapes, numbers and commands).  Above
         them the Triton losses stay, eager."""
-        bound = self.kind.captures_up_to
-        if bound is None or not self._sync_free_with("reference"):
-            return False
-        return bound(self.scored_rows(batch_size, seq_len), self.input_embedding_weight().shape[0])
+        captured_as = self.kind.captured_as
+        if captured_as is None or not self._sync_free_with("reference"):
+            return None
+        return captured_as(self.scored_rows(batch_size, seq_len), self.input_embedding_weight().shape[0],
+                           self.objective.unique_bound)
 
     def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
         (`fullgraph`, so a break fails loudly), else the backbone alone, the loss staying eager.
         `compiled_region` says which; `loss_implementation: auto` turns into "reference" first
-        where that is measured faster (`captures_by_default`, for micro-batches of this shape).
+        where that is measured faster (`captured_implementation`, for micro-batches of this shape).
 
         Returns whether CUDA graphs are captured ("reduce-overhead", "max-autotune" on CUDA): the
         caller must then mark each new step with `torch.compiler.cudagraph_mark_step_begin()`."""
-        if self.objective.loss_implementation == "auto" and self.captures_by_default(batch_size, seq_len):
-            self.objective = dataclasses.replace(self.objective, loss_implementation="reference")
+        captured = self.captured_implementation(batch_size, seq_len)
+        if self.objective.loss_implementation == "auto" and captured:
+            self.objective = dataclasses.replace(self.objective, loss_implementation=captured)
         if self.sync_free:
             self.compile(mode=mode, fullgraph=True)
             self.compiled_region = "model"
@@ -334,7 +342,7 @@ def _contrastive_options(model: LanguageModel) -> dict:
     obj = model.objective
     return dict(temperature=obj.temperature, max_negatives=obj.max_negatives, group=model.loss_group,
                 allow_empty=True, with_accuracy=model.with_accuracy, check_ids=False,
-                static_rows=model.static_shapes)
+                static_rows=model.static_shapes, unique_bound=obj.unique_bound)
 
 
 def _head_inputs(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):

@@ -14,7 +14,8 @@ z_ku = o_k·e_u/τ, so with U unique tokens and their counts n_u (the **dedup de
 i.e. a linear cross-entropy over U classes with bias log(count) plus a constant: the same value and
 (the log-counts being constants) the same gradients, for K·U instead of K·K work ("dedup"). The
 "chunked" path computes the same log-sum-exp tile by tile (online log-sum-exp, recomputation in
-backward), so no K×U tensor ever exists; "triton" runs the GPU kernel of `cwt_triton`.
+backward), so no K×U tensor ever exists; "triton" runs the GPU kernel of `cwt_triton`. "bounded"
+is "dedup" with a static number of classes (`_static_bounded`), so that it compiles into one graph.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import Tensor
 from headless.errors import HeadlessError
 
 REDUCTIONS = ("mean", "sum", "none")
-CWT_IMPLEMENTATIONS = ("auto", "reference", "dedup", "chunked", "triton", "liger", "cce", "torch")
+CWT_IMPLEMENTATIONS = ("auto", "reference", "dedup", "bounded", "chunked", "triton", "liger", "cce", "torch")
 GATHER_MODES = ("ids", "embeddings")
 DEFAULT_CHUNK_SIZE = 1024  # rows of outputs per block of the chunked path
 DEFAULT_CLASS_CHUNK = 8192  # classes per block of the chunked path (online log-sum-exp across them)
@@ -43,6 +44,9 @@ class LossOutput:
     num_targets: Tensor  # long scalar: non-ignored positions on this rank
     accuracy: Tensor | None  # detached float scalar: top-1 (in-batch retrieval for CWT)
     num_unique: Tensor | None  # detached long scalar: unique target ids scored against
+    # long scalar, "bounded" path only: the unique targets of a micro-batch that had more than the
+    # path's static room (its loss is then NaN), else 0; read by the trainer on log steps
+    unique_overflow: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- input checking
@@ -295,14 +299,15 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
              allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True,
-             static_rows: bool = False) -> LossOutput:
+             static_rows: bool = False, unique_bound: int | None = None) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
     (`ignore_index` positions are skipped, as scorers *and* as negatives), embedding_weight [V, D]
     the (tied) input embeddings. Negatives are the targets of the other positions, duplicates
     included, exactly as in the paper (Fig. 9). Paths (all the same value and gradients):
-    "reference" (K×K cross-entropy), "dedup" (K×U, log-count bias), "chunked" (online
+    "reference" (K×K cross-entropy), "dedup" (K×U, log-count bias), "bounded" (dedup with a static
+    number of classes, with `static_rows`; else it is "dedup"), "chunked" (online
     log-sum-exp, never K×U), "triton" (our GPU kernel), and other libraries' fused linear-CE
     kernels on the same de-duplicated classes: "liger", "cce" (exact mode), "torch" (torch >= 2.13);
     "auto" = triton on CUDA when available, else chunked. Softmax statistics accumulate in float32 (float64 for float64 inputs).
@@ -322,14 +327,18 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     skips the host-side range check of target_ids (one GPU synchronisation fewer).
 
     static_rows=True (same value and gradients; reduction "sum"/"mean", no group, no max_negatives;
-    paths auto/triton/chunked/dedup/reference, the others select as usual): score EVERY position
+    paths auto/triton/chunked/dedup/bounded/reference, the others select as usual): score EVERY position
     given and zero the ignored ones instead of selecting the kept rows, whose count the host would
     have to read (a GPU synchronisation). The ignored targets become one extra class whose bias
     (-1e30) removes it from every softmax. For rows gathered with static shapes, a few of them
     ignored (static MLM masking, CLM: `LanguageModel`). The de-duplicating paths still
     synchronise in `torch.unique`; "reference" then scores the K×K pairs without de-duplicating,
-    so every shape is static and no step reads anything on the host (K² floats of memory). For
-    Bernoulli MLM it would score the 85% unmasked rows for nothing.
+    so every shape is static and no step reads anything on the host (K² floats of memory).
+    "bounded" de-duplicates on the device into a STATIC room of classes (`unique_room`: the
+    `unique_bound` rounded up to 128, at most min(V, K), which always suffices and is the default),
+    K × room scores, no host read either. A micro-batch with more unique targets than the room gets
+    a NaN loss (a trainer skips such a step) and reports them in `unique_overflow`. For
+    Bernoulli MLM static rows would score the 85% unmasked rows for nothing.
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -339,13 +348,17 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         raise HeadlessError(f"{fn}: temperature must be > 0, got {temperature}")
     if max_negatives is not None and max_negatives < 1:
         raise HeadlessError(f"{fn}: max_negatives must be >= 1 (or None), got {max_negatives}")
+    if unique_bound is not None and unique_bound < 1:
+        raise HeadlessError(f"{fn}: unique_bound must be >= 1 (or None), got {unique_bound}")
     if static_rows and group is None and max_negatives is None and reduction != "none" \
-            and implementation in ("auto", "triton", "chunked", "dedup", "reference"):
+            and implementation in ("auto", "triton", "chunked", "dedup", "bounded", "reference"):
         check_inputs(fn, outputs, target_ids, embedding_weight, "embedding_weight")
         if check_ids:
             select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
         return _cwt_static_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index,
-                                reduction, implementation, chunk_size, allow_empty, with_accuracy)
+                                reduction, implementation, chunk_size, allow_empty, with_accuracy, unique_bound)
+    if implementation == "bounded":  # the rows are selected: torch.unique sizes the classes exactly
+        implementation = "dedup"
     rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
                                check_ids=check_ids)
     acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
@@ -390,9 +403,10 @@ _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes
 
 
 def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
-                     allow_empty, with_accuracy) -> LossOutput:
+                     allow_empty, with_accuracy, unique_bound=None) -> LossOutput:
     """`cwt_loss(static_rows=True)`: the loss over every position, ignored ones zeroed; "reference"
-    scores the K×K pairs (`_static_pairs`), the other paths the unique targets (`_static_unique`)."""
+    scores the K×K pairs (`_static_pairs`), "bounded" a static room of unique targets
+    (`_static_bounded`), the other paths the unique targets (`_static_unique`)."""
     o = outputs.reshape(-1, outputs.shape[-1])
     ids = target_ids.reshape(-1).long()
     valid = ids != ignore_index
@@ -401,15 +415,72 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
     if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
         raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
                             "pass allow_empty=True to get a zero loss for such batches")
+    overflow = None
     if implementation == "reference":
         losses, hits, num_unique = _static_pairs(o, ids, valid, weight, scale, acc, with_accuracy)
+    elif implementation == "bounded":
+        room = unique_room(ids.numel(), weight.shape[0], unique_bound)
+        losses, hits, num_unique = _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy)
+        overflow = num_unique > room
     else:
         losses, hits, num_unique = _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size,
                                                   with_accuracy)
     accuracy = None if hits is None else (hits & valid).sum().float() / count.clamp_min(1)
     total = losses.sum()
     loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
-    return LossOutput(loss, count, accuracy, num_unique)
+    if overflow is None:
+        return LossOutput(loss, count, accuracy, num_unique)
+    # more unique targets than classes: no branch in a graph, so the loss is poisoned (the step is
+    # skipped as non-finite) and the count goes to the trainer, which stops at its next log step
+    loss = torch.where(overflow, torch.full_like(loss, math.nan), loss)
+    return LossOutput(loss, count, accuracy, num_unique, torch.where(overflow, num_unique, 0))
+
+
+ROOM_MULTIPLE = 128  # the static room is padded to whole GEMM tiles (padding classes cost no exactness)
+
+
+def unique_room(rows: int, vocab: int, unique_bound: int | None = None) -> int:
+    """The number of classes of the "bounded" path for `rows` scored rows: `unique_bound` (None:
+    no bound) capped at min(vocab, rows), which no micro-batch can exceed, rounded up to 128."""
+    room = min(vocab, rows) if unique_bound is None else min(unique_bound, vocab, rows)
+    return -(-max(room, 1) // ROOM_MULTIPLE) * ROOM_MULTIPLE
+
+
+def _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy):
+    """(per-row losses, top-1 hits or None, unique count) of the dedup derivation with a STATIC
+    number of classes `room`, in plain tensor ops whose shapes the batch size fixes (no
+    `torch.unique`, no host read: torch.compile(fullgraph=True) and CUDA graphs take it whole).
+
+    Sort the targets, flag each first occurrence, cumsum: every row gets the index of its unique
+    target; the ids and counts are scattered into `room` classes (+1 spare slot collecting the
+    ignored rows and those beyond the room). Empty classes get bias -1e30 (exp() makes them exactly
+    0), the others log(count): lse_k = logsumexp(s_k + log n) over K × room scores, loss_k =
+    lse_k − s_{k,y_k}, the same value and gradients as the K×K pairs. A row whose unique target
+    lies beyond the room (more than `room` unique targets) is zeroed; the caller poisons the loss."""
+    vocab = weight.shape[0]
+    keys = torch.where(valid, ids, vocab)  # ignored targets sort last
+    sorted_keys, order = torch.sort(keys)
+    first = torch.cat([torch.ones_like(sorted_keys[:1], dtype=torch.bool), sorted_keys[1:] != sorted_keys[:-1]])
+    num_unique = (first & (sorted_keys < vocab)).sum()
+    slot = torch.empty_like(sorted_keys).scatter_(0, order, torch.cumsum(first.long(), 0) - 1)
+    kept = valid & (slot < room)
+    index = torch.where(kept, slot, room)  # room: the spare slot
+    class_ids = torch.zeros(room + 1, dtype=torch.long, device=ids.device).scatter_(
+        0, index, torch.where(kept, ids, 0))  # duplicates write the same id
+    counts = torch.zeros(room + 1, dtype=torch.long, device=ids.device).scatter_add_(0, index, kept.long())
+    class_ids, counts = class_ids[:room], counts[:room]
+    bias = torch.where(counts > 0, counts.to(acc).log(), torch.full((), _EXCLUDED, dtype=acc, device=ids.device))
+    raw = torch.mm(o.to(acc), weight[class_ids].to(acc).t()) * scale  # [K, room]
+    labels = index.clamp(max=room - 1).unsqueeze(1)
+    positive = raw.gather(1, labels).squeeze(1)  # s_{k,y_k}, from the same GEMM as the negatives
+    lse = torch.logsumexp(raw + bias, dim=1)
+    losses = torch.where(kept, lse - positive, torch.zeros_like(lse))
+    hits = None
+    if with_accuracy:  # on the raw scores o·e/τ, among the real classes only (ties count as correct)
+        with torch.no_grad():
+            best = raw.detach().masked_fill(counts == 0, -math.inf).max(dim=1).values
+            hits = positive.detach() >= best
+    return losses, hits, num_unique
 
 
 def _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size, with_accuracy):

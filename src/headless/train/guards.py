@@ -109,3 +109,26 @@ class NonFiniteGuard:
         if total > self.max_skips:
             raise HeadlessError(f"training diverged: {total} non-finite steps (last at step {last_bad}); "
                                 "lower optim.lr or check the data")
+
+
+class UniqueRoomGuard:
+    """Stops the run when a micro-batch had more unique targets than CWT's "bounded" path has room
+    for (`objective.unique_bound`).  Inside a captured graph nothing can branch: that micro-batch's
+    loss is NaN (so its step is skipped, like any non-finite step) and its count is kept here on
+    the device; `check` (log and save steps) reads it and raises one line naming the key.  With
+    no bound (null: room for min(vocab, rows)) nothing can overflow and the guard does nothing."""
+
+    def __init__(self, device: torch.device, unique_bound):
+        self.unique_bound = unique_bound
+        self.worst = torch.zeros((), dtype=torch.int64, device=device) if unique_bound is not None else None
+
+    def record(self, overflow) -> None:
+        if self.worst is not None and overflow is not None:
+            torch.maximum(self.worst, overflow, out=self.worst)
+
+    def check(self, step: int, all_reduce=lambda t, op="max": t) -> None:
+        worst = 0 if self.worst is None else int(all_reduce(self.worst.clone(), op="max"))
+        if worst:
+            raise HeadlessError(f"step {step}: a micro-batch had {worst:,} unique targets, more than "
+                                f"objective.unique_bound={self.unique_bound} leaves room for (such steps were "
+                                f"skipped); set objective.unique_bound={worst} or more (null: always enough; a resume may change it)")

@@ -10,7 +10,7 @@ from typing import Any
 from headless.config import TrainConfig
 from headless.train import distributed as dist
 from headless.train.evaluation import Evaluator
-from headless.train.guards import NonFiniteGuard, StopSignals
+from headless.train.guards import NonFiniteGuard, StopSignals, UniqueRoomGuard
 from headless.train.metrics import Metrics, summarize
 from headless.train.policy import keep_steps, paused
 from headless.train.start import resume_config, save, start
@@ -40,6 +40,7 @@ def _train(started) -> dict[str, Any]:
     metrics, keep = Metrics(run, state.step, counters), keep_steps(policies, max_steps)
     evaluator = Evaluator(run, metrics.logger)
     nan_guard = NonFiniteGuard(device, counters, config.max_nan_skips, state.step)
+    room_guard = UniqueRoomGuard(device, config.objective.unique_bound)
     start_time = time.perf_counter() - counters["elapsed"]
     try:
         with StopSignals() as signals:
@@ -53,6 +54,7 @@ def _train(started) -> dict[str, Any]:
                                  world_size=env.world_size, all_reduce=dist.all_reduce, graphs=run.graphs,
                                  no_sync=lambda s: dist.no_sync(run.wrapped, s), clip_grad_norm=dist.clip_grad_norm_)
                 nan_guard.record(out.bad, state.step + 1)
+                room_guard.record(out.result.unique_overflow)
                 state.step = step = state.step + 1
                 for plan in filter(None, [policy.on_step_end(step) for policy in policies]):
                     max_steps, keep = plan.max_steps, keep_steps(policies, plan.max_steps)
@@ -60,6 +62,7 @@ def _train(started) -> dict[str, Any]:
                     metrics.set_total(max_steps, plan.message)
                 last, log, periodic = step == max_steps, step % config.log_every == 0, step % config.save_every == 0
                 if log or last or periodic:
+                    room_guard.check(step, dist.all_reduce)  # before the NaN guard: the cause, not the symptom
                     nan_guard.check(step, metrics.logger)  # may raise HeadlessError("training diverged ...")
                 metrics.step(step, out, log or last)
                 for warning in filter(None, [policy.finish(step) for policy in policies] if last else []):

@@ -50,10 +50,11 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "curves.png
 # global batch stays the same; for in-batch losses (CWT, NCE) the negatives are the micro-batch's
 # targets, so the micro-batch is part of the objective (see `accept_resume`).  optim.schedule_steps
 # is an explicit change of the LR schedule from the checkpoint on; optim.extend says how a larger
-# max_steps continues it (headless.train.optim.Schedule.extend).
+# max_steps continues it (headless.train.optim.Schedule.extend).  objective.unique_bound only sizes
+# the classes of an exact path (raise it when a run stops for it).
 RESUMABLE = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress", "tensorboard",
              "report_to", "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "optim.extend", "run_dir",
-             "plateau_patience"}
+             "plateau_patience", "objective.unique_bound"}
 
 
 def default_run_dir(config: TrainConfig) -> Path:

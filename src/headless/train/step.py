@@ -70,6 +70,8 @@ class StepResult:
     # tensor on the device (all-reduced there, not read back: the trainer calls int() on log steps)
     num_targets: int | torch.Tensor
     unique: torch.Tensor  # detached: mean unique targets per micro-batch (CWT), 0 otherwise
+    # long: the most unique targets of a micro-batch that overflowed CWT's "bounded" room, else 0
+    unique_overflow: Optional[torch.Tensor] = None
 
 
 def forward_backward(
@@ -94,6 +96,7 @@ def forward_backward(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     unique = torch.zeros((), device=device)
+    overflow = torch.zeros((), dtype=torch.long, device=device)
     for i, (input_ids, labels) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         input_ids = to_device(input_ids, device)
@@ -106,7 +109,9 @@ def forward_backward(
             correct += out.accuracy.detach().float() * out.num_targets.detach().float()
         if out.num_unique is not None:
             unique += out.num_unique.detach().float() / len(micro_batches)  # no host sync
-    return StepResult(loss_sum=loss_sum, correct=correct, num_targets=total, unique=unique)
+        if getattr(out, "unique_overflow", None) is not None:
+            overflow = torch.maximum(overflow, out.unique_overflow.detach())
+    return StepResult(loss_sum=loss_sum, correct=correct, num_targets=total, unique=unique, unique_overflow=overflow)
 
 
 @dataclass
