@@ -276,8 +276,9 @@ class LanguageModel(nn.Module):
         "reference" with at most `CAPTURE_MAX_LOGITS` logits.
 
         The bounds are the largest shapes at which one graph measured faster than the eager loss,
-        for both twins (docs/reference/performance.md has the shapes, numbers and commands).  Above
-        them the Triton losses stay, eager."""
+        for both twins (docs/reference/performance.md has the shapes, numbers and commands; the
+        "bounded" choice above them is still to be measured there).  Above them the Triton losses
+        stay, eager."""
         captured_as = self.kind.captured_as
         if captured_as is None or not self._sync_free_with("reference"):
             return None
@@ -287,8 +288,8 @@ class LanguageModel(nn.Module):
     def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
         (`fullgraph`, so a break fails loudly), else the backbone alone, the loss staying eager.
-        `compiled_region` says which; `loss_implementation: auto` turns into "reference" first
-        where that is measured faster (`captured_implementation`, for micro-batches of this shape).
+        `compiled_region` says which; `loss_implementation: auto` turns into a one-graph path first
+        where that is faster (`captured_implementation`, for micro-batches of this shape).
 
         Returns whether CUDA graphs are captured ("reduce-overhead", "max-autotune" on CUDA): the
         caller must then mark each new step with `torch.compiler.cudagraph_mark_step_begin()`."""

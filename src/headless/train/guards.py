@@ -131,4 +131,5 @@ class UniqueRoomGuard:
         if worst:
             raise HeadlessError(f"step {step}: a micro-batch had {worst:,} unique targets, more than "
                                 f"objective.unique_bound={self.unique_bound} leaves room for (such steps were "
-                                f"skipped); set objective.unique_bound={worst} or more (null: always enough; a resume may change it)")
+                                f"skipped); set objective.unique_bound={worst} or more (null: always enough; "
+                                "a resume may change it)")
