@@ -40,6 +40,8 @@ def test_a_kernel_absent_here_is_refused_with_one_line(kernel):
     message = str(err.value)
     assert "\n" not in message and f"model.attention_kernel={kernel} cannot run on cpu" in message
     assert "head dimension 16" in message and "model.attention_kernel=auto" in message
+    with pytest.raises(HeadlessError, match="head dimension 16, attention dropout 0.1"):  # asked as trained
+        _model(kernel, "model.dropout=0.1").check_attention_kernel()
 
 
 def test_auto_and_the_kernels_the_cpu_has_give_the_same_loss_and_leave_the_random_state():

@@ -64,12 +64,13 @@ def kernel_context(kernel: str):
     return sdpa_kernel([getattr(SDPBackend, KERNELS[kernel])])
 
 
-def check_kernel(kernel: str, device, dtype, head_dim: int, causal: bool) -> None:
+def check_kernel(kernel: str, device, dtype, head_dim: int, causal: bool, dropout: float = 0.0) -> None:
     """Refuse, in one line, a `model.attention_kernel` that cannot run here: a forward and backward of
-    a tiny attention of the model's head dimension, dtype and masking under that kernel alone.
-    torch knows best which kernel runs where (device, build, GPU generation, dtype, head dimension),
-    so it is asked rather than a table kept here; without this, the first training step would fail
-    with "No available kernel" deep in a traceback (or inside a compiled graph)."""
+    a small attention with the model's head dimension, dtype, masking and dropout, laid out as HF
+    lays it out ([B, T, H, D] transposed), under that kernel alone.  torch knows best which kernel
+    runs where (device, build, GPU generation, dtype, head dimension), so it is asked rather than a
+    table kept here; without this, the first training step would fail with "No available kernel"
+    deep in a traceback (or inside a compiled graph)."""
     if kernel == "auto":
         return
     import warnings
@@ -79,14 +80,19 @@ def check_kernel(kernel: str, device, dtype, head_dim: int, causal: bool) -> Non
 
     from headless.errors import HeadlessError
 
-    with torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
+    device = torch.device(device)
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    # fork_rng: the probe's dropout must leave the run's random state as it found it
+    with torch.random.fork_rng(devices=rng_devices), torch.enable_grad(), \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # no random numbers: the probe must leave the run's random state as it found it
-        q, k, v = (torch.full((1, 2, 16, head_dim), 0.1, device=device, dtype=dtype, requires_grad=True)
-                   for _ in range(3))
+        leaves = [torch.full((1, 128, 2, head_dim), 0.1, device=device, dtype=dtype, requires_grad=True)
+                  for _ in range(3)]
+        q, k, v = (t.transpose(1, 2) for t in leaves)
         try:
             with kernel_context(kernel):
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
             out.float().sum().backward()
             error = None
         except RuntimeError as err:
@@ -96,6 +102,7 @@ def check_kernel(kernel: str, device, dtype, head_dim: int, causal: bool) -> Non
         reasons = [m for m in (str(w.message) for w in caught)
                    if "not used because" not in m and ("attention" in m.lower() or "kernel" in m.lower())]
         why = " ".join(" ".join(reasons[:2] or [error]).split())  # one line
-        raise HeadlessError(f"model.attention_kernel={kernel} cannot run on {device} ({str(dtype).replace('torch.', '')}, "
-                            f"head dimension {head_dim}): {why[:300]}; use model.attention_kernel=auto "
-                            "(torch's own choice) or another kernel")
+        raise HeadlessError(f"model.attention_kernel={kernel} cannot run on {device} "
+                            f"({str(dtype).replace('torch.', '')}, head dimension {head_dim}"
+                            f"{f', attention dropout {dropout:g}' if dropout else ''}): {why[:300]}; "
+                            "use model.attention_kernel=auto (torch's own choice) or another kernel")

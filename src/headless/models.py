@@ -307,7 +307,10 @@ class LanguageModel(nn.Module):
 
         config, weight = self.config, self.input_embedding_weight()
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        check_kernel(self.attention_kernel, device or weight.device, dtype or weight.dtype, head_dim, self.causal)
+        dropout = next((getattr(config, name) for name in ("attention_dropout", "attention_probs_dropout_prob",
+                                                            "attn_pdrop") if getattr(config, name, None)), 0.0)
+        check_kernel(self.attention_kernel, device or weight.device, dtype or weight.dtype, head_dim, self.causal,
+                     float(dropout))
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         with kernel_context(self.attention_kernel):
