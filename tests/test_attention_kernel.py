@@ -121,3 +121,32 @@ def test_each_kernel_available_on_the_gpu_gives_math_s_forward_within_bf16_toler
         ran.append(kernel)
         assert (out - reference).abs().max().item() <= 2 * bf16_error + 1e-2, kernel
     assert "auto" in ran and "flash" in ran
+
+
+def test_the_gpu_script_runs_on_the_cpu_and_reports_every_case(tmp_path, monkeypatch):
+    """scripts/bench_attention.py at a tiny shape, eager: SDPA rows per kernel, full-step rows with
+    tokens/s or torch's reason, and the cases past the time budget listed, in JSON and Markdown."""
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_attention.py"
+    shape = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+             "model.max_position_embeddings=64"]
+    common = ["--presets", "tiny-gpt", "--no-compile", "--steps", "1", "--warmup", "0", "--seq-len", "32",
+              "--vocab-size", "256", "--sdpa-shapes", "small:2,2,64,16", *shape]
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "all"), *common])
+    runpy.run_path(str(script), run_name="__main__")
+    report = json.loads((tmp_path / "all" / "attention.json").read_text())
+    assert [r["kernel"] for r in report["sdpa"]] == ["auto", "flash", "cudnn", "efficient", "flex"]
+    steps = {(r["objective"], r["variant"]): r for r in report["steps"]}
+    assert steps[("backbone", "auto")]["tokens_per_s"] > 0 and steps[("cwt", "flash")]["tokens_per_s"] > 0
+    if not torch.cuda.is_available():
+        assert "cannot run on cpu" in steps[("backbone", "cudnn")]["unavailable"]
+    assert "| tiny-gpt | backbone | auto |" in (tmp_path / "all" / "attention.md").read_text()
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "none"), "--budget-s", "0", *common])
+    runpy.run_path(str(script), run_name="__main__")
+    report = json.loads((tmp_path / "none" / "attention.json").read_text())
+    assert report["steps"] == [] and len(report["not_run"]) >= 4
+    assert "not run: past the time budget" in (tmp_path / "none" / "attention.md").read_text()
