@@ -89,7 +89,7 @@ def test_bench_and_pretrain_refuse_an_absent_kernel_with_one_line(tmp_path, caps
                  *SMALL, "model.attention_kernel=cudnn"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.attention_kernel=cudnn cannot run on cpu" in err[0]
-    assert not (run_dir / "config.yaml").exists()  # refused before the run's config was written
+    assert not run_dir.exists()  # refused before the run directory was made
 
 
 @pytest.mark.gpu
@@ -150,3 +150,15 @@ def test_the_gpu_script_runs_on_the_cpu_and_reports_every_case(tmp_path, monkeyp
     report = json.loads((tmp_path / "none" / "attention.json").read_text())
     assert report["steps"] == [] and len(report["not_run"]) >= 4
     assert "not run: past the time budget" in (tmp_path / "none" / "attention.md").read_text()
+
+
+def test_a_resume_may_change_the_kernel():
+    """The kernel computes the same attention (to bf16 rounding, like another GPU): a run moved to a
+    machine without cuDNN's attention resumes with model.attention_kernel=auto."""
+    from headless.config import parse_overrides
+    from headless.train.rundir import accept_resume, check_resume_overrides
+
+    check_resume_overrides(parse_overrides(["model.attention_kernel=auto"]))
+    old = load_config("tiny-gpt", overrides=["model.attention_kernel=cudnn"])
+    new = load_config("tiny-gpt", overrides=["model.attention_kernel=auto"])
+    assert accept_resume(new, old, {"step": 1}, 1, "data").model.attention_kernel == "auto"

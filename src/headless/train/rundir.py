@@ -53,7 +53,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "curves.png
 # max_steps continues it (headless.train.optim.Schedule.extend).
 RESUMABLE = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress", "tensorboard",
              "report_to", "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "optim.extend", "run_dir",
-             "plateau_patience"}
+             "plateau_patience", "model.attention_kernel"}
 
 
 def default_run_dir(config: TrainConfig) -> Path:
