@@ -6,10 +6,11 @@ Two parts, in one process, cheapest first, each row written as soon as it is mea
    each SDPA kernel (`model.attention_kernel`) and FlexAttention.
 2. Full training steps through `headless bench` (`--compile`, compile_mode=reduce-overhead) of the
    backbone alone and of CWT, at Pythia-160M and Pythia-70M 8 x 2048: `auto` (today's default)
-   against the kernel part 1 found fastest, then the other kernels, FlexAttention (through HF's
-   `attn_implementation=flex_attention`) and GELU's tanh approximation, while the time budget lasts.
+   against the kernel part 1 found fastest and cuDNN's, then the other kernels, FlexAttention (through HF's
+   `attn_implementation=flex_attention`), GELU's tanh approximation and compile_mode=max-autotune,
+   while the time budget lasts.
 
-    python scripts/bench_attention.py OUTDIR [--budget-s 220] [--preset-160 pythia-160m] ...
+    python scripts/bench_attention.py OUTDIR [--budget-s 150] [--presets pythia-160m,pythia-70m] [KEY=VALUE ...]
 
 Writes OUTDIR/attention.json and OUTDIR/attention.md. A case not reached within the budget is listed
 as such; a kernel absent here is listed with torch's reason.
@@ -120,7 +121,8 @@ def _flex_step(q, k, v, device):
 def step_cases(presets: list[str], best: str, available: list[str]) -> list[dict]:
     """The full-step cases, most telling first: at the first preset, the backbone with `auto` (today's
     default), the fastest SDPA kernel and cuDNN's, then GELU-tanh on the fastest, then CWT the same
-    way; then the second preset; then the remaining kernels and FlexAttention."""
+    way; then the second preset; then the remaining kernels, FlexAttention and, last,
+    compile_mode=max-autotune (Inductor's GEMM autotuning: minutes of compilation)."""
     def case(preset, objective, label, *overrides):
         return dict(preset=preset, objective=objective, label=label, overrides=list(overrides))
 
@@ -134,6 +136,9 @@ def step_cases(presets: list[str], best: str, available: list[str]) -> list[dict
                                   "model.extra.hidden_act=gelu_pytorch_tanh"))
     cases += [case(presets[0], "backbone", k, f"model.attention_kernel={k}") for k in KERNELS if k not in kernels]
     cases.append(case(presets[0], "backbone", "flex_attention", "model.attn_implementation=flex_attention"))
+    # last: Inductor's GEMM autotuning takes minutes to compile
+    cases.append(case(presets[0], "backbone", f"{best} + max-autotune", f"model.attention_kernel={best}",
+                      "compile_mode=max-autotune"))
     return cases
 
 
