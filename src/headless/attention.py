@@ -101,7 +101,7 @@ def check_kernel(kernel: str, device, dtype, head_dim: int, causal: bool, dropou
         # torch explains why in warnings ("Flash attention requires ..."); its error only says "no kernel"
         reasons = [m for m in (str(w.message) for w in caught)
                    if "not used because" not in m and ("attention" in m.lower() or "kernel" in m.lower())]
-        why = " ".join(" ".join(reasons[:2] or [error]).split())  # one line
+        why = " ".join(" ".join(reasons[:2] or [error]).split()).rstrip(".")  # one line
         raise HeadlessError(f"model.attention_kernel={kernel} cannot run on {device} "
                             f"({str(dtype).replace('torch.', '')}, head dimension {head_dim}"
                             f"{f', attention dropout {dropout:g}' if dropout else ''}): {why[:300]}; "
