@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 
+from torch.nn.attention import SDPBackend, sdpa_kernel  # here: nothing is imported inside a compiled graph
+
 NAME = "headless_sdpa"
 _registered = False
 
@@ -59,8 +61,6 @@ def kernel_context(kernel: str):
     compiled graph too; the backward follows the kernel its forward ran."""
     if kernel == "auto":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     return sdpa_kernel([getattr(SDPBackend, KERNELS[kernel])])
 
 

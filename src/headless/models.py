@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from headless.architectures import ARCHITECTURES, by_model_type, is_causal
-from headless.attention import kernel_context  # at import: nothing is imported inside a compiled graph
+from headless.attention import kernel_context
 from headless.config import ModelConfig, ObjectiveConfig
 from headless.errors import HeadlessError, load_error
 # the bounds under which `auto` is captured: with the loss table, where their measurements are cited
