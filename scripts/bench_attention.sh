@@ -2,7 +2,7 @@
 # Issue #29 item 3 on one GPU (about 4 minutes on an H200): which SDPA kernel (`model.attention_kernel`),
 # FlexAttention or GELU-tanh makes the backbone's training step fastest, and its MFU.
 #
-#   OUT=/some/dir bash scripts/bench_attention.sh          # BUDGET_S=500 to reach every case
+#   OUT=/some/dir bash scripts/bench_attention.sh      # BUDGET_S=420 reaches more cases (each saved as it ends)
 #
 # 1. the GPU test of the kernels (each against fp32 math within bf16's own error) -> attention-pytest.txt
 # 2. scripts/bench_attention.py: SDPA alone per kernel, then full captured training steps
