@@ -92,6 +92,8 @@ def sdpa_rows(shapes: list[tuple[str, tuple[int, int, int, int]]]) -> list[dict]
                         out.backward(torch.ones_like(out))
                 ms = time_ms(step)
                 row.update(ms_fwd_bwd=ms, tflops=flops / ms / 1e9)
+                if kernel == "auto":
+                    row["runs"] = _sdpa_op(step)
             except HeadlessError as err:
                 row["unavailable"] = str(err)
             except Exception as err:  # noqa: BLE001 -- FlexAttention's compilation: the row says why
@@ -100,6 +102,17 @@ def sdpa_rows(shapes: list[tuple[str, tuple[int, int, int, int]]]) -> list[dict]
             print(json.dumps(row), flush=True)
         del q, k, v
     return rows
+
+
+def _sdpa_op(step) -> str:
+    """Which aten SDPA op (so which kernel) one call of `step` dispatched to: what `auto` picks here."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ops = sorted({e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")
+                  and "backward" not in e.key})
+    return ", ".join(ops) or "?"
 
 
 def _flex_step(q, k, v, device):
@@ -179,7 +192,8 @@ def markdown(report: dict) -> str:
     for r in report["sdpa"]:
         shape = f"{r['shape']} {tuple(r['bhtd'])}"
         if "ms_fwd_bwd" in r:
-            lines.append(f"| {shape} | {r['kernel']} | {r['ms_fwd_bwd']:.3f} | {r['tflops']:.0f} |")
+            kernel = r["kernel"] + (f" (runs {r['runs']})" if r.get("runs") else "")
+            lines.append(f"| {shape} | {kernel} | {r['ms_fwd_bwd']:.3f} | {r['tflops']:.0f} |")
         else:
             lines.append(f"| {shape} | {r['kernel']} | {r.get('unavailable') or r.get('error')} | |")
     lines += ["", f"Fastest SDPA kernel: **{report['best_kernel']}**.", "",
