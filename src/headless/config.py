@@ -44,6 +44,9 @@ class ModelConfig:
     rotary_pct: float = 0.25  # gpt-neox only
     tie_word_embeddings: bool = True  # vanilla flavour: tie the head to the input embeddings
     attn_implementation: str = "sdpa"  # HF attention backend: sdpa, eager, flash_attention_2, headless_sdpa
+    # the kernel SDPA runs (attn_implementation sdpa): auto = torch's own pick; flash (FlashAttention-2),
+    # cudnn (cuDNN's, Hopper-tuned), efficient (memory-efficient), math (reference); refused where absent
+    attention_kernel: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     extra: dict = field(default_factory=dict)  # passed verbatim to the HF config
 
     @property
@@ -275,6 +278,10 @@ class TrainConfig:
              "must not depend on it"),
             (all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.budget.checkpoint_fractions),
              "budget.checkpoint_fractions must be numbers in (0, 1]"),
+            (self.model.attention_kernel == "auto" or self.model.attn_implementation in ("sdpa", "headless_sdpa"),
+             f"model.attention_kernel={self.model.attention_kernel} picks a kernel of PyTorch's SDPA; "
+             f"model.attn_implementation={self.model.attn_implementation} does not use it (set it to sdpa, "
+             "or model.attention_kernel=auto)"),
             (self.model.init_from is not None or self.data.seq_len <= self.model.max_position_embeddings,
              f"data.seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
              f"{self.model.max_position_embeddings}"),

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from headless.architectures import ARCHITECTURES, by_model_type, is_causal
+from headless.attention import kernel_context
 from headless.config import ModelConfig, ObjectiveConfig
 from headless.errors import HeadlessError, load_error
 # the bounds under which `auto` is captured: with the loss table, where their measurements are cited
@@ -187,9 +188,10 @@ class LanguageModel(nn.Module):
     the entry of `headless.loss_kinds.LOSSES`: its function, implementations and extra parameters.
     """
 
-    def __init__(self, hf_model: nn.Module, loss_kind: str, objective: ObjectiveConfig):
+    def __init__(self, hf_model: nn.Module, loss_kind: str, objective: ObjectiveConfig, attention_kernel: str = "auto"):
         super().__init__()
         self.hf = hf_model
+        self.attention_kernel = attention_kernel  # model.attention_kernel: the SDPA kernel the forward runs
         self.loss_kind = loss_kind
         self.kind = lookup_loss(loss_kind)
         self.objective = objective
@@ -307,12 +309,26 @@ class LanguageModel(nn.Module):
     def input_embedding_weight(self) -> torch.Tensor:
         return self.backbone.get_input_embeddings().weight
 
+    def check_attention_kernel(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        """Refuse (one line) a `model.attention_kernel` that cannot run on `device` (else where the
+        weights are) at the compute dtype (`dtype`, else the weights'): before the run, not in its first step."""
+        from headless.attention import check_kernel
+
+        config, weight = self.config, self.input_embedding_weight()
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dropout = next((getattr(config, name) for name in ("attention_dropout", "attention_probs_dropout_prob",
+                                                            "attn_pdrop") if getattr(config, name, None)), 0.0)
+        check_kernel(self.attention_kernel, device or weight.device, dtype or weight.dtype, head_dim, self.causal,
+                     float(dropout))
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with kernel_context(self.attention_kernel):
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
         if self.forward_function is not None:  # an implementation that is not a loss of hidden states
-            return self.forward_function(self, input_ids, labels, attention_mask)
+            with kernel_context(self.attention_kernel):  # HF's own head and loss: the backbone inside
+                return self.forward_function(self, input_ids, labels, attention_mask)
         return self.loss(self.hidden_states(input_ids, attention_mask), labels)
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
@@ -459,7 +475,7 @@ def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vo
                                 f"{str(err).splitlines()[0]}") from None
     if model_vocab < vocab_size:
         raise HeadlessError(f"tokenizer has {vocab_size} tokens but the model's embedding has only {model_vocab} rows")
-    return LanguageModel(hf, loss_kind, objective)
+    return LanguageModel(hf, loss_kind, objective, attention_kernel=cfg.attention_kernel)
 
 
 def count_parameters(model: nn.Module) -> dict:

@@ -93,6 +93,7 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     seq = config.data.seq_len
     torch.manual_seed(0)
     model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
+    model.check_attention_kernel(device, compute_dtype(config.precision, device))  # model.attention_kernel absent: one line
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
     graphs = model.compile_model(config.compile_mode, batch, seq) if compile else False
     optimizer = build_optimizer(model, config, device)

@@ -54,7 +54,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "curves.png
 # the classes of an exact path (raise it when a run stops for it).
 RESUMABLE = {"max_steps", "eval_every", "log_every", "save_every", "keep_last", "progress", "tensorboard",
              "report_to", "eval_batches", "device", "batch_size", "grad_accum", "optim.schedule_steps", "optim.extend", "run_dir",
-             "plateau_patience", "objective.unique_bound"}
+             "plateau_patience", "objective.unique_bound",
+             "model.attention_kernel"}
 
 
 def default_run_dir(config: TrainConfig) -> Path:

@@ -14,6 +14,7 @@ from headless.config import TrainConfig, deep_merge, from_dict, parse_overrides
 from headless.data.prepare import verify_shards
 from headless.errors import HeadlessError
 from headless.files import copytree_atomic, describe_os_error, is_write_failure, json_digest, tree_digest
+from headless.runtime import compute_dtype
 from headless.train import distributed as dist
 from headless.train.budget import TimeBudget
 from headless.train.build import Run, build_model, build_run, load_data
@@ -175,6 +176,7 @@ def _start(config: TrainConfig, resume: bool, env, run_dir: Path, lock) -> Start
         return Started(None, state, checkpointer, lock, done=done)
     schedule = _schedule(config, old, ckpt, step, max_steps, ckpt is not None, lambda m: _say(env, m))
     model = build_model(config, data)
+    model.check_attention_kernel(env.device, compute_dtype(config.precision, env.device))  # before anything is written
     checkpointer.register("model", ModelState(model))
     if ckpt is not None:  # into the plain model: DDP/FSDP2 broadcast rank 0's weights when wrapping
         checkpointer.restore(ckpt)
