@@ -307,9 +307,10 @@ def largest_batch(preset, objective, vocab, seq_len, device, compile, overrides,
             (b1, p1), (b2, p2) = fit[-2:]
             predicted = int(b2 + (0.95 * total - p2) * (b2 - b1) / (p2 - p1))
         if bad is None:
-            nxt = min(2 * good, limit)
+            nxt = 2 * good
             if predicted is not None:
-                nxt = min(predicted if predicted > good else good + max(1, good // 8), nxt)
+                nxt = predicted if predicted > good else good + max(1, good // 8)
+            nxt = min(nxt, limit)
         else:
             if bad - good <= max(1, good // 16):
                 break
