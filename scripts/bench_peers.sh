@@ -5,19 +5,20 @@
 # $OUT/summary.md (every stage's tables), $OUT/log.txt.
 #
 #   bash scripts/bench_peers.sh                     # every stage, in this order, within BUDGET_S
-#   bash scripts/bench_peers.sh llama-1b maxb       # named stages only
+#   bash scripts/bench_peers.sh maxb-p160 p160-128k # named stages only
 #
 # Stages (estimates on an H200, from the compiles: a cold compile ~45 s at Pythia-160M and ~80 s at
-# llama-1b, one that hits Inductor's cache of an earlier case ~15 s; steps themselves take seconds):
-#   p160-256k  Pythia-160M 8 x 2048, V = 256,000: backbone, cwt, ce, ce-hf-full, ce-cce, ce-liger (+ce-quack);
-#              3 cold + 3-4 cached compiles, ~3.5 min
-#   p160-50k   the same at V = 50,304, ~3.5 min
-#   llama-1b   the Llama-3.2-1B shape, 4 x 2048, V = 128,256: backbone, cwt, ce, ce-cce, ce-liger (+ce-quack),
-#              ~5 min
-#   maxb       largest micro-batch, eager probes (--max-batch-eager, 45 s per search): cwt, ce, ce-hf-full,
-#              ce-liger on Pythia-160M at V = 50k/128k/256k and on llama-1b at 128k, ~5 min
-#   p160-128k  Pythia-160M at V = 128,256, ~3.5 min
-# Together ~20 min: more than one 10-minute call.  A stage starts only while BUDGET_S (default 470 s)
+# llama-1b, one that hits Inductor's cache of an earlier case ~15 s; the timed steps take seconds):
+#   p160-256k   Pythia-160M 8 x 2048, V = 256,000: backbone, cwt, ce, ce-hf-full, ce-cce, ce-liger (+ce-quack);
+#               3 cold + 3-4 cached compiles, ~3.5 min
+#   p160-50k    the same at V = 50,304, ~3.5 min
+#   llama-1b    the Llama-3.2-1B shape, 4 x 2048, V = 128,256: backbone, cwt, ce, ce-cce, ce-liger (+ce-quack);
+#               3 cold + 2-3 cached compiles, ~5 min
+#   maxb-llama  largest micro-batch of cwt, ce, ce-hf-full, ce-liger on llama-1b at V = 128,256: eager probes
+#               (--max-batch-eager; ~5 probes of ~10 s, at most 45 s of probing per search), ~3.5 min
+#   maxb-p160   the same on Pythia-160M at V = 50,304, 128,256 and 256,000 (12 searches), ~5 min
+#   p160-128k   Pythia-160M at V = 128,256, ~3.5 min
+# Together ~24 min: three 10-minute calls.  A stage starts only while BUDGET_S (default 470 s)
 # has at least 60 s left and runs under what is left; the reports are rewritten after every case,
 # so a stage stopped at the limit keeps its finished rows.  summary.md says which stages did not
 # run: name them in the next call.
@@ -25,6 +26,12 @@
 # Carry `.whl` (scripts/gpu_wheels.sh): the wheels are installed offline into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ALL=(p160-256k p160-50k llama-1b maxb-llama maxb-p160 p160-128k)
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL[@]}")
+for s in "${STAGES[@]}"; do
+  case " ${ALL[*]} " in *" $s "*) ;; *) echo "bench_peers.sh: unknown stage $s (${ALL[*]})" >&2; exit 2 ;; esac
+done
 START=$SECONDS
 BUDGET_S=${BUDGET_S:-470}
 OUT=${OUT:-runs/bench_peers-out}
@@ -68,18 +75,15 @@ run() {
                  --vocab-sizes 128256 --batch-sizes 8 "${CAPTURED[@]}" ;;
     llama-1b)  stage llama-1b --preset llama-1b --objectives "backbone,cwt,ce$PEERS" \
                  --vocab-sizes 128256 --batch-sizes 4 "${CAPTURED[@]}" ;;
-    maxb)      stage maxb-p160 --preset pythia-160m --objectives "cwt,ce,ce-hf-full${PEERS/,ce-cce/}" \
-                 --vocab-sizes 50304,128256,256000 --batch-sizes 8 --steps 2 --warmup 1 \
-                 --max-batch --max-batch-eager --max-batch-seconds 45
-               stage maxb-llama --preset llama-1b --objectives "cwt,ce,ce-hf-full${PEERS/,ce-cce/}" \
+    maxb-llama) stage maxb-llama --preset llama-1b --objectives "cwt,ce,ce-hf-full${PEERS/,ce-cce/}" \
                  --vocab-sizes 128256 --batch-sizes 4 --steps 2 --warmup 1 \
                  --max-batch --max-batch-eager --max-batch-seconds 45 ;;
-    *) echo "bench_peers.sh: unknown stage $1 (p160-256k, p160-50k, llama-1b, maxb, p160-128k)" >&2; exit 2 ;;
+    maxb-p160) stage maxb-p160 --preset pythia-160m --objectives "cwt,ce,ce-hf-full${PEERS/,ce-cce/}" \
+                 --vocab-sizes 50304,128256,256000 --batch-sizes 8 --steps 2 --warmup 1 \
+                 --max-batch --max-batch-eager --max-batch-seconds 45 ;;
   esac
 }
 
-STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(p160-256k p160-50k llama-1b maxb p160-128k)
 for s in "${STAGES[@]}"; do run "$s"; done
 
 { echo "# bench_peers $(date -u +%FT%TZ), $((SECONDS - START)) s"; echo

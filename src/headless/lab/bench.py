@@ -242,8 +242,11 @@ def _is_oom(err: BaseException) -> bool:
     """An out-of-memory error, also when torch.compile wraps it (a backend compiler failure)."""
     import torch
 
-    while err is not None:
-        if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+    for _ in range(20):  # the chain of causes, bounded
+        if err is None:
+            return False
+        text = str(err).lower()
+        if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text:
             return True
         err = err.__cause__ or err.__context__
     return False
