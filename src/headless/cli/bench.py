@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch-eager", action="store_true",
                    help="--max-batch probes without torch.compile (seconds per probe instead of a compile each; "
                    "eager memory)")
-    p.add_argument("--max-batch-seconds", type=float, default=None, metavar="S",
-                   help="start no probe of a --max-batch search after S seconds: the answer is then a lower bound")
+    p.add_argument("--max-batch-seconds", type=float, default=300.0, metavar="S",
+                   help="start no probe of a --max-batch search after S seconds (default 300): the answer is then "
+                   "a lower bound")
     p.add_argument("--output", default=None, help="directory for bench.json, bench.md, bench.png")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     add_progress_flag(p)
