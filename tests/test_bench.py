@@ -249,3 +249,31 @@ def test_bench_cli_passes_the_max_batch_options_and_refuses_a_bad_limit(monkeypa
     assert main(["bench", "--preset", "tiny", "--max-batch", "--max-batch-seconds", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--max-batch-seconds must be positive" in err[0]
+
+
+def test_bench_keeps_finished_rows_when_stopped_and_names_a_wrapped_oom(tmp_path, monkeypatch):
+    """A bench stopped at a time limit (bench_peers.sh sends SIGINT) keeps the cases it finished in
+    bench.json/.md; an out-of-memory error wrapped by torch.compile is an OOM row, not an error."""
+    import headless.lab.bench as lab
+
+    real, calls = lab._case, []
+
+    def case(preset, objective, *args):
+        calls.append(objective)
+        if objective == "ce":
+            try:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            except torch.OutOfMemoryError as oom:
+                raise RuntimeError("backend compiler failed") from oom
+        if objective == "cwt-paper":
+            raise KeyboardInterrupt
+        return real(preset, objective, *args)
+
+    monkeypatch.setattr(lab, "_case", case)
+    with pytest.raises(KeyboardInterrupt):
+        bench("tiny", objectives=["cwt", "ce", "cwt-paper"], vocab_sizes=[256], batch_sizes=[2], seq_len=16, steps=1,
+              warmup=0, overrides=SMALL, output=str(tmp_path), progress=False)
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["objective"] for r in rows] == ["cwt", "ce"] and rows[1].get("oom") and "error" not in rows[1]
+    assert "| cwt | 256 | 2 |" in (tmp_path / "bench.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
