@@ -383,7 +383,7 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
             if _is_oom(err):
                 row["oom"] = True
             else:
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                row["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
         if "tokens_per_s" not in row:
             _release(dev)
         rows.append(row)
@@ -394,8 +394,15 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
             if skip_reason(objective, dev):
                 continue
             for vocab in vocab_sizes:
-                found = largest_batch(preset, objective, vocab, seq_len, dev, compile and not max_batch_eager,
-                                      list(overrides), start=min(batch_sizes), time_limit=max_batch_seconds)
+                try:
+                    found = largest_batch(preset, objective, vocab, seq_len, dev, compile and not max_batch_eager,
+                                          list(overrides), start=min(batch_sizes), time_limit=max_batch_seconds)
+                except HeadlessError:
+                    raise
+                except Exception as err:  # as for the timed cases: the other searches go on
+                    found = {"largest_batch": None,
+                             "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"}
+                    _release(dev)
                 rows.append({"preset": preset, "objective": objective, "vocab_size": vocab, **found})
                 if output:
                     write_report(rows, Path(output), device=device_name, plot=False)
@@ -443,7 +450,7 @@ def summarize(rows: list[dict]) -> dict:
                       "ceiling": f["tokens_per_s"] / v["tokens_per_s"] if f and v else None})
     fits: dict = {}
     for r in rows:
-        if "largest_batch" in r and _kind(r["objective"]) in ("headless", "vanilla"):
+        if r.get("largest_batch") is not None and _kind(r["objective"]) in ("headless", "vanilla"):
             fits.setdefault((r["preset"], r["vocab_size"]), []).append(r)
     for (preset, vocab), group in fits.items():
         entry = {"preset": preset, "vocab_size": vocab,
@@ -519,6 +526,9 @@ def format_table(rows: list[dict]) -> str:
     if largest:
         lines += ["", "| objective | V | largest micro-batch | first OOM | probes | seconds |", "|---|---|---|---|---|---|"]
         for r in largest:
+            if r["largest_batch"] is None:
+                lines.append(f"| {r['objective']} | {r['vocab_size']} | error: {r.get('error')} | | | |")
+                continue
             note = "" if r.get("complete", True) else " (time limit: lower bound)"
             probe = f" ({r['probe']})" if r.get("probe") else ""
             lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['largest_batch']}{note} | "
