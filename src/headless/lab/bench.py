@@ -485,7 +485,7 @@ def format_summary(summary: dict) -> str:
             lines.append(f"| {e['preset']} | {e['vocab_size']} | {e['batch_size']} | {named(e['backbone'])} | "
                          f"{named(e['best_headless'])} | {named(v)}{of} | {ratio} | {ceiling} |")
     if summary["memory"]:
-        lines += ["", "| preset | V | largest micro-batch, headless | largest, vanilla | headless / vanilla | "
+        lines += [""] * bool(lines) + ["| preset | V | largest micro-batch, headless | largest, vanilla | headless / vanilla | "
                   "every objective |", "|" + "---|" * 6]
         for e in summary["memory"]:
             ratio = f"{e['ratio']:.2f}×" if e["ratio"] else "–"
