@@ -158,3 +158,125 @@ def test_bench_refuses_an_objective_whose_package_is_absent_with_one_line(capsys
                      "--no-progress"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and objective in err[0] and "pip install" in err[0]
+
+
+def test_bench_refuses_quack_when_absent_with_one_line(capsys):
+    """Issue #29: quack-kernels (and its CuTe DSL wheels) may be absent where the bench runs: `ce-quack`
+    is refused up front with the package to install, in one line."""
+    import importlib.util
+
+    if importlib.util.find_spec("quack") is not None:
+        pytest.skip("quack-kernels is installed here")
+    assert main(["bench", "--preset", "tiny", "--objectives", "ce,ce-quack", "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ce-quack" in err[0] and "pip install quack-kernels" in err[0]
+
+
+def _speed(objective, vocab, tps, batch=8, mem=None):
+    return {"preset": "pythia-160m", "objective": objective, "vocab_size": vocab, "batch_size": batch,
+            "seq_len": 2048, "tokens_per_s": float(tps), "ms_per_1k_tokens": 1e6 / tps, "peak_mem_gib": mem,
+            "loss": 10.0, "mfu": None}
+
+
+def test_best_vanilla_is_the_fastest_of_every_vanilla_row_measured(tmp_path):
+    """Issue #29: "best vanilla" is the best of ALL vanilla rows (our head, HF's own, CCE, Liger,
+    quack), named; CE + CWT and NCE are neither twin; failed rows do not count; the memory table
+    names the vanilla path that fits the largest micro-batch."""
+    from headless.lab.bench import summarize, write_report
+
+    rows = [_speed("backbone", 50304, 528_000), _speed("cwt", 50304, 505_000, mem=7.4),
+            _speed("cwt-paper", 50304, 501_000), _speed("ce", 50304, 434_000, mem=8.5),
+            _speed("ce-hf-full", 50304, 300_000), _speed("ce-cce", 50304, 297_000),
+            {"preset": "pythia-160m", "objective": "ce-liger", "vocab_size": 50304, "batch_size": 8,
+             "error": "RuntimeError: boom"},
+            _speed("ce+cwt", 50304, 900_000), _speed("nce", 50304, 900_000),
+            _speed("backbone", 256000, 492_000), _speed("cwt", 256000, 469_000), _speed("ce", 256000, 225_000),
+            _speed("ce-cce", 256000, 240_000), _speed("ce-quack", 256000, 250_000),
+            {"preset": "pythia-160m", "objective": "cwt", "vocab_size": 256000, "largest_batch": 96},
+            {"preset": "pythia-160m", "objective": "ce", "vocab_size": 256000, "largest_batch": 64},
+            {"preset": "pythia-160m", "objective": "ce-hf-full", "vocab_size": 256000, "largest_batch": 24,
+             "complete": False}]
+    summary = summarize(rows)
+    by_v = {e["vocab_size"]: e for e in summary["speed"]}
+    assert by_v[50304]["best_vanilla"]["objective"] == "ce" and by_v[50304]["best_headless"]["objective"] == "cwt"
+    assert by_v[50304]["best_vanilla"]["of"] == ["ce", "ce-hf-full", "ce-cce"]  # measured ones only
+    assert by_v[50304]["ratio"] == pytest.approx(505 / 434) and by_v[50304]["ceiling"] == pytest.approx(528 / 434)
+    assert by_v[256000]["best_vanilla"]["objective"] == "ce-quack"  # a peer beat our head here
+    assert by_v[256000]["ratio"] == pytest.approx(469 / 250)
+    (memory,) = summary["memory"]
+    assert memory["largest_headless"] == {"objective": "cwt", "largest_batch": 96}
+    assert memory["largest_vanilla"] == {"objective": "ce", "largest_batch": 64}
+    assert memory["ratio"] == pytest.approx(1.5) and memory["complete"] is False
+    write_report(rows, tmp_path, device="cpu")
+    text = (tmp_path / "bench.md").read_text()
+    assert "250,000 (ce-quack) of ce, ce-cce, ce-quack" in text and "1.88×" in text
+    assert "| pythia-160m | 256000 | 96 (cwt) | 64 (ce) | 1.50× |" in text
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["summary"]["speed"][1]["best_vanilla"]["objective"] == "ce-quack"
+
+
+def test_largest_batch_extrapolates_peak_memory_and_stops_at_its_time_limit(monkeypatch):
+    """--max-batch: peak memory is affine in the micro-batch, so two fitting probes predict the
+    answer (few probes: each may be a compile); a time limit stops the search with a lower bound."""
+    import headless.lab.bench as lab
+
+    probed = []
+
+    def probe(preset, objective, vocab, batch, *rest):
+        probed.append(batch)
+        peak = 3.0 + 0.5 * batch
+        return peak if peak <= 80.0 else None  # fits up to batch 154
+
+    monkeypatch.setattr(lab, "_probe", probe)
+    monkeypatch.setattr(lab, "_device_gib", lambda device: 80.0)
+    found = lab.largest_batch("tiny", "ce", 256, 32, torch.device("cpu"), True, [], start=8)
+    assert 154 - 154 // 16 <= found["largest_batch"] <= 154 and found["first_oom"] > 154
+    assert found["complete"] and found["probe"] == "compiled" and found["probes"] == len(probed) <= 6
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(lab.time, "perf_counter", lambda: float(next(clock)))
+    probed.clear()
+    bounded = lab.largest_batch("tiny", "ce", 256, 32, torch.device("cpu"), False, [], start=8, time_limit=150)
+    assert not bounded["complete"] and bounded["probe"] == "eager" and len(probed) == 2
+    assert bounded["largest_batch"] == probed[-1]
+
+
+def test_bench_cli_passes_the_max_batch_options_and_refuses_a_bad_limit(monkeypatch, capsys):
+    import headless.lab.bench as lab
+
+    seen = {}
+    monkeypatch.setattr(lab, "bench", lambda *a, **kw: seen.update(kw) or [])
+    assert main(["bench", "--preset", "tiny", "--max-batch", "--max-batch-eager", "--max-batch-seconds", "90",
+                 "--compile"]) == 0
+    assert seen["max_batch"] and seen["max_batch_eager"] and seen["max_batch_seconds"] == 90.0 and seen["compile"]
+    monkeypatch.undo()
+    assert main(["bench", "--preset", "tiny", "--max-batch", "--max-batch-seconds", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-batch-seconds must be positive" in err[0]
+
+
+def test_bench_keeps_finished_rows_when_stopped_and_names_a_wrapped_oom(tmp_path, monkeypatch):
+    """A bench stopped at a time limit (bench_peers.sh sends SIGINT) keeps the cases it finished in
+    bench.json/.md; an out-of-memory error wrapped by torch.compile is an OOM row, not an error."""
+    import headless.lab.bench as lab
+
+    real, calls = lab._case, []
+
+    def case(preset, objective, *args):
+        calls.append(objective)
+        if objective == "ce":
+            try:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            except torch.OutOfMemoryError as oom:
+                raise RuntimeError("backend compiler failed") from oom
+        if objective == "cwt-paper":
+            raise KeyboardInterrupt
+        return real(preset, objective, *args)
+
+    monkeypatch.setattr(lab, "_case", case)
+    with pytest.raises(KeyboardInterrupt):
+        bench("tiny", objectives=["cwt", "ce", "cwt-paper"], vocab_sizes=[256], batch_sizes=[2], seq_len=16, steps=1,
+              warmup=0, overrides=SMALL, output=str(tmp_path), progress=False)
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["objective"] for r in rows] == ["cwt", "ce"] and rows[1].get("oom") and "error" not in rows[1]
+    assert "| cwt | 256 | 2 |" in (tmp_path / "bench.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))

@@ -127,6 +127,7 @@ HEAD = (
     Implementation("triton", "our fused linear cross-entropy kernel", needs_cuda=True),
     Implementation("liger", "Liger's fused linear cross-entropy", external=True),
     Implementation("cce", "Cut Cross-Entropy (exact)", external=True),
+    Implementation("quack", "quack-kernels' chunked linear cross-entropy (CuTe DSL, bf16)", external=True),
     Implementation("torch", "F.linear_cross_entropy (torch >= 2.13)", external=True),
 )
 BACKBONE_ONLY = Implementation("none", "no loss: the mean of the hidden states, the backbone's cost alone "

@@ -30,7 +30,15 @@ def register(subparsers) -> None:
                    help="also count the host-device synchronisations of one step, and where they happen (CUDA)")
     p.add_argument("--profile", action="store_true",
                    help="also run torch.profiler over 2 steps per case: top-kernel tables and GPU busy fraction")
-    p.add_argument("--max-batch", action="store_true", help="also search the largest micro-batch that fits (GPU)")
+    p.add_argument("--max-batch", action="store_true",
+                   help="also search the largest micro-batch of each objective and V that trains (GPU); with "
+                   "--compile each probe compiles")
+    p.add_argument("--max-batch-eager", action="store_true",
+                   help="--max-batch probes without torch.compile (seconds per probe instead of a compile each; "
+                   "eager memory)")
+    p.add_argument("--max-batch-seconds", type=float, default=300.0, metavar="S",
+                   help="start no probe of a --max-batch search after S seconds (default 300): the answer is then "
+                   "a lower bound")
     p.add_argument("--output", default=None, help="directory for bench.json, bench.md, bench.png")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     add_progress_flag(p)
@@ -44,7 +52,8 @@ def _bench(args) -> int:
 
     rows = bench(args.preset, objectives=args.objectives.split(","), vocab_sizes=args.vocab_sizes,
                  batch_sizes=args.batch_sizes, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup,
-                 device=args.device, compile=args.compile, max_batch=args.max_batch, overrides=args.overrides,
+                 device=args.device, compile=args.compile, max_batch=args.max_batch,
+                 max_batch_eager=args.max_batch_eager, max_batch_seconds=args.max_batch_seconds, overrides=args.overrides,
                  output=args.output, profile=args.profile, progress=not args.quiet,
                  sync_debug=args.sync_debug)
     print(format_table(rows))

@@ -95,6 +95,8 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     model = build_model(config.model, config.objective, loss, vocab, pad_token_id=0, eos_token_id=0).to(device)
     model.check_attention_kernel(device, compute_dtype(config.precision, device))  # model.attention_kernel absent: one line
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
+    if compile:  # each case (and --max-batch probe) compiles afresh: no recompile limit reached after a
+        torch.compiler.reset()  # few cases, no CUDA-graph pool of an earlier case (or OOM) kept alive
     graphs = model.compile_model(config.compile_mode, batch, seq) if compile else False
     optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -237,31 +239,94 @@ def _profile(train_step, first: int, cuda: bool, device: torch.device, path: Pat
     return out
 
 
-def _fits(*args) -> bool:
+def _is_oom(err: BaseException) -> bool:
+    """An out-of-memory error, also when torch.compile wraps it (a backend compiler failure)."""
     import torch
 
-    try:
-        _case(*args)
-        return True
-    except torch.OutOfMemoryError:
+    for _ in range(20):  # the chain of causes, bounded
+        if err is None:
+            return False
+        text = str(err).lower()
+        if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _release(device) -> None:
+    """Free what a finished or failed case held (call it outside the `except` block: the traceback
+    keeps the failed case's tensors alive until the handler exits)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.compiler.reset()  # CUDA-graph pools of the compiled case
         torch.cuda.empty_cache()
-        return False
 
 
-def largest_batch(preset, objective, vocab, seq_len, device, compile, overrides, start: int, limit: int = 1024) -> int:
-    """Doubling then bisection on out-of-memory: the largest micro-batch that trains (GPU only)."""
-    good, bad = 0, None
-    batch = start
-    while batch <= limit and _fits(preset, objective, vocab, batch, seq_len, 1, 1, device, compile, overrides):
-        good, batch = batch, batch * 2
-    bad = batch if batch <= limit else None
-    while bad is not None and bad - good > max(1, good // 8):
-        mid = (good + bad) // 2
-        if _fits(preset, objective, vocab, mid, seq_len, 1, 1, device, compile, overrides):
-            good = mid
+def _probe(*args) -> Optional[float]:
+    """Peak GiB of one warm-up and one timed step at this shape, or None when it runs out of memory."""
+    try:
+        row = _case(*args)
+    except Exception as err:
+        if not _is_oom(err):
+            raise
+        row = None
+    _release(args[6])
+    return None if row is None else float(row["peak_mem_gib"] or 0.0)
+
+
+def _device_gib(device) -> float:
+    import torch
+
+    return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def largest_batch(preset, objective, vocab, seq_len, device, compile, overrides, start: int, limit: int = 1024,
+                  time_limit: Optional[float] = None) -> dict:
+    """The largest micro-batch that trains (GPU): doubling from `start`; once two batches fit, a jump
+    to the batch that their peak memory predicts (peak memory is affine in the batch); then
+    bisection until the bracket is within 1/16.  Each probe builds the model and runs two steps,
+    compiling it when `compile` (a compile per probe: tens of seconds at Pythia-160M).  With
+    `time_limit` no probe starts after that many seconds: `complete` is then False and the answer
+    a lower bound.  Returns the answer with the first batch that ran out of memory and the cost."""
+    t0 = time.perf_counter()
+    total = _device_gib(device)
+    peaks: dict = {}  # batch -> peak GiB, None when out of memory
+    good, bad, batch, complete = 0, None, start, True
+    while True:
+        if time_limit is not None and peaks and time.perf_counter() - t0 > time_limit:
+            complete = False
+            break
+        peaks[batch] = _probe(preset, objective, vocab, batch, seq_len, 1, 1, device, compile, overrides)
+        if peaks[batch] is None:
+            bad = batch
         else:
-            bad = mid
-    return good
+            good = batch
+        fit = sorted((b, p) for b, p in peaks.items() if p is not None)
+        predicted = None
+        if len(fit) >= 2 and fit[-1][1] > fit[-2][1]:
+            (b1, p1), (b2, p2) = fit[-2:]
+            predicted = int(b2 + (0.95 * total - p2) * (b2 - b1) / (p2 - p1))
+        if bad is None:
+            nxt = 2 * good
+            if predicted is not None:
+                nxt = predicted if predicted > good else good + max(1, good // 8)
+            nxt = min(nxt, limit)
+        else:
+            if bad - good <= max(1, good // 16):
+                break
+            nxt = (good + bad) // 2
+            if predicted is not None and good < predicted < bad and predicted not in peaks:
+                nxt = predicted
+        if nxt <= good or nxt in peaks:
+            break
+        batch = nxt
+    return {"largest_batch": good, "first_oom": bad, "complete": complete, "probes": len(peaks),
+            "probe_seconds": round(time.perf_counter() - t0, 1), "probe": "compiled" if compile else "eager",
+            "probe_peaks_gib": {str(b): p for b, p in sorted(peaks.items())}}
 
 
 def preset_vocab_size(preset: str) -> int:
@@ -275,11 +340,15 @@ def preset_vocab_size(preset: str) -> int:
 
 def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_sizes: Optional[list[int]] = None,
           batch_sizes: list[int] = (8,), seq_len: Optional[int] = None, steps: int = 10, warmup: int = 3,
-          device: str = "auto", compile: bool = False, max_batch: bool = False, overrides: list[str] = (),
+          device: str = "auto", compile: bool = False, max_batch: bool = False, max_batch_eager: bool = False,
+          max_batch_seconds: Optional[float] = None, overrides: list[str] = (),
           output: Optional[str] = None, progress: bool = True, profile: bool = False,
           sync_debug: bool = False) -> list[dict]:
     """Run every (objective, vocabulary size, micro-batch) case; write bench.json/.md/.png to `output`
-    (and, with `profile`, a torch.profiler table per case)."""
+    (and, with `profile`, a torch.profiler table per case).  bench.json and bench.md are rewritten
+    after every case, so a run stopped at a time limit keeps what it measured.  `max_batch`: also
+    the largest micro-batch of each objective at each V (`largest_batch`; probes compile when
+    `compile` unless `max_batch_eager`, each search bounded by `max_batch_seconds`)."""
     import torch
 
     unknown = [o for o in objectives if o not in OBJECTIVES]
@@ -288,9 +357,12 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
     missing = [f"{o}: {why}" for o in objectives if (why := missing_package(o))]
     if missing:  # a package to install is the user's to fix, not a row to skip in a sweep
         raise HeadlessError(f"cannot bench {'; '.join(missing)}")
+    if max_batch_seconds is not None and max_batch_seconds <= 0:
+        raise HeadlessError(f"--max-batch-seconds must be positive, got {max_batch_seconds:g}")
     from headless.runtime import resolve_device
 
     dev = resolve_device(device)
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     vocab_sizes = list(vocab_sizes) if vocab_sizes else [preset_vocab_size(preset)]
     rows = []
     cases = [(o, v, b) for v in vocab_sizes for b in batch_sizes for o in objectives]
@@ -305,26 +377,124 @@ def bench(preset: str = "tiny", *, objectives: list[str] = ("cwt", "ce"), vocab_
         try:
             row = _case(preset, objective, vocab, batch, seq_len, steps, warmup, dev, compile, list(overrides),
                         Path(output or ".") if profile else None, sync_debug)
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch, "oom": True}
         except HeadlessError:
             raise
         except Exception as err:  # a third-party kernel failing must not lose the other cases
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch,
-                   "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+            row = {"preset": preset, "objective": objective, "vocab_size": vocab, "batch_size": batch}
+            if _is_oom(err):
+                row["oom"] = True
+            else:
+                row["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        if "tokens_per_s" not in row:
+            _release(dev)
         rows.append(row)
+        if output:
+            write_report(rows, Path(output), device=device_name, plot=False)
     if max_batch and dev.type == "cuda":
         for objective in objectives:
+            if skip_reason(objective, dev):
+                continue
             for vocab in vocab_sizes:
-                rows.append({"preset": preset, "objective": objective, "vocab_size": vocab, "largest_batch":
-                             largest_batch(preset, objective, vocab, seq_len, dev, compile, list(overrides),
-                                           start=min(batch_sizes))})
+                try:
+                    found = largest_batch(preset, objective, vocab, seq_len, dev, compile and not max_batch_eager,
+                                          list(overrides), start=min(batch_sizes), time_limit=max_batch_seconds)
+                except HeadlessError:
+                    raise
+                except Exception as err:  # as for the timed cases: the other searches go on
+                    found = {"largest_batch": None,
+                             "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"}
+                    _release(dev)
+                rows.append({"preset": preset, "objective": objective, "vocab_size": vocab, **found})
+                if output:
+                    write_report(rows, Path(output), device=device_name, plot=False)
     if output:
-        write_report(rows, Path(output), device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
+        write_report(rows, Path(output), device=device_name)
     return rows
+
+
+def _kind(objective: str) -> Optional[str]:
+    """"floor" (the backbone alone), "headless" (a CWT path), "vanilla" (a cross-entropy path through
+    the vocabulary head: ours, HF's own, or a peer's kernel), else None (CE + CWT, NCE, unknown)."""
+    entry = OBJECTIVES.get(objective)
+    if entry is None:
+        return None
+    _, loss, impl = entry
+    if impl == "none":
+        return "floor"
+    return {"cwt": "headless", "ce": "vanilla"}.get(loss)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The comparisons every table states: per (preset, V, micro-batch) the backbone alone, the
+    fastest headless row and the fastest of ALL vanilla rows measured (our head, HF's own head,
+    Cut Cross-Entropy, Liger, quack, ...), named; per (preset, V) the largest micro-batch of each
+    objective, and which headless / vanilla path fits the most."""
+    speed, memory = [], []
+    groups: dict = {}
+    for r in rows:
+        if "tokens_per_s" in r:
+            groups.setdefault((r["preset"], r["vocab_size"], r["batch_size"]), []).append(r)
+    for (preset, vocab, batch), group in groups.items():
+        best = {}
+        for kind in ("floor", "headless", "vanilla"):
+            found = [r for r in group if _kind(r["objective"]) == kind]
+            if found:
+                top = max(found, key=lambda r: r["tokens_per_s"])
+                best[kind] = {"objective": top["objective"], "tokens_per_s": top["tokens_per_s"],
+                              "peak_mem_gib": top.get("peak_mem_gib"), "of": [r["objective"] for r in found]}
+        if "headless" not in best and "vanilla" not in best:
+            continue
+        h, v, f = best.get("headless"), best.get("vanilla"), best.get("floor")
+        speed.append({"preset": preset, "vocab_size": vocab, "batch_size": batch, "backbone": f,
+                      "best_headless": h, "best_vanilla": v,
+                      "ratio": h["tokens_per_s"] / v["tokens_per_s"] if h and v else None,
+                      "ceiling": f["tokens_per_s"] / v["tokens_per_s"] if f and v else None})
+    fits: dict = {}
+    for r in rows:
+        if r.get("largest_batch") is not None and _kind(r["objective"]) in ("headless", "vanilla"):
+            fits.setdefault((r["preset"], r["vocab_size"]), []).append(r)
+    for (preset, vocab), group in fits.items():
+        entry = {"preset": preset, "vocab_size": vocab,
+                 "fits": {r["objective"]: r["largest_batch"] for r in group},
+                 "complete": all(r.get("complete", True) for r in group)}
+        for kind in ("headless", "vanilla"):
+            found = [r for r in group if _kind(r["objective"]) == kind]
+            top = max(found, key=lambda r: r["largest_batch"], default=None)
+            entry[f"largest_{kind}"] = None if top is None else \
+                {"objective": top["objective"], "largest_batch": top["largest_batch"]}
+        h, v = entry["largest_headless"], entry["largest_vanilla"]
+        entry["ratio"] = h["largest_batch"] / v["largest_batch"] if h and v and v["largest_batch"] else None
+        memory.append(entry)
+    return {"speed": speed, "memory": memory}
+
+
+def format_summary(summary: dict) -> str:
+    """The best-headless / best-vanilla tables of `summarize` (empty when there is nothing to compare)."""
+    lines = []
+
+    def named(best, key="tokens_per_s"):
+        return "–" if best is None else f"{best[key]:,.0f} ({best['objective']})"
+
+    if summary["speed"]:
+        lines += ["| preset | V | batch | backbone alone | best headless | best vanilla (of those measured) | "
+                  "headless / vanilla | ceiling (backbone / vanilla) |", "|" + "---|" * 8]
+        for e in summary["speed"]:
+            v = e["best_vanilla"]
+            of = f" of {', '.join(v['of'])}" if v else ""
+            ratio = f"{e['ratio']:.2f}×" if e["ratio"] else "–"
+            ceiling = f"{e['ceiling']:.2f}×" if e["ceiling"] else "–"
+            lines.append(f"| {e['preset']} | {e['vocab_size']} | {e['batch_size']} | {named(e['backbone'])} | "
+                         f"{named(e['best_headless'])} | {named(v)}{of} | {ratio} | {ceiling} |")
+    if summary["memory"]:
+        lines += [""] * bool(lines) + ["| preset | V | largest micro-batch, headless | largest, vanilla | headless / vanilla | "
+                  "every objective |", "|" + "---|" * 6]
+        for e in summary["memory"]:
+            ratio = f"{e['ratio']:.2f}×" if e["ratio"] else "–"
+            every = ", ".join(f"{o} {b}" for o, b in e["fits"].items())
+            bound = "" if e["complete"] else " (a search hit its time limit: lower bounds)"
+            lines.append(f"| {e['preset']} | {e['vocab_size']} | {named(e['largest_headless'], 'largest_batch')} | "
+                         f"{named(e['largest_vanilla'], 'largest_batch')} | {ratio} | {every}{bound} |")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -355,9 +525,17 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['ms_per_1k_tokens']:.2f} | {mfu} | {mem} | {uniq} | {r['loss']:.3f} |")
     largest = [r for r in rows if "largest_batch" in r]
     if largest:
-        lines += ["", "| objective | V | largest micro-batch |", "|---|---|---|"]
-        lines += [f"| {r['objective']} | {r['vocab_size']} | {r['largest_batch']} |" for r in largest]
-    return "\n".join(lines)
+        lines += ["", "| objective | V | largest micro-batch | first OOM | probes | seconds |", "|---|---|---|---|---|---|"]
+        for r in largest:
+            if r["largest_batch"] is None:
+                lines.append(f"| {r['objective']} | {r['vocab_size']} | error: {r.get('error')} | | | |")
+                continue
+            note = "" if r.get("complete", True) else " (time limit: lower bound)"
+            probe = f" ({r['probe']})" if r.get("probe") else ""
+            lines.append(f"| {r['objective']} | {r['vocab_size']} | {r['largest_batch']}{note} | "
+                         f"{r.get('first_oom') or '–'} | {r.get('probes', '–')}{probe} | {r.get('probe_seconds', '–')} |")
+    summary = format_summary(summarize(rows))
+    return "\n".join(lines) + (f"\n\n{summary}" if summary else "")
 
 
 def swept_axis(rows: list[dict]) -> tuple[str, str]:
@@ -368,16 +546,25 @@ def swept_axis(rows: list[dict]) -> tuple[str, str]:
     return "vocab_size", "batch_size"
 
 
-def write_report(rows: list[dict], out: Path, device: str) -> None:
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # never a half-written report
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_report(rows: list[dict], out: Path, device: str, plot: bool = True) -> None:
+    """bench.json (the rows and `summarize`'s comparisons), bench.md, and with `plot` bench.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "bench.json", json.dumps({"device": device, "rows": rows, "summary": summarize(rows)}, indent=2))
+    _write(out / "bench.md", f"Device: {device}\n\n{format_table(rows)}\n")
+    timed = [r for r in rows if "tokens_per_s" in r]
+    if not plot or not timed:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
-    (out / "bench.md").write_text(f"Device: {device}\n\n{format_table(rows)}\n")
-    timed = [r for r in rows if "tokens_per_s" in r]
     x, other = swept_axis(timed)
     names = {"vocab_size": ("vocabulary size", "vocabulary", "V"), "batch_size": ("micro-batch size", "micro-batch", "batch")}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

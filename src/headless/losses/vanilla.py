@@ -16,7 +16,7 @@ from headless.losses.cwt import (LossOutput, _triton_module, accumulation_dtype,
                                  cwt_loss, device_scalar, empty_output, linear_logsumexp, reduce_rows, row_dot,
                                  select_rows, triton_usable, REDUCTIONS)
 
-VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch", "liger", "cce")
+VANILLA_IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton", "torch", "liger", "cce", "quack")
 AUTO_DENSE_LOGITS_BYTES = 256 * 2**20  # on CPU, "auto" materialises the logits up to this size
 AUTO_DENSE_LOGITS_BYTES_CUDA = 4 * 2**30  # on CUDA, for heads with a trainable bias
 
@@ -43,8 +43,8 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
 
     Paths (same value): "reference" (logits + F.cross_entropy), "chunked" (online log-sum-exp,
     never K×V), "triton" (our GPU kernel), "torch" (torch.nn.functional.linear_cross_entropy,
-    chunked, torch >= 2.13), "liger" / "cce" (Liger-Kernel's / Cut Cross-Entropy's fused kernels,
-    when installed; see external.py). Accumulation in float32 (float64 for float64 inputs).
+    chunked, torch >= 2.13), "liger" / "cce" / "quack" (Liger-Kernel's / Cut Cross-Entropy's /
+    quack's fused kernels, when installed; see external.py). Accumulation in float32 (float64 for float64 inputs).
     accuracy = top-1 over the vocabulary (the target's logit is the maximum; ties count as
     correct). With the fused paths it costs an extra forward pass: with_accuracy=False skips it.
     check_ids=False skips the host-side range check of target_ids (a GPU synchronisation).
@@ -76,7 +76,7 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
     if implementation == "auto":
         trainable_bias = head_bias is not None and head_bias.requires_grad
         implementation = _auto(outputs, ids.numel(), head_weight.shape[0], trainable_bias)
-    stats = None
+    stats = total = None
     if implementation == "reference":
         logits = F.linear(o.to(acc), head_weight.to(acc), None if head_bias is None else head_bias.to(acc))
         losses = F.cross_entropy(logits, ids, reduction="none")
@@ -100,18 +100,23 @@ def vanilla_ce_loss(outputs: Tensor, target_ids: Tensor, head_weight: Tensor, he
         else:
             bias = None if head_bias is None else head_bias.float()
             losses = kernel(o, head_weight, bias, ids, 1.0)
+    elif valid is not None:  # static rows, summed: the kernel skips the ignored ones itself, as the
+        # libraries' trainer integrations call it (one sum; Liger's per-row path fails at bf16)
+        from headless.losses.external import IGNORED, linear_ce_total
+
+        total = linear_ce_total(o, head_weight, head_bias, torch.where(valid, ids, IGNORED), 1.0, implementation)
     else:
         from headless.losses.external import linear_ce
 
-        losses = linear_ce(o, head_weight, head_bias, ids, 1.0, implementation,
-                           rows=reduction == "none" or valid is not None)
+        losses = linear_ce(o, head_weight, head_bias, ids, 1.0, implementation, rows=reduction == "none")
     if stats is None and with_accuracy:
         with torch.no_grad():
             _, best, target = linear_logsumexp(o, head_weight, head_bias, ids, chunk_size=chunk_size)
         stats = (best, target)
     if valid is not None:
         count = valid.sum()
-        total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
+        if total is None:  # per-row losses (the external kernels summed already)
+            total = torch.where(valid, losses, torch.zeros_like(losses)).sum()
         accuracy = None if stats is None else \
             ((stats[1] >= stats[0]) & valid).sum().float() / count.clamp_min(1)
         loss = total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
