@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 import pytest
 import torch
@@ -123,3 +125,43 @@ def test_bench_liger_row_runs_at_bf16_and_matches_the_dense_head():
     by = {r["objective"]: r for r in rows}
     assert "tokens_per_s" in by["ce-liger"], by["ce-liger"]
     assert by["ce-liger"]["loss"] == pytest.approx(by["ce-hf"]["loss"], rel=1e-2)
+
+
+@pytest.mark.parametrize("summed", [True, False])
+def test_the_kernels_get_the_autocast_dtype_read_before_autocast_is_disabled(monkeypatch, summed):
+    """The compute dtype must be read while the caller's autocast is still on: read inside the
+    kernel's autocast-free block it was float32, and CCE's backward refused it on the GPU."""
+    import sys
+    import types
+
+    from headless.losses import external
+
+    seen = {}
+
+    def fake_cce(o, c, labels, **kwargs):
+        seen["dtypes"] = (o.dtype, c.dtype)
+        return (o.float() @ c.float().T).logsumexp(-1).sum() if kwargs.get("reduction") == "sum" \
+            else (o.float() @ c.float().T).logsumexp(-1)
+
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", types.SimpleNamespace(linear_cross_entropy=fake_cce))
+    monkeypatch.setattr(external, "_check", lambda backend, outputs: None)
+    # the GPU's rule, here on the CPU (whose build ignores autocast("cuda")): the caller's autocast
+    # gives bf16 until the kernel's own block turns it off
+    state = {"off": False}
+
+    @contextlib.contextmanager
+    def autocast(device, enabled=True, **kwargs):
+        state["off"] = not enabled
+        try:
+            yield
+        finally:
+            state["off"] = False
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+    monkeypatch.setattr(external, "_compute_dtype", lambda outputs: torch.float32 if state["off"] else torch.bfloat16)
+    o, c, labels = torch.randn(6, 16), torch.randn(10, 16), torch.randint(0, 10, (6,))
+    if summed:
+        external.linear_ce_total(o, c, None, labels, 1.0, "cce")
+    else:
+        external.linear_ce(o, c, None, labels, 1.0, "cce")
+    assert seen["dtypes"] == (torch.bfloat16, torch.bfloat16)

@@ -76,10 +76,11 @@ def _check(backend: str, outputs: Tensor) -> None:
         raise HeadlessError(f"loss back end {backend!r} is unavailable: {reason}")
 
 
-def _prepare(outputs: Tensor, classes: Tensor, bias: Tensor | None, scale: float, backend: str):
+def _prepare(outputs: Tensor, classes: Tensor, bias: Tensor | None, scale: float, backend: str,
+             dtype: torch.dtype):
     """(o, c, bias) in the compute dtype, contiguous, the bias folded into the features where the
-    kernel takes none (CCE, quack) or would promote it (Liger with 16-bit inputs)."""
-    dtype = _compute_dtype(outputs)
+    kernel takes none (CCE, quack) or would promote it (Liger with 16-bit inputs).  `dtype` is read
+    by the caller BEFORE it disables autocast around the kernel (`_compute_dtype`)."""
     o = outputs if scale == 1.0 else outputs * scale
     o, c = o.to(dtype).contiguous(), classes.to(dtype).contiguous()
     sixteen = dtype in (torch.float16, torch.bfloat16)
@@ -111,8 +112,9 @@ def linear_ce_total(outputs: Tensor, classes: Tensor, bias: Tensor | None, label
         return F.linear_cross_entropy(o.to(acc), classes.to(acc), labels, reduction="sum", ignore_index=IGNORED,
                                       linear_bias=None if bias is None else bias.to(acc),
                                       options=torch.nn.LinearCrossEntropyOptions())
+    dtype = _compute_dtype(outputs)
     with torch.autocast("cuda", enabled=False):
-        o, c, bias, _ = _prepare(outputs, classes, bias, scale, backend)
+        o, c, bias, _ = _prepare(outputs, classes, bias, scale, backend, dtype)
         if backend == "liger":
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
@@ -149,8 +151,9 @@ def linear_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Ten
         return F.linear_cross_entropy(o.to(acc), classes.to(acc), labels, reduction="none",
                                       linear_bias=None if bias is None else bias.to(acc),
                                       options=torch.nn.LinearCrossEntropyOptions())
+    dtype = _compute_dtype(outputs)
     with torch.autocast("cuda", enabled=False):
-        o, c, bias, sixteen = _prepare(outputs, classes, bias, scale, backend)
+        o, c, bias, sixteen = _prepare(outputs, classes, bias, scale, backend, dtype)
         if backend == "liger":
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
