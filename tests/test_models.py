@@ -1,5 +1,7 @@
 """HF models in headless / vanilla flavours: no head at all when headless, fair vanilla heads."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -277,11 +279,13 @@ def test_auto_keeps_the_eager_loss_above_the_measured_bounds(arch, loss):
         fits = CAPTURE_MAX_LOGITS // (per_row * model.hf.get_output_embeddings().weight.shape[0])
         assert fits * per_row > CAPTURE_MAX_ROWS  # the head's bound is not the CWT one
     assert model.captured_implementation(fits, 2048) == "reference"
-    if loss == "cwt":  # above: the bounded de-duplication (room min(V, K) = 128 < K), until its
-        # K x room scores pass the head's bound
+    if loss == "cwt":  # above: eager, unless objective.unique_bound asks for the bounded path
+        assert model.captured_implementation(fits + 1, 2048) is None
+        model.objective = dataclasses.replace(model.objective, unique_bound=64)
         assert model.captured_implementation(fits + 1, 2048) == "bounded"
-        fits = CAPTURE_MAX_LOGITS // (per_row * 128)
+        fits = CAPTURE_MAX_LOGITS // (per_row * 128)  # until its K x room scores pass the head's bound
         assert model.captured_implementation(fits, 2048) == "bounded"
+        model.objective = dataclasses.replace(model.objective, unique_bound=None)
     assert not model.captures_by_default(fits + 1, 2048)
     assert model.compile_model("default", fits + 1, 2048) is False
     assert model.compiled_region == "backbone" and model.objective.loss_implementation == "auto"
@@ -296,6 +300,7 @@ def test_auto_captures_the_bounded_path_only_while_its_room_is_smaller_than_the_
     captured_as, rows = loss_kind("cwt").captured_as, CAPTURE_MAX_ROWS + 2048
     assert captured_as(CAPTURE_MAX_ROWS, 10**6, None) == "reference"
     assert captured_as(rows, rows, None) is None and captured_as(rows, 256_000, None) is None
-    assert captured_as(rows, rows, 4096) == captured_as(rows, 8192, None) == "bounded"
-    assert captured_as(131_072, 50_304, None) == "bounded"  # Pythia-70M at 64 x 2048: K x V scores
-    assert captured_as(131_072 * 2, 50_304, None) is None  # past the head's measured bound
+    assert captured_as(rows, rows, 4096) == "bounded" and captured_as(rows, 8192, None) is None
+    # Pythia-70M at 64 x 2048: captured only with a bound (measured faster at 20,480, not at room = V)
+    assert captured_as(131_072, 50_304, None) is None and captured_as(131_072, 50_304, 20_480) == "bounded"
+    assert captured_as(131_072 * 8, 50_304, 20_480) is None  # past the head's measured bound

@@ -92,10 +92,16 @@ class LossKind:
 
 
 def _cwt_captured_as(rows: int, vocab: int, unique_bound: Optional[int] = None) -> Optional[str]:
-    """K x K pairs up to CAPTURE_MAX_ROWS; above, the bounded de-duplication while its K x room
-    scores are fewer than K x K and within the head's measured bound."""
+    """K x K pairs up to CAPTURE_MAX_ROWS; above, the bounded de-duplication when the user set
+    `objective.unique_bound` (room < K, K x room within the head's measured bound).  Measured on an
+    H100 at Pythia-70M 64 x 2048 (V = 50,304, 17,173 unique targets): room 20,480 captured 1.52 M
+    tokens/s against the eager Triton kernel's 1.35 M; the always-exact default room min(V, K) =
+    50,304 scores as many logits as the vanilla head (1.14 M captured there), so without a bound
+    the eager Triton kernel stays."""
     if rows <= CAPTURE_MAX_ROWS:
         return "reference"
+    if unique_bound is None:
+        return None
     from headless.losses.cwt import unique_room
 
     room = unique_room(rows, vocab, unique_bound)

@@ -274,13 +274,13 @@ class LanguageModel(nn.Module):
         """What `loss_implementation: auto` becomes under compile, so that backbone and loss are one
         graph, or None: needs static shapes (CLM, or MLM with static masking) and a loss whose
         table entry says so (`captured_as`): CWT "reference" with at most `CAPTURE_MAX_ROWS` scored
-        rows per micro-batch, above that "bounded" while its room is smaller than the rows; CE
+        rows per micro-batch, above that "bounded" when `objective.unique_bound` is set and its room is
+        smaller than the rows; CE
         "reference" with at most `CAPTURE_MAX_LOGITS` logits.
 
         The bounds are the largest shapes at which one graph measured faster than the eager loss,
-        for both twins (docs/reference/performance.md has the shapes, numbers and commands; the
-        "bounded" choice above them is still to be measured there).  Above them the Triton losses
-        stay, eager."""
+        for both twins (docs/reference/performance.md has the shapes, numbers and commands).  Above
+        them the Triton losses stay, eager."""
         captured_as = self.kind.captured_as
         if captured_as is None or not self._sync_free_with("reference"):
             return None
