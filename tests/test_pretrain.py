@@ -295,9 +295,9 @@ def test_a_micro_batch_beyond_the_bounded_room_stops_the_run_with_one_line(fixtu
     """CWT "bounded" with room for 16 unique targets (the synthetic corpus has ~55 per micro-batch):
     nothing branches in the graph, the steps are skipped as NaN, and the next log step stops the
     run with one line naming the key, before the NaN guard's "diverged"."""
-    from headless.losses import cwt
+    from headless import loss_kinds
 
-    monkeypatch.setattr(cwt, "ROOM_MULTIPLE", 8)  # else the room is at least 128
+    monkeypatch.setattr(loss_kinds, "ROOM_MULTIPLE", 8)  # else the room is at least 128
     run_dir = tmp_path / "run"
     args = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={fixture_datasets['neox']}", "--run-dir",
             str(run_dir), "model.architecture=gpt-neox", "objective.kind=clm", "objective.loss_implementation=bounded",

@@ -91,6 +91,17 @@ class LossKind:
         return _resolve(target) if target else None
 
 
+ROOM_MULTIPLE = 128  # the static room is padded to whole GEMM tiles (padding classes cost no exactness)
+
+
+def unique_room(rows: int, vocab: int, unique_bound: int | None = None) -> int:
+    """The number of classes of the "bounded" path for `rows` scored rows: `unique_bound` (None:
+    no bound) capped at min(vocab, rows), which no micro-batch can exceed, rounded up to 128.
+    Here, with the table, because `auto` sizes its choice by it."""
+    room = min(vocab, rows) if unique_bound is None else min(unique_bound, vocab, rows)
+    return -(-max(room, 1) // ROOM_MULTIPLE) * ROOM_MULTIPLE
+
+
 def _cwt_captured_as(rows: int, vocab: int, unique_bound: Optional[int] = None) -> Optional[str]:
     """K x K pairs up to CAPTURE_MAX_ROWS; above, the bounded de-duplication when the user set
     `objective.unique_bound` (room < K, K x room within the head's measured bound).  Measured on an
@@ -102,8 +113,6 @@ def _cwt_captured_as(rows: int, vocab: int, unique_bound: Optional[int] = None) 
         return "reference"
     if unique_bound is None:
         return None
-    from headless.losses.cwt import unique_room
-
     room = unique_room(rows, vocab, unique_bound)
     return "bounded" if room < rows and rows * room <= CAPTURE_MAX_LOGITS else None
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headless.errors import HeadlessError
+from headless.loss_kinds import unique_room
 
 REDUCTIONS = ("mean", "sum", "none")
 CWT_IMPLEMENTATIONS = ("auto", "reference", "dedup", "bounded", "chunked", "triton", "liger", "cce", "torch")
@@ -436,14 +437,6 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
     return LossOutput(loss, count, accuracy, num_unique, torch.where(overflow, num_unique, 0))
 
 
-ROOM_MULTIPLE = 128  # the static room is padded to whole GEMM tiles (padding classes cost no exactness)
-
-
-def unique_room(rows: int, vocab: int, unique_bound: int | None = None) -> int:
-    """The number of classes of the "bounded" path for `rows` scored rows: `unique_bound` (None:
-    no bound) capped at min(vocab, rows), which no micro-batch can exceed, rounded up to 128."""
-    room = min(vocab, rows) if unique_bound is None else min(unique_bound, vocab, rows)
-    return -(-max(room, 1) // ROOM_MULTIPLE) * ROOM_MULTIPLE
 
 
 def _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy):

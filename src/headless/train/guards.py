@@ -133,3 +133,20 @@ class UniqueRoomGuard:
                                 f"objective.unique_bound={self.unique_bound} leaves room for (such steps were "
                                 f"skipped); set objective.unique_bound={worst} or more (null: always enough; "
                                 "a resume may change it)")
+
+
+class StepGuards:
+    """The loop's per-step checks as one part: the unique-room guard, then the non-finite guard
+    (the room's overflow is the cause of a NaN step, so it speaks first)."""
+
+    def __init__(self, device: torch.device, counters: dict, config, step: int):
+        self.non_finite = NonFiniteGuard(device, counters, config.max_nan_skips, step)
+        self.room = UniqueRoomGuard(device, config.objective.unique_bound)
+
+    def record(self, out, step_number: int) -> None:
+        self.non_finite.record(out.bad, step_number)
+        self.room.record(out.result.unique_overflow)
+
+    def check(self, step: int, logger, all_reduce) -> None:
+        self.room.check(step, all_reduce)
+        self.non_finite.check(step, logger)  # may raise HeadlessError("training diverged ...")

@@ -10,7 +10,7 @@ from typing import Any
 from headless.config import TrainConfig
 from headless.train import distributed as dist
 from headless.train.evaluation import Evaluator
-from headless.train.guards import NonFiniteGuard, StopSignals, UniqueRoomGuard
+from headless.train.guards import StepGuards, StopSignals
 from headless.train.metrics import Metrics, summarize
 from headless.train.policy import keep_steps, paused
 from headless.train.start import resume_config, save, start
@@ -39,8 +39,7 @@ def _train(started) -> dict[str, Any]:
     env, device, counters, max_steps = run.env, run.device, state.counters, run.config.max_steps
     metrics, keep = Metrics(run, state.step, counters), keep_steps(policies, max_steps)
     evaluator = Evaluator(run, metrics.logger)
-    nan_guard = NonFiniteGuard(device, counters, config.max_nan_skips, state.step)
-    room_guard = UniqueRoomGuard(device, config.objective.unique_bound)
+    guards = StepGuards(device, counters, config, state.step)
     start_time = time.perf_counter() - counters["elapsed"]
     try:
         with StopSignals() as signals:
@@ -53,8 +52,7 @@ def _train(started) -> dict[str, Any]:
                                  grad_clip=config.optim.grad_clip, scheduler=run.scheduler, trainable=run.trainable,
                                  world_size=env.world_size, all_reduce=dist.all_reduce, graphs=run.graphs,
                                  no_sync=lambda s: dist.no_sync(run.wrapped, s), clip_grad_norm=dist.clip_grad_norm_)
-                nan_guard.record(out.bad, state.step + 1)
-                room_guard.record(out.result.unique_overflow)
+                guards.record(out, state.step + 1)
                 state.step = step = state.step + 1
                 for plan in filter(None, [policy.on_step_end(step) for policy in policies]):
                     max_steps, keep = plan.max_steps, keep_steps(policies, plan.max_steps)
@@ -62,8 +60,7 @@ def _train(started) -> dict[str, Any]:
                     metrics.set_total(max_steps, plan.message)
                 last, log, periodic = step == max_steps, step % config.log_every == 0, step % config.save_every == 0
                 if log or last or periodic:
-                    room_guard.check(step, dist.all_reduce)  # before the NaN guard: the cause, not the symptom
-                    nan_guard.check(step, metrics.logger)  # may raise HeadlessError("training diverged ...")
+                    guards.check(step, metrics.logger, dist.all_reduce)  # may raise HeadlessError
                 metrics.step(step, out, log or last)
                 for warning in filter(None, [policy.finish(step) for policy in policies] if last else []):
                     metrics.write(warning)
