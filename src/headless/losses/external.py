@@ -100,6 +100,16 @@ def _prepare(outputs: Tensor, classes: Tensor, bias: Tensor | None, scale: float
     return o, c, bias, sixteen
 
 
+def _torch_linear_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Tensor, scale: float,
+                     reduction: str) -> Tensor:
+    """torch's chunked linear cross-entropy, accumulated in float32 (float64 for float64 inputs)."""
+    o = outputs if scale == 1.0 else outputs * scale
+    acc = torch.float64 if o.dtype == torch.float64 else torch.float32
+    return F.linear_cross_entropy(o.to(acc), classes.to(acc), labels, reduction=reduction, ignore_index=IGNORED,
+                                  linear_bias=None if bias is None else bias.to(acc),
+                                  options=torch.nn.LinearCrossEntropyOptions())
+
+
 def linear_ce_total(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Tensor, scale: float,
                     backend: str) -> Tensor:
     """Sum over the rows whose label is not -100 of the cross-entropy of scale·outputs @ classesᵀ
@@ -107,11 +117,7 @@ def linear_ce_total(outputs: Tensor, classes: Tensor, bias: Tensor | None, label
     the libraries' trainer integrations call their kernels (static shapes: no row selection)."""
     _check(backend, outputs)
     if backend == "torch":
-        o = outputs if scale == 1.0 else outputs * scale
-        acc = torch.float64 if o.dtype == torch.float64 else torch.float32
-        return F.linear_cross_entropy(o.to(acc), classes.to(acc), labels, reduction="sum", ignore_index=IGNORED,
-                                      linear_bias=None if bias is None else bias.to(acc),
-                                      options=torch.nn.LinearCrossEntropyOptions())
+        return _torch_linear_ce(outputs, classes, bias, labels, scale, "sum")
     dtype = _compute_dtype(outputs)
     with torch.autocast("cuda", enabled=False):
         o, c, bias, _ = _prepare(outputs, classes, bias, scale, backend, dtype)
@@ -146,11 +152,7 @@ def linear_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Ten
         total = linear_ce_total(outputs, classes, bias, labels, scale, backend)
         return (total / labels.numel()).expand(labels.numel())
     if backend == "torch":
-        o = outputs if scale == 1.0 else outputs * scale
-        acc = torch.float64 if o.dtype == torch.float64 else torch.float32
-        return F.linear_cross_entropy(o.to(acc), classes.to(acc), labels, reduction="none",
-                                      linear_bias=None if bias is None else bias.to(acc),
-                                      options=torch.nn.LinearCrossEntropyOptions())
+        return _torch_linear_ce(outputs, classes, bias, labels, scale, "none")
     dtype = _compute_dtype(outputs)
     with torch.autocast("cuda", enabled=False):
         o, c, bias, sixteen = _prepare(outputs, classes, bias, scale, backend, dtype)
