@@ -81,7 +81,8 @@ class ObjectiveConfig:
     max_negatives: Optional[int] = None  # CWT: cap on the unique target ids scored against (none: all of the batch)
     loss_implementation: str = "auto"  # auto, reference, chunked, triton, ...: each loss's own set (loss_kinds.LOSSES)
     # CWT "bounded" path: room for the unique targets of a micro-batch (rounded up to 128); null:
-    # min(vocab, scored rows), always enough. Smaller is faster; a micro-batch with more stops the run
+    # min(vocab, scored rows), always enough. Smaller is faster; a micro-batch with more stops the run.
+    # Set, it lets auto capture CWT above 16,384 scored rows (e.g. 20480 at 64 x 2048 tokens)
     unique_bound: Optional[int] = None
     respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
 
