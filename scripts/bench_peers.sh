@@ -10,7 +10,7 @@
 # Stages (estimates on an H200, from the compiles: a cold compile ~45 s at Pythia-160M and ~80 s at
 # llama-1b, one that hits Inductor's cache of an earlier case ~15 s; the timed steps take seconds):
 #   p160-256k   Pythia-160M 8 x 2048, V = 256,000: backbone, cwt, ce, ce-hf-full, ce-cce, ce-liger (+ce-quack);
-#               3 cold + 3-4 cached compiles, ~3.5 min
+#               3 cold + 3-4 cached compiles, ~3.5 min (measured: 187 s on an H100, CCE failing at once)
 #   p160-50k    the same at V = 50,304, ~3.5 min
 #   llama-1b    the Llama-3.2-1B shape, 4 x 2048, V = 128,256: backbone, cwt, ce, ce-cce, ce-liger (+ce-quack);
 #               3 cold + 2-3 cached compiles, ~5 min
