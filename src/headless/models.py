@@ -274,9 +274,8 @@ class LanguageModel(nn.Module):
         """What `loss_implementation: auto` becomes under compile, so that backbone and loss are one
         graph, or None: needs static shapes (CLM, or MLM with static masking) and a loss whose
         table entry says so (`captured_as`): CWT "reference" with at most `CAPTURE_MAX_ROWS` scored
-        rows per micro-batch, above that "bounded" when `objective.unique_bound` is set and its room is
-        smaller than the rows; CE
-        "reference" with at most `CAPTURE_MAX_LOGITS` logits.
+        rows per micro-batch, above that "bounded" when `objective.unique_bound` is set and its
+        room is smaller than the rows; CE "reference" with at most `CAPTURE_MAX_LOGITS` logits.
 
         The bounds are the largest shapes at which one graph measured faster than the eager loss,
         for both twins (docs/reference/performance.md has the shapes, numbers and commands).  Above
