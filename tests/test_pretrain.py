@@ -7,6 +7,7 @@ bad input gives one clear line and a non-zero exit without touching what is alre
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import torch
 
 from headless.cli import main
 from headless.config import load_config
+from headless.models import build_model
 from headless.train.loop import pretrain
 
 SMALL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
@@ -307,6 +309,44 @@ def test_a_micro_batch_beyond_the_bounded_room_stops_the_run_with_one_line(fixtu
                          "skipped); set objective.unique_bound=")
     records = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
     assert not [r for r in records if json.loads(r)["split"] == "train"]  # stopped before step 3 was logged
+
+
+def test_unique_bound_auto_is_sized_from_the_training_data_before_the_run(fixture_datasets, tmp_path, capsys):
+    """`objective.unique_bound: auto` counts the distinct token ids of sampled micro-batches of the
+    training split (an upper bound on their unique targets), adds the margin, and trains with that
+    room; the run's summary config carries the number, so a resume keeps it."""
+    from headless.data.loader import PackedDataset
+    from headless.loss_kinds import auto_room
+
+    data = fixture_datasets["neox"]
+    most = PackedDataset(data, "train").most_unique_ids(4, seed=0)
+    assert 0 < most <= 4 * PackedDataset(data, "train").seq_len
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={data}", "--run-dir", str(run_dir),
+            "model.architecture=gpt-neox", "objective.kind=clm", "objective.loss_implementation=bounded",
+            "objective.unique_bound=auto", "batch_size=4", "max_steps=3", "log_every=1", "eval_every=100",
+            "save_every=100", "progress=false", "tensorboard=false", "seed=0"]
+    assert main(args) == 0
+    room = auto_room(most)
+    assert room % 1024 == 0 and room >= 1.25 * most
+    assert f"objective.unique_bound: auto -> {room:,} (at most {most:,} distinct token ids" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in records if r["split"] == "train")
+
+
+def test_an_unsized_auto_bound_is_no_bound():
+    """A model built from a config that still says "auto" (evaluation, export) scores with no bound,
+    exactly, and `auto_room` adds its margin in whole 1,024s."""
+    from headless.loss_kinds import auto_room
+
+    assert auto_room(1) == 1024 and auto_room(17_173) == 21_504 and auto_room(819) == 1024
+    config = load_config("tiny", overrides=[*SMALL, "model.architecture=gpt-neox", "objective.kind=clm",
+                                            "objective.loss_implementation=bounded", "objective.unique_bound=auto"])
+    model = build_model(config.model, config.objective, "cwt", 64, pad_token_id=0, eos_token_id=0)
+    ids = torch.randint(0, 64, (2, 16))
+    assert model.unique_bound is None and torch.isfinite(model(ids, ids).loss)
+    assert model.size_unique_bound(100) == 1024 and model.unique_bound == 1024
 
 
 def test_the_bounded_room_may_change_on_resume_but_not_the_objective():

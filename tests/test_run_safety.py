@@ -202,6 +202,7 @@ def test_9_export_needs_only_the_weights(datasets, tmp_path):  # noqa: F811
     ("model.hidden_size=0", "model.hidden_size must be >= 1"),
     ("optim.lr=.inf", "optim.lr must be > 0 and finite"),
     ("objective.unique_bound=0", "objective.unique_bound must be >= 1"),
+    ("objective.unique_bound=many", "objective.unique_bound"),
 ])
 def test_10_bad_config_values_give_one_line(override, message, capsys):
     _fails(["pretrain", "--preset", "tiny", override], capsys, message)

@@ -82,8 +82,9 @@ class ObjectiveConfig:
     loss_implementation: str = "auto"  # auto, reference, chunked, triton, ...: each loss's own set (loss_kinds.LOSSES)
     # CWT "bounded" path: room for the unique targets of a micro-batch (rounded up to 128); null:
     # min(vocab, scored rows), always enough. Smaller is faster; a micro-batch with more stops the run.
-    # Set, it lets auto capture CWT above 16,384 scored rows (e.g. 20480 at 64 x 2048 tokens)
-    unique_bound: Optional[int] = None
+    # Set, it lets auto capture CWT above 16,384 scored rows (e.g. 20480 at 64 x 2048 tokens); auto:
+    # 1.25 x the most distinct token ids in 32 random micro-batches of the training data
+    unique_bound: Optional[int | Literal["auto"]] = None
     respect_documents: bool = True  # CLM: never predict across a document boundary (EOS)
 
 
@@ -251,8 +252,8 @@ class TrainConfig:
             (self.objective.replace_prob + self.objective.random_prob <= 1,
              "objective.replace_prob + objective.random_prob must be <= 1"),
             (self.objective.temperature > 0, "objective.temperature must be > 0"),
-            (self.objective.unique_bound is None or self.objective.unique_bound >= 1,
-             "objective.unique_bound must be >= 1 (or null: min(vocab, scored rows))"),
+            (self.objective.unique_bound in (None, "auto") or self.objective.unique_bound >= 1,
+             "objective.unique_bound must be >= 1, auto, or null (min(vocab, scored rows))"),
             *[(getattr(self.model, name) is None or getattr(self.model, name) >= 1, f"model.{name} must be >= 1")
               for name in ("hidden_size", "num_heads", "num_layers", "intermediate_size",
                            "max_position_embeddings", "vocab_size", "pad_vocab_multiple")],

@@ -10,6 +10,7 @@ in the base layer (the config reads it), below the losses and models that the fu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from importlib import import_module
 from typing import Callable, Optional
@@ -100,6 +101,15 @@ def unique_room(rows: int, vocab: int, unique_bound: int | None = None) -> int:
     Here, with the table, because `auto` sizes its choice by it."""
     room = min(vocab, rows) if unique_bound is None else min(unique_bound, vocab, rows)
     return -(-max(room, 1) // ROOM_MULTIPLE) * ROOM_MULTIPLE
+
+
+AUTO_ROOM_MARGIN = 1.25  # objective.unique_bound: auto = this x the most unique targets sampled
+
+
+def auto_room(most_unique: int) -> int:
+    """`objective.unique_bound: auto`: a margin over the most unique targets seen in sampled
+    micro-batches, rounded up to 1,024 (their count varies little between micro-batches of one mix)."""
+    return -(-math.ceil(most_unique * AUTO_ROOM_MARGIN) // 1024) * 1024
 
 
 def _cwt_captured_as(rows: int, vocab: int, unique_bound: Optional[int] = None) -> Optional[str]:

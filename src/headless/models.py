@@ -284,7 +284,21 @@ class LanguageModel(nn.Module):
         if captured_as is None or not self._sync_free_with("reference"):
             return None
         return captured_as(self.scored_rows(batch_size, seq_len), self.input_embedding_weight().shape[0],
-                           self.objective.unique_bound)
+                           self.unique_bound)
+
+    @property
+    def unique_bound(self) -> Optional[int]:
+        """`objective.unique_bound` as a number; "auto" not yet sized from data (`size_unique_bound`)
+        is no bound: min(vocab, rows), always exact."""
+        bound = self.objective.unique_bound
+        return None if bound == "auto" else bound
+
+    def size_unique_bound(self, most_unique: int) -> int:
+        """Turn `objective.unique_bound: auto` into a number from the most unique targets sampled."""
+        from headless.loss_kinds import auto_room
+
+        self.objective = dataclasses.replace(self.objective, unique_bound=auto_room(most_unique))
+        return self.objective.unique_bound
 
     def compile_model(self, mode: str, batch_size: int, seq_len: int) -> bool:
         """torch.compile what can be one graph: backbone and loss together when `sync_free`
@@ -358,7 +372,7 @@ def _contrastive_options(model: LanguageModel) -> dict:
     obj = model.objective
     return dict(temperature=obj.temperature, max_negatives=obj.max_negatives, group=model.loss_group,
                 allow_empty=True, with_accuracy=model.with_accuracy, check_ids=False,
-                static_rows=model.static_shapes, unique_bound=obj.unique_bound)
+                static_rows=model.static_shapes, unique_bound=model.unique_bound)
 
 
 def _head_inputs(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):

@@ -56,6 +56,17 @@ class PackedDataset:
         self.pad_token_id: int | None = info.get("pad_token_id")
         self.special_token_ids: list[int] = list(info.get("special_token_ids", []))
 
+    def most_unique_ids(self, batch_size: int, samples: int = 32, seed: int = 0) -> int:
+        """The most distinct token ids in `samples` micro-batches of `batch_size` random sequences:
+        an upper bound on the unique targets a batch of this split gives CWT (sizes
+        `objective.unique_bound: auto`)."""
+        rng = np.random.default_rng(seed)
+        most = 0
+        for _ in range(samples):
+            rows = rng.choice(len(self), size=min(batch_size, len(self)), replace=False)
+            most = max(most, len(np.unique(np.concatenate([self[int(i)] for i in rows]))))
+        return most
+
     def __del__(self) -> None:
         for handle in getattr(self, "_handles", ()):
             handle.close()  # the maps keep their own descriptors

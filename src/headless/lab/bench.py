@@ -97,14 +97,16 @@ def _case(preset: str, objective: str, vocab: int, batch: int, seq_len: Optional
     model.with_accuracy = device.type != "cuda"  # as in training: accuracy only on logged steps
     if compile:  # each case (and --max-batch probe) compiles afresh: no recompile limit reached after a
         torch.compiler.reset()  # few cases, no CUDA-graph pool of an earlier case (or OOM) kept alive
+    info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
+    gen = torch.Generator().manual_seed(0)
+    ids = [zipf_batch(batch, seq, vocab, gen) for i in range(4)]
+    if config.objective.unique_bound == "auto":  # as the trainer sizes it, from these micro-batches
+        model.size_unique_bound(max(int(b.unique().numel()) for b in ids))
+    batches = [make_inputs(b, config, info, step=i, first_row=0) for i, b in enumerate(ids)]
     graphs = model.compile_model(config.compile_mode, batch, seq) if compile else False
     optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, Schedule.of(config.optim, config.optim.schedule_steps or config.max_steps))
-    info = DataInfo(vocab_size=vocab, eos_token_id=None, mask_token_id=1, special_token_ids=[0, 1])
-    gen = torch.Generator().manual_seed(0)
-    batches = [make_inputs(zipf_batch(batch, seq, vocab, gen), config, info, step=i, first_row=0)
-               for i in range(4)]
     if device.type == "cuda":  # as the trainer's loader delivers them
         batches = [(ids.pin_memory(), labels.pin_memory()) for ids, labels in batches]
     dtype = compute_dtype(config.precision, device)

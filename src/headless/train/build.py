@@ -217,6 +217,13 @@ def build_run(config: TrainConfig, env, data: Data, model, schedule: Schedule) -
     mode, note = compile_plan(config.compile, config.compile_mode, device, env.world_size)
     if note and env.is_main:
         print(note, flush=True)
+    if config.objective.unique_bound == "auto":  # sized before compile: it decides the captured path
+        most = data.train.most_unique_ids(config.batch_size, seed=config.seed)
+        room = model.size_unique_bound(most)
+        config = dataclasses.replace(config, objective=dataclasses.replace(config.objective, unique_bound=room))
+        if env.is_main:
+            print(f"objective.unique_bound: auto -> {room:,} (at most {most:,} distinct token ids in 32 random "
+                  f"micro-batches of {config.batch_size} sequences)", flush=True)
     if mode is not None:
         graphs = model.compile_model(mode, config.batch_size, data.train.seq_len)
         if env.is_main:
