@@ -76,11 +76,12 @@ def _check(backend: str, outputs: Tensor) -> None:
         raise HeadlessError(f"loss back end {backend!r} is unavailable: {reason}")
 
 
-def _prepare(outputs: Tensor, classes: Tensor, bias: Tensor | None, scale: float, backend: str,
-             dtype: torch.dtype):
-    """(o, c, bias) in the compute dtype, contiguous, the bias folded into the features where the
-    kernel takes none (CCE, quack) or would promote it (Liger with 16-bit inputs).  `dtype` is read
-    by the caller BEFORE it disables autocast around the kernel (`_compute_dtype`)."""
+def _prepare(outputs: Tensor, classes: Tensor, bias: Tensor | None, scale: float, backend: str):
+    """(o, c, bias, sixteen): o and c in the compute dtype, contiguous, the bias folded into the
+    features where the kernel takes none (CCE, quack) or would promote it (Liger with 16-bit
+    inputs).  Called while the caller's autocast is still on (it decides the dtype); the kernels
+    then run with autocast off."""
+    dtype = _compute_dtype(outputs)
     o = outputs if scale == 1.0 else outputs * scale
     o, c = o.to(dtype).contiguous(), classes.to(dtype).contiguous()
     sixteen = dtype in (torch.float16, torch.bfloat16)
@@ -110,24 +111,28 @@ def _torch_linear_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labe
                                   options=torch.nn.LinearCrossEntropyOptions())
 
 
-def linear_ce_total(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Tensor, scale: float,
-                    backend: str) -> Tensor:
-    """Sum over the rows whose label is not -100 of the cross-entropy of scale·outputs @ classesᵀ
-    (+ bias), float32 scalar: one call with reduction "sum" and the ignored rows labelled -100, as
-    the libraries' trainer integrations call their kernels (static shapes: no row selection)."""
+def _kernel_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Tensor, scale: float,
+               backend: str, reduction: str) -> Tensor:
+    """One call of `backend`'s kernel, reduction "sum" (rows labelled -100 skipped) or "none", float32."""
     _check(backend, outputs)
     if backend == "torch":
-        return _torch_linear_ce(outputs, classes, bias, labels, scale, "sum")
-    dtype = _compute_dtype(outputs)
+        return _torch_linear_ce(outputs, classes, bias, labels, scale, reduction)
+    o, c, bias, sixteen = _prepare(outputs, classes, bias, scale, backend)
     with torch.autocast("cuda", enabled=False):
-        o, c, bias, _ = _prepare(outputs, classes, bias, scale, backend, dtype)
         if backend == "liger":
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
+            if reduction == "none" and sixteen:
+                raise HeadlessError("Liger's per-row losses (reduction='none' or max_negatives) fail in backward "
+                                    "with 16-bit inputs; use reduction 'sum'/'mean' or another back end")
             return liger_fused_linear_cross_entropy(o, c, labels, bias=None if bias is None else bias.float(),
-                                                    ignore_index=IGNORED, reduction="sum",
+                                                    ignore_index=IGNORED, reduction=reduction,
                                                     accum_dtype=torch.float32).float()
         if backend == "quack":
+            if reduction == "none":  # its per-row path materialises the K x V logits (its own module does too)
+                from quack.linear_cross_entropy import linear_cross_entropy_func
+
+                return linear_cross_entropy_func(o, c, None, labels, reduction="none").float()
             from quack.linear_cross_entropy import chunked_linear_cross_entropy
 
             pad = -o.shape[0] % 8  # its GEMMs (TMA) need a multiple of 8 rows: padded rows are ignored
@@ -137,7 +142,15 @@ def linear_ce_total(outputs: Tensor, classes: Tensor, bias: Tensor | None, label
             return chunked_linear_cross_entropy(o, c, labels, ignore_index=IGNORED, reduction="sum").float()
         from cut_cross_entropy import linear_cross_entropy
 
-        return linear_cross_entropy(o, c, labels, ignore_index=IGNORED, reduction="sum", filter_eps=None).float()
+        return linear_cross_entropy(o, c, labels, ignore_index=IGNORED, reduction=reduction, filter_eps=None).float()
+
+
+def linear_ce_total(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Tensor, scale: float,
+                    backend: str) -> Tensor:
+    """Sum over the rows whose label is not -100 of the cross-entropy of scale·outputs @ classesᵀ
+    (+ bias), float32 scalar: one call with reduction "sum" and the ignored rows labelled -100, as
+    the libraries' trainer integrations call their kernels (static shapes: no row selection)."""
+    return _kernel_ce(outputs, classes, bias, labels, scale, backend, "sum")
 
 
 def linear_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Tensor, scale: float,
@@ -147,27 +160,7 @@ def linear_ce(outputs: Tensor, classes: Tensor, bias: Tensor | None, labels: Ten
     With `rows=False` the caller only uses the SUM of the result: every row then holds the mean,
     which runs the kernels' summed path (`linear_ce_total`; Liger's per-row path fails in backward
     with 16-bit inputs in liger-kernel 0.8.5: a float32 upstream gradient meets bf16 weights)."""
-    _check(backend, outputs)
     if not rows:
         total = linear_ce_total(outputs, classes, bias, labels, scale, backend)
         return (total / labels.numel()).expand(labels.numel())
-    if backend == "torch":
-        return _torch_linear_ce(outputs, classes, bias, labels, scale, "none")
-    dtype = _compute_dtype(outputs)
-    with torch.autocast("cuda", enabled=False):
-        o, c, bias, sixteen = _prepare(outputs, classes, bias, scale, backend, dtype)
-        if backend == "liger":
-            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
-            if sixteen:
-                raise HeadlessError("Liger's per-row losses (reduction='none' or max_negatives) fail in backward "
-                                    "with 16-bit inputs; use reduction 'sum'/'mean' or another back end")
-            return liger_fused_linear_cross_entropy(o, c, labels, bias=None if bias is None else bias.float(),
-                                                    reduction="none", accum_dtype=torch.float32).float()
-        if backend == "quack":  # its per-row path materialises the K x V logits (its own module does too)
-            from quack.linear_cross_entropy import linear_cross_entropy_func
-
-            return linear_cross_entropy_func(o, c, None, labels, reduction="none").float()
-        from cut_cross_entropy import linear_cross_entropy
-
-        return linear_cross_entropy(o, c, labels, reduction="none", filter_eps=None).float()
+    return _kernel_ce(outputs, classes, bias, labels, scale, backend, "none")
