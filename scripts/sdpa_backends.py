@@ -9,22 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench_attention import time_ms as time_it  # scripts/ is on sys.path when run as a script
+
 B, H, T, Dh = (int(x) for x in sys.argv[1:5]) if len(sys.argv) > 4 else (8, 12, 2048, 64)
 q, k, v = (torch.randn(B, H, T, Dh, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 mask = torch.ones(T, T, device="cuda", dtype=torch.bool).tril()
 flops = 4 * B * H * T * T * Dh / 2 * 3.5  # causal: half the scores; fwd + bwd = 3.5x fwd (flash-attn convention)
-
-
-def time_it(fn, reps=20):
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
