@@ -522,6 +522,49 @@ def test_report_says_when_the_twins_pretrained_on_different_gpus(tmp_path):
     assert "different GPUs" not in text([None, "GPU-b"], "unknown")  # older pieces did not record it
 
 
+def _gpu_report(tmp_path: Path, name: str, devices: dict[tuple[str, int], tuple[str, str]]):
+    """A report over pieces (flavour, seed) -> (GPU model, device UUID), its report.md and summary row."""
+    from headless.lab.reproduce.report import load_report, summary_row, write_report
+
+    paths = []
+    for (flavour, seed), (model, uuid) in devices.items():
+        piece = _piece(flavour, seed)
+        piece["environment"] = {"device": model, "device_uuid": uuid}
+        paths.append(_write(tmp_path, f"{name}-{flavour}{seed}.json", piece))
+    out = tmp_path / name
+    write_report(paths, out, bootstrap=0)
+    report = load_report(out / "decoder-report.json")
+    return report, (out / "decoder-report.md").read_text(), summary_row(report)
+
+
+def test_report_is_quiet_when_each_seeds_twins_share_a_gpu_model_across_machines(tmp_path):
+    """The unit run is both twins of one seed on one machine; seeds may land on different models.
+    That is fair: one neutral sentence, no warning, and no "different GPUs" for machines that differ
+    only across seeds."""
+    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+    report, text, row = _gpu_report(tmp_path, "fair", {("headless", 0): (h200, "GPU-a"), ("vanilla", 0): (h200, "GPU-a"),
+                                                       ("headless", 1): (h100, "GPU-b"), ("vanilla", 1): (h100, "GPU-b")})
+    assert report["unpaired_gpu_seeds"] == []
+    assert report["gpu_pairs"][1] == {"seed": 1, "headless": h100, "vanilla": h100, "uuids": ["GPU-b", "GPU-b"]}
+    assert f"seed 0 on {h200}; seed 1 on {h100}. The spread over pretraining seeds includes the machine" in text
+    assert "not equal work" not in text and "different GPUs" not in text
+    assert row.endswith("| current |")
+
+
+def test_report_warns_when_one_seeds_twins_ran_on_different_gpu_models(tmp_path):
+    """Seed 1's headless on an H200 and its vanilla on an H100: equal GPU time is then not equal work.
+    A warning naming the seed, `unpaired_gpu_seeds` in the JSON and the summary's status; the merge
+    itself still succeeds (committed campaigns must still merge)."""
+    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+    report, text, row = _gpu_report(tmp_path, "mixed", {("headless", 0): (h100, "GPU-a"), ("vanilla", 0): (h100, "GPU-a"),
+                                                        ("headless", 1): (h200, "GPU-b"), ("vanilla", 1): (h100, "GPU-c")})
+    assert report["unpaired_gpu_seeds"] == [1]
+    assert (f"**Equal GPU time is not equal work across GPU models**: seed 1 headless on {h200}, vanilla on {h100}."
+            in text)
+    assert "seed 0 headless" not in text and "includes the machine" not in text
+    assert row.endswith("| current; seed 1: twins on different GPU models |")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("study", ["encoder", "decoder"])
 def test_a_piece_under_torchrun_pretrains_on_every_rank_and_evaluates_on_rank_0(study, mini_root, tmp_path):

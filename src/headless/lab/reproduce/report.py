@@ -341,7 +341,64 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
                 entry["vanilla_at_headless_gpu_s"] = at
                 entry["delta_at_headless_gpu_s"] = h["mean"] - at
         result["headline"][metric] = entry
+    result["gpu_pairs"] = gpu_pairs(result["pieces"])
+    result["unpaired_gpu_seeds"] = [e["seed"] for e in result["gpu_pairs"] if e["headless"] != e["vanilla"]]
     return result
+
+
+def gpu_pairs(pieces: list[dict]) -> list[dict]:
+    """Each pretraining seed both twins ran: the GPU model (`device`) and UUID each twin pretrained on.
+    At equal GPU time a faster model gives its twin more steps, so a seed whose twins differ in model
+    compares the machines as well as the flavours. Seeds where either twin's model is unknown (pieces
+    older than the field) are left out."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for p in pieces:
+        by_seed.setdefault(p["seed"], {})[p["flavour"]] = p
+    return [{"seed": seed, "headless": twins["headless"]["device"], "vanilla": twins["vanilla"]["device"],
+             "uuids": [twins["headless"].get("device_uuid"), twins["vanilla"].get("device_uuid")]}
+            for seed, twins in sorted(by_seed.items())
+            if len(twins) == 2 and twins["headless"].get("device") and twins["vanilla"].get("device")]
+
+
+def unpaired_gpu_seeds(report: dict) -> list[int]:
+    """The report's seeds whose twins ran on different GPU models (computed from its pieces for a
+    report written before it recorded them)."""
+    if "unpaired_gpu_seeds" in report:
+        return report["unpaired_gpu_seeds"]
+    return [e["seed"] for e in gpu_pairs(report["pieces"]) if e["headless"] != e["vanilla"]]
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds)
+
+
+def gpu_pairs_lines(report: dict) -> list[str]:
+    """report.md's paragraphs on where each seed's twins pretrained (empty when nothing is to say)."""
+    pairs = gpu_pairs(report["pieces"])
+    lines: list[str] = []
+    unpaired = [e for e in pairs if e["headless"] != e["vanilla"]]
+    if unpaired:
+        lines += ["", "**Equal GPU time is not equal work across GPU models**: "
+                  + "; ".join(f"seed {e['seed']} headless on {e['headless']}, vanilla on {e['vanilla']}"
+                              for e in unpaired)
+                  + ". The faster model gave its twin more steps in the same seconds, so these seeds compare the "
+                  "machines as well as the flavours. Run both twins of a seed on one machine "
+                  "(`bash scripts/reproduce_gpu.sh STUDY both seed=N`)."]
+    else:
+        models: dict[str, list[int]] = {}
+        for e in pairs:
+            models.setdefault(e["headless"], []).append(e["seed"])
+        if len(models) > 1:
+            lines += ["", "Each seed's twins pretrained on one GPU model, not the same one for every seed: "
+                      + "; ".join(f"{_seeds_text(seeds)} on {model}" for model, seeds in models.items())
+                      + ". The spread over pretraining seeds includes the machine."]
+    machines = [e["seed"] for e in pairs if e["headless"] == e["vanilla"] and None not in e["uuids"]
+                and e["uuids"][0] != e["uuids"][1]]
+    if machines:
+        lines += ["", f"**The twins of {_seeds_text(machines)} pretrained on different GPUs** of one model: a "
+                  "machine's own speed then enters their step times, and so the steps each got at equal time. "
+                  "Both twins of a seed run one after the other on one machine compare the flavours alone."]
+    return lines
 
 
 def _row_stats(key: str, values: list[float]) -> dict:
@@ -451,11 +508,7 @@ def report_markdown(report: dict) -> str:
                       f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
                       f"\"at equal {unit}\" column reads the longer twin's curve at the other's last {words['second']} "
                       "(interpolated between its checkpoints) and is the equal-time reading."]
-    gpus = {f: {p["device_uuid"] for p in report["pieces"] if p["flavour"] == f} for f in ("headless", "vanilla")}
-    if all(gpus.values()) and None not in gpus["headless"] | gpus["vanilla"] and gpus["headless"] != gpus["vanilla"]:
-        lines += ["", "**The twins pretrained on different GPUs**: a machine's own speed then enters their step "
-                  "times, and so the steps each got at equal time. Pieces run one after the other on one machine "
-                  "compare the flavours alone."]
+    lines += gpu_pairs_lines(report)
     cuda = report.get("cuda", True)  # peak memory is measured on CUDA only
     lines += ["", "## Pretraining", "", f"| twin | seed | steps | tokens | tokens/s | epochs | {unit} "
               "(planned) | parameters |" + (" peak GiB |" if cuda else "") + " device |",
@@ -683,6 +736,9 @@ def summary_row(report: dict) -> str:
     else:
         cells = ["–", "–", "needs both twins", "–"]
     status = f"superseded: {report['_superseded']}" if report.get("_superseded") else "current"
+    unpaired = unpaired_gpu_seeds(report)
+    if unpaired:
+        status += f"; {_seeds_text(unpaired)}: twins on different GPU models"
     return f"| {name} | {report['_campaign']} | {label} | " + " | ".join(cells) + f" | {epochs} | {seeds} | {status} |"
 
 
