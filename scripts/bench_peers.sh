@@ -24,6 +24,8 @@
 # run: name them in the next call.
 #
 # Carry `.whl` (scripts/gpu_wheels.sh): the wheels are installed offline into /tmp/site first.
+# EXTRA_WHEELS=DIR also installs DIR/*.whl (quack, staged in parts: docs/reference/performance.md)
+# into /tmp/site-extra, which a .pth file puts after the image's own packages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ALL=(p160-256k p160-50k llama-1b maxb-llama maxb-p160 p160-128k)
@@ -41,6 +43,13 @@ LOG=$OUT/log.txt
 if command -v nvidia-smi >/dev/null && ls .whl/*.whl >/dev/null 2>&1; then  # the GPU machine only
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     2>&1 | tee -a "$LOG"
+fi
+if [ -n "${EXTRA_WHEELS:-}" ]; then  # staged wheels (quack): placed AFTER the image's packages, which win
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-extra \
+    "$EXTRA_WHEELS"/*.whl 2>&1 | tee -a "$LOG"
+  # addsitedir, not a bare path: it also reads the .pth files inside (the CuTe DSL's own)
+  echo "import site; site.addsitedir('/tmp/site-extra')" \
+    > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/zz-headless-extra.pth"
 fi
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PEERS=""

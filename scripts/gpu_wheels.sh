@@ -3,8 +3,9 @@
 # internet there): downloaded here into ignored folders, carried there, installed there offline.
 #
 #   bash scripts/gpu_wheels.sh            # Liger + Cut Cross-Entropy -> .whl/        (~0.9 MB)
-#   bash scripts/gpu_wheels.sh quack      # also quack-kernels + CuTe DSL -> .data/wheels-quack/ (100 MB: over
-#                                         # the 64 MiB a device call carries; docs/reference/performance.md)
+#   bash scripts/gpu_wheels.sh quack      # also quack-kernels + CuTe DSL -> .data/wheels-quack/ (114 MB: over
+#                                         # the 64 MiB a device call carries: staged in parts with
+#                                         # `headless stage`, docs/reference/performance.md)
 #
 # There (scripts/bench_peers.sh does it itself; carry `.whl`):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
@@ -15,8 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS=(liger-kernel==0.8.5 cut-cross-entropy==25.1.1)
+# quack and every dependency its wheels declare (besides torch and typing-extensions, which the GPU
+# image has): installed there AFTER the image's own packages (bench_peers.sh, EXTRA_WHEELS), so an
+# image copy of cuda-bindings, protobuf or einops wins over ours
 QUACK=(quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1
-       nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5)
+       nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2
+       torch-c-dlpack-ext==0.1.5 cuda-bindings==13.0.3 cuda-pathfinder==1.9.1 einops==0.8.2 protobuf==7.36.2)
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 \
          manylinux2014_x86_64 manylinux1_x86_64; do PLATFORMS+=(--platform "$p"); done
