@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device call of a multi-call study piece on the GPU machine: the same command every call.
+#
+#   bash scripts/campaign_call.sh STUDY SEED [KEY=VALUE ...]      carrying .data/stage/manifest.json
+#                                                                 and the next part(s) while any is missing
+# Each call: take whatever parts are carried into /tmp/headless-stage (`headless stage pull`); if the
+# corpus is complete (`headless stage check`), run or resume BOTH twins of pretraining seed SEED one
+# after the other on this machine (scripts/reproduce_gpu.sh STUDY both, stopped cleanly at WALL
+# seconds, default 540); otherwise say which parts are still missing and stop with 0, so the next
+# call carries them.  Calls must follow each other within 30 s (the machine then stays up and
+# /tmp with it); after a gap the staging starts again, and a piece restarts from nothing.
+# Results: $OUT/STUDY/ (the pieces once finished, the log, the runs' summaries and metrics).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STUDY=${1:?study}; SEED=${2:?seed}; shift 2
+STAGE=${STAGE:-.data/stage}; DEST=${DEST:-/tmp/headless-stage}
+export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src
+if ls "$STAGE"/*.part >/dev/null 2>&1; then
+  python3 -m headless stage pull "$STAGE" "$DEST" || exit $?
+fi
+if ! DATA=$(python3 -m headless stage check "$DEST" "$STAGE/manifest.json"); then
+  echo "campaign_call.sh: the corpus is not complete yet; carry the parts named above in the next call"
+  exit 0
+fi
+DATA_ROOT=$DATA WALL=${WALL:-540} exec bash scripts/reproduce_gpu.sh "$STUDY" both "seed=$SEED" "$@"
