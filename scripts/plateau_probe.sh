@@ -2,17 +2,21 @@
 # Side-by-side plateau probes on one GPU (scripts/plateau_probe.py): unpack the carried dataset,
 # start one process per variant, wait.  Results: $OUT/<variant>-lr<LR>.jsonl and $OUT/probe.log.
 #   VARIANTS="vanilla paper proj@5e-4" LR=1e-3 STEPS=4000 DEADLINE=540 bash scripts/plateau_probe.sh
+#   PRESET=bert-base TAR=.data/carry/en-bert.tar.xz VARIANTS="vanilla@5e-4 paper@5e-4" bash scripts/plateau_probe.sh
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT" /tmp/probe
-DATA=/tmp/probe/data-119547
-[ -d "$DATA" ] || tar -xJf .data/carry/ml-119547.tar.xz -C /tmp/probe
+# TAR: a `headless prepare` dataset packed as one folder (default: the multilingual study's mix at
+# 119,547 entries); PRESET: the twins' shape (default: the multilingual study's)
+TAR=${TAR:-.data/carry/ml-119547.tar.xz}; PRESET=${PRESET:-multilingual}
+DATA=/tmp/probe/$(tar -tJf "$TAR" | head -1 | cut -d/ -f1)
+[ -d "$DATA" ] || tar -xJf "$TAR" -C /tmp/probe
 VARIANTS=${VARIANTS:-"vanilla paper scale bias both cosine"}
 LR=${LR:-1e-3}; STEPS=${STEPS:-4000}; DEADLINE=${DEADLINE:-540}; WARMUP=${WARMUP:-300}; SCHEDULE=${SCHEDULE:-10000}
 EXTRA=${EXTRA:-}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 for entry in $VARIANTS; do  # NAME or NAME@LR
   v=${entry%@*}; lr=$LR; [ "$entry" != "$v" ] && lr=${entry#*@}
-  python scripts/plateau_probe.py --data "$DATA" --variant "$v" --steps "$STEPS" --deadline "$DEADLINE" \
+  python scripts/plateau_probe.py --data "$DATA" --preset "$PRESET" --variant "$v" --steps "$STEPS" --deadline "$DEADLINE" \
     --out "$OUT/$v-lr$lr.jsonl" batch_size=128 optim.lr=$lr optim.warmup_steps=$WARMUP optim.beta2=0.98 \
     optim.schedule_steps=$SCHEDULE compile=true compile_mode=reduce-overhead progress=false tensorboard=false \
     $EXTRA > "/tmp/probe/$v-$lr.log" 2>&1 &
