@@ -311,6 +311,22 @@ def test_a_micro_batch_beyond_the_bounded_room_stops_the_run_with_one_line(fixtu
     assert not [r for r in records if json.loads(r)["split"] == "train"]  # stopped before step 3 was logged
 
 
+def test_a_validation_micro_batch_beyond_the_bounded_room_stops_the_run_with_one_line(fixture_datasets, tmp_path,
+                                                                                      capsys, monkeypatch):
+    """Validation scores micro-batches of the training shape through the same bounded room: one that
+    overflows would log a NaN validation loss; it stops the run with one line naming the key."""
+    from headless import loss_kinds
+
+    monkeypatch.setattr(loss_kinds, "ROOM_MULTIPLE", 8)
+    args = ["pretrain", "--preset", "tiny", *SMALL, f"data.path={fixture_datasets['neox']}", "--run-dir",
+            str(tmp_path / "run"), "model.architecture=gpt-neox", "objective.kind=clm",
+            "objective.loss_implementation=bounded", "objective.unique_bound=16", "max_steps=4", "log_every=100",
+            "save_every=100", "eval_every=1", "max_nan_skips=100"]
+    _fails(args, capsys, "unique targets, more than objective.unique_bound=16 leaves room for; set "
+                         "objective.unique_bound=")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or '"val"' not in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
 def test_unique_bound_auto_is_sized_from_the_training_data_before_the_run(fixture_datasets, tmp_path, capsys):
     """`objective.unique_bound: auto` counts the distinct token ids of sampled micro-batches of the
     training split (an upper bound on their unique targets), adds the margin, and trains with that

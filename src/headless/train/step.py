@@ -182,6 +182,7 @@ def evaluate(model, batches, *, device, autocast_dtype, all_reduce) -> dict:
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
+    overflow = torch.zeros((), device=device, dtype=torch.long)  # CWT "bounded": a room too small
     for input_ids, labels in batches:
         with _autocast(device, autocast_dtype):
             out = model(input_ids.to(device), labels.to(device))
@@ -190,8 +191,14 @@ def evaluate(model, batches, *, device, autocast_dtype, all_reduce) -> dict:
         count += n
         if out.accuracy is not None:
             correct += out.accuracy.double() * n
+        if getattr(out, "unique_overflow", None) is not None:
+            overflow = torch.maximum(overflow, out.unique_overflow.detach())
     stats = all_reduce(torch.stack([loss_sum, correct, count]))
     if was_training:
         model.train()
     total = max(float(stats[2]), 1.0)
-    return {"loss": float(stats[0]) / total, "accuracy": float(stats[1]) / total, "targets": int(stats[2])}
+    result = {"loss": float(stats[0]) / total, "accuracy": float(stats[1]) / total, "targets": int(stats[2])}
+    worst = int(all_reduce(overflow, op="max"))
+    if worst:  # its loss is NaN: say why instead of logging it
+        result["unique_overflow"] = worst
+    return result
