@@ -459,7 +459,10 @@ def test_target_vectors_on_the_other_branches(kw):
     outputs, ids, weight = _with_unique(127)
     ids = ids.reshape(-1)
     ids[ids == ids.max()] = weight.shape[0] - 1  # the last id sorts next to the ignored ones
-    gen = lambda: dict(generator=torch.Generator().manual_seed(0)) if "max_negatives" in kw else {}  # noqa: E731
+
+    def gen():
+        return {"generator": torch.Generator().manual_seed(0)} if "max_negatives" in kw else {}
+
     want = _loss_and_grads(outputs, ids, weight, **kw, **gen())
     got = _with_vectors(outputs, ids, weight, **kw, **gen())
     _assert_same(got, want, tol=1e-12)

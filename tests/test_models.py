@@ -419,11 +419,11 @@ def test_one_lookup_applies_only_to_plain_embeddings_and_local_cwt():
     scaled.weight = old.weight
     model.backbone.set_input_embeddings(scaled)
     assert not model.one_lookup
-    new, g_new = _step(model, lambda: model(ids, labels))
+    new, _ = _step(model, lambda: model(ids, labels))
     assert Scaled.calls == 1
     model.backbone.set_input_embeddings(old)
     assert model.one_lookup
-    old_out, g_old = _step(model, lambda: model.loss(model.hidden_states(ids), labels))
+    old_out, _ = _step(model, lambda: model.loss(model.hidden_states(ids), labels))
     torch.testing.assert_close(new.loss, old_out.loss, rtol=0, atol=0)
     model.loss_group = object()
     assert not model.one_lookup

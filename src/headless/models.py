@@ -176,6 +176,7 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 # RoBERTa's position ids count the pad tokens of input_ids, so it is not one of them
 INPUTS_EMBEDS_EXACT = frozenset({"bert", "distilbert", "modernbert", "gpt_neox", "llama", "gpt2"})
 
+
 def output_transform(dim: int, std: float) -> nn.Module:
     """Linear D x D, GELU, LayerNorm: BERT's MLM-head transform, which the paper's headless twin drops
     with the head.  Scoring its output instead of the raw last layer kept the headless DistilBERT-shape
