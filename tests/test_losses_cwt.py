@@ -422,3 +422,65 @@ def test_bounded_on_gpu_bf16_matches_float64_and_never_syncs_when_compiled():
     assert max(errors["bounded"]) < 2e-2, errors
     # bf16's own error, as the K x K path makes it (a wrong count or class would be off by O(1))
     assert all(b <= 3 * r + 1e-4 for b, r in zip(errors["bounded"], errors["reference"])), errors
+
+
+def _with_vectors(outputs, ids, weight, **kw):
+    """cwt_loss with the targets' rows looked up beforehand (`target_vectors`): gradients through
+    that lookup, as a model that looks up inputs and targets in one call gets them."""
+    vectors = F.embedding(ids.clamp_min(0), weight)  # ignored positions: row 0, never used
+    out = cwt_loss(outputs, ids, weight, target_vectors=vectors, **kw)
+    loss = out.loss.sum() if out.loss.dim() else out.loss
+    g_out, g_w = torch.autograd.grad(loss, [outputs, weight])
+    return out, g_out, g_w
+
+
+@pytest.mark.parametrize("static_rows", [False, True])
+@pytest.mark.parametrize("path", ["reference", "dedup", "bounded", "chunked", "auto"])
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_target_vectors_give_the_weight_paths_value_and_gradients(path, static_rows, temperature):
+    """target_vectors=E[ids]: every path takes its class vectors from the given rows, with the value,
+    gradients (outputs, and the weight through the lookup) and metrics of indexing the weight."""
+    outputs, ids, weight = _batch(K=300, V=50, ignore_every=5)
+    outputs, ids = outputs.view(3, 100, -1), ids.view(3, 100)
+    kw = dict(implementation=path, temperature=temperature, reduction="sum", static_rows=static_rows, chunk_size=37)
+    want = _loss_and_grads(outputs, ids, weight, **kw)
+    got = _with_vectors(outputs, ids, weight, **kw)
+    _assert_same(got, want, tol=1e-12)
+    assert got[0].accuracy == want[0].accuracy and int(got[0].num_unique) == int(want[0].num_unique)
+    assert int(got[0].num_targets) == int(want[0].num_targets) == 240
+
+
+@pytest.mark.parametrize("kw", [dict(reduction="none"), dict(reduction="mean", max_negatives=7),
+                                dict(reduction="sum", implementation="bounded", static_rows=True, unique_bound=128),
+                                dict(reduction="sum", implementation="reference", static_rows=True)])
+def test_target_vectors_on_the_other_branches(kw):
+    """Unselected rows (reduction none), sampled negatives, a full bounded room with ignored targets
+    next to the last id: the same as indexing the weight."""
+    outputs, ids, weight = _with_unique(127)
+    ids = ids.reshape(-1)
+    ids[ids == ids.max()] = weight.shape[0] - 1  # the last id sorts next to the ignored ones
+
+    def gen():
+        return {"generator": torch.Generator().manual_seed(0)} if "max_negatives" in kw else {}
+
+    want = _loss_and_grads(outputs, ids, weight, **kw, **gen())
+    got = _with_vectors(outputs, ids, weight, **kw, **gen())
+    _assert_same(got, want, tol=1e-12)
+
+
+def test_target_vectors_compile_as_one_graph_and_are_checked():
+    outputs, ids, weight = _with_unique(90)
+
+    def run(o, t, w):
+        out = cwt_loss(o, t, w, implementation="bounded", reduction="sum", static_rows=True, check_ids=False,
+                       allow_empty=True, unique_bound=128, target_vectors=F.embedding(t.clamp_min(0), w))
+        return out.loss
+
+    loss = torch.compile(run, backend="aot_eager", fullgraph=True)(outputs.view(4, 100, -1), ids, weight)
+    got = (LossOutput(loss, None, None, None), *torch.autograd.grad(loss, [outputs, weight]))
+    _assert_same(got, _loss_and_grads(outputs, ids.reshape(-1), weight, implementation="reference", reduction="sum"))
+    flat = ids.reshape(-1)
+    with pytest.raises(HeadlessError, match=r"target_vectors must be .* shape \(400, 16\)"):
+        cwt_loss(outputs, flat, weight, target_vectors=weight[:3])
+    with pytest.raises(HeadlessError, match="target_vectors cannot be used with a group"):
+        cwt_loss(outputs, flat, weight, target_vectors=weight[flat.clamp_min(0)], group=object())

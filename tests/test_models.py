@@ -304,3 +304,131 @@ def test_auto_captures_the_bounded_path_only_while_its_room_is_smaller_than_the_
     # Pythia-70M at 64 x 2048: captured only with a bound (measured faster at 20,480, not at room = V)
     assert captured_as(131_072, 50_304, None) is None and captured_as(131_072, 50_304, 20_480) == "bounded"
     assert captured_as(131_072 * 8, 50_304, 20_480) is None  # past the head's measured bound
+
+
+def _one_lookup_case(arch, impl="reference"):
+    """A static-shape CWT model (float64, no dropout) and a batch with pad tokens among the inputs
+    AND among the scored targets (pad id 0), the case where the two lookups' gradients differ."""
+    from headless.objectives import clm_labels, mlm_mask
+
+    model, _, _ = _sync_free_case(arch, "cwt", "headless", impl, extra=["model.dropout=0"])
+    ids = torch.randint(4, 100, (3, 32))  # 96 positions: no shape of V = 128 rows (100 padded)
+    ids[2, 20:] = 0  # padding
+    if arch in ENCODERS:
+        ids, labels = mlm_mask(ids, mask_token_id=3, vocab_size=100, special_token_ids=[0, 1, 2], masking="static",
+                               key=1)
+        labels[0, (labels[0] != -100).nonzero()[0]] = 0  # a scored target that is the pad token
+    else:
+        ids[1, 7] = 0  # the target of position 6
+        labels = clm_labels(ids)
+    assert (labels == 0).any() and (ids == 0).any()
+    return model, ids, labels
+
+
+def _step(model, fn):
+    model.zero_grad()
+    out = fn()
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch,impl", [("bert", "reference"), ("bert", "bounded"), ("bert", "auto"),
+                                       ("distilbert", "auto"), ("modernbert", "bounded"), ("gpt-neox", "reference"),
+                                       ("gpt-neox", "bounded"), ("llama", "auto"), ("gpt2", "chunked")])
+def test_one_lookup_gives_the_two_lookups_loss_and_every_gradient(arch, impl):
+    """The CWT forward looks inputs and targets up in one embedding call: in float64 the loss,
+    metrics and every parameter gradient of the two lookups (the backbone's from input_ids, the
+    loss's weight[targets]), pad tokens among inputs and targets included."""
+    model, ids, labels = _one_lookup_case(arch, impl)
+    assert model.one_lookup
+    new, g_new = _step(model, lambda: model(ids, labels))
+    old, g_old = _step(model, lambda: model.loss(model.hidden_states(ids), labels))
+    torch.testing.assert_close(new.loss, old.loss, rtol=0, atol=1e-10)
+    assert int(new.num_targets) == int(old.num_targets) and float(new.accuracy) == float(old.accuracy)
+    assert g_new.keys() == g_old.keys() and g_new
+    for name in g_new:
+        torch.testing.assert_close(g_new[name], g_old[name], rtol=0, atol=1e-10, msg=name)
+
+
+def _vocab_sized_backward_ops(model, step):
+    """Names of the backward's ops on a [V, D] tensor (zeroing, adding), from the profiler."""
+    from collections import Counter
+
+    vd = list(model.input_embedding_weight().shape)
+    loss = step().loss
+    model.zero_grad()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        loss.backward()
+    return Counter(e.name for e in prof.events() if e.name in ("aten::zero_", "aten::add_", "aten::add")
+                   and e.input_shapes and list(e.input_shapes[0]) == vd)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt-neox"])
+def test_one_lookup_builds_one_vocabulary_sized_gradient(arch):
+    """The point of the single lookup: the backward zeroes ONE V×D gradient and adds none (two
+    lookups zero two and add them)."""
+    model, ids, labels = _one_lookup_case(arch, "bounded")
+    assert _vocab_sized_backward_ops(model, lambda: model(ids, labels)) == {"aten::zero_": 1}
+    two = _vocab_sized_backward_ops(model, lambda: model.loss(model.hidden_states(ids), labels))
+    assert two["aten::zero_"] == 2 and two["aten::add_"] + two["aten::add"] == 1
+
+
+def test_one_lookup_is_one_graph():
+    model, ids, labels = _one_lookup_case("bert", "bounded")
+    assert model.one_lookup and model.sync_free
+    eager, g_eager = _step(model, lambda: model(ids, labels))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    got, g_got = _step(model, lambda: compiled(ids, labels))
+    torch.testing.assert_close(got.loss, eager.loss, rtol=1e-10, atol=1e-10)
+    for name in g_eager:
+        torch.testing.assert_close(g_got[name], g_eager[name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("arch", ENCODERS + DECODERS)
+def test_one_lookup_architectures_take_inputs_embeds_exactly(arch):
+    """INPUTS_EMBEDS_EXACT lists exactly the table's architectures whose backbone gives the same
+    hidden states for inputs_embeds as for input_ids, with pad tokens and an attention mask
+    (RoBERTa's position ids count the pad tokens of input_ids)."""
+    from headless.models import INPUTS_EMBEDS_EXACT
+
+    model = build_model(_config(arch, "headless").model, _config(arch, "headless").objective, "cwt", 100, 0, 2)
+    model = model.double().eval()
+    ids = torch.randint(4, 100, (3, 32))
+    ids[1, 20:] = 0
+    mask = (ids != 0).long()
+    backbone, emb = model.backbone, model.backbone.get_input_embeddings()
+    same = all(torch.equal(backbone(input_ids=ids, attention_mask=m).last_hidden_state,
+                           backbone(inputs_embeds=emb(ids), attention_mask=m).last_hidden_state) for m in (None, mask))
+    assert same == (model.config.model_type in INPUTS_EMBEDS_EXACT)
+
+
+def test_one_lookup_applies_only_to_plain_embeddings_and_local_cwt():
+    """A subclass of nn.Embedding (a scaled embedding, say) keeps its own forward: the two lookups;
+    so do the other losses, Bernoulli masking and a loss group."""
+
+    class Scaled(torch.nn.Embedding):
+        calls = 0
+
+        def forward(self, ids):
+            Scaled.calls += 1
+            return super().forward(ids)
+
+    model, ids, labels = _one_lookup_case("bert")
+    old = model.backbone.get_input_embeddings()
+    scaled = Scaled(*old.weight.shape, padding_idx=old.padding_idx, dtype=old.weight.dtype)
+    scaled.weight = old.weight
+    model.backbone.set_input_embeddings(scaled)
+    assert not model.one_lookup
+    new, _ = _step(model, lambda: model(ids, labels))
+    assert Scaled.calls == 1
+    model.backbone.set_input_embeddings(old)
+    assert model.one_lookup
+    old_out, _ = _step(model, lambda: model.loss(model.hidden_states(ids), labels))
+    torch.testing.assert_close(new.loss, old_out.loss, rtol=0, atol=0)
+    model.loss_group = object()
+    assert not model.one_lookup
+    model.loss_group = None
+    for loss, extra in [("nce", []), ("ce+cwt", []), ("cwt", ["objective.masking=bernoulli"])]:
+        cfg = load_config("tiny", flavour="vanilla" if loss.startswith("ce") else "headless",
+                          overrides=SMALL + [f"objective.loss={loss}", *extra])
+        assert not build_model(cfg.model, cfg.objective, loss, 100, 0, 2).one_lookup

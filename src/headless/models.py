@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from headless.architectures import ARCHITECTURES, by_model_type, is_causal
@@ -169,6 +170,12 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
+
+# model types whose base model gives the same hidden states for `inputs_embeds` as for the
+# `input_ids` they were looked up from, pad tokens included (tests/test_models.py checks it):
+# RoBERTa's position ids count the pad tokens of input_ids, so it is not one of them
+INPUTS_EMBEDS_EXACT = frozenset({"bert", "distilbert", "modernbert", "gpt_neox", "llama", "gpt2"})
+
 
 def output_transform(dim: int, std: float) -> nn.Module:
     """Linear D x D, GELU, LayerNorm: BERT's MLM-head transform, which the paper's headless twin drops
@@ -342,7 +349,55 @@ class LanguageModel(nn.Module):
         if self.forward_function is not None:  # an implementation that is not a loss of hidden states
             with kernel_context(self.attention_kernel):  # HF's own head and loss: the backbone inside
                 return self.forward_function(self, input_ids, labels, attention_mask)
+        if self.one_lookup:
+            return self._one_lookup_forward(input_ids, labels, attention_mask)
         return self.loss(self.hidden_states(input_ids, attention_mask), labels)
+
+    @property
+    def one_lookup(self) -> bool:
+        """Whether `forward` looks the inputs and the CWT targets up in ONE embedding call
+        (`_one_lookup_forward`): the CWT loss with static shapes (the scored targets are known
+        before the forward), no loss group, a plain `nn.Embedding` (no subclass: scaled embeddings
+        keep their own forward; no max_norm, which renormalises in place; no scale_grad_by_freq,
+        which the extra rows would change; not sparse) and a backbone that takes `inputs_embeds`
+        exactly (`INPUTS_EMBEDS_EXACT`). Bernoulli MLM keeps two lookups: its scored rows are
+        selected by a count the host reads, and looking up every position would cost B·L·D."""
+        emb = self.backbone.get_input_embeddings()
+        return (self.loss_function is cwt_of and self.static_shapes and self.loss_group is None
+                and type(emb) is nn.Embedding and emb.max_norm is None and not emb.scale_grad_by_freq
+                and not emb.sparse and getattr(self.config, "model_type", None) in INPUTS_EMBEDS_EXACT)
+
+    def _one_lookup_forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                            attention_mask: Optional[torch.Tensor]):
+        """CWT of the scored positions with inputs and targets looked up in ONE `F.embedding`: the
+        backbone gets the first rows as `inputs_embeds`, the loss the others as `target_vectors`.
+        Same value and gradients as the two lookups (the backbone's, then `weight[targets]` in the
+        loss), but autograd builds one dense V×D weight gradient instead of two plus their V×D sum
+        (4·V·D floats less memory traffic per step). That gain is unmeasured on a GPU and under
+        torch.compile (docs/reference/performance.md).
+
+        The pad token: `nn.Embedding(padding_idx=)` gives the pad INPUTS no gradient, the old
+        target gather gives a pad TARGET one; the lookup runs without padding_idx and the pad
+        inputs' rows are detached instead, so both hold. Ignored targets look up row 0, which is
+        never scored (a zero gradient). No host read, static shapes: it stays capturable."""
+        from headless.objectives import static_mask_count, static_positions
+
+        emb = self.backbone.get_input_embeddings()
+        flat, targets = None, labels
+        if not self.causal:  # the rows `scored_positions` gathers, chosen from the labels alone
+            flat, targets = static_positions(labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
+        ids = torch.cat([input_ids.reshape(-1), targets.reshape(-1).clamp_min(0)])
+        # split (its backward concatenates) rather than two slices (each backward zero-fills all rows)
+        inputs, target_vectors = F.embedding(ids, emb.weight).split([input_ids.numel(), targets.numel()])
+        inputs = inputs.view(*input_ids.shape, inputs.shape[-1])
+        if emb.padding_idx is not None:
+            inputs = torch.where((input_ids == emb.padding_idx).unsqueeze(-1), inputs.detach(), inputs)
+        with kernel_context(self.attention_kernel):
+            hidden = self.backbone(inputs_embeds=inputs, attention_mask=attention_mask).last_hidden_state
+        if flat is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)
+        return self.loss_function(self, hidden, targets,
+                                  target_vectors=target_vectors.view(*targets.shape, target_vectors.shape[-1]))
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
         """The configured loss of hidden [B, L, D] at the positions whose label is not -100: the loss
@@ -384,12 +439,15 @@ def _head_inputs(model: LanguageModel, outputs: torch.Tensor, targets: torch.Ten
     return outputs, targets, head_parts(model.hf)
 
 
-def cwt_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):
-    """CWT: outputs against the input embeddings of the targets (the loss selects the rows itself)."""
+def cwt_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor,
+           target_vectors: Optional[torch.Tensor] = None):
+    """CWT: outputs against the input embeddings of the targets (the loss selects the rows itself);
+    `target_vectors`: those embeddings already looked up (`LanguageModel.one_lookup`)."""
     from headless.losses import cwt_loss
 
     return cwt_loss(model.project(outputs), targets, model.input_embedding_weight(), reduction="sum",
-                    implementation=model.objective.loss_implementation, **_contrastive_options(model))
+                    implementation=model.objective.loss_implementation, target_vectors=target_vectors,
+                    **_contrastive_options(model))
 
 
 def nce_of(model: LanguageModel, outputs: torch.Tensor, targets: torch.Tensor):

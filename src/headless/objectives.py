@@ -239,6 +239,13 @@ def gather_static_positions(hidden: Tensor, labels: Tensor, per_row: int) -> tup
     per row (static masking): `(hidden[B·per_row, D], targets[B·per_row])`, each row's positions
     in order, then IGNORE_INDEX slots where a row has fewer.  No nonzero, so no host sync; a row
     with more than `per_row` positions would lose the extra ones."""
+    flat, targets = static_positions(labels, per_row)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat), targets
+
+
+def static_positions(labels: Tensor, per_row: int) -> tuple[Tensor, Tensor]:
+    """The selection of `gather_static_positions` from the labels alone: (flat indices of the
+    gathered positions in [B·L], targets[B·per_row]), known before the forward."""
     batch, length = labels.shape
     chosen = labels != IGNORE_INDEX
     rank = chosen.long().cumsum(dim=1) - 1  # the i-th loss position of a row goes to slot i
@@ -249,4 +256,4 @@ def gather_static_positions(hidden: Tensor, labels: Tensor, per_row: int) -> tup
     flat = (index + torch.arange(batch, device=labels.device)[:, None] * length).reshape(-1)
     targets = torch.where(filled.reshape(-1), labels.reshape(-1).index_select(0, flat),
                           torch.full_like(flat, IGNORE_INDEX, dtype=labels.dtype))
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat), targets
+    return flat, targets

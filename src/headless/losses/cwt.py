@@ -300,7 +300,8 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
              chunk_size: int | None = None, max_negatives: int | None = None,
              generator: torch.Generator | None = None, group=None, gather: str = "ids",
              allow_empty: bool = False, with_accuracy: bool = True, check_ids: bool = True,
-             static_rows: bool = False, unique_bound: int | None = None) -> LossOutput:
+             static_rows: bool = False, unique_bound: int | None = None,
+             target_vectors: Tensor | None = None) -> LossOutput:
     """Contrastive Weight Tying loss: each output must retrieve its target's input embedding.
 
     outputs [..., D] are the model's last hidden states, target_ids [...] the tokens to retrieve
@@ -340,6 +341,13 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
     K × room scores, no host read either. A micro-batch with more unique targets than the room gets
     a NaN loss (a trainer skips such a step) and reports them in `unique_overflow`. For
     Bernoulli MLM static rows would score the 85% unmasked rows for nothing.
+
+    target_vectors [..., D] (optional): the embeddings of target_ids, already looked up (rows at
+    ignored positions: any finite values, never used); every path then takes the class vectors
+    from these rows and embedding_weight only gives V and the checks. Same value and gradients
+    (through the lookup) as indexing embedding_weight: what lets a model look up its inputs and
+    its targets in ONE embedding call, so that autograd builds one dense V×D weight gradient
+    instead of two plus their sum (`LanguageModel`). Not with `group`.
     """
     fn = "cwt_loss"
     check_choice("reduction", reduction, REDUCTIONS)
@@ -351,19 +359,25 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
         raise HeadlessError(f"{fn}: max_negatives must be >= 1 (or None), got {max_negatives}")
     if unique_bound is not None and unique_bound < 1:
         raise HeadlessError(f"{fn}: unique_bound must be >= 1 (or None), got {unique_bound}")
+    if target_vectors is not None:
+        _check_target_vectors(fn, outputs, target_ids, embedding_weight, target_vectors, group)
     if static_rows and group is None and max_negatives is None and reduction != "none" \
             and implementation in ("auto", "triton", "chunked", "dedup", "bounded", "reference"):
         check_inputs(fn, outputs, target_ids, embedding_weight, "embedding_weight")
         if check_ids:
             select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight")
         return _cwt_static_rows(outputs, target_ids, embedding_weight, 1.0 / temperature, ignore_index,
-                                reduction, implementation, chunk_size, allow_empty, with_accuracy, unique_bound)
+                                reduction, implementation, chunk_size, allow_empty, with_accuracy, unique_bound,
+                                target_vectors)
     if implementation == "bounded":  # the rows are selected: torch.unique sizes the classes exactly
         implementation = "dedup"
     rows, o, ids = select_rows(fn, outputs, target_ids, embedding_weight, ignore_index, "embedding_weight",
                                check_ids=check_ids)
-    acc, scale = accumulation_dtype(outputs, embedding_weight), 1.0 / temperature
-    cands = _candidates(ids, embedding_weight, group, gather)  # collective: every rank calls it
+    acc, scale = accumulation_dtype(outputs, embedding_weight, target_vectors), 1.0 / temperature
+    if target_vectors is None:
+        cands = _candidates(ids, embedding_weight, group, gather)  # collective: every rank calls it
+    else:  # the looked-up rows of the kept positions, as the "embeddings" gather holds them
+        cands = _Candidates(ids, target_vectors.reshape(-1, target_vectors.shape[-1])[rows], 0)
     if ids.numel() == 0 or cands.keys.numel() == 0:
         return empty_output(fn, allow_empty, ignore_index, target_ids, [o, embedding_weight, cands.vectors],
                             acc, reduction)
@@ -391,6 +405,20 @@ def cwt_loss(outputs: Tensor, target_ids: Tensor, embedding_weight: Tensor, *, t
                       accuracy, device_scalar(num_unique, ids.device))
 
 
+def _check_target_vectors(fn: str, outputs: Tensor, target_ids: Tensor, weight: Tensor, vectors, group) -> None:
+    """`target_vectors` must be the [..., D] rows of target_ids, on the outputs' device, local only."""
+    if group is not None:
+        raise HeadlessError(f"{fn}: target_vectors cannot be used with a group (the negatives of other "
+                            "ranks are looked up or gathered by the loss itself)")
+    if isinstance(target_ids, Tensor) and isinstance(weight, Tensor) and weight.dim() == 2:
+        shape = (*target_ids.shape, weight.shape[1])
+        if not isinstance(vectors, Tensor) or not vectors.is_floating_point() or tuple(vectors.shape) != shape:
+            raise HeadlessError(f"{fn}: target_vectors must be a floating-point tensor of shape {shape} "
+                                f"(target_ids.shape + (D,)), got {tuple(getattr(vectors, 'shape', ()))}")
+        if isinstance(outputs, Tensor) and vectors.device != outputs.device:
+            raise HeadlessError(f"{fn}: target_vectors on {vectors.device} but outputs on {outputs.device}")
+
+
 def _resolve_implementation(implementation: str, outputs: Tensor) -> str:
     """"auto" -> the Triton kernel on CUDA when available, else chunked; "triton" must be usable."""
     if implementation == "auto":
@@ -404,27 +432,30 @@ _EXCLUDED = -1e30  # bias of the class standing for ignored targets: exp() makes
 
 
 def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction, implementation, chunk_size,
-                     allow_empty, with_accuracy, unique_bound=None) -> LossOutput:
+                     allow_empty, with_accuracy, unique_bound=None, vectors=None) -> LossOutput:
     """`cwt_loss(static_rows=True)`: the loss over every position, ignored ones zeroed; "reference"
     scores the K×K pairs (`_static_pairs`), "bounded" a static room of unique targets
-    (`_static_bounded`), the other paths the unique targets (`_static_unique`)."""
+    (`_static_bounded`), the other paths the unique targets (`_static_unique`). `vectors`: the
+    targets' rows already looked up (`target_vectors`), indexed by position instead of the weight
+    by id (`_Rows`)."""
     o = outputs.reshape(-1, outputs.shape[-1])
     ids = target_ids.reshape(-1).long()
     valid = ids != ignore_index
-    acc = accumulation_dtype(outputs, weight)
+    acc = accumulation_dtype(outputs, weight, vectors)
+    rows = _Rows(weight, ids, None if vectors is None else vectors.reshape(-1, vectors.shape[-1]))
     count = valid.sum()
     if not allow_empty and not o.is_cuda and int(count) == 0:  # on CPU the check costs nothing
         raise HeadlessError(f"cwt_loss: every target is ignored (ignore_index={ignore_index}); "
                             "pass allow_empty=True to get a zero loss for such batches")
     overflow = None
     if implementation == "reference":
-        losses, hits, num_unique = _static_pairs(o, ids, valid, weight, scale, acc, with_accuracy)
+        losses, hits, num_unique = _static_pairs(o, ids, valid, rows, scale, acc, with_accuracy)
     elif implementation == "bounded":
         room = unique_room(ids.numel(), weight.shape[0], unique_bound)
-        losses, hits, num_unique = _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy)
+        losses, hits, num_unique = _static_bounded(o, ids, valid, rows, scale, acc, room, with_accuracy)
         overflow = num_unique > room
     else:
-        losses, hits, num_unique = _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size,
+        losses, hits, num_unique = _static_unique(o, ids, valid, rows, scale, acc, implementation, chunk_size,
                                                   with_accuracy)
     accuracy = None if hits is None else (hits & valid).sum().float() / count.clamp_min(1)
     total = losses.sum()
@@ -437,9 +468,27 @@ def _cwt_static_rows(outputs, target_ids, weight, scale, ignore_index, reduction
     return LossOutput(loss, count, accuracy, num_unique, torch.where(overflow, num_unique, 0))
 
 
+@dataclass
+class _Rows:
+    """Where the static paths take a class's vector: weight[id], or the looked-up row of one of
+    its positions (`target_vectors`; every position of a class holds the same row)."""
+
+    weight: Tensor
+    ids: Tensor  # [N] the targets, flattened
+    vectors: Tensor | None  # [N, D] their rows, or None
+
+    @property
+    def vocab(self) -> int:
+        return self.weight.shape[0]
+
+    def at(self, positions: Tensor) -> Tensor:
+        """The vectors of the targets at `positions` (valid ones; others: any finite row)."""
+        if self.vectors is None:  # an ignored target's id (ignore_index) is clamped into range
+            return self.weight[self.ids[positions].clamp(0, self.vocab - 1)]
+        return self.vectors[positions]
 
 
-def _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy):
+def _static_bounded(o, ids, valid, rows, scale, acc, room, with_accuracy):
     """(per-row losses, top-1 hits or None, unique count) of the dedup derivation with a STATIC
     number of classes `room`, in plain tensor ops whose shapes the batch size fixes (no
     `torch.unique`, no host read: torch.compile(fullgraph=True) and CUDA graphs take it whole).
@@ -449,21 +498,25 @@ def _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy):
     ignored rows and those beyond the room). Empty classes get bias -1e30 (exp() makes them exactly
     0), the others log(count): lse_k = logsumexp(s_k + log n) over K × room scores, loss_k =
     lse_k − s_{k,y_k}, the same value and gradients as the K×K pairs. A row whose unique target
-    lies beyond the room (more than `room` unique targets) is zeroed; the caller poisons the loss."""
-    vocab = weight.shape[0]
+    lies beyond the room (more than `room` unique targets) is zeroed; the caller poisons the loss.
+    Each class's vector is that of a representative POSITION, its first in sorted order."""
+    vocab = rows.vocab
     keys = torch.where(valid, ids, vocab)  # ignored targets sort last
     sorted_keys, order = torch.sort(keys)
     first = torch.cat([torch.ones_like(sorted_keys[:1], dtype=torch.bool), sorted_keys[1:] != sorted_keys[:-1]])
     num_unique = (first & (sorted_keys < vocab)).sum()
-    slot = torch.empty_like(sorted_keys).scatter_(0, order, torch.cumsum(first.long(), 0) - 1)
+    sorted_slot = torch.cumsum(first.long(), 0) - 1
+    slot = torch.empty_like(sorted_keys).scatter_(0, order, sorted_slot)
     kept = valid & (slot < room)
     index = torch.where(kept, slot, room)  # room: the spare slot
-    class_ids = torch.zeros(room + 1, dtype=torch.long, device=ids.device).scatter_(
-        0, index, torch.where(kept, ids, 0))  # duplicates write the same id
+    # one write per class: the position of its first occurrence in sorted order (empty classes: 0)
+    lead = first & (sorted_keys < vocab) & (sorted_slot < room)
+    class_positions = torch.zeros(room + 1, dtype=torch.long, device=ids.device).scatter_(
+        0, torch.where(lead, sorted_slot, room), order)[:room]
     counts = torch.zeros(room + 1, dtype=torch.long, device=ids.device).scatter_add_(0, index, kept.long())
-    class_ids, counts = class_ids[:room], counts[:room]
+    counts = counts[:room]
     bias = torch.where(counts > 0, counts.to(acc).log(), torch.full((), _EXCLUDED, dtype=acc, device=ids.device))
-    raw = torch.mm(o.to(acc), weight[class_ids].to(acc).t()) * scale  # [K, room]
+    raw = torch.mm(o.to(acc), rows.at(class_positions).to(acc).t()) * scale  # [K, room]
     labels = index.clamp(max=room - 1).unsqueeze(1)
     positive = raw.gather(1, labels).squeeze(1)  # s_{k,y_k}, from the same GEMM as the negatives
     lse = torch.logsumexp(raw + bias, dim=1)
@@ -476,16 +529,21 @@ def _static_bounded(o, ids, valid, weight, scale, acc, room, with_accuracy):
     return losses, hits, num_unique
 
 
-def _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size, with_accuracy):
+def _static_unique(o, ids, valid, rows, scale, acc, implementation, chunk_size, with_accuracy):
     """(per-row losses, top-1 hits or None, unique count) against the unique targets, ignored
     ones as one extra class with bias -1e30 (`torch.unique` synchronises)."""
-    vocab = weight.shape[0]
+    vocab = rows.vocab
     implementation = _resolve_implementation(implementation, o)
     # ignored targets become the id `vocab`, which sorts last: one extra class, bias -1e30
     keys = torch.where(valid, ids, vocab)
     uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
     real = uniq < vocab
-    classes = weight[uniq.clamp(max=vocab - 1)]
+    if rows.vectors is None:
+        classes = rows.weight[uniq.clamp(max=vocab - 1)]
+    else:  # each class's first position (the ignored class: any row, its bias removes it)
+        first = torch.full_like(uniq, ids.numel()).scatter_reduce_(
+            0, inverse, torch.arange(ids.numel(), device=ids.device), "amin")
+        classes = rows.vectors[first]
     bias = torch.where(real, counts.to(acc).log(), torch.full_like(counts, _EXCLUDED, dtype=acc))
     labels = torch.where(valid, inverse, torch.full_like(inverse, -100))
     safe = inverse.clamp(max=uniq.numel() - 1)
@@ -507,12 +565,12 @@ def _static_unique(o, ids, valid, weight, scale, acc, implementation, chunk_size
     return losses, hits, real.sum()
 
 
-def _static_pairs(o, ids, valid, weight, scale, acc, with_accuracy):
+def _static_pairs(o, ids, valid, rows, scale, acc, with_accuracy):
     """(per-row losses, top-1 hits or None, unique count) of the paper's K×K cross-entropy over
     every given position, ignored targets excluded as columns (bias -1e30) and zeroed as rows.
     No `torch.unique` and no selection: nothing here depends on the data's values for a shape."""
-    vocab = weight.shape[0]
-    targets = weight[torch.where(valid, ids, 0)]
+    vocab = rows.vocab
+    targets = rows.weight[torch.where(valid, ids, 0)] if rows.vectors is None else rows.vectors
     scores = torch.mm(o.to(acc), targets.to(acc).t()) * scale
     scores = scores + torch.where(valid, 0.0, _EXCLUDED).to(acc).unsqueeze(0)
     positives = torch.arange(ids.numel(), device=ids.device)
