@@ -51,6 +51,18 @@ def _eval_results_elsewhere(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_dynamo_per_module():
+    """Dynamo caches compiled frames per code object (LanguageModel.forward) for the whole process,
+    up to its recompile limit (8): one training run compiles one model, but a test file compiling
+    many tiny models must not use up the limit of the files after it (fullgraph=True then fails)."""
+    yield
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests' models are tiny: one intra-op thread is faster than two (and ~10x faster on a busy
