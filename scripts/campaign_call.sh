@@ -9,8 +9,7 @@
 # seconds, default 540); otherwise say which parts are still missing and stop with 0, so the next
 # call carries them.  Calls must follow each other within 30 s (the machine then stays up and
 # /tmp with it); after a gap the staging starts again, and a piece restarts from nothing.
-# Results: $OUT/STUDY-seedSEED.tgz (STUDY/: the pieces once finished, the report, the log, the runs'
-# summaries and metrics), one file, since a call brings back at most 8.
+# Results: $OUT/STUDY-both.tgz (scripts/reproduce_gpu.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${1:?study}; SEED=${2:?seed}; shift 2
@@ -23,12 +22,4 @@ if ! DATA=$(python3 -m headless stage check "$DEST" "$STAGE/manifest.json"); the
   echo "campaign_call.sh: the corpus is not complete yet; carry the parts named above in the next call"
   exit 0
 fi
-DATA_ROOT=$DATA WALL=${WALL:-540} bash scripts/reproduce_gpu.sh "$STUDY" both "seed=$SEED" "$@"
-rc=$?
-# at most 8 files come back from a call: the pieces, report, plots, logs and run metrics as one archive
-RES=${OUT:-results}/$STUDY
-if [ -d "$RES" ]; then
-  tar czf "${OUT:-results}/$STUDY-seed$SEED.tgz" -C "${OUT:-results}" "$STUDY" && rm -r "$RES"
-  tar tzf "${OUT:-results}/$STUDY-seed$SEED.tgz"
-fi
-exit $rc
+DATA_ROOT=$DATA WALL=${WALL:-540} exec bash scripts/reproduce_gpu.sh "$STUDY" both "seed=$SEED" "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU job of docs/guide/reproduction.md: one study's twin(s), their evaluations, the pieces in $OUT.
+# One GPU job of docs/guide/reproduction.md: one study's twin(s), their evaluations, the pieces in
+# $OUT/STUDY-FLAVOUR.tgz (STUDY/: pieces, report, plots, log, the runs' summaries and metrics).
 #
 #   bash scripts/reproduce_gpu.sh STUDY FLAVOUR [KEY=VALUE ...]     FLAVOUR: headless | vanilla | both
 #
@@ -43,4 +44,7 @@ for run in runs/reproduce/$STUDY/runs/*/; do  # the pretraining runs' own summar
   name=$(basename "$run"); cp "$run/summary.md" "$RES/$name-summary.md" 2>/dev/null || true
   cp "$run/metrics.jsonl" "$RES/$name-metrics.jsonl" 2>/dev/null || true
 done
+if [ -n "${OUT:-}" ]; then  # on the GPU machine: one archive, since a call brings back at most 8 files
+  tar czf "$OUT/$STUDY-$FLAVOUR.tgz" -C "$OUT" "$STUDY" && rm -r "$RES" && echo "results: $OUT/$STUDY-$FLAVOUR.tgz"
+fi
 exit "$rc"
