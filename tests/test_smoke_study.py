@@ -179,3 +179,24 @@ def test_a_subset_follows_its_source_not_its_name(tmp_path):
     rows = [json.loads(line)["text"] for line in first[0].read_text().splitlines()]
     assert len(rows) == 3 and all(len(r) <= 50 for r in rows) and rows[0] == documents(5, seed=1)[0][:50]
     assert subset_files(load_study("encoder"), tmp_path / "work", [one]) == [one]  # no subset: the files themselves
+
+
+def test_prepare_only_trains_the_tokenizer_and_tokenizes_without_training(study_root, tmp_path, capsys):
+    """`--prepare-only` on a CPU machine: the study's own tokenizer and packed data land in
+    WORK_DIR/STUDY under names that hash their inputs, nothing is trained, and a second call (the
+    GPU job) finds both and reuses them."""
+    from headless.cli import main
+
+    work = tmp_path / "work"
+    args = ["reproduce", "multilingual", "--size", "smoke", f"data_root={study_root}", "--prepare-only",
+            "--work-dir", str(work)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "training a 2,000-entry WordPiece tokenizer" in text and "prepared: " in text and "epochs" in text
+    tokenizers = list((work / "multilingual" / "tokenizers").glob("multilingual-wordpiece-2000-*/tokenizer.json"))
+    assert len(tokenizers) == 1
+    assert list((work / "multilingual" / "data").glob("multilingual-*/manifest.json"))
+    assert not (work / "multilingual" / "runs").exists()
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert "training a" not in again and "reusing the prepared data" in again

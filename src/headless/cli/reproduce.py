@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 REPRODUCE_EPILOG = """examples:
   headless reproduce decoder                                  # both twins, 240 GPU-seconds each, report
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--work-dir", default="runs/reproduce", help="data, runs and scratch (default runs/reproduce)")
     p.add_argument("--output", default=None, help="folder for the pieces and report (default WORK_DIR/STUDY/results)")
     p.add_argument("--show-config", action="store_true", help="print the resolved study settings and exit")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="train the study's tokenizer and tokenize its data into WORK_DIR, then exit (on a CPU "
+                   "machine before the GPU jobs, which reuse them)")
     from headless.cli.options import add_config_options, add_progress_flag
     from headless.lab.reproduce.config import StudyConfig
 
@@ -87,6 +91,14 @@ def _reproduce(args) -> int:
     config = load_study(args.study, args.config, args.overrides + (["progress=false"] if args.quiet else []))
     if args.show_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    if args.prepare_only:
+        from headless.lab.reproduce import prepare_study
+
+        prepared = prepare_study(config, work_dir=args.work_dir)
+        print(*prepared["epochs"], sep="\n")
+        print(f"prepared: {prepared['dataset']} ({prepared['train_tokens']:,} training tokens); "
+              f"tokenizers in {Path(args.work_dir) / config.study / 'tokenizers'}")
         return 0
     flavours = FLAVOURS if args.flavour == "both" else (args.flavour,)
     result = run_study(config, flavours=flavours, work_dir=args.work_dir, output_dir=args.output,

@@ -50,5 +50,23 @@ def run_study(config: StudyConfig, *, flavours=FLAVOURS, work_dir: str | Path = 
     return {"pieces": paths, "report": report}
 
 
-__all__ = ["FLAVOURS", "STUDIES", "StudyConfig", "check_epochs", "load_study", "run_piece", "run_study",
-           "build_report", "write_report"]
+def prepare_study(config: StudyConfig, *, work_dir: str | Path = "runs/reproduce") -> dict:
+    """The study's tokenizer (trained when the study trains one) and packed data in WORK_DIR/STUDY,
+    without training: for a CPU machine before the GPU jobs.  Both folders are named by the content
+    of their inputs, so a piece on another machine with the same files reuses them; carrying
+    WORK_DIR/STUDY/tokenizers alone saves the GPU job the tokenizer's training (docs/guide/reproduction.md).
+    Returns {"dataset", "train_tokens", "tokenizer", "epochs"} (the twins' epoch estimates, which
+    refuse more than max_epochs as a piece would)."""
+    from headless.config import load_config
+    from headless.lab.reproduce.data import prepare_study_data
+
+    check_settings(config, FLAVOURS)
+    seq_len = config.seq_len or load_config(config.preset).data.seq_len
+    data = prepare_study_data(config, Path(work_dir) / config.study, seq_len)
+    tokenizer = Path(data.dataset) / "tokenizer"
+    return {"dataset": str(data.dataset), "train_tokens": data.train_tokens, "tokenizer": str(tokenizer),
+            "epochs": check_epochs(config, FLAVOURS, data.train_tokens)}
+
+
+__all__ = ["FLAVOURS", "STUDIES", "StudyConfig", "check_epochs", "load_study", "prepare_study", "run_piece",
+           "run_study", "build_report", "write_report"]
