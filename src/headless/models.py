@@ -380,12 +380,8 @@ class LanguageModel(nn.Module):
         target gather gives a pad TARGET one; the lookup runs without padding_idx and the pad
         inputs' rows are detached instead, so both hold. Ignored targets look up row 0, which is
         never scored (a zero gradient). No host read, static shapes: it stays capturable."""
-        from headless.objectives import static_mask_count, static_positions
-
         emb = self.backbone.get_input_embeddings()
-        flat, targets = None, labels
-        if not self.causal:  # the rows `scored_positions` gathers, chosen from the labels alone
-            flat, targets = static_positions(labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
+        flat, targets = self.scored_selection(labels)  # the rows `scored_positions` gathers
         ids = torch.cat([input_ids.reshape(-1), targets.reshape(-1).clamp_min(0)])
         # split (its backward concatenates) rather than two slices (each backward zero-fills all rows)
         inputs, target_vectors = F.embedding(ids, emb.weight).split([input_ids.numel(), targets.numel()])
@@ -410,11 +406,19 @@ class LanguageModel(nn.Module):
         empty slots of short rows masked out): no selection whose size the host must read. CLM
         scores every position the same way, its last and cross-document ones zeroed. Otherwise
         hidden and labels as they are: the loss selects the labelled positions itself."""
-        from headless.objectives import gather_static_positions, static_mask_count
+        flat, targets = self.scored_selection(labels)
+        if flat is None:
+            return hidden, labels
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat), targets
+
+    def scored_selection(self, labels: torch.Tensor):
+        """(flat indices into [B·L] of the rows `scored_positions` gathers, their targets), from the
+        labels alone, so known before the forward; (None, labels) when nothing is gathered."""
+        from headless.objectives import static_mask_count, static_positions
 
         if self.causal or not self.static_shapes:
-            return hidden, labels
-        return gather_static_positions(hidden, labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
+            return None, labels
+        return static_positions(labels, static_mask_count(labels.shape[1], self.objective.mask_prob))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from headless.config import TrainConfig
-from headless.errors import HeadlessError
 from headless.train import distributed as dist
+from headless.train.guards import room_error
 from headless.train.step import DataInfo, evaluate, global_row, make_inputs
 
 
@@ -49,10 +49,8 @@ class Evaluator:
         self.last = evaluate(run.wrapped, self.batches, device=run.device, autocast_dtype=run.autocast_dtype,
                              all_reduce=dist.all_reduce)
         if self.last.get("unique_overflow"):
-            worst, bound = self.last["unique_overflow"], run.config.objective.unique_bound
-            raise HeadlessError(f"step {step}: a validation micro-batch had {worst:,} unique targets, more than "
-                                f"objective.unique_bound={bound} leaves room for; set objective.unique_bound={worst} "
-                                "or more (null: always enough)")
+            raise room_error(step, self.last["unique_overflow"], run.config.objective.unique_bound,
+                             "a validation micro-batch")
         if self.logger:
             self.logger.log("val", step, self.last)
             self.logger.write(f"step {step}: validation loss {self.last['loss']:.4f}, "

@@ -129,10 +129,16 @@ class UniqueRoomGuard:
     def check(self, step: int, all_reduce=lambda t, op="max": t) -> None:
         worst = 0 if self.worst is None else int(all_reduce(self.worst.clone(), op="max"))
         if worst:
-            raise HeadlessError(f"step {step}: a micro-batch had {worst:,} unique targets, more than "
-                                f"objective.unique_bound={self.unique_bound} leaves room for (such steps were "
-                                f"skipped); set objective.unique_bound={worst} or more (null: always enough; "
-                                "a resume may change it)")
+            raise room_error(step, worst, self.unique_bound, "a micro-batch",
+                             " (such steps were skipped)", "; a resume may change it")
+
+
+def room_error(step: int, worst: int, bound, which: str, skipped: str = "", resume: str = "") -> HeadlessError:
+    """The one line that stops a run whose micro-batch (training or validation) had more unique
+    targets than CWT's "bounded" room holds."""
+    return HeadlessError(f"step {step}: {which} had {worst:,} unique targets, more than objective.unique_bound="
+                         f"{bound} leaves room for{skipped}; set objective.unique_bound={worst} or more "
+                         f"(null: always enough{resume})")
 
 
 class StepGuards:

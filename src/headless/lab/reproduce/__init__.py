@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from headless.lab.reproduce.config import FLAVOURS, STUDIES, StudyConfig, check_epochs, load_study
-from headless.lab.reproduce.piece import check_settings, run_piece
+from headless.lab.reproduce.piece import check_settings, run_piece, study_seq_len
 from headless.lab.reproduce.report import build_report, write_report
 
 
@@ -57,12 +57,10 @@ def prepare_study(config: StudyConfig, *, work_dir: str | Path = "runs/reproduce
     WORK_DIR/STUDY/tokenizers alone saves the GPU job the tokenizer's training (docs/guide/reproduction.md).
     Returns {"dataset", "train_tokens", "tokenizer", "epochs"} (the twins' epoch estimates, which
     refuse more than max_epochs as a piece would)."""
-    from headless.config import load_config
     from headless.lab.reproduce.data import prepare_study_data
 
     check_settings(config, FLAVOURS)
-    seq_len = config.seq_len or load_config(config.preset).data.seq_len
-    data = prepare_study_data(config, Path(work_dir) / config.study, seq_len)
+    data = prepare_study_data(config, Path(work_dir) / config.study, study_seq_len(config))
     tokenizer = Path(data.dataset) / "tokenizer"
     return {"dataset": str(data.dataset), "train_tokens": data.train_tokens, "tokenizer": str(tokenizer),
             "epochs": check_epochs(config, FLAVOURS, data.train_tokens)}

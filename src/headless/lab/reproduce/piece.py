@@ -253,6 +253,13 @@ def _evaluate_point(config: StudyConfig, flavour: str, run_dir: Path, work: Path
     return point
 
 
+def study_seq_len(config: StudyConfig) -> int:
+    """The sequence length the study packs its data at: its own, else its preset's."""
+    from headless.config import load_config
+
+    return config.seq_len or load_config(config.preset).data.seq_len
+
+
 def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs/reproduce",
               output: str | Path | None = None, command: str | None = None) -> dict | None:
     """Pretrain and evaluate one twin; returns the piece (also written to `output` as JSON).
@@ -263,11 +270,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
 
     check_settings(config, [flavour])  # every setting and input, before any data work
     work = Path(work_dir) / config.study
-    from headless.config import load_config
-
     from headless.train import distributed as dist
 
-    seq_len = config.seq_len or load_config(config.preset).data.seq_len
+    seq_len = study_seq_len(config)
     files = eval_files(config)
     # under torchrun every rank pretrains (the trainer's DDP/FSDP2) and rank 0 alone prepares the
     # data first and evaluates afterwards; one process: no group, nothing changes
