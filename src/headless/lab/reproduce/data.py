@@ -118,12 +118,17 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
     from headless.data.tokenizers import train_tokenizer
 
     root = config.root
+    # HF tokenizers' trainers are not reproducible (two trainings on the same files, even on one
+    # thread, give different vocabularies), and the data fingerprint hashes the tokenizer: pieces
+    # merge only when their work directories hold the same trained folder
+    unrepeatable = ("; its training is not reproducible, so pieces of this study made elsewhere merge only if "
+                    "their work directories hold this same folder (carry it: docs/guide/reproduction.md)")
     if config.study == "decoder" and config.decoder_vocab_size:  # a large byte-level BPE
         key = fingerprint(train_hashes, vocab=config.decoder_vocab_size, kind="bpe")
         out = work_dir / "tokenizers" / f"decoder-bpe-{config.decoder_vocab_size}-{key}"
         if not (out / "tokenizer.json").is_file():
             print(f"training a {config.decoder_vocab_size:,}-entry byte-level BPE tokenizer on the {len(train)} files "
-                  f"of the mix into {out}", flush=True)
+                  f"of the mix into {out}{unrepeatable}", flush=True)
             train_tokenizer([str(p) for p in train], kind="bpe", vocab_size=config.decoder_vocab_size,
                             output_dir=out, progress=config.progress)
         return out
@@ -135,7 +140,7 @@ def tokenizer_source(config: StudyConfig, work_dir: Path, train: list[Path], tra
     out = work_dir / "tokenizers" / f"multilingual-wordpiece-{config.tokenizer_vocab_size}-{key}"
     if not (out / "tokenizer.json").is_file():
         print(f"training a {config.tokenizer_vocab_size:,}-entry WordPiece tokenizer on the {len(train)} files of "
-              f"the mix into {out}", flush=True)
+              f"the mix into {out}{unrepeatable}", flush=True)
         train_tokenizer([str(p) for p in train], kind="wordpiece", vocab_size=config.tokenizer_vocab_size,
                         output_dir=out, lowercase=False, progress=config.progress)
     return out
