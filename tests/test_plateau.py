@@ -77,3 +77,19 @@ def test_the_trainer_warns_when_a_run_stalls(fixture_data, fixture_tokenizers, t
         logs[name] = capsys.readouterr().out
     assert "has not left its plateau" in logs["stalled"]
     assert "has not left its plateau" not in logs["learning"]
+
+
+def test_a_clm_run_is_never_flagged(fixture_datasets, tmp_path, capsys):
+    """The MLM plateau is an MLM run's: a decoder at lr 1e-9 does not move either, and is not warned
+    about a plateau it does not have (its accuracy climbs slowly from the first steps)."""
+    from headless.config import load_config
+    from headless.train.loop import pretrain
+
+    config = load_config("tiny-gpt", overrides=[
+        "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+        f"data.path={fixture_datasets['neox']}", "batch_size=16", "optim.warmup_steps=5", "optim.lr=1e-9",
+        "log_every=1", "eval_every=1000", "save_every=1000", "progress=false", "tensorboard=false",
+        "max_steps=60", "plateau_patience=40", f"run_dir={tmp_path / 'clm'}"])
+    capsys.readouterr()
+    pretrain(config)
+    assert "has not left its plateau" not in capsys.readouterr().out

@@ -674,15 +674,31 @@ def test_report_says_which_twin_never_left_the_plateau(tmp_path):
     rising = [0.13 if s < 5000 else min(0.3, 0.13 + (s - 5000) * 2e-4) for s in steps]
     paths = []
     for flavour, acc in (("headless", flat), ("vanilla", rising)):
-        piece = _piece(flavour)
+        piece = _piece(flavour, study="encoder")
         piece["pretrain"]["curves"] = {"train": {"step": steps, "loss": [1.0] * len(steps), "accuracy": acc}}
         piece["pretrain"]["measured_s_per_step"] = 0.02
         piece["train_config"] = {"optim": {"warmup_steps": 300}, "plateau_patience": 4000}
         paths.append(_write(tmp_path, f"{flavour}.json", piece))
     write_report(paths, tmp_path / "out")
-    text = (tmp_path / "out" / "decoder-report.md").read_text()
+    text = (tmp_path / "out" / "encoder-report.md").read_text()
     assert "- headless seed 0: **never left the plateau**: training accuracy 0.120" in text
     assert "- vanilla seed 0: left the plateau (training accuracy 0.130) at step 5,300 (106 GPU s)" in text
+
+
+def test_report_reads_no_mlm_plateau_into_a_decoder(tmp_path):
+    """A CLM twin's accuracy climbs slowly from its first steps: no plateau line, even from a piece
+    that kept a reading (the 2026-12-05 decoder campaign's said both twins 'never left the plateau')."""
+    from headless.lab.reproduce.report import write_report
+
+    paths = []
+    for flavour in ("headless", "vanilla"):
+        piece = _piece(flavour)
+        piece["pretrain"]["plateau"] = {"level": 0.2, "left_at": None, "flagged": False, "last_step": 2213,
+                                        "last_accuracy": 0.23}
+        paths.append(_write(tmp_path, f"{flavour}.json", piece))
+    write_report(paths, tmp_path / "out")
+    text = (tmp_path / "out" / "decoder-report.md").read_text()
+    assert "plateau" not in text
 
 
 def test_report_draws_a_forest_plot_of_the_differences(tmp_path, monkeypatch):

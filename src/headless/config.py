@@ -191,8 +191,8 @@ class TrainConfig:
     report_to: list = field(default_factory=lambda: ["tensorboard"])
     trainable: Literal["all", "head"] = "all"  # head: train only the vocabulary head (HLM+FT --probe)
     max_nan_skips: int = 5  # non-finite steps tolerated (skipped) before the run stops; checked on log/save steps
-    # warn when training accuracy has not risen 25 % above its early plateau this many steps after the
-    # warm-up (the MLM plateau a headless twin can stay on; headless.train.plateau); 0: never
+    # MLM runs: warn when training accuracy has not risen 25 % above its early plateau this many steps
+    # after the warm-up (the MLM plateau a headless twin can stay on; headless.train.plateau); 0: never
     plateau_patience: int = 4000
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # time budget, curve checkpoints
     preset: Optional[str] = None  # informational: the preset this config started from

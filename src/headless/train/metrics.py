@@ -29,7 +29,9 @@ class Metrics:
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.epoch = run.loader.epoch if start_step else 0
         self.last: dict = {}
-        self.plateau = PlateauWatch(config.optim.warmup_steps, config.plateau_patience)
+        # the MLM plateau is an MLM run's: a CLM run's accuracy climbs slowly from its first steps
+        self.plateau = PlateauWatch(config.optim.warmup_steps,
+                                    config.plateau_patience if config.objective_kind == "mlm" else 0)
         if run.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(run.device)
         self.header()

@@ -126,11 +126,13 @@ def pretraining_curves(records: list[dict], max_points: int = 200) -> dict[str, 
     return curves
 
 
-def run_plateau(records: list[dict], cfg) -> dict:
+def run_plateau(records: list[dict], cfg) -> dict | None:
     """Whether and when the run's training accuracy left the MLM plateau (headless.train.plateau),
-    read from every logged step, not the thinned curve."""
+    read from every logged step, not the thinned curve; None for a CLM run, which has no such plateau."""
     from headless.train.plateau import plateau_exit
 
+    if cfg.objective_kind != "mlm":
+        return None
     by_step = {r["step"]: r.get("accuracy") for r in records if r.get("split") == "train"}
     steps = sorted(by_step)
     return plateau_exit(steps, [by_step[s] for s in steps], cfg.optim.warmup_steps, cfg.plateau_patience)

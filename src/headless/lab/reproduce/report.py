@@ -287,11 +287,21 @@ def delta_text(entry: dict) -> str:
     return text + (" (within noise)" if noisy else "")
 
 
+def piece_is_mlm(piece: dict) -> bool:
+    """Whether the piece's twin trained with MLM: its objective's kind, or for `auto` its study's
+    (the decoder study trains decoders, CLM; the others encoders)."""
+    kind = ((piece.get("train_config") or {}).get("objective") or {}).get("kind", "auto")
+    return kind == "mlm" if kind != "auto" else piece.get("study") != "decoder"
+
+
 def piece_plateau(piece: dict) -> dict | None:
-    """The piece's plateau reading; for pieces written before pieces kept it, read from the thinned
-    training curve with the run's warm-up and patience."""
+    """The piece's MLM-plateau reading (None for a CLM twin: pieces written before 2026-12-05's
+    decoder campaign kept one for CLM too, and the report ignores it); for pieces written before
+    pieces kept it, read from the thinned training curve with the run's warm-up and patience."""
     from headless.train.plateau import plateau_exit
 
+    if not piece_is_mlm(piece):
+        return None
     if piece["pretrain"].get("plateau"):
         return piece["pretrain"]["plateau"]
     train = (piece["pretrain"].get("curves") or {}).get("train")
@@ -316,7 +326,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
               "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
               "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
-                          "pretrain": p["pretrain"], "plateau": piece_plateau(p),
+                          "pretrain": p["pretrain"], "mlm": piece_is_mlm(p), "plateau": piece_plateau(p),
                           "fractions": p.get("fractions"), "device": p["environment"].get("device"),
                           "device_uuid": p["environment"].get("device_uuid")} for p in pieces],
               "curves": curve, "headline": {}, "bootstrap_replicates": bootstrap}
@@ -545,8 +555,9 @@ def report_markdown(report: dict) -> str:
         lines += ["", f"![pretraining curves]({study}-pretraining.png)", "",
                   f"The twins' own pretraining losses and top-1 accuracies (train and validation) against "
                   f"{words['seconds']}. They measure different things: CWT retrieves the target among the micro-batch's "
-                  "targets, the vanilla head predicts it among the whole vocabulary. Read them for their shape: "
-                  "a flat accuracy is a twin stuck on the MLM plateau (predicting frequent tokens)."]
+                  "targets, the vanilla head predicts it among the whole vocabulary. Read them for their shape"
+                  + (": a flat accuracy is a twin stuck on the MLM plateau (predicting frequent tokens)."
+                     if any(p.get("mlm") for p in report["pieces"]) else ".")]
     final_metrics = sorted({k for v in variants for k in curve[v][-1]["scores"]})
     lines += ["", "## Final checkpoint, every score", "",
               "| score | " + " | ".join(VARIANT_NAMES.get(v, v) for v in variants) + " |",
