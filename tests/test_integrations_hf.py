@@ -129,3 +129,93 @@ def test_trainer_saves_the_tokenizer_with_the_model(fixture_data, fixture_tokeni
     assert saved["tokenizer_class"] == "PreTrainedTokenizerFast" and saved["model_max_length"] == 64
     assert "is_local" not in saved and "local_files_only" not in saved
     assert load_tokenizer(tmp_path / "export")("a b")["input_ids"] == tok("a b")["input_ids"]
+
+
+def _hf_case(kind):
+    """A float64 HF base model without dropout, and a batch with pad tokens (id 0) among the inputs
+    and among the scored targets: where the one lookup's gradients could differ from the two."""
+    from transformers import BertConfig, BertModel, GPTNeoXConfig, GPTNeoXModel, RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                 pad_token_id=0)
+    if kind == "gpt_neox":
+        model = GPTNeoXModel(GPTNeoXConfig(**small, hidden_dropout=0.0, attention_dropout=0.0))
+    elif kind == "bert":
+        model = BertModel(BertConfig(**small, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                          add_pooling_layer=False)
+    else:
+        model = RobertaModel(RobertaConfig(**small, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                           max_position_embeddings=40), add_pooling_layer=False)
+    model = model.double()
+    ids = torch.randint(4, 100, (3, 16))
+    ids[2, 10:] = 0
+    mask = (ids != 0).long()
+    if kind == "gpt_neox":
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[1, 7] = ids[1, 7] = 0  # a pad token as an input and as the target of position 6
+    else:
+        labels = torch.full_like(ids, -100)
+        labels[:, ::3] = ids[:, ::3]
+        labels[0, 3] = 0  # a scored target that is the pad token
+    return model, {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _grads(model, batch, **kw):
+    model.zero_grad()
+    out = compute_cwt_loss(model, batch, **kw)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "bert", "roberta"])
+@pytest.mark.parametrize("count", [False, True])
+def test_one_lookup_gives_the_two_lookups_loss_and_every_gradient(kind, count):
+    """compute_cwt_loss feeds `inputs_embeds` from one embedding call (RoBERTa, whose position ids
+    count pad input ids, keeps two): in float64 the same loss, accuracy and every gradient, with the
+    Trainer's `num_items_in_batch` or without."""
+    from headless.one_lookup import takes_one_lookup
+
+    model, batch = _hf_case(kind)
+    assert takes_one_lookup(model) == (kind != "roberta")
+    kw = {"num_items_in_batch": torch.tensor(17)} if count else {}
+    one, g_one = _grads(model, batch, **kw)
+    two, g_two = _grads(model, batch, one_lookup=False, **kw)
+    torch.testing.assert_close(one.loss, two.loss, rtol=0, atol=1e-12)
+    assert int(one.num_targets) == int(two.num_targets) and float(one.accuracy) == float(two.accuracy)
+    assert g_one.keys() == g_two.keys() and g_one
+    for name in g_one:
+        torch.testing.assert_close(g_one[name], g_two[name], rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "bert"])
+def test_one_lookup_builds_one_vocabulary_sized_gradient_through_the_hf_helper(kind):
+    """The backward zeroes one V×D gradient and adds none; with the two lookups, two and one add."""
+    from collections import Counter
+
+    model, batch = _hf_case(kind)
+
+    def vocab_ops(**kw):
+        loss = compute_cwt_loss(model, batch, **kw).loss
+        model.zero_grad()
+        with torch.profiler.profile(record_shapes=True) as prof:
+            loss.backward()
+        return Counter(e.name for e in prof.events() if e.name in ("aten::zero_", "aten::add_", "aten::add")
+                       and e.input_shapes and list(e.input_shapes[0]) == [100, 32])
+
+    assert vocab_ops() == {"aten::zero_": 1}
+    two = vocab_ops(one_lookup=False)
+    assert two["aten::zero_"] == 2 and two["aten::add_"] + two["aten::add"] == 1
+
+
+def test_fsdp_wrapped_models_keep_two_lookups():
+    from headless.integrations.hf import _fsdp_wrapped
+
+    class FullyShardedDataParallel(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    inner = torch.nn.Linear(2, 2)
+    assert _fsdp_wrapped(FullyShardedDataParallel(inner))
+    assert not _fsdp_wrapped(inner)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from headless.architectures import ARCHITECTURES, by_model_type, is_causal
@@ -27,6 +26,7 @@ from headless.attention import kernel_context
 from headless.config import ModelConfig, ObjectiveConfig
 from headless.errors import HeadlessError, load_error
 # the bounds under which `auto` is captured: with the loss table, where their measurements are cited
+from headless.one_lookup import INPUTS_EMBEDS_EXACT, lookup_inputs_and_targets, takes_one_lookup  # noqa: F401
 from headless.loss_kinds import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS, loss_kind as lookup_loss  # noqa: F401
 
 
@@ -171,10 +171,6 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
 
-# model types whose base model gives the same hidden states for `inputs_embeds` as for the
-# `input_ids` they were looked up from, pad tokens included (tests/test_models.py checks it):
-# RoBERTa's position ids count the pad tokens of input_ids, so it is not one of them
-INPUTS_EMBEDS_EXACT = frozenset({"bert", "distilbert", "modernbert", "gpt_neox", "llama", "gpt2"})
 
 
 def output_transform(dim: int, std: float) -> nn.Module:
@@ -356,45 +352,27 @@ class LanguageModel(nn.Module):
     @property
     def one_lookup(self) -> bool:
         """Whether `forward` looks the inputs and the CWT targets up in ONE embedding call
-        (`_one_lookup_forward`): the CWT loss with static shapes (the scored targets are known
-        before the forward), no loss group, a plain `nn.Embedding` (no subclass: scaled embeddings
-        keep their own forward; no max_norm, which renormalises in place; no scale_grad_by_freq,
-        which the extra rows would change; not sparse) and a backbone that takes `inputs_embeds`
-        exactly (`INPUTS_EMBEDS_EXACT`). Bernoulli MLM keeps two lookups: its scored rows are
-        selected by a count the host reads, and looking up every position would cost B·L·D."""
-        emb = self.backbone.get_input_embeddings()
+        (`headless.one_lookup`): the CWT loss with static shapes (the scored targets are known
+        before the forward), no loss group, and a backbone that takes it (`takes_one_lookup`: a
+        plain `nn.Embedding`, an exact `inputs_embeds` path). Bernoulli MLM keeps two lookups: its
+        scored rows are selected by a count the host reads, and looking up every position would
+        cost B·L·D."""
         return (self.loss_function is cwt_of and self.static_shapes and self.loss_group is None
-                and type(emb) is nn.Embedding and emb.max_norm is None and not emb.scale_grad_by_freq
-                and not emb.sparse and getattr(self.config, "model_type", None) in INPUTS_EMBEDS_EXACT)
+                and takes_one_lookup(self.backbone))
 
     def _one_lookup_forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                             attention_mask: Optional[torch.Tensor]):
         """CWT of the scored positions with inputs and targets looked up in ONE `F.embedding`: the
         backbone gets the first rows as `inputs_embeds`, the loss the others as `target_vectors`.
-        Same value and gradients as the two lookups (the backbone's, then `weight[targets]` in the
-        loss), but autograd builds one dense V×D weight gradient instead of two plus their V×D sum
-        (4·V·D floats less memory traffic per step). Captured on an H100 at the multilingual shape
-        it took CWT's cost over the backbone from +0.5 / +1.0 ms to ±0.1 ms at V = 119,547 / 250,048
-        (docs/results/2026-12-05-one-lookup).
-
-        The pad token: `nn.Embedding(padding_idx=)` gives the pad INPUTS no gradient, the old
-        target gather gives a pad TARGET one; the lookup runs without padding_idx and the pad
-        inputs' rows are detached instead, so both hold. Ignored targets look up row 0, which is
-        never scored (a zero gradient). No host read, static shapes: it stays capturable."""
-        emb = self.backbone.get_input_embeddings()
+        Same value and gradients as the two lookups, one dense V×D weight gradient instead of two
+        plus their sum (`headless.one_lookup`)."""
         flat, targets = self.scored_selection(labels)  # the rows `scored_positions` gathers
-        ids = torch.cat([input_ids.reshape(-1), targets.reshape(-1).clamp_min(0)])
-        # split (its backward concatenates) rather than two slices (each backward zero-fills all rows)
-        inputs, target_vectors = F.embedding(ids, emb.weight).split([input_ids.numel(), targets.numel()])
-        inputs = inputs.view(*input_ids.shape, inputs.shape[-1])
-        if emb.padding_idx is not None:
-            inputs = torch.where((input_ids == emb.padding_idx).unsqueeze(-1), inputs.detach(), inputs)
+        inputs, target_vectors = lookup_inputs_and_targets(self.backbone.get_input_embeddings(), input_ids, targets)
         with kernel_context(self.attention_kernel):
             hidden = self.backbone(inputs_embeds=inputs, attention_mask=attention_mask).last_hidden_state
         if flat is not None:
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)
-        return self.loss_function(self, hidden, targets,
-                                  target_vectors=target_vectors.view(*targets.shape, target_vectors.shape[-1]))
+        return self.loss_function(self, hidden, targets, target_vectors=target_vectors)
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor):
         """The configured loss of hidden [B, L, D] at the positions whose label is not -100: the loss

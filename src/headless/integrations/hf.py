@@ -34,12 +34,23 @@ from headless.architectures import is_causal
 from headless.errors import HeadlessError
 from headless.losses import LossOutput, cwt_loss
 from headless.objectives import IGNORE_INDEX, document_ids_from_eos
+from headless.one_lookup import lookup_inputs_and_targets, takes_one_lookup
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, accelerate wrappers
         model = model.module
     return model
+
+
+def _fsdp_wrapped(model: nn.Module) -> bool:
+    """FSDP (1 or 2) shards the weight outside the model's forward, where the one lookup reads it."""
+    while True:
+        if "FullyShard" in type(model).__name__ or "FSDP" in type(model).__name__:
+            return True
+        if not (hasattr(model, "module") and isinstance(model.module, nn.Module)):
+            return False
+        model = model.module
 
 
 def _is_causal(model: nn.Module) -> bool:
@@ -59,24 +70,39 @@ def shift_clm_labels(labels: torch.Tensor, input_ids: Optional[torch.Tensor] = N
 
 def compute_cwt_loss(model: nn.Module, inputs: dict[str, Any], *, causal: Optional[bool] = None,
                      eos_token_id: Optional[int] = None, temperature: float = 1.0,
-                     num_items_in_batch: Optional[int | torch.Tensor] = None, **loss_kwargs) -> LossOutput:
+                     num_items_in_batch: Optional[int | torch.Tensor] = None, one_lookup: bool = True,
+                     **loss_kwargs) -> LossOutput:
     """The CWT loss of one HF-style batch (`input_ids`, `labels`, optional `attention_mask`).
 
     `causal` defaults to the model's type (decoders: CLM).  With `num_items_in_batch` (the Trainer's
     count of label tokens over a whole gradient-accumulation step) the loss is summed and divided by it,
-    so accumulated steps equal one large step; otherwise it is the mean over this batch's targets."""
+    so accumulated steps equal one large step; otherwise it is the mean over this batch's targets.
+    Where the model takes it (`headless.one_lookup.takes_one_lookup`; not under FSDP, not with a
+    `group`), the inputs and the scored targets are looked up in one embedding call, the model fed
+    `inputs_embeds`: the same loss and gradients with one V×D weight gradient instead of two
+    (`one_lookup=False`: the two lookups)."""
     base = _unwrap(model)
     causal = _is_causal(base) if causal is None else causal
     input_ids, labels = inputs["input_ids"], inputs["labels"]
     if causal:
         labels = shift_clm_labels(labels, input_ids, eos_token_id)
-    kwargs = {"input_ids": input_ids}
+    kwargs = {}
     if inputs.get("attention_mask") is not None:
         kwargs["attention_mask"] = inputs["attention_mask"]
+    one = one_lookup and "group" not in loss_kwargs and takes_one_lookup(base) and not _fsdp_wrapped(model)
+    if one:  # inputs and the scored targets in one embedding call (headless.one_lookup)
+        rows = labels != IGNORE_INDEX
+        labels = labels[rows]  # the scored targets (a count the host reads, as cwt_loss's selection does)
+        kwargs["inputs_embeds"], target_vectors = lookup_inputs_and_targets(base.get_input_embeddings(),
+                                                                            input_ids, labels)
+    else:
+        kwargs["input_ids"] = input_ids
     has_head = callable(getattr(base, "get_output_embeddings", None)) and base.get_output_embeddings() is not None
     out = model(**kwargs, output_hidden_states=has_head)
     hidden = out.hidden_states[-1] if has_head else out.last_hidden_state
     weight = base.get_input_embeddings().weight
+    if one:
+        hidden, loss_kwargs = hidden[rows], {**loss_kwargs, "target_vectors": target_vectors}
     if num_items_in_batch is None:
         return cwt_loss(hidden, labels, weight, temperature=temperature, **loss_kwargs)
     result = cwt_loss(hidden, labels, weight, temperature=temperature, reduction="sum", **loss_kwargs)
