@@ -720,3 +720,41 @@ def test_report_draws_a_forest_plot_of_the_differences(tmp_path, monkeypatch):
     assert label == "final" and delta == pytest.approx(entry["delta"])
     assert (low, high) == pytest.approx((delta - 1.96 * entry["delta_se"], delta + 1.96 * entry["delta_se"]))
     assert "lower is better" in panels[1][1]  # held-out cross-entropy
+
+
+def test_settle_says_how_many_pretraining_seeds_would_exclude_0():
+    """Issue #26: a missed target comes with the budget its interval says would settle it."""
+    from scipy.stats import t
+
+    from headless.lab.reproduce.report import settle
+
+    diffs = [1.0, 0.2, 1.4]
+    s = settle({"delta": 0.8667}, diffs)
+    mean, sd = sum(diffs) / 3, (sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2) ** 0.5
+    assert s["pretraining_seeds"] == 3 and abs(s["seed_mean"] - mean) < 1e-12 and abs(s["seed_sd"] - sd) < 1e-12
+    half = t.ppf(0.975, 2) * sd / 3 ** 0.5
+    assert s["seed_interval"][0] < 0 < s["seed_interval"][1] and abs(s["seed_interval"][1] - mean - half) < 1e-9
+    n = s["seeds_needed"]  # the first n whose t-interval at this mean and spread excludes 0
+    assert t.ppf(0.975, n - 1) * sd / n ** 0.5 < mean <= t.ppf(0.975, n - 2) * sd / (n - 1) ** 0.5
+    assert n == 5
+    # one seed: the bootstrap's interval gives a lower bound, (half-width / |difference|)^2
+    one = settle({"delta": 0.5, "paired_bootstrap": {"low": -0.5, "high": 1.5}}, [0.5])
+    assert one == {"pretraining_seeds": 1, "excludes_0": False, "seeds_needed_at_least": 4}
+    assert settle({"delta": 1.6, "paired_bootstrap": {"low": 0.8, "high": 2.5}}, [1.6])["excludes_0"]
+
+
+def test_report_says_what_would_settle_the_difference(tmp_path):
+    from headless.lab.reproduce.report import write_report
+
+    paths = []
+    for seed, lead in enumerate([1.0, 0.2, 1.4]):
+        for flavour in ("headless", "vanilla"):
+            piece = _piece(flavour, seed)
+            if flavour == "headless":
+                piece["points"][-1]["variants"]["hlm_ft"]["scores"]["lambada_acc"] = [3.0 + seed * 0.1 + lead]
+            paths.append(_write(tmp_path, f"{flavour}{seed}.json", piece))
+    report = write_report(paths, tmp_path / "out")
+    assert report["headline"]["lambada_acc"]["settle"]["seeds_needed"] == 5
+    text = (tmp_path / "out" / "decoder-report.md").read_text()
+    assert "**LAMBADA accuracy (%), over pretraining seeds**: 3 seeds, difference +0.87" in text
+    assert "about **5** seeds per twin would exclude 0" in text

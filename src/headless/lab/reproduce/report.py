@@ -222,6 +222,76 @@ def headline_bootstrap(pieces: list[dict], head: str, van: str, metric: str, hig
     return paired_bootstrap(h, v, groups, higher_is_better=higher, replicates=replicates, scale=scale)
 
 
+def seed_differences(pieces: list[dict], head: str, van: str, metric: str) -> list[float]:
+    """headless − vanilla at the final checkpoint, one value per pretraining seed both twins ran
+    (each twin's fine-tuning seeds averaged)."""
+    finals: dict[int, dict[str, float]] = {}
+    for p in pieces:
+        for variant, entry in p["points"][-1]["variants"].items():
+            values = entry["scores"].get(metric)
+            if variant in (head, van) and values:
+                finals.setdefault(p["seed"], {})[variant] = sum(values) / len(values)
+    return [d[head] - d[van] for _, d in sorted(finals.items()) if head in d and van in d]
+
+
+def settle(entry: dict, differences: list[float]) -> dict:
+    """What budget would settle the difference (issue #26): whether 0 is outside the interval now,
+    and how many pretraining seeds per twin a 95 % interval needs to exclude 0 at this difference.
+
+    With two or more seeds: the smallest n with t(0.975, n−1) · sd / √n < |mean difference|, sd the
+    spread of the per-seed differences (the variance a new pretraining run brings). With one seed
+    that spread is unknown; the paired bootstrap's interval (examples and fine-tuning seeds) then
+    gives a lower bound by the same 1/√n scaling: (half-width / |difference|)² seeds."""
+    from scipy.stats import t as student_t
+
+    n, delta = len(differences), entry.get("delta")
+    b = entry.get("paired_bootstrap")
+    out: dict[str, Any] = {"pretraining_seeds": n, "excludes_0": bool(b and (b["low"] > 0 or b["high"] < 0))}
+    if n >= 2:
+        mean = sum(differences) / n
+        sd = (sum((d - mean) ** 2 for d in differences) / (n - 1)) ** 0.5
+        half = float(student_t.ppf(0.975, n - 1)) * sd / n ** 0.5
+        out.update(seed_mean=mean, seed_sd=sd, seed_interval=[mean - half, mean + half])
+        if mean == 0:
+            out["seeds_needed"] = None
+        elif sd == 0:
+            out["seeds_needed"] = n
+        else:
+            k = 2
+            while float(student_t.ppf(0.975, k - 1)) * sd / k ** 0.5 >= abs(mean) and k < 10_000:
+                k += 1
+            out["seeds_needed"] = k if k < 10_000 else None
+    elif b and delta:
+        half = (b["high"] - b["low"]) / 2
+        out["seeds_needed_at_least"] = max(1, math.ceil((half / abs(delta)) ** 2))
+    return out
+
+
+def settle_text(entry: dict) -> str:
+    """One sentence for the report from `settle`."""
+    s, label = entry.get("settle"), entry["label"]
+    if not s:
+        return ""
+    if s["pretraining_seeds"] >= 2:
+        low, high = s["seed_interval"]
+        need = s.get("seeds_needed")
+        verdict = ("excludes 0" if low > 0 or high < 0 else
+                   f"includes 0; about **{need}** seeds per twin would exclude 0 at this difference and spread"
+                   if need else "includes 0, and the mean difference is 0")
+        return (f"**{label}, over pretraining seeds**: {s['pretraining_seeds']} seeds, difference "
+                f"{s['seed_mean']:+.2f} (sd {s['seed_sd']:.2f} between seeds), t-interval [{low:+.2f}, {high:+.2f}] (95 %): "
+                f"it {verdict}.")
+    if "seeds_needed_at_least" not in s:
+        return ""
+    return (f"**{label}, what would settle it**: one pretraining seed per twin, so the spread between "
+            f"pretraining runs is unknown and no interval above covers it. "
+            + ("The interval over the evaluation data excludes 0; a second and third seed say whether the "
+               "difference holds across pretraining runs." if s["excludes_0"] else
+               f"The interval over the evaluation data already includes 0; narrowing it to exclude 0 at this "
+               f"difference takes at least **{s['seeds_needed_at_least']}** seeds per twin (the interval's "
+               f"half-width over the difference, squared), more once the pretraining runs' own spread is counted."))
+
+
 def crossing(headless: list[dict], vanilla: list[dict], metric: str, higher: bool) -> dict:
     """Where the headless curve first reaches vanilla's final score, as a fraction of vanilla's GPU
     time (linear interpolation between evaluated checkpoints)."""
@@ -340,6 +410,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
             paired = headline_bootstrap(pieces, head, van, metric, higher, bootstrap)
             if paired is not None:
                 entry["paired_bootstrap"] = paired
+            entry["settle"] = settle(entry, seed_differences(pieces, head, van, metric))
             # the equal-time reading: the twin whose curve runs longer, read at the other's last GPU
             # second (HLM+FT's fine-tuning, or a plan that gave one twin more steps)
             at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
@@ -505,6 +576,8 @@ def report_markdown(report: dict) -> str:
                       f"better in {100 * b['ahead']:.0f} % of the replicates. "
                       + ("The interval excludes 0." if b["low"] > 0 or b["high"] < 0 else
                          "The interval includes 0: the evaluation sets cannot tell the twins apart.")]
+        if settle_text(entry):
+            lines += ["", settle_text(entry)]
     compared = [e for e in report["headline"].values() if "delta" in e]
     if report.get("bootstrap_replicates") and compared and not any(e.get("paired_bootstrap") for e in compared):
         lines += ["", "No paired bootstrap: the pieces carry no evaluation predictions (they were written before "
