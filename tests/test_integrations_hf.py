@@ -219,3 +219,33 @@ def test_fsdp_wrapped_models_keep_two_lookups():
     inner = torch.nn.Linear(2, 2)
     assert _fsdp_wrapped(FullyShardedDataParallel(inner))
     assert not _fsdp_wrapped(inner)
+
+
+def _ddp_grads(one_lookup):
+    """Rank r's half of a batch through a DDP-wrapped GPT-NeoX: the all-reduced gradients."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from headless.train import distributed as hd
+
+    env = hd.init_distributed("cpu", timeout_s=60)
+    model, batch = _hf_case("gpt_neox")
+    ddp = DistributedDataParallel(model)
+    half = {k: v[env.rank::env.world_size] for k, v in batch.items()}
+    compute_cwt_loss(ddp, half, one_lookup=one_lookup).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None} if env.is_main else None
+
+
+def _ddp_job():
+    return {"one": _ddp_grads(True), "two": _ddp_grads(False)}
+
+
+def test_one_lookup_under_ddp_gives_the_two_lookups_gradients():
+    """Under DDP the embedding is read outside the wrapped forward (the one lookup feeds
+    `inputs_embeds`); its gradient still reaches DDP's all-reduce: the same averaged gradients as
+    the two lookups, on two gloo processes."""
+    from headless.train import distributed as hd
+
+    result = hd.spawn(_ddp_job, 2, timeout_s=120)[0]
+    assert result["one"].keys() == result["two"].keys() and result["one"]
+    for name in result["one"]:
+        torch.testing.assert_close(result["one"][name], result["two"][name], rtol=0, atol=1e-12, msg=name)
