@@ -9,6 +9,10 @@
 # seconds, default 540); otherwise say which parts are still missing and stop with 0, so the next
 # call carries them.  Calls must follow each other within 30 s (the machine then stays up and
 # /tmp with it); after a gap the staging starts again, and a piece restarts from nothing.
+# VANILLA_HF=1: once both twins are done, the same seed's vanilla twin with HF's head at every
+# position (the paper's baseline, `vanilla_pretrain=[objective.loss_implementation=hf]`) in the time
+# left of WALL, resumed by the next call like the others; its piece is $OUT/STUDY-vanilla.tgz, kept
+# apart from the masked-head vanilla's (same file name inside: merge each with the headless piece).
 # Results: $OUT/STUDY-both.tgz (scripts/reproduce_gpu.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +26,15 @@ if ! DATA=$(python3 -m headless stage check "$DEST" "$STAGE/manifest.json"); the
   echo "campaign_call.sh: the corpus is not complete yet; carry the parts named above in the next call"
   exit 0
 fi
-DATA_ROOT=$DATA WALL=${WALL:-540} exec bash scripts/reproduce_gpu.sh "$STUDY" both "seed=$SEED" "$@"
+WALL=${WALL:-540}; REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
+DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" both "seed=$SEED" "$@"; rc=$?
+if [ "$rc" = 0 ] && [ "${VANILLA_HF:-0}" = 1 ]; then  # the paper's baseline as a third twin, same machine
+  left=$((WALL - (SECONDS - start)))
+  if [ "$left" -ge 60 ]; then
+    DATA_ROOT=$DATA WALL=$left bash "$REPRODUCE" "$STUDY" vanilla "seed=$SEED" \
+      "vanilla_pretrain=[objective.loss_implementation=hf]" "$@"; rc=$?
+  else
+    echo "campaign_call.sh: ${left}s left of WALL=${WALL}: the HF-head vanilla twin runs in the next call"
+  fi
+fi
+exit "$rc"

@@ -158,3 +158,41 @@ def test_cli_split_pull_check(corpus, tmp_path, capsys):
     assert "complete: data_root=" in capsys.readouterr().out
     assert main(["stage", "check", str(dest), str(parts)]) == 0
     assert capsys.readouterr().out.strip() == str((dest / "data").absolute())
+
+
+def _campaign_call(tmp_path, parts, env_extra):
+    """scripts/campaign_call.sh with a stub in place of reproduce_gpu.sh that logs its calls."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    stub, log = tmp_path / "stub.sh", tmp_path / "calls.log"
+    stub.write_text(f'echo "WALL=$WALL DATA_ROOT=$DATA_ROOT $*" >> {log}\n'
+                    f'[ "$2" = both ] && exit "${{STUB_BOTH_RC:-0}}"; exit 0\n')
+    env = dict(os.environ, STAGE=str(parts), DEST=str(tmp_path / "dest"), REPRODUCE=str(stub),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_extra)
+    done = subprocess.run(["bash", str(root / "scripts" / "campaign_call.sh"), "encoder", "3", "budget_s=9"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    calls = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return done, calls
+
+
+def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left(corpus, tmp_path):
+    parts, _ = _split(corpus, tmp_path)
+    done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "WALL": "500"})
+    assert done.returncode == 0, done.stderr
+    data = tmp_path / "dest" / "data"
+    assert calls[0] == f"WALL=500 DATA_ROOT={data} encoder both seed=3 budget_s=9"
+    wall, rest = calls[1].split(" ", 1)
+    assert 440 <= int(wall.removeprefix("WALL=")) <= 500
+    assert rest == f"DATA_ROOT={data} encoder vanilla seed=3 vanilla_pretrain=[objective.loss_implementation=hf] budget_s=9"
+    # both twins not finished (stopped at WALL, or failed): no third twin, and the status is kept
+    done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "STUB_BOTH_RC": "124"})
+    assert done.returncode == 124 and len(calls) == 1
+    # too little time left: said, and left to the next call
+    done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "WALL": "30"})
+    assert done.returncode == 0 and len(calls) == 1 and "runs in the next call" in done.stdout
+    # without VANILLA_HF: both twins only
+    done, calls = _campaign_call(tmp_path, parts, {})
+    assert done.returncode == 0 and len(calls) == 1 and calls[0].startswith("WALL=540 ")
