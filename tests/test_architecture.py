@@ -15,7 +15,7 @@ LAYERS = [
               "config"]),
     ("data", ["data"]),
     ("objective/loss", ["objectives", "losses"]),
-    ("model", ["attention", "models"]),
+    ("model", ["attention", "one_lookup", "models"]),
     ("parallel", ["train.distributed"]),
     ("checkpoints", ["train.checkpoint"]),
     ("trainer", ["train"]),
@@ -27,7 +27,7 @@ LAYERS = [
     ("cli", ["cli", "__main__"]),
 ]
 LIBRARY = ("errors", "_lazy", "files", "runtime", "param_groups", "loss_kinds", "architectures", "fit", "config",
-           "data", "objectives", "losses", "attention", "models", "train", "export", "finetune", "model_card",
+           "data", "objectives", "losses", "attention", "one_lookup", "models", "train", "export", "finetune", "model_card",
            "embedding_head", "eval",
            "integrations", "demo")
 
