@@ -13,18 +13,25 @@
 # position (the paper's baseline, `vanilla_pretrain=[objective.loss_implementation=hf]`) in the time
 # left of WALL, resumed by the next call like the others; its piece is $OUT/STUDY-vanilla.tgz, kept
 # apart from the masked-head vanilla's (same file name inside: merge each with the headless piece).
+# A study whose data fits one call (multilingual: .data/multilingual + .data/multilingual-extra.tar.xz,
+# 24 MB) needs no staging: with no $STAGE/manifest.json the data is read from .data/STUDY.
 # Results: $OUT/STUDY-both.tgz (scripts/reproduce_gpu.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${1:?study}; SEED=${2:?seed}; shift 2
 STAGE=${STAGE:-.data/stage}; DEST=${DEST:-/tmp/headless-stage}
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src
-if ls "$STAGE"/*.part >/dev/null 2>&1; then
-  python3 -m headless stage pull "$STAGE" "$DEST" || exit $?
-fi
-if ! DATA=$(python3 -m headless stage check "$DEST" "$STAGE/manifest.json"); then
-  echo "campaign_call.sh: the corpus is not complete yet; carry the parts named above in the next call"
-  exit 0
+if [ ! -f "$STAGE/manifest.json" ]; then  # no staging: the study's data carried whole, as .data/STUDY
+  DATA=.data/$STUDY
+  [ -d "$DATA" ] || { echo "campaign_call.sh: neither $STAGE/manifest.json nor $DATA was carried"; exit 2; }
+else
+  if ls "$STAGE"/*.part >/dev/null 2>&1; then
+    python3 -m headless stage pull "$STAGE" "$DEST" || exit $?
+  fi
+  if ! DATA=$(python3 -m headless stage check "$DEST" "$STAGE/manifest.json"); then
+    echo "campaign_call.sh: the corpus is not complete yet; carry the parts named above in the next call"
+    exit 0
+  fi
 fi
 WALL=${WALL:-540}; REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
 DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" both "seed=$SEED" "$@"; rc=$?

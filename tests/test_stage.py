@@ -169,9 +169,11 @@ def _campaign_call(tmp_path, parts, env_extra):
     stub, log = tmp_path / "stub.sh", tmp_path / "calls.log"
     stub.write_text(f'echo "WALL=$WALL DATA_ROOT=$DATA_ROOT $*" >> {log}\n'
                     f'[ "$2" = both ] && exit "${{STUB_BOTH_RC:-0}}"; exit 0\n')
+    env_extra = dict(env_extra)
+    study = env_extra.pop("STUDY", "encoder")
     env = dict(os.environ, STAGE=str(parts), DEST=str(tmp_path / "dest"), REPRODUCE=str(stub),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_extra)
-    done = subprocess.run(["bash", str(root / "scripts" / "campaign_call.sh"), "encoder", "3", "budget_s=9"],
+    done = subprocess.run(["bash", str(root / "scripts" / "campaign_call.sh"), study, "3", "budget_s=9"],
                           env=env, capture_output=True, text=True, timeout=120)
     calls = log.read_text().splitlines() if log.exists() else []
     log.unlink(missing_ok=True)
@@ -196,3 +198,12 @@ def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left
     # without VANILLA_HF: both twins only
     done, calls = _campaign_call(tmp_path, parts, {})
     assert done.returncode == 0 and len(calls) == 1 and calls[0].startswith("WALL=540 ")
+
+
+def test_campaign_call_without_staging_needs_the_study_data_carried(tmp_path):
+    """No manifest carried: the data must be in .data/STUDY (a study that fits one call); else one
+    line and exit 2, before anything runs."""
+    (tmp_path / "nostage").mkdir()
+    done, calls = _campaign_call(tmp_path, tmp_path / "nostage", {"STUDY": "no-such-study"})
+    assert done.returncode == 2 and not calls
+    assert "neither" in done.stdout and "manifest.json" in done.stdout
