@@ -14,16 +14,20 @@
 # left of WALL, resumed by the next call like the others; its piece is $OUT/STUDY-vanilla.tgz, kept
 # apart from the masked-head vanilla's (same file name inside: merge each with the headless piece).
 # A study whose data fits one call (multilingual: .data/multilingual + .data/multilingual-extra.tar.xz,
-# 24 MB) needs no staging: with no $STAGE/manifest.json the data is read from .data/STUDY.
+# 24 MB) needs no staging: when .data/STUDY was carried, the data is read from it.
 # Results: $OUT/STUDY-both.tgz (scripts/reproduce_gpu.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${1:?study}; SEED=${2:?seed}; shift 2
 STAGE=${STAGE:-.data/stage}; DEST=${DEST:-/tmp/headless-stage}
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src
-if [ ! -f "$STAGE/manifest.json" ]; then  # no staging: the study's data carried whole, as .data/STUDY
+WALL=${WALL:-540}
+[[ "$WALL" =~ ^[0-9]+$ ]] || { echo "campaign_call.sh: WALL must be whole seconds, got '$WALL'"; exit 2; }
+# the study's own folder first: a warm machine may keep another study's stage manifest
+if [ -d ".data/$STUDY" ]; then  # no staging: the study's data carried whole, as .data/STUDY
   DATA=.data/$STUDY
-  [ -d "$DATA" ] || { echo "campaign_call.sh: neither $STAGE/manifest.json nor $DATA was carried"; exit 2; }
+elif [ ! -f "$STAGE/manifest.json" ]; then
+  echo "campaign_call.sh: neither $STAGE/manifest.json nor .data/$STUDY was carried"; exit 2
 else
   if ls "$STAGE"/*.part >/dev/null 2>&1; then
     python3 -m headless stage pull "$STAGE" "$DEST" || exit $?
@@ -33,7 +37,7 @@ else
     exit 0
   fi
 fi
-WALL=${WALL:-540}; REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
+REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
 DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" both "seed=$SEED" "$@"; rc=$?
 if [ "$rc" = 0 ] && [ "${VANILLA_HF:-0}" = 1 ]; then  # the paper's baseline as a third twin, same machine
   left=$((WALL - (SECONDS - start)))

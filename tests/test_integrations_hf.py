@@ -249,3 +249,29 @@ def test_one_lookup_under_ddp_gives_the_two_lookups_gradients():
     assert result["one"].keys() == result["two"].keys() and result["one"]
     for name in result["one"]:
         torch.testing.assert_close(result["one"][name], result["two"][name], rtol=0, atol=1e-12, msg=name)
+
+
+def test_one_lookup_stands_aside_where_it_would_change_the_result():
+    """A frozen embedding, hooks on it (HF's enable_input_require_grads, NEFTune), per-position
+    losses: the two lookups; a label outside the vocabulary: one line, not a device assert."""
+    from headless.errors import HeadlessError
+    from headless.one_lookup import takes_one_lookup
+
+    model, batch = _hf_case("gpt_neox")
+    emb = model.get_input_embeddings()
+    assert takes_one_lookup(model)
+    emb.weight.requires_grad_(False)
+    assert not takes_one_lookup(model)
+    emb.weight.requires_grad_(True)
+    handle = emb.register_forward_hook(lambda module, args, out: out)
+    assert not takes_one_lookup(model)
+    handle.remove()
+    model.enable_input_require_grads()  # what gradient checkpointing with a frozen embedding needs
+    assert not takes_one_lookup(model)
+    model, batch = _hf_case("gpt_neox")
+    rows = compute_cwt_loss(model, batch, reduction="none").loss
+    assert rows.shape == batch["labels"].shape  # per position, as the two lookups give it
+    bad = dict(batch, labels=batch["labels"].clone())
+    bad["labels"][0, 3] = 100  # V = 100
+    with pytest.raises(HeadlessError, match=r"label ids must lie in \[0, 100\)"):
+        compute_cwt_loss(model, bad)

@@ -738,9 +738,19 @@ def test_settle_says_how_many_pretraining_seeds_would_exclude_0():
     assert t.ppf(0.975, n - 1) * sd / n ** 0.5 < mean <= t.ppf(0.975, n - 2) * sd / (n - 1) ** 0.5
     assert n == 5
     # one seed: the bootstrap's interval gives a lower bound, (half-width / |difference|)^2
+    # one seed: the bootstrap's reach from the difference towards 0 gives a lower bound: the smallest
+    # k with reach / sqrt(k) < |difference|; here reach 1.0 = 2 x 0.5, so k > 4
     one = settle({"delta": 0.5, "paired_bootstrap": {"low": -0.5, "high": 1.5}}, [0.5])
-    assert one == {"pretraining_seeds": 1, "excludes_0": False, "seeds_needed_at_least": 4}
-    assert settle({"delta": 1.6, "paired_bootstrap": {"low": 0.8, "high": 2.5}}, [1.6])["excludes_0"]
+    assert one == {"pretraining_seeds": 1, "excludes_0": False, "seeds_needed_at_least": 5}
+    # an interval that reaches past 0 on 0's side needs at least 2, however it leans
+    assert settle({"delta": 1.0, "paired_bootstrap": {"low": -0.1, "high": 1.5}}, [1.0])["seeds_needed_at_least"] == 2
+    assert settle({"delta": -1.0, "paired_bootstrap": {"low": -3.0, "high": 0.5}}, [-1.0])["seeds_needed_at_least"] == 3
+    settled = settle({"delta": 1.6, "paired_bootstrap": {"low": 0.8, "high": 2.5}}, [1.6])
+    assert settled["excludes_0"] and "seeds_needed_at_least" not in settled
+    assert settle({"delta": 1.6}, [1.6])["excludes_0"] is None  # no bootstrap: not known
+    # a mean far inside its spread: the count stops at the cap and says so
+    capped = settle({"delta": 0.01}, [1.0, -0.98, 0.01])
+    assert capped["seeds_needed"] == "more than 10,000"
 
 
 def test_report_says_what_would_settle_the_difference(tmp_path):

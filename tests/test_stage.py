@@ -170,7 +170,7 @@ def _campaign_call(tmp_path, parts, env_extra):
     stub.write_text(f'echo "WALL=$WALL DATA_ROOT=$DATA_ROOT $*" >> {log}\n'
                     f'[ "$2" = both ] && exit "${{STUB_BOTH_RC:-0}}"; exit 0\n')
     env_extra = dict(env_extra)
-    study = env_extra.pop("STUDY", "encoder")
+    study = env_extra.pop("STUDY", "stage-test")  # a study with no .data/STUDY folder in any checkout
     env = dict(os.environ, STAGE=str(parts), DEST=str(tmp_path / "dest"), REPRODUCE=str(stub),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_extra)
     done = subprocess.run(["bash", str(root / "scripts" / "campaign_call.sh"), study, "3", "budget_s=9"],
@@ -185,10 +185,10 @@ def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left
     done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "WALL": "500"})
     assert done.returncode == 0, done.stderr
     data = tmp_path / "dest" / "data"
-    assert calls[0] == f"WALL=500 DATA_ROOT={data} encoder both seed=3 budget_s=9"
+    assert calls[0] == f"WALL=500 DATA_ROOT={data} stage-test both seed=3 budget_s=9"
     wall, rest = calls[1].split(" ", 1)
     assert 440 <= int(wall.removeprefix("WALL=")) <= 500
-    assert rest == f"DATA_ROOT={data} encoder vanilla seed=3 vanilla_pretrain=[objective.loss_implementation=hf] budget_s=9"
+    assert rest == f"DATA_ROOT={data} stage-test vanilla seed=3 vanilla_pretrain=[objective.loss_implementation=hf] budget_s=9"
     # both twins not finished (stopped at WALL, or failed): no third twin, and the status is kept
     done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "STUB_BOTH_RC": "124"})
     assert done.returncode == 124 and len(calls) == 1
@@ -207,3 +207,9 @@ def test_campaign_call_without_staging_needs_the_study_data_carried(tmp_path):
     done, calls = _campaign_call(tmp_path, tmp_path / "nostage", {"STUDY": "no-such-study"})
     assert done.returncode == 2 and not calls
     assert "neither" in done.stdout and "manifest.json" in done.stdout
+
+
+def test_campaign_call_refuses_a_wall_that_is_not_whole_seconds(corpus, tmp_path):
+    parts, _ = _split(corpus, tmp_path)
+    done, calls = _campaign_call(tmp_path, parts, {"WALL": "9m"})
+    assert done.returncode == 2 and not calls and "WALL must be whole seconds" in done.stdout

@@ -25,12 +25,17 @@ def takes_one_lookup(model: nn.Module) -> bool:
     """Whether `model` (an HF model) can be fed `inputs_embeds` from `lookup_inputs_and_targets`
     with the same result as `input_ids`: a plain `nn.Embedding` (a subclass, such as a scaled
     embedding, keeps its own forward; no max_norm, which renormalises in place; no
-    scale_grad_by_freq, which the extra rows would change; not sparse), a local weight (not
-    sharded by FSDP: it is read outside the model's forward), and a model type whose
-    `inputs_embeds` path is exact (`INPUTS_EMBEDS_EXACT`)."""
+    scale_grad_by_freq, which the extra rows would change; not sparse) with a trainable weight and
+    no hooks, a local weight (not sharded by FSDP: it is read outside the model's forward), and a
+    model type whose `inputs_embeds` path is exact (`INPUTS_EMBEDS_EXACT`)."""
     emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
     return (type(emb) is nn.Embedding and emb.max_norm is None and not emb.scale_grad_by_freq
             and not emb.sparse and type(emb.weight.data) is torch.Tensor
+            # a frozen embedding gains nothing; hooks (HF's enable_input_require_grads for gradient
+            # checkpointing with a frozen embedding, NEFTune's noise, accelerate's offload) run only
+            # when the module is called, which the one lookup does not do
+            and emb.weight.requires_grad and not emb._forward_hooks and not emb._forward_pre_hooks
+            and getattr(emb, "_hf_hook", None) is None
             and getattr(getattr(model, "config", None), "model_type", None) in INPUTS_EMBEDS_EXACT)
 
 

@@ -89,10 +89,16 @@ def compute_cwt_loss(model: nn.Module, inputs: dict[str, Any], *, causal: Option
     kwargs = {}
     if inputs.get("attention_mask") is not None:
         kwargs["attention_mask"] = inputs["attention_mask"]
-    one = one_lookup and "group" not in loss_kwargs and takes_one_lookup(base) and not _fsdp_wrapped(model)
+    # the one lookup scores the selected rows only: not for per-position losses ("none") or a group
+    one = (one_lookup and "group" not in loss_kwargs and loss_kwargs.get("reduction", "mean") != "none"
+           and labels.device == input_ids.device and takes_one_lookup(base) and not _fsdp_wrapped(model))
     if one:  # inputs and the scored targets in one embedding call (headless.one_lookup)
-        rows = labels != IGNORE_INDEX
+        rows = labels != loss_kwargs.get("ignore_index", IGNORE_INDEX)
         labels = labels[rows]  # the scored targets (a count the host reads, as cwt_loss's selection does)
+        vocab = base.get_input_embeddings().num_embeddings
+        if loss_kwargs.get("check_ids", True) and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < vocab:
+            raise HeadlessError(f"compute_cwt_loss: label ids must lie in [0, {vocab}) (or be the ignore index), "
+                                f"got {int(labels.min())}..{int(labels.max())}")
         kwargs["inputs_embeds"], target_vectors = lookup_inputs_and_targets(base.get_input_embeddings(),
                                                                             input_ids, labels)
     else:

@@ -227,11 +227,16 @@ def seed_differences(pieces: list[dict], head: str, van: str, metric: str) -> li
     (each twin's fine-tuning seeds averaged)."""
     finals: dict[int, dict[str, float]] = {}
     for p in pieces:
+        if not p.get("points"):
+            continue
         for variant, entry in p["points"][-1]["variants"].items():
             values = entry["scores"].get(metric)
             if variant in (head, van) and values:
                 finals.setdefault(p["seed"], {})[variant] = sum(values) / len(values)
     return [d[head] - d[van] for _, d in sorted(finals.items()) if head in d and van in d]
+
+
+SEEDS_CAP = 10_000  # `settle` stops counting seeds here
 
 
 def settle(entry: dict, differences: list[float]) -> dict:
@@ -241,12 +246,13 @@ def settle(entry: dict, differences: list[float]) -> dict:
     With two or more seeds: the smallest n with t(0.975, n−1) · sd / √n < |mean difference|, sd the
     spread of the per-seed differences (the variance a new pretraining run brings). With one seed
     that spread is unknown; the paired bootstrap's interval (examples and fine-tuning seeds) then
-    gives a lower bound by the same 1/√n scaling: (half-width / |difference|)² seeds."""
+    gives a lower bound by the same 1/√n scaling: the smallest k with (reach / √k) < |difference|,
+    reach the distance from the difference to the interval's end on 0's side."""
     from scipy.stats import t as student_t
 
     n, delta = len(differences), entry.get("delta")
     b = entry.get("paired_bootstrap")
-    out: dict[str, Any] = {"pretraining_seeds": n, "excludes_0": bool(b and (b["low"] > 0 or b["high"] < 0))}
+    out: dict[str, Any] = {"pretraining_seeds": n, "excludes_0": (b["low"] > 0 or b["high"] < 0) if b else None}
     if n >= 2:
         mean = sum(differences) / n
         sd = (sum((d - mean) ** 2 for d in differences) / (n - 1)) ** 0.5
@@ -258,12 +264,13 @@ def settle(entry: dict, differences: list[float]) -> dict:
             out["seeds_needed"] = n
         else:
             k = 2
-            while float(student_t.ppf(0.975, k - 1)) * sd / k ** 0.5 >= abs(mean) and k < 10_000:
+            while float(student_t.ppf(0.975, k - 1)) * sd / k ** 0.5 >= abs(mean) and k <= SEEDS_CAP:
                 k += 1
-            out["seeds_needed"] = k if k < 10_000 else None
-    elif b and delta:
-        half = (b["high"] - b["low"]) / 2
-        out["seeds_needed_at_least"] = max(1, math.ceil((half / abs(delta)) ** 2))
+            out["seeds_needed"] = k if k <= SEEDS_CAP else f"more than {SEEDS_CAP:,}"
+    elif b and delta and not out["excludes_0"]:
+        # the interval's reach from the difference towards 0, shrunk by 1/sqrt(k), must fall short of 0
+        reach = delta - b["low"] if delta > 0 else b["high"] - delta
+        out["seeds_needed_at_least"] = max(2, math.floor((reach / abs(delta)) ** 2) + 1)
     return out
 
 
@@ -276,20 +283,21 @@ def settle_text(entry: dict) -> str:
         low, high = s["seed_interval"]
         need = s.get("seeds_needed")
         verdict = ("excludes 0" if low > 0 or high < 0 else
-                   f"includes 0; about **{need}** seeds per twin would exclude 0 at this difference and spread"
-                   if need else "includes 0, and the mean difference is 0")
+                   "includes 0, and the mean difference is 0" if need is None else
+                   f"includes 0; about **{need}** seeds per twin would exclude 0 at this difference and spread")
         return (f"**{label}, over pretraining seeds**: {s['pretraining_seeds']} seeds, difference "
                 f"{s['seed_mean']:+.2f} (sd {s['seed_sd']:.2f} between seeds), t-interval [{low:+.2f}, {high:+.2f}] (95 %): "
                 f"it {verdict}.")
-    if "seeds_needed_at_least" not in s:
+    if not s["excludes_0"] and "seeds_needed_at_least" not in s:
         return ""
     return (f"**{label}, what would settle it**: one pretraining seed per twin, so the spread between "
             f"pretraining runs is unknown and no interval above covers it. "
             + ("The interval over the evaluation data excludes 0; a second and third seed say whether the "
                "difference holds across pretraining runs." if s["excludes_0"] else
                f"The interval over the evaluation data already includes 0; narrowing it to exclude 0 at this "
-               f"difference takes at least **{s['seeds_needed_at_least']}** seeds per twin (the interval's "
-               f"half-width over the difference, squared), more once the pretraining runs' own spread is counted."))
+               f"difference takes at least **{s['seeds_needed_at_least']}** seeds per twin (its reach from the "
+               f"difference towards 0, over the difference, squared), more once the pretraining runs' own "
+               f"spread is counted."))
 
 
 def crossing(headless: list[dict], vanilla: list[dict], metric: str, higher: bool) -> dict:
@@ -358,8 +366,11 @@ def delta_text(entry: dict) -> str:
 
 
 def piece_is_mlm(piece: dict) -> bool:
-    """Whether the piece's twin trained with MLM: its objective's kind, or for `auto` its study's
-    (the decoder study trains decoders, CLM; the others encoders)."""
+    """Whether the piece's twin trained with MLM: the kind the piece recorded, else its config's
+    objective kind, or for `auto` its study's (the decoder study trains decoders, CLM; the others
+    encoders)."""
+    if piece["pretrain"].get("objective_kind"):  # recorded by pieces since 2026-12-05 (late)
+        return piece["pretrain"]["objective_kind"] == "mlm"
     kind = ((piece.get("train_config") or {}).get("objective") or {}).get("kind", "auto")
     return kind == "mlm" if kind != "auto" else piece.get("study") != "decoder"
 
