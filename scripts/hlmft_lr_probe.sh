@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# HLM+FT's fine-tuning rate, probed on a finished headless decoder run of `headless reproduce decoder`.
+#
+#   bash scripts/hlmft_lr_probe.sh [SEED]        on the GPU machine, right after the campaign's calls
+#
+# Why: in docs/results/2026-12-05-decoder-seeds the raw embedding head scored 6.93 LAMBADA against
+# HLM+FT's 5.51, and the gap grew as pretraining's cosine rate fell (6e-4 down to 6e-5) below
+# HLM+FT's constant 1e-4: 0.12 / 0.16 / 0.99 / 1.42 points at the four checkpoints.  The paper's
+# Tab. 15 gives 1e-5, its text 1e-4.  This fine-tunes the run's final checkpoint as the study does
+# (`headless finetune-head`, the study's 5 M tokens of its own data) at each rate of LRS, and with
+# PROBE=1 also the new head alone (backbone frozen, at 1e-3), then scores LAMBADA on each
+# (`headless eval lambada`, as the study does) and the raw head once.  Small results in
+# $OUT/hlmft-lr-probe/ (LAMBADA tables, the fine-tunings' summaries, summary.md).
+# Settings: WORK (runs/reproduce), DATA_ROOT (the staged corpus, /tmp/headless-stage/data), LRS
+# ("1e-5 3e-5 1e-4"), TOKENS (5e6), LIMIT (LAMBADA examples, all), DEVICE (auto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+SEED=${1:-0}; WORK=${WORK:-runs/reproduce}; DATA_ROOT=${DATA_ROOT:-/tmp/headless-stage/data}
+LRS=${LRS:-"1e-5 3e-5 1e-4"}; TOKENS=${TOKENS:-5e6}; DEVICE=${DEVICE:-auto}
+RUNS=("$WORK"/decoder/runs/headless-seed"$SEED"-*/); SETS=("$WORK"/decoder/data/decoder-*/)
+[ -d "${RUNS[0]}" ] || { echo "hlmft_lr_probe.sh: no headless run of seed $SEED under $WORK/decoder/runs"; exit 2; }
+[ "${#RUNS[@]}" = 1 ] && [ "${#SETS[@]}" = 1 ] && [ -d "${SETS[0]}" ] || {
+  echo "hlmft_lr_probe.sh: expected one headless-seed$SEED run and one prepared dataset under $WORK/decoder"; exit 2; }
+RUN=${RUNS[0]%/}; DATASET=${SETS[0]%/}; LAMBADA=$DATA_ROOT/lambada/lambada_openai_dev.jsonl
+[ -f "$LAMBADA" ] || { echo "hlmft_lr_probe.sh: $LAMBADA is missing (DATA_ROOT)"; exit 2; }
+RES=${OUT:-results}/hlmft-lr-probe; SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/hlmft-probe-XXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
+mkdir -p "$RES"
+H="python3 -m headless"
+EVAL=(--data "$LAMBADA" --device "$DEVICE" --batch-size 32 -q ${LIMIT:+--limit "$LIMIT"})
+echo "run $RUN, data $DATASET"
+$H export "$RUN" "$SCRATCH/raw" --add-head >/dev/null
+$H eval lambada "$SCRATCH/raw" "${EVAL[@]}" --output "$RES/raw" >/dev/null
+variants=()
+for lr in $LRS; do variants+=("lr-$lr"); done
+[ "${PROBE:-0}" = 1 ] && variants+=("probe-1e-3")
+for v in "${variants[@]}"; do
+  lr=${v#*-}; extra=(); [ "${v%%-*}" = probe ] && extra=(--probe)
+  start=$SECONDS
+  $H finetune-head "$SCRATCH/raw" "$SCRATCH/$v" --data "$DATASET" --tokens "$TOKENS" --lr "$lr" "${extra[@]}" \
+     --run-dir "$SCRATCH/$v-run" --device "$DEVICE" --seed "$SEED" -q eval_every=1000000 save_every=1000000 \
+     tensorboard=false >/dev/null
+  echo "$v: fine-tuned in $((SECONDS - start)) s"
+  cp "$SCRATCH/$v-run/summary.md" "$RES/$v-finetune-summary.md"
+  $H eval lambada "$SCRATCH/$v" "${EVAL[@]}" --output "$RES/$v" >/dev/null
+done
+python3 - "$RES" raw "${variants[@]}" <<'PY'
+import json, sys
+from pathlib import Path
+res, names = Path(sys.argv[1]), sys.argv[2:]
+lines = ["| variant | LAMBADA accuracy (%) | token perplexity |", "|---|---|---|"]
+for name in names:
+    scores = json.loads(next((res / name).rglob("lambada.json")).read_text())
+    lines.append(f"| {name} | {100 * scores['accuracy']:.2f} | {scores['token_perplexity']:.1f} |")
+(res / "summary.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
