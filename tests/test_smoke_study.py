@@ -61,6 +61,20 @@ def test_smoke_study_runs_end_to_end_and_says_each_step(study_root, tmp_path, ca
         assert all("(subset)" in name for name in piece["data"]["inputs"])
 
 
+@pytest.mark.parametrize("study", ["encoder", "multilingual", "decoder"])
+def test_the_hf_head_vanilla_is_a_valid_setting_at_every_size(study):
+    """`vanilla_pretrain=[objective.loss_implementation=hf]` (the paper's baseline, campaign_call.sh
+    VANILLA_HF=1) is checked as the vanilla twin's, at a study's own sequence length too (smoke sizes
+    set one: its fitting once read the preset as a headless twin and refused `hf` for CWT)."""
+    from headless.lab.reproduce import load_study
+    from headless.lab.reproduce.piece import train_config
+
+    for size in ("smoke", "full"):
+        config = load_study(study, overrides=[f"size={size}", "vanilla_pretrain=[objective.loss_implementation=hf]"])
+        cfg = train_config(config, "vanilla", None, Path("run"))
+        assert cfg.loss_kind == "ce" and cfg.objective.loss_implementation == "hf"
+
+
 @pytest.mark.parametrize("bad, message", [
     (["pretrain=[optim.warmup_steps=2]"], "needs optim.warmup_steps >= budget.calibration_skip"),
     (["vanilla_pretrain=[model.num_heads=3]"], "the vanilla twin's pretraining settings"),  # before headless trains

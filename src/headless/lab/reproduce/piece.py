@@ -59,7 +59,8 @@ def train_config(config: StudyConfig, flavour: str, dataset: Optional[Path], run
     own = config.headless_pretrain if flavour == "headless" else config.vanilla_pretrain
     data = [f"data.path={dataset}"] if dataset is not None else []
     if dataset is None and config.seq_len:  # what fitting to a prepared dataset does (headless.fit)
-        positions = load_config(config.preset, overrides=list(config.pretrain) + list(own)).model.max_position_embeddings
+        positions = load_config(config.preset, overrides=list(config.pretrain) + list(own),
+                                flavour=flavour).model.max_position_embeddings
         if not any(o.startswith("model.max_position_embeddings=") for o in list(config.pretrain) + list(own)):
             data.append(f"model.max_position_embeddings={max(positions, config.seq_len)}")
     overrides = list(config.pretrain) + list(own) + data + [
