@@ -11,8 +11,9 @@
 # /tmp with it); after a gap the staging starts again, and a piece restarts from nothing.
 # VANILLA_HF=1: once both twins are done, the same seed's vanilla twin with HF's head at every
 # position (the paper's baseline, `vanilla_pretrain=[objective.loss_implementation=hf]`) in the time
-# left of WALL, resumed by the next call like the others; its piece is $OUT/STUDY-vanilla.tgz, kept
-# apart from the masked-head vanilla's (same file name inside: merge each with the headless piece).
+# left of WALL, resumed by the next call like the others; its piece is in $OUT/STUDY-hf-head-vanilla.tgz
+# (results/STUDY-hf-head/ without $OUT), apart from the masked-head vanilla's, whose file name it
+# shares: merge each vanilla with the headless piece in its own campaign folder.
 # A study whose data fits one call (multilingual: .data/multilingual + .data/multilingual-extra.tar.xz,
 # 24 MB) needs no staging: when .data/STUDY was carried, the data is read from it.
 # Results: $OUT/STUDY-both.tgz (scripts/reproduce_gpu.sh).
@@ -42,7 +43,7 @@ DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" both "seed=$SEED" "$@"; rc
 if [ "$rc" = 0 ] && [ "${VANILLA_HF:-0}" = 1 ]; then  # the paper's baseline as a third twin, same machine
   left=$((WALL - (SECONDS - start)))
   if [ "$left" -ge 60 ]; then
-    DATA_ROOT=$DATA WALL=$left bash "$REPRODUCE" "$STUDY" vanilla "seed=$SEED" \
+    RESULTS_TAG=hf-head DATA_ROOT=$DATA WALL=$left bash "$REPRODUCE" "$STUDY" vanilla "seed=$SEED" \
       "vanilla_pretrain=[objective.loss_implementation=hf]" "$@"; rc=$?
   else
     echo "campaign_call.sh: ${left}s left of WALL=${WALL}: the HF-head vanilla twin runs in the next call"

@@ -19,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1
 STUDY=${1:?study}; FLAVOUR=${2:?flavour}; shift 2
-RES=${OUT:-results}/$STUDY
+NAME=$STUDY${RESULTS_TAG:+-$RESULTS_TAG}  # RESULTS_TAG=hf-head: another vanilla's pieces, kept apart
+RES=${OUT:-results}/$NAME
 mkdir -p "$RES"
 [ -f ".data/$STUDY-extra.tar.xz" ] && tar xJf ".data/$STUDY-extra.tar.xz" -C ".data/$STUDY"
 H="python3 -m headless reproduce $STUDY data_root=${DATA_ROOT:-.data/$STUDY} progress=false"
@@ -45,6 +46,6 @@ for run in runs/reproduce/$STUDY/runs/*/; do  # the pretraining runs' own summar
   cp "$run/metrics.jsonl" "$RES/$name-metrics.jsonl" 2>/dev/null || true
 done
 if [ -n "${OUT:-}" ]; then  # on the GPU machine: one archive, since a call brings back at most 8 files
-  tar czf "$OUT/$STUDY-$FLAVOUR.tgz" -C "$OUT" "$STUDY" && rm -r "$RES" && echo "results: $OUT/$STUDY-$FLAVOUR.tgz"
+  tar czf "$OUT/$NAME-$FLAVOUR.tgz" -C "$OUT" "$NAME" && rm -r "$RES" && echo "results: $OUT/$NAME-$FLAVOUR.tgz"
 fi
 exit "$rc"

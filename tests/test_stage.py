@@ -167,7 +167,7 @@ def _campaign_call(tmp_path, parts, env_extra):
 
     root = Path(__file__).resolve().parents[1]
     stub, log = tmp_path / "stub.sh", tmp_path / "calls.log"
-    stub.write_text(f'echo "WALL=$WALL DATA_ROOT=$DATA_ROOT $*" >> {log}\n'
+    stub.write_text(f'echo "WALL=$WALL DATA_ROOT=$DATA_ROOT${{RESULTS_TAG:+ RESULTS_TAG=$RESULTS_TAG}} $*" >> {log}\n'
                     f'[ "$2" = both ] && exit "${{STUB_BOTH_RC:-0}}"; exit 0\n')
     env_extra = dict(env_extra)
     study = env_extra.pop("STUDY", "stage-test")  # a study with no .data/STUDY folder in any checkout
@@ -188,7 +188,8 @@ def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left
     assert calls[0] == f"WALL=500 DATA_ROOT={data} stage-test both seed=3 budget_s=9"
     wall, rest = calls[1].split(" ", 1)
     assert 440 <= int(wall.removeprefix("WALL=")) <= 500
-    assert rest == f"DATA_ROOT={data} stage-test vanilla seed=3 vanilla_pretrain=[objective.loss_implementation=hf] budget_s=9"
+    assert rest == (f"DATA_ROOT={data} RESULTS_TAG=hf-head stage-test vanilla seed=3 "
+                    "vanilla_pretrain=[objective.loss_implementation=hf] budget_s=9")
     # both twins not finished (stopped at WALL, or failed): no third twin, and the status is kept
     done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "STUB_BOTH_RC": "124"})
     assert done.returncode == 124 and len(calls) == 1
