@@ -389,7 +389,7 @@ def test_one_lookup_architectures_take_inputs_embeds_exactly(arch):
     """INPUTS_EMBEDS_EXACT lists exactly the table's architectures whose backbone gives the same
     hidden states for inputs_embeds as for input_ids, with pad tokens and an attention mask
     (RoBERTa's position ids count the pad tokens of input_ids)."""
-    from headless.models import INPUTS_EMBEDS_EXACT
+    from headless.one_lookup import INPUTS_EMBEDS_EXACT
 
     model = build_model(_config(arch, "headless").model, _config(arch, "headless").objective, "cwt", 100, 0, 2)
     model = model.double().eval()

@@ -26,8 +26,8 @@ from headless.attention import kernel_context
 from headless.config import ModelConfig, ObjectiveConfig
 from headless.errors import HeadlessError, load_error
 # the bounds under which `auto` is captured: with the loss table, where their measurements are cited
-from headless.one_lookup import INPUTS_EMBEDS_EXACT, lookup_inputs_and_targets, takes_one_lookup  # noqa: F401
 from headless.loss_kinds import CAPTURE_MAX_LOGITS, CAPTURE_MAX_ROWS, loss_kind as lookup_loss  # noqa: F401
+from headless.one_lookup import lookup_inputs_and_targets, takes_one_lookup
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,8 +170,6 @@ def attach_lm_head(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------
 # the training wrapper
-
-
 
 def output_transform(dim: int, std: float) -> nn.Module:
     """Linear D x D, GELU, LayerNorm: BERT's MLM-head transform, which the paper's headless twin drops

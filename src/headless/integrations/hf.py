@@ -37,20 +37,22 @@ from headless.objectives import IGNORE_INDEX, document_ids_from_eos
 from headless.one_lookup import lookup_inputs_and_targets, takes_one_lookup
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP, accelerate wrappers
+def _wrappers(model: nn.Module):
+    """The model and each module it wraps (DDP, accelerate, FSDP wrappers keep theirs in `.module`)."""
+    yield model
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
-    return model
+        yield model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    *_, base = _wrappers(model)
+    return base
 
 
 def _fsdp_wrapped(model: nn.Module) -> bool:
     """FSDP (1 or 2) shards the weight outside the model's forward, where the one lookup reads it."""
-    while True:
-        if "FullyShard" in type(model).__name__ or "FSDP" in type(model).__name__:
-            return True
-        if not (hasattr(model, "module") and isinstance(model.module, nn.Module)):
-            return False
-        model = model.module
+    return any("FullyShard" in type(m).__name__ or "FSDP" in type(m).__name__ for m in _wrappers(model))
 
 
 def _is_causal(model: nn.Module) -> bool:
@@ -95,12 +97,12 @@ def compute_cwt_loss(model: nn.Module, inputs: dict[str, Any], *, causal: Option
     if one:  # inputs and the scored targets in one embedding call (headless.one_lookup)
         rows = labels != loss_kwargs.get("ignore_index", IGNORE_INDEX)
         labels = labels[rows]  # the scored targets (a count the host reads, as cwt_loss's selection does)
-        vocab = base.get_input_embeddings().num_embeddings
-        if loss_kwargs.get("check_ids", True) and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < vocab:
-            raise HeadlessError(f"compute_cwt_loss: label ids must lie in [0, {vocab}) (or be the ignore index), "
-                                f"got {int(labels.min())}..{int(labels.max())}")
-        kwargs["inputs_embeds"], target_vectors = lookup_inputs_and_targets(base.get_input_embeddings(),
-                                                                            input_ids, labels)
+        emb = base.get_input_embeddings()
+        if loss_kwargs.get("check_ids", True) and labels.numel() and \
+                not 0 <= int(labels.min()) <= int(labels.max()) < emb.num_embeddings:
+            raise HeadlessError(f"compute_cwt_loss: label ids must lie in [0, {emb.num_embeddings}) (or be the "
+                                f"ignore index), got {int(labels.min())}..{int(labels.max())}")
+        kwargs["inputs_embeds"], target_vectors = lookup_inputs_and_targets(emb, input_ids, labels)
     else:
         kwargs["input_ids"] = input_ids
     has_head = callable(getattr(base, "get_output_embeddings", None)) and base.get_output_embeddings() is not None

@@ -434,7 +434,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
                 entry["delta_at_headless_gpu_s"] = h["mean"] - at
         result["headline"][metric] = entry
     result["gpu_pairs"] = gpu_pairs(result["pieces"])
-    result["unpaired_gpu_seeds"] = [e["seed"] for e in result["gpu_pairs"] if e["headless"] != e["vanilla"]]
+    result["unpaired_gpu_seeds"] = [e["seed"] for e in _unpaired(result["gpu_pairs"])]
     return result
 
 
@@ -452,12 +452,17 @@ def gpu_pairs(pieces: list[dict]) -> list[dict]:
             if len(twins) == 2 and twins["headless"].get("device") and twins["vanilla"].get("device")]
 
 
+def _unpaired(pairs: list[dict]) -> list[dict]:
+    """The `gpu_pairs` entries whose twins ran on different GPU models."""
+    return [e for e in pairs if e["headless"] != e["vanilla"]]
+
+
 def unpaired_gpu_seeds(report: dict) -> list[int]:
     """The report's seeds whose twins ran on different GPU models (computed from its pieces for a
     report written before it recorded them)."""
     if "unpaired_gpu_seeds" in report:
         return report["unpaired_gpu_seeds"]
-    return [e["seed"] for e in gpu_pairs(report["pieces"]) if e["headless"] != e["vanilla"]]
+    return [e["seed"] for e in _unpaired(gpu_pairs(report["pieces"]))]
 
 
 def _seeds_text(seeds: list[int]) -> str:
@@ -468,7 +473,7 @@ def gpu_pairs_lines(report: dict) -> list[str]:
     """report.md's paragraphs on where each seed's twins pretrained (empty when nothing is to say)."""
     pairs = gpu_pairs(report["pieces"])
     lines: list[str] = []
-    unpaired = [e for e in pairs if e["headless"] != e["vanilla"]]
+    unpaired = _unpaired(pairs)
     if unpaired:
         lines += ["", "**Equal GPU time is not equal work across GPU models**: "
                   + "; ".join(f"seed {e['seed']} headless on {e['headless']}, vanilla on {e['vanilla']}"
@@ -587,8 +592,9 @@ def report_markdown(report: dict) -> str:
                       f"better in {100 * b['ahead']:.0f} % of the replicates. "
                       + ("The interval excludes 0." if b["low"] > 0 or b["high"] < 0 else
                          "The interval includes 0: the evaluation sets cannot tell the twins apart.")]
-        if settle_text(entry):
-            lines += ["", settle_text(entry)]
+        settled = settle_text(entry)
+        if settled:
+            lines += ["", settled]
     compared = [e for e in report["headline"].values() if "delta" in e]
     if report.get("bootstrap_replicates") and compared and not any(e.get("paired_bootstrap") for e in compared):
         lines += ["", "No paired bootstrap: the pieces carry no evaluation predictions (they were written before "
