@@ -88,6 +88,12 @@ def test_every_campaign_says_how_it_was_made():
         readme = (campaign / "README.md").read_text(encoding="utf-8")
         for field in ("GPU", "Code version", "```bash"):
             assert field in readme, f"{campaign.name}/README.md does not say {field!r} (GPU, code version, commands)"
+        status = re.search(r"^- \*\*Status\*\*: (\S+)", readme, re.M)
+        assert status, f"{campaign.name}/README.md has no '- **Status**:' line"
+        superseded = (campaign / "SUPERSEDED").exists()
+        assert status.group(1).startswith("superseded") == superseded, (
+            f"{campaign.name}/README.md says Status: {status.group(1)}, but its SUPERSEDED file is "
+            + ("there" if superseded else "absent"))
 
 
 def test_summary_marks_a_superseded_campaign(tmp_path):
