@@ -116,6 +116,25 @@ def test_heldout_bits_per_byte_are_the_summed_loss_over_the_scored_texts_bytes(m
     assert r["bits_per_byte"] == pytest.approx(r["cross_entropy"] * r["tokens"] / math.log(2) / text_bytes)
 
 
+def test_heldout_skip_scores_the_sequences_after_the_first_n(models, capsys):
+    """`--skip` (scripts/hlmft_lr_probe.sh): a setting chosen on sequences a study does not report."""
+    from headless.errors import HeadlessError
+    from headless.eval.heldout import heldout_cross_entropy
+
+    every = heldout_cross_entropy(models["decoder"], models["dataset"], max_sequences=4, device="cpu")
+    later = heldout_cross_entropy(models["decoder"], models["dataset"], max_sequences=2, skip=2, batch_size=1,
+                                  device="cpu")
+    assert later["sequences"] == 2 and later["skipped"] == 2
+    assert later["per_sequence"] == pytest.approx(every["per_sequence"][2:4], rel=1e-5)
+    capsys.readouterr()
+    assert main(["eval", "heldout", str(models["decoder"]), "--data", str(models["dataset"]), "--skip", "100000",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "after the first 100000" in err[0]
+    with pytest.raises(HeadlessError, match="skip must be >= 0"):
+        heldout_cross_entropy(models["decoder"], models["dataset"], skip=-1, device="cpu")
+
+
 @pytest.mark.parametrize("command,head", [("glue", True), ("xnli", True), ("glue", False)])
 def test_glue_and_xnli_refuse_a_decoder_export(command, head, models, fixture_data, fixture_tokenizers, tmp_path,
                                                capsys):

@@ -45,6 +45,9 @@ def _heldout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a prepared dataset (`headless prepare`) in the model's tokenizer")
     p.add_argument("--limit", type=int, default=256, help="score the first N validation sequences (default 256)")
     add_alias(p, "--max-sequences", to="--limit", dest="limit", type=int)
+    p.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="score the sequences after the first N instead (e.g. to choose a setting on sequences "
+                        "a study does not report; default 0)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--output", default=None, metavar="DIR", help=OUTPUT_HELP)
@@ -71,7 +74,8 @@ COMMANDS = {
                  lambda a: dict(_run_options(a), tasks=a.tasks, data_dir=a.data, answer_prefix=a.answer_prefix)),
     "heldout": ("Next-token cross-entropy over the whole vocabulary on the first validation sequences of a "
                 "prepared dataset.", _heldout_arguments,
-                lambda a: dict(data=a.data, max_sequences=a.limit, batch_size=a.batch_size, device=a.device)),
+                lambda a: dict(data=a.data, max_sequences=a.limit, skip=a.skip, batch_size=a.batch_size,
+                               device=a.device)),
     "harness": ("Wrap lm_eval.simple_evaluate with the `hf` model on MODEL_DIR.", _harness_arguments,
                 lambda a: dict(tasks=a.tasks, limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=PRECISIONS[a.precision],
                                num_fewshot=a.num_fewshot, include_path=a.include_path,

@@ -7,6 +7,9 @@ first `max_sequences` packed sequences are scored, in order: the same tokens for
 Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the scored text (each
 sequence's targets decoded with the dataset's tokenizer): unlike nats per token it compares models
 whose tokenizers differ (a 50k and a 128k vocabulary).
+
+`skip` scores the sequences after the first `skip` instead: a choice made on them (a fine-tuning
+rate, scripts/hlmft_lr_probe.sh) is not made on the sequences a study reports.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from headless.errors import HeadlessError
 
 @torch.no_grad()
 def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLike, *, split: str = "validation",
-                          max_sequences: int = 256, batch_size: int = 8, device: str | None = "auto") -> dict:
+                          max_sequences: int = 256, batch_size: int = 8, device: str | None = "auto",
+                          skip: int = 0) -> dict:
     """{"cross_entropy" (nats per token), "perplexity", "bits_per_byte", "bytes", "tokens", "sequences", "per_sequence"
     (each sequence's mean cross-entropy, in order: every sequence has the same number of tokens, so
     their mean is the cross-entropy; for paired tests)}."""
@@ -31,14 +35,18 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
     from headless.eval.scoring import load_causal_lm
 
     data = PackedDataset(dataset, split)
-    count = min(len(data), max_sequences)
-    if count == 0:
-        raise HeadlessError(f"{dataset} has no {split} sequences to score")
+    if skip < 0:
+        raise HeadlessError(f"skip must be >= 0, got {skip}")
+    count = min(len(data) - skip, max_sequences)
+    if count <= 0:
+        raise HeadlessError(f"{dataset} has no {split} sequences to score"
+                            + (f" after the first {skip} ({len(data)} in all)" if skip else ""))
     model, _, dev = load_causal_lm(model_dir, device=device)
     rows = model.get_output_embeddings().weight.shape[0]
     total, tokens, nbytes, per_sequence = 0.0, 0, 0, []
-    for start in range(0, count, batch_size):
-        batch = torch.from_numpy(np.stack([data[i] for i in range(start, min(count, start + batch_size))]).astype(np.int64))
+    for start in range(skip, skip + count, batch_size):
+        picked = range(start, min(skip + count, start + batch_size))
+        batch = torch.from_numpy(np.stack([data[i] for i in picked]).astype(np.int64))
         if int(batch.max()) >= rows:
             raise HeadlessError(f"{dataset} holds token ids beyond the model's {rows} output rows: another tokenizer?")
         batch = batch.to(dev)
@@ -52,5 +60,5 @@ def heldout_cross_entropy(model_dir: str | os.PathLike, dataset: str | os.PathLi
         per_sequence += losses.mean(dim=1).tolist()
     ce = total / tokens
     return {"cross_entropy": ce, "perplexity": math.exp(ce), "bits_per_byte": total / math.log(2) / max(nbytes, 1),
-            "bytes": nbytes, "tokens": tokens, "sequences": count,
+            "bytes": nbytes, "tokens": tokens, "sequences": count, "skipped": skip,
             "per_sequence": per_sequence}
