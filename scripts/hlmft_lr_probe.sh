@@ -37,7 +37,8 @@ H="python3 -m headless"
 EVAL=(--data "$LAMBADA" --device "$DEVICE" --batch-size 32 -q ${LIMIT:+--limit "$LIMIT"})
 echo "run $RUN, data $DATASET"
 $H export "$RUN" "$SCRATCH/raw" --add-head >/dev/null
-HELD=(--data "$DATASET" --skip "${HELDOUT_SKIP:-256}" --limit "${HELDOUT_N:-256}" --device "$DEVICE")
+SKIP=${HELDOUT_SKIP:-256}; NHELD=${HELDOUT_N:-256}
+HELD=(--data "$DATASET" --skip "$SKIP" --limit "$NHELD" --device "$DEVICE")
 $H eval lambada "$SCRATCH/raw" "${EVAL[@]}" --output "$RES/raw" >/dev/null
 $H eval heldout "$SCRATCH/raw" "${HELD[@]}" --output "$RES/raw" >/dev/null
 variants=()
@@ -54,12 +55,10 @@ for v in "${variants[@]}"; do
   $H eval lambada "$SCRATCH/$v" "${EVAL[@]}" --output "$RES/$v" >/dev/null
   $H eval heldout "$SCRATCH/$v" "${HELD[@]}" --output "$RES/$v" >/dev/null
 done
-python3 - "$RES" raw "${variants[@]}" "${HELDOUT_SKIP:-256}" "${HELDOUT_N:-256}" <<'PY'
+python3 - "$RES" "$SKIP" "$NHELD" raw "${variants[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-res, names = Path(sys.argv[1]), sys.argv[2:]
-skip, n = sys.argv[-2:]
-names = names[:-2]
+res, skip, n, names = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 lines = [f"| variant | held-out CE, {n} sequences after the first {skip} (decides) | LAMBADA accuracy (%) (read only) | token perplexity |",
          "|---|---|---|---|"]
 for name in names:
