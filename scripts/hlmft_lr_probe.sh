@@ -9,14 +9,17 @@
 # Tab. 15 gives 1e-5, its text 1e-4.  This fine-tunes the run's final checkpoint as the study does
 # (`headless finetune-head`, the study's 5 M tokens of its own data) at each rate of LRS, and with
 # PROBE=1 also the new head alone (backbone frozen, at 1e-3), then scores LAMBADA on each
-# (`headless eval lambada`, as the study does) and the raw head once.  Small results in
-# $OUT/hlmft-lr-probe/ (LAMBADA tables, the fine-tunings' summaries, summary.md).
+# (`headless eval lambada`, as the study does); RAW=1 also scores the raw head (its LAMBADA is in
+# the campaign's piece already).  Results: two files in $OUT (the device returns at most 8):
+# hlmft-lr-probe-summary.md, one row per variant, and hlmft-lr-probe.tgz (every score and the
+# fine-tunings' summaries), both rewritten after each variant, so a probe stopped by the device's
+# time limit keeps every variant it finished.
 # What may decide: LAMBADA here is the campaign's headline set (the one half the shared data holds),
 # so a rate chosen on it would be chosen on the test.  Each variant is also scored on held-out
 # cross-entropy over the validation sequences AFTER the study's first 256 (`headless eval heldout
 # --skip 256`, 256 of them), which no report of the study scores: a change of the study's rate is
 # decided on that column; the LAMBADA column is read, not selected on.
-# Settings: WORK (runs/reproduce), DATA_ROOT (the staged corpus, /tmp/headless-stage/data), LRS
+# Settings: OUT (results), WORK (runs/reproduce), DATA_ROOT (the staged corpus, /tmp/headless-stage/data), LRS
 # ("1e-5 3e-5 1e-4"), TOKENS (5e6), LIMIT (LAMBADA examples, all), DEVICE (auto), HELDOUT_SKIP /
 # HELDOUT_N (256 / 256: the study's held-out sequences are the first `heldout_sequences`, 256).
 set -euo pipefail
@@ -30,17 +33,35 @@ RUNS=("$WORK"/decoder/runs/headless-seed"$SEED"-*/); SETS=("$WORK"/decoder/data/
   echo "hlmft_lr_probe.sh: expected one headless-seed$SEED run and one prepared dataset under $WORK/decoder"; exit 2; }
 RUN=${RUNS[0]%/}; DATASET=${SETS[0]%/}; LAMBADA=$DATA_ROOT/lambada/lambada_openai_dev.jsonl
 [ -f "$LAMBADA" ] || { echo "hlmft_lr_probe.sh: $LAMBADA is missing (DATA_ROOT)"; exit 2; }
-RES=${OUT:-results}/hlmft-lr-probe; SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/hlmft-probe-XXXX")
+OUTDIR=${OUT:-results}; SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/hlmft-probe-XXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
-mkdir -p "$RES"
+RES=$SCRATCH/hlmft-lr-probe; mkdir -p "$RES" "$OUTDIR"
 H="python3 -m headless"
 EVAL=(--data "$LAMBADA" --device "$DEVICE" --batch-size 32 -q ${LIMIT:+--limit "$LIMIT"})
-echo "run $RUN, data $DATASET"
-$H export "$RUN" "$SCRATCH/raw" --add-head >/dev/null
 SKIP=${HELDOUT_SKIP:-256}; NHELD=${HELDOUT_N:-256}
 HELD=(--data "$DATASET" --skip "$SKIP" --limit "$NHELD" --device "$DEVICE")
-$H eval lambada "$SCRATCH/raw" "${EVAL[@]}" --output "$RES/raw" >/dev/null
-$H eval heldout "$SCRATCH/raw" "${HELD[@]}" --output "$RES/raw" >/dev/null
+echo "run $RUN, data $DATASET"
+printf '%s\n' "| variant | held-out CE, $NHELD sequences after the first $SKIP (decides) | LAMBADA accuracy (%) (read only) | token perplexity |" \
+  "|---|---|---|---|" > "$RES/summary.md"
+score() {  # score MODEL_DIR NAME: held-out first (it decides), LAMBADA, one summary row, both files out
+  $H eval heldout "$1" "${HELD[@]}" --output "$RES/$2" >/dev/null
+  $H eval lambada "$1" "${EVAL[@]}" --output "$RES/$2" >/dev/null
+  python3 - "$RES" "$2" <<'PY'
+import json, sys
+from pathlib import Path
+res, name = Path(sys.argv[1]), sys.argv[2]
+held = json.loads(next((res / name).rglob("heldout.json")).read_text())
+scores = json.loads(next((res / name).rglob("lambada.json")).read_text())
+row = f"| {name} | {held['cross_entropy']:.4f} | {100 * scores['accuracy']:.2f} | {scores['token_perplexity']:.1f} |"
+with open(res / "summary.md", "a") as summary:
+    summary.write(row + "\n")
+print(row)
+PY
+  cp "$RES/summary.md" "$OUTDIR/.hlmft-lr-probe-summary.md" && mv "$OUTDIR/.hlmft-lr-probe-summary.md" "$OUTDIR/hlmft-lr-probe-summary.md"
+  tar -czf "$OUTDIR/.hlmft-lr-probe.tgz" -C "$SCRATCH" hlmft-lr-probe && mv "$OUTDIR/.hlmft-lr-probe.tgz" "$OUTDIR/hlmft-lr-probe.tgz"
+}
+$H export "$RUN" "$SCRATCH/raw" --add-head >/dev/null
+[ "${RAW:-0}" = 1 ] && score "$SCRATCH/raw" raw
 variants=()
 for lr in $LRS; do variants+=("lr-$lr"); done
 [ "${PROBE:-0}" = 1 ] && variants+=("probe-1e-3")
@@ -52,19 +73,6 @@ for v in "${variants[@]}"; do
      tensorboard=false >/dev/null
   echo "$v: fine-tuned in $((SECONDS - start)) s"
   cp "$SCRATCH/$v-run/summary.md" "$RES/$v-finetune-summary.md"
-  $H eval lambada "$SCRATCH/$v" "${EVAL[@]}" --output "$RES/$v" >/dev/null
-  $H eval heldout "$SCRATCH/$v" "${HELD[@]}" --output "$RES/$v" >/dev/null
+  score "$SCRATCH/$v" "$v"
 done
-python3 - "$RES" "$SKIP" "$NHELD" raw "${variants[@]}" <<'PY'
-import json, sys
-from pathlib import Path
-res, skip, n, names = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-lines = [f"| variant | held-out CE, {n} sequences after the first {skip} (decides) | LAMBADA accuracy (%) (read only) | token perplexity |",
-         "|---|---|---|---|"]
-for name in names:
-    scores = json.loads(next((res / name).rglob("lambada.json")).read_text())
-    held = json.loads(next((res / name).rglob("heldout.json")).read_text())
-    lines.append(f"| {name} | {held['cross_entropy']:.4f} | {100 * scores['accuracy']:.2f} | {scores['token_perplexity']:.1f} |")
-(res / "summary.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+echo "summary: $OUTDIR/hlmft-lr-probe-summary.md; every score: $OUTDIR/hlmft-lr-probe.tgz"
