@@ -281,6 +281,25 @@ def test_workers_give_the_same_scores_as_one_process(tiny_bert_dir, glue_dir):
         run_glue(tiny_bert_dir, workers=0, **common)
 
 
+def test_shared_workers_spawn_one_pool_for_several_calls(tiny_bert_dir, glue_dir):
+    """Inside `shared_workers` (a study point's evaluation) every call with the same `workers` runs
+    on the same processes, started once; the scores are those of separate pools; the block's end
+    shuts the pool down."""
+    from headless.eval import classification
+
+    common = dict(tasks=["rte", "stsb"], seeds=[0], data_dir=glue_dir, **FAST)
+    alone = run_glue(tiny_bert_dir, workers=2, **common)
+    with classification.shared_workers():
+        first = run_glue(tiny_bert_dir, workers=2, **common)
+        (pool,) = classification._SHARED[-1].values()
+        pids = set(pool._processes)
+        second = run_glue(tiny_bert_dir, workers=2, lr=5e-4, **common)
+        assert list(classification._SHARED[-1].values()) == [pool] and set(pool._processes) == pids
+    assert not classification._SHARED and pool._shutdown_thread
+    assert first["average"] == pytest.approx(alone["average"])
+    assert second["average"] != pytest.approx(first["average"])  # another rate: the jobs really ran
+
+
 def test_one_seed_shows_its_score_without_a_zero_spread():
     """One seed printed "± 0.00", a spread that was never measured (issue #28)."""
     from headless.eval.classification import fmt_score, summarize

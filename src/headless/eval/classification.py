@@ -391,16 +391,49 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)  # N processes x all cores each would oversubscribe the CPU
 
 
+# open `shared_workers` blocks, innermost last: each maps a worker count to the pool made for it
+_SHARED: list[dict] = []
+
+
+@contextlib.contextmanager
+def shared_workers():
+    """Within the block, `finetune_all` calls with the same `workers` share one pool of processes.
+
+    A spawned worker imports torch and transformers and opens a CUDA context before its first job
+    (seconds), and one study point makes several calls (GLUE: one per learning rate, then the other
+    seeds at the chosen ones).  The pools are made on first use and shut down when the block ends;
+    an error cancels the jobs not yet started."""
+    pools: dict = {}
+    _SHARED.append(pools)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        _SHARED.remove(pools)
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=failed)
+
+
+def _work(job: dict) -> int:
+    """A job's size for scheduling: training examples x epochs, plus the examples it evaluates."""
+    return len(job["train"]) * job["recipe"].epochs + sum(len(data) for data in job["evals"].values())
+
+
 def finetune_all(jobs: Sequence[dict], *, workers: int = 1, tolerate_divergence: bool = False) -> list[dict]:
     """`finetune(**job)` for every job, the results in job order.  A bf16 run whose loss became
     non-finite runs again in float32; if that diverges too, it ends every job, or with
     `tolerate_divergence` returns {"diverged": message}.
 
-    With workers > 1 the jobs run in that many processes (spawned: each has its own CUDA context).
-    A small model's fine-tuning step is bound by the host's Python and kernel launches, not by the
-    GPU, so several processes can share one GPU.  Every job seeds itself and loads a fresh copy of
-    the model, so the results do not depend on `workers` (tested on CPU).  A job's
-    metric must be picklable then (a functools.partial, not a lambda)."""
+    With workers > 1 the jobs run in that many processes (spawned: each has its own CUDA context),
+    the largest first (XNLI's translate-train-all runs are 15 times a language's: started last, they
+    would run alone at the end), inside a `shared_workers` block on its pool.  A small model's
+    fine-tuning step is bound by the host's Python and kernel launches, not by the GPU, so several
+    processes can share one GPU.  Every job seeds itself and loads a fresh copy of the model, so the
+    results depend neither on `workers` nor on the order (tested on CPU).  A job's metric must be
+    picklable then (a functools.partial, not a lambda)."""
     jobs = list(jobs)
     if workers < 1:
         raise HeadlessError(f"workers must be >= 1, got {workers}")
@@ -411,12 +444,27 @@ def finetune_all(jobs: Sequence[dict], *, workers: int = 1, tolerate_divergence:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    workers = min(workers, len(jobs))
     jobs = [dict(job, progress=False) for job in jobs]  # one bar per process would interleave
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
-        return list(pool.map(run, jobs))
+    shared = _SHARED[-1] if _SHARED else None
+    pool = shared.get(workers) if shared is not None else None
+    if pool is None:
+        count = workers if shared is not None else min(workers, len(jobs))
+        threads = max(1, (os.cpu_count() or 1) // count)
+        pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(threads,))
+        if shared is not None:
+            shared[workers] = pool
+    largest_first = sorted(range(len(jobs)), key=lambda i: -_work(jobs[i]))
+    futures = {i: pool.submit(run, jobs[i]) for i in largest_first}
+    try:
+        return [futures[i].result() for i in range(len(jobs))]
+    except BaseException:
+        for future in futures.values():
+            future.cancel()
+        raise
+    finally:
+        if shared is None:
+            pool.shutdown(wait=True)
 
 
 def _check_labels(data: Encoded, num_labels: int, desc: str) -> None:

@@ -326,34 +326,37 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
     # limit) and run again evaluates only the points it had not finished
     # (the package's own source is in the key: a changed evaluation never serves a stale score)
     import headless
+    from headless.eval.classification import shared_workers
     from headless.train.logging import read_metrics
 
     code = content_fingerprint(sorted(Path(headless.__file__).parent.rglob("*.py")))
     eval_key = fingerprint([], evaluation=eval_fingerprint, per_step=gpu_per_step, code=code, config={
         k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "eval_workers")})
     points = []
-    for k, step in enumerate(curve, 1):
-        print(f"{config.study}/{flavour}: evaluating checkpoint {k} of {len(curve)} (step {step:,}, "
-              f"{step / steps:.2f} of the run)", flush=True)
-        done = run_dir / "reproduce-points" / f"step-{step}-{eval_key}.json"
-        if done.is_file():
-            point = json.loads(done.read_text())
-            print(f"reusing the evaluation of step {step} ({done})", flush=True)
-        else:
-            started = time.perf_counter()
-            with dist.single_process():  # rank 0 alone: HLM+FT's trainer must not join the finished job
-                point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps,
-                                        gpu_per_step)
-            point["eval_wall_s"] = time.perf_counter() - started  # export + every evaluation: plans job sizes
-            point["fraction"] = step / steps
-            point["epochs"] = point["tokens"] / data.train_tokens
-            done.parent.mkdir(exist_ok=True)
-            atomic_write_json(done, point)
-        points.append(point)
-        print(f"{config.study}/{flavour} step {step}: " + "; ".join(
-            f"{v}: " + ", ".join(f"{k} {s['scores'][k][0]:.4g}" for k in list(s["scores"])[:4])
-            for v, s in point["variants"].items())
-            + (f" (evaluated in {point['eval_wall_s']:.0f} s)" if "eval_wall_s" in point else ""), flush=True)
+    # one pool of fine-tuning processes for every point (eval_workers > 1): spawned once, not per call
+    with shared_workers():
+        for k, step in enumerate(curve, 1):
+            print(f"{config.study}/{flavour}: evaluating checkpoint {k} of {len(curve)} (step {step:,}, "
+                  f"{step / steps:.2f} of the run)", flush=True)
+            done = run_dir / "reproduce-points" / f"step-{step}-{eval_key}.json"
+            if done.is_file():
+                point = json.loads(done.read_text())
+                print(f"reusing the evaluation of step {step} ({done})", flush=True)
+            else:
+                started = time.perf_counter()
+                with dist.single_process():  # rank 0 alone: HLM+FT's trainer must not join the finished job
+                    point = _evaluate_point(config, flavour, run_dir, work, data.dataset, step, step == steps,
+                                            gpu_per_step)
+                point["eval_wall_s"] = time.perf_counter() - started  # export + every evaluation: plans job sizes
+                point["fraction"] = step / steps
+                point["epochs"] = point["tokens"] / data.train_tokens
+                done.parent.mkdir(exist_ok=True)
+                atomic_write_json(done, point)
+            points.append(point)
+            print(f"{config.study}/{flavour} step {step}: " + "; ".join(
+                f"{v}: " + ", ".join(f"{k} {s['scores'][k][0]:.4g}" for k in list(s["scores"])[:4])
+                for v, s in point["variants"].items())
+                + (f" (evaluated in {point['eval_wall_s']:.0f} s)" if "eval_wall_s" in point else ""), flush=True)
 
     piece = {
         "format": PIECE_FORMAT, "study": config.study, "flavour": flavour, "seed": config.seed,
