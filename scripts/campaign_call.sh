@@ -9,13 +9,18 @@
 # seconds, default 540); otherwise say which parts are still missing and stop with 0, so the next
 # call carries them.  Calls must follow each other within 30 s (the machine then stays up and
 # /tmp with it); after a gap the staging starts again, and a piece restarts from nothing.
-# VANILLA_HF=1: once both twins are done, the same seed's vanilla twin with HF's head at every
+# VANILLA_HF=1: once the twin(s) are done, the same seed's vanilla twin with HF's head at every
 # position (the paper's baseline, `vanilla_pretrain=[objective.loss_implementation=hf]`) in the time
 # left of WALL, resumed by the next call like the others; its piece is in $OUT/STUDY-hf-head-vanilla.tgz
 # (results/STUDY-hf-head/ without $OUT), apart from the masked-head vanilla's, whose file name it
 # shares: merge each vanilla with the headless piece in its own campaign folder.
 # A study whose data fits one call (multilingual: .data/multilingual + .data/multilingual-extra.tar.xz,
 # 24 MB) needs no staging: when .data/STUDY was carried, the data is read from it.
+# FLAVOUR=headless|vanilla: one twin instead of both (a seed whose other twin a past session made).
+# TOKENIZERS=ARCHIVE: the tokenizer(s) a campaign's first pieces trained (HF tokenizers' training is
+# not reproducible), committed with the campaign as docs/results/<campaign>/tokenizers.tar.xz and
+# unpacked into runs/reproduce/STUDY/ first: later seeds and twins, in other sessions, then prepare
+# the same data and their pieces merge.
 # Results: $OUT/STUDY-both.tgz (scripts/reproduce_gpu.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +29,13 @@ STAGE=${STAGE:-.data/stage}; DEST=${DEST:-/tmp/headless-stage}
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src
 WALL=${WALL:-540}
 [[ "$WALL" =~ ^[0-9]+$ ]] || { echo "campaign_call.sh: WALL must be whole seconds, got '$WALL'"; exit 2; }
+FLAVOUR=${FLAVOUR:-both}
+case "$FLAVOUR" in both|headless|vanilla) ;; *) echo "campaign_call.sh: FLAVOUR must be both, headless or vanilla, got '$FLAVOUR'"; exit 2;; esac
+if [ -n "${TOKENIZERS:-}" ]; then
+  [ -f "$TOKENIZERS" ] || { echo "campaign_call.sh: TOKENIZERS=$TOKENIZERS is not a file"; exit 2; }
+  mkdir -p "${WORK_DIR:-runs/reproduce}/$STUDY" && tar -xJf "$TOKENIZERS" -C "${WORK_DIR:-runs/reproduce}/$STUDY" || exit 2
+  echo "campaign_call.sh: the tokenizers of $TOKENIZERS in ${WORK_DIR:-runs/reproduce}/$STUDY/tokenizers"
+fi
 # the study's own folder first: a warm machine may keep another study's stage manifest
 if [ -d ".data/$STUDY" ]; then  # no staging: the study's data carried whole, as .data/STUDY
   DATA=.data/$STUDY
@@ -39,7 +51,7 @@ else
   fi
 fi
 REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
-DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" both "seed=$SEED" "$@"; rc=$?
+DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" "$FLAVOUR" "seed=$SEED" "$@"; rc=$?
 if [ "$rc" = 0 ] && [ "${VANILLA_HF:-0}" = 1 ]; then  # the paper's baseline as a third twin, same machine
   left=$((WALL - (SECONDS - start)))
   if [ "$left" -ge 60 ]; then

@@ -19,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1
 STUDY=${1:?study}; FLAVOUR=${2:?flavour}; shift 2
+WORK=${WORK_DIR:-runs/reproduce}  # the studies' work directory (tokenizers, data, runs)
 NAME=$STUDY${RESULTS_TAG:+-$RESULTS_TAG}  # RESULTS_TAG=hf-head: another vanilla's pieces, kept apart
 RES=${OUT:-results}/$NAME
 mkdir -p "$RES"
@@ -29,19 +30,19 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 if [ "${SMOKE:-0}" = 1 ]; then
   $H budget_s=10 'fractions=[0.5,1.0]' lambada_limit=64 zeroshot_limit=16 heldout_sequences=8 finetune_tokens=1e5 \
      'seeds=[0]' 'glue_lrs=[1e-4]' glue_max_train_examples=256 xnli_epochs=1 ${SMOKE_ARGS:-} \
-     --flavour "$FLAVOUR" --work-dir runs/reproduce --output runs/smoke/$STUDY 2>&1 | tail -25
+     --flavour "$FLAVOUR" --work-dir "$WORK" --output runs/smoke/$STUDY 2>&1 | tail -25
   echo "smoke passed"
 fi
 STOP=()
 [ -n "${WALL:-}" ] && STOP=(timeout -s TERM -k 30 "$WALL")
 set +e
-"${STOP[@]}" $H "$@" --flavour "$FLAVOUR" --work-dir runs/reproduce --output "$RES" 2>&1 | tee -a "$RES/$STUDY-$FLAVOUR.log"
+"${STOP[@]}" $H "$@" --flavour "$FLAVOUR" --work-dir "$WORK" --output "$RES" 2>&1 | tee -a "$RES/$STUDY-$FLAVOUR.log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" = 124 ] || [ "$rc" = 143 ]; then
-  echo "stopped at WALL=${WALL}s; runs/reproduce keeps the run and the finished evaluations: run the same command again to continue"
+  echo "stopped at WALL=${WALL}s; $WORK keeps the run and the finished evaluations: run the same command again to continue"
 fi
-for run in runs/reproduce/$STUDY/runs/*/; do  # the pretraining runs' own summaries and metrics
+for run in "$WORK/$STUDY"/runs/*/; do  # the pretraining runs' own summaries and metrics
   name=$(basename "$run"); cp "$run/summary.md" "$RES/$name-summary.md" 2>/dev/null || true
   cp "$run/metrics.jsonl" "$RES/$name-metrics.jsonl" 2>/dev/null || true
 done

@@ -54,6 +54,11 @@ def test_the_watch_warns_once_and_only_for_a_stall():
     assert len(warnings) == 1 and "has not left its plateau" in warnings[0] and "step 4300" in warnings[0]
     learning = PlateauWatch(warmup=300, patience=4000)
     assert not any(learning.update(s, a) for s, a in zip(STEPS, _curve(0.12, 2000)))
+    # flagged, then leaves: a second line says so, once
+    late = PlateauWatch(warmup=300, patience=4000)
+    said = [m for m in (late.update(s, a) for s, a in zip(STEPS, _curve(0.12, 5200))) if m]
+    assert len(said) == 2 and "has not left" in said[0], said
+    assert "has left its plateau" in said[1] and "after the warning" in said[1], said
 
 
 def test_the_trainer_warns_when_a_run_stalls(fixture_data, fixture_tokenizers, tmp_path, capsys):

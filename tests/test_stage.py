@@ -199,6 +199,12 @@ def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left
     # without VANILLA_HF: both twins only
     done, calls = _campaign_call(tmp_path, parts, {})
     assert done.returncode == 0 and len(calls) == 1 and calls[0].startswith("WALL=540 ")
+    # one twin (the other made in a past session), then the HF-head vanilla
+    done, calls = _campaign_call(tmp_path, parts, {"FLAVOUR": "vanilla", "VANILLA_HF": "1"})
+    assert done.returncode == 0 and calls[0] == f"WALL=540 DATA_ROOT={data} stage-test vanilla seed=3 budget_s=9"
+    assert "RESULTS_TAG=hf-head stage-test vanilla" in calls[1]
+    done, calls = _campaign_call(tmp_path, parts, {"FLAVOUR": "twins"})
+    assert done.returncode == 2 and not calls and "FLAVOUR must be both, headless or vanilla" in done.stdout
 
 
 def test_campaign_call_without_staging_needs_the_study_data_carried(tmp_path):
@@ -214,3 +220,25 @@ def test_campaign_call_refuses_a_wall_that_is_not_whole_seconds(corpus, tmp_path
     parts, _ = _split(corpus, tmp_path)
     done, calls = _campaign_call(tmp_path, parts, {"WALL": "9m"})
     assert done.returncode == 2 and not calls and "WALL must be whole seconds" in done.stdout
+
+
+def test_campaign_call_unpacks_a_campaigns_tokenizers_before_the_piece(corpus, tmp_path):
+    """TOKENIZERS=ARCHIVE (a campaign's committed tokenizers.tar.xz) lands in WORK_DIR/STUDY/tokenizers
+    before the twins run, so a later session prepares the same data; a missing archive is one line, exit 2."""
+    import tarfile
+
+    parts, _ = _split(corpus, tmp_path)
+    trained = tmp_path / "trained" / "tokenizers" / "multilingual-wordpiece-64-abc"
+    trained.mkdir(parents=True)
+    (trained / "tokenizer.json").write_text('{"model": "the campaign\'s"}')
+    archive = tmp_path / "tokenizers.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(trained.parent, arcname="tokenizers")
+    work = tmp_path / "work"
+    done, calls = _campaign_call(tmp_path, parts, {"TOKENIZERS": str(archive), "WORK_DIR": str(work)})
+    assert done.returncode == 0 and len(calls) == 1, done.stdout + done.stderr
+    landed = work / "stage-test" / "tokenizers" / "multilingual-wordpiece-64-abc" / "tokenizer.json"
+    assert landed.read_text() == '{"model": "the campaign\'s"}'
+    done, calls = _campaign_call(tmp_path, parts, {"TOKENIZERS": str(tmp_path / "absent.tar.xz"),
+                                                   "WORK_DIR": str(work)})
+    assert done.returncode == 2 and not calls and "is not a file" in done.stdout

@@ -124,8 +124,26 @@ def publish_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def readable_json(obj: Any, indent: int = 2, _level: int = 0) -> str:
+    """JSON indented like `json.dumps(indent=2)`, but a list of numbers or strings on one line: a
+    piece's per-example predictions (tens of thousands of labels) would otherwise take one line
+    each and make the file seven times larger."""
+    if isinstance(obj, (list, tuple)) and obj and not any(isinstance(x, (dict, list, tuple)) for x in obj):
+        return json.dumps(obj, default=str)
+    if isinstance(obj, dict) and obj:
+        pad, inner = " " * indent * _level, " " * indent * (_level + 1)
+        # keys as json.dumps writes them: 1 -> "1", True -> "true", None -> "null"
+        items = (f"{inner}{json.dumps(k if isinstance(k, str) else json.dumps(k, default=str).strip(chr(34)))}: "
+                 f"{readable_json(v, indent, _level + 1)}" for k, v in obj.items())
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, (list, tuple)) and obj:
+        pad, inner = " " * indent * _level, " " * indent * (_level + 1)
+        return "[\n" + ",\n".join(inner + readable_json(v, indent, _level + 1) for v in obj) + f"\n{pad}]"
+    return json.dumps(obj, default=str)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+    atomic_write(path, readable_json(obj) + "\n")
 
 
 _DISK_FULL_TEXT = ("No space left on device", "os error 28", "Errno 28", "StorageFull")

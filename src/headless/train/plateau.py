@@ -68,25 +68,30 @@ def plateau_text(info: dict, seconds_per_step: Optional[float] = None, unit: str
 
 @dataclass
 class PlateauWatch:
-    """Fed the log steps' accuracy; says once (a message) when the run is flagged."""
+    """Fed the log steps' accuracy; says once (a message) when the run is flagged, and once more if
+    a flagged run leaves the plateau later (a multilingual headless twin was flagged at step 4,300
+    and left at 5,200: the warning alone would have read as a run that learned nothing)."""
 
     warmup: int
     patience: int
     steps: list = field(default_factory=list)
     accuracy: list = field(default_factory=list)
     warned: bool = False
+    done: bool = False  # left the plateau (said, if it had been flagged): nothing more to watch
 
     def update(self, step: int, accuracy: Optional[float]) -> Optional[str]:
-        if self.patience <= 0 or self.warned or accuracy is None:
+        if self.patience <= 0 or self.done or accuracy is None:
             return None
         self.steps.append(step)
         self.accuracy.append(accuracy)
         if step < self.warmup + self.patience:
             return None
         info = plateau_exit(self.steps, self.accuracy, self.warmup, self.patience)
-        if not info["flagged"]:
-            if info["left_at"] is not None:
-                self.warned = True  # left: nothing more to watch
+        if info["left_at"] is not None:
+            self.done = True
+            return (f"step {step}: training accuracy {accuracy:.3f} has left its plateau ({info['level']:.3f}) "
+                    f"at step {info['left_at']}, after the warning" if self.warned else None)
+        if not info["flagged"] or self.warned:
             return None
         self.warned = True
         return (f"warning: step {step}: training accuracy {accuracy:.3f} has not left its plateau "
