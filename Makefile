@@ -19,4 +19,4 @@ demo: install
 	$(PYTHON) -m headless.demo
 
 test: install-dev
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -n auto --maxprocesses=4 --durations=15
