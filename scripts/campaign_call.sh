@@ -31,10 +31,11 @@ WALL=${WALL:-540}
 [[ "$WALL" =~ ^[0-9]+$ ]] || { echo "campaign_call.sh: WALL must be whole seconds, got '$WALL'"; exit 2; }
 FLAVOUR=${FLAVOUR:-both}
 case "$FLAVOUR" in both|headless|vanilla) ;; *) echo "campaign_call.sh: FLAVOUR must be both, headless or vanilla, got '$FLAVOUR'"; exit 2;; esac
-if [ -n "${TOKENIZERS:-}" ]; then
+if [ -n "${TOKENIZERS:-}" ]; then  # into the work directory of scripts/reproduce_gpu.sh
   [ -f "$TOKENIZERS" ] || { echo "campaign_call.sh: TOKENIZERS=$TOKENIZERS is not a file"; exit 2; }
-  mkdir -p "${WORK_DIR:-runs/reproduce}/$STUDY" && tar -xJf "$TOKENIZERS" -C "${WORK_DIR:-runs/reproduce}/$STUDY" || exit 2
-  echo "campaign_call.sh: the tokenizers of $TOKENIZERS in ${WORK_DIR:-runs/reproduce}/$STUDY/tokenizers"
+  STUDY_WORK=${WORK_DIR:-runs/reproduce}/$STUDY
+  mkdir -p "$STUDY_WORK" && tar -xJf "$TOKENIZERS" -C "$STUDY_WORK" || exit 2
+  echo "campaign_call.sh: the tokenizers of $TOKENIZERS in $STUDY_WORK/tokenizers"
 fi
 # the study's own folder first: a warm machine may keep another study's stage manifest
 if [ -d ".data/$STUDY" ]; then  # no staging: the study's data carried whole, as .data/STUDY

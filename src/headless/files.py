@@ -124,22 +124,21 @@ def publish_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def readable_json(obj: Any, indent: int = 2, _level: int = 0) -> str:
+def readable_json(obj: Any, indent: int = 2) -> str:
     """JSON indented like `json.dumps(indent=2)`, but a list of numbers or strings on one line: a
     piece's per-example predictions (tens of thousands of labels) would otherwise take one line
     each and make the file seven times larger."""
-    if isinstance(obj, (list, tuple)) and obj and not any(isinstance(x, (dict, list, tuple)) for x in obj):
-        return json.dumps(obj, default=str)
-    if isinstance(obj, dict) and obj:
-        pad, inner = " " * indent * _level, " " * indent * (_level + 1)
-        # keys as json.dumps writes them: 1 -> "1", True -> "true", None -> "null"
-        items = (f"{inner}{json.dumps(k if isinstance(k, str) else json.dumps(k, default=str).strip(chr(34)))}: "
-                 f"{readable_json(v, indent, _level + 1)}" for k, v in obj.items())
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(obj, (list, tuple)) and obj:
-        pad, inner = " " * indent * _level, " " * indent * (_level + 1)
-        return "[\n" + ",\n".join(inner + readable_json(v, indent, _level + 1) for v in obj) + f"\n{pad}]"
-    return json.dumps(obj, default=str)
+    def dump(value: Any, level: int) -> str:
+        pad, inner = " " * indent * level, " " * indent * (level + 1)
+        if isinstance(value, dict) and value:
+            return "{\n" + ",\n".join(f"{inner}{json.dumps(k)}: {dump(v, level + 1)}" for k, v in value.items()) \
+                + f"\n{pad}}}"
+        if isinstance(value, list) and any(isinstance(x, (dict, list)) for x in value):
+            return "[\n" + ",\n".join(inner + dump(v, level + 1) for v in value) + f"\n{pad}]"
+        return json.dumps(value)
+
+    # json's own round trip first: keys become strings, tuples lists, other objects str (default=str)
+    return dump(json.loads(json.dumps(obj, default=str)), 0)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
