@@ -84,3 +84,20 @@ def test_groups_average_their_evaluation_sets_first():
     van = {**_twin(y, bad, "mnli", name="mnli/m"), **_twin(y, bad, "mnli", name="mnli/mm"), **_twin(y, good, "rte")}
     out = paired_bootstrap(head, van, ["mnli", "rte"], replicates=50)
     assert out["low"] == out["high"] == pytest.approx(50.0)  # (100 + 0) / 2 groups, not (100 + 100 + 0) / 3
+
+
+def test_groups_of_one_fine_tuning_run_share_its_seed_draw():
+    """XNLI translate-train-all: one fine-tuning run per seed scores every language. Seed 0 gets
+    German right and French wrong, seed 1 the reverse: every draw of whole runs averages 50, while
+    seeds drawn apart per language would invent replicates where one seed's luck counts twice."""
+    n = 40
+    y = np.ones(n)
+    head = {**_twin(y, [y, 0 * y], "all/de", name="all/de"), **_twin(y, [0 * y, y], "all/fr", name="all/fr")}
+    van = {**_twin(y, [y], "all/de", name="all/de"), **_twin(y, [y], "all/fr", name="all/fr")}
+    shared = paired_bootstrap(head, van, ["all/de", "all/fr"], replicates=200, run_of=lambda g: g.split("/")[0])
+    assert shared["low"] == shared["high"] == pytest.approx(-50.0)
+    apart = paired_bootstrap(head, van, ["all/de", "all/fr"], replicates=200)
+    assert apart["low"] < -50 < apart["high"]
+    # one run's groups must have the same seeds
+    uneven = {**head, **_twin(y, [y], "all/fr", name="all/fr")}
+    assert paired_bootstrap(uneven, van, ["all/de", "all/fr"], run_of=lambda g: "all") is None

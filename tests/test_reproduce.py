@@ -211,6 +211,34 @@ def _write(tmp_path: Path, name: str, piece: dict) -> Path:
     return path
 
 
+def _xnli_piece(flavour: str, right: list[float]) -> dict:
+    """A multilingual piece whose translate-train-all run (one fine-tuning seed) gets the first
+    `right[i]` of 100 examples right in language i of en, de (covered) and ar (not)."""
+    piece = _piece(flavour, study="multilingual")
+    y = [1] * 100
+    preds = {f"all/{lang}": {"group": f"all/{lang}", "metric": "accuracy", "labels": y,
+                             "seeds": [[1] * int(r) + [0] * (100 - int(r))]}
+             for lang, r in zip(("en", "de", "ar"), right)}
+    scores = {"xnli_all_covered": [sum(right[:2]) / 2], "xnli_all_avg": [sum(right) / 3]}
+    for point in piece["points"]:
+        point["variants"] = {flavour: {"gpu_s": point["pretrain_gpu_s"], "scores": scores}}
+    piece["points"][-1]["variants"][flavour]["predictions"] = preds
+    piece["study_config"] = {"languages": ["de"]}
+    return piece
+
+
+def test_report_bootstraps_translate_train_all_over_the_covered_languages(tmp_path):
+    from headless.lab.reproduce.report import write_report
+
+    paths = [_write(tmp_path, "h.json", _xnli_piece("headless", [60, 60, 90])),
+             _write(tmp_path, "v.json", _xnli_piece("vanilla", [50, 50, 50]))]
+    headline = write_report(paths, tmp_path / "out", bootstrap=200)["headline"]
+    covered, every = headline["xnli_all_covered"], headline["xnli_all_avg"]
+    assert covered["paired_bootstrap"]["examples"] == 200 and every["paired_bootstrap"]["examples"] == 300
+    assert 0 < covered["paired_bootstrap"]["low"] <= 10 <= covered["paired_bootstrap"]["high"] < 20
+    assert every["paired_bootstrap"]["low"] > covered["paired_bootstrap"]["low"]  # ar's +40 counts only here
+
+
 def test_report_is_order_independent_and_draws_curves(tmp_path):
     from headless.lab.reproduce.report import write_report
 

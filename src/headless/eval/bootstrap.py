@@ -18,6 +18,8 @@ tests hold the two equal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import stats
 
@@ -80,7 +82,8 @@ def _seed_averaged(entry: dict, idx: np.ndarray, pick: np.ndarray) -> np.ndarray
 
 def paired_bootstrap(first: dict[str, dict], second: dict[str, dict], groups: list[str], *,
                      higher_is_better: bool = True, replicates: int = DEFAULT_REPLICATES,
-                     seed: int = 0, scale: float = 100.0) -> dict | None:
+                     seed: int = 0, scale: float = 100.0,
+                     run_of: Callable[[str], str] | None = None) -> dict | None:
     """95 % interval of first − second (× `scale`: 100 gives points of a [0, 1] metric, 1 keeps
     nats) of the mean over `groups`, and `ahead`, the share of replicates in which `first` is
     better.
@@ -88,7 +91,11 @@ def paired_bootstrap(first: dict[str, dict], second: dict[str, dict], groups: li
     first / second: {entry: {"group", "metric", "labels", "seeds": [[prediction per example] per
     seed]}}, e.g. two models' dev predictions (`glue.glue_predictions`,
     `reproduce.evaluate.Predictions`). None when a group is missing from either or they were scored
-    on different examples (nothing to pair)."""
+    on different examples (nothing to pair).
+
+    run_of: the fine-tuning run that scored a group (default: its own). Groups of one run share
+    each replicate's seed draw: XNLI's transfer and translate-train-all fine-tune once and score
+    15 languages, and drawing their seeds apart would average away the run's own spread."""
     entries = sorted(e for e, v in first.items() if v["group"] in groups)
     if not entries or {first[e]["group"] for e in entries} != set(groups):
         return None
@@ -100,14 +107,18 @@ def paired_bootstrap(first: dict[str, dict], second: dict[str, dict], groups: li
         return None  # a group's evaluation sets come from the same fine-tuning runs, so the same seeds
     rng = np.random.default_rng(seed)
     per_group = {g: [] for g in groups}
-    picks = {}  # (which, group) -> seeds drawn: one fine-tuning run scores all of a group's sets
+    run_of = run_of or (lambda group: group)
+    picks = {}  # (which, run) -> seeds drawn: one fine-tuning run scores all of its groups' sets
     for e in entries:
         g = first[e]["group"]
+        run = run_of(g)
         for which, m in ((0, first), (1, second)):
-            if (which, g) not in picks:
-                picks[which, g] = rng.integers(0, len(m[e]["seeds"]), size=(replicates, len(m[e]["seeds"])))
+            if (which, run) not in picks:
+                picks[which, run] = rng.integers(0, len(m[e]["seeds"]), size=(replicates, len(m[e]["seeds"])))
+            if picks[which, run].shape[1] != len(m[e]["seeds"]):
+                return None  # groups said to share a run with different numbers of seeds
         idx = rng.integers(0, len(first[e]["labels"]), size=(replicates, len(first[e]["labels"])))
-        per_group[g].append(_seed_averaged(first[e], idx, picks[0, g]) - _seed_averaged(second[e], idx, picks[1, g]))
+        per_group[g].append(_seed_averaged(first[e], idx, picks[0, run]) - _seed_averaged(second[e], idx, picks[1, run]))
     diffs = scale * np.mean([np.mean(parts, axis=0) for parts in per_group.values()], axis=0)
     low, high = np.percentile(diffs, [2.5, 97.5])
     better = diffs > 0 if higher_is_better else diffs < 0

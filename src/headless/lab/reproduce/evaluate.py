@@ -208,9 +208,9 @@ def with_glue_averages(scores: dict[str, list[float]], keys: list[str]) -> dict[
     return scores
 
 
-# XNLI languages that the multilingual pretraining mix covers (en from enwiki)
-def covered_languages(config: StudyConfig) -> list[str]:
-    return ["en", *config.languages]
+def covered_languages(languages: list[str]) -> list[str]:
+    """The XNLI languages a multilingual pretraining mix of `languages` covers (English from enwiki)."""
+    return ["en", *languages]
 
 
 def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple[dict[str, list[float]], Predictions]:
@@ -222,7 +222,7 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                    epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
                    device=config.device, bf16=_bf16(config.device), progress=False, workers=config.eval_workers)
     result = run.details
-    covered = set(covered_languages(config))
+    covered = set(covered_languages(config.languages))
     scores: dict[str, list[float]] = {}
     n = len(seeds)
     for name, block in result["modes"].items():  # per language, the average, then covered and other
