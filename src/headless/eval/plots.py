@@ -4,6 +4,8 @@ Both are written atomically next to the JSON they draw; matplotlib (a dependency
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -75,6 +77,6 @@ def forest_panels(panels: Sequence[tuple[str, str, Sequence[tuple]]], path: str 
         ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
         ax.set_yticks(ys, [r[0] for r in rows])
         ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.set(xlabel=xlabel, title=title)
+        ax.set(xlabel=xlabel, title=textwrap.fill(title, 70))  # long metric names stay in the panel
         ax.grid(axis="x", alpha=0.3)
     return _save(plt, fig, Path(path))
