@@ -41,6 +41,14 @@ def test_run_xnli_both_modes(tiny_bert_dir, xnli_dir, tmp_path):
             assert len(preds) == 12 and hits / 12 == pytest.approx(langs[lang]["values"][0])
     markdown = (tmp_path / "xnli.md").read_text()
     assert "| de |" in markdown and "**Average**" in markdown and "transfer (fine-tuned on en)" in markdown
+    # where the time went: 1 transfer + 3 target runs, 16 examples in batches of 8 for 1 epoch each
+    timing = saved["fine_tuning"]
+    assert timing["runs"] == 4 and timing["workers"] == 1 and timing["steps"] == 4 * 2
+    assert 0 < timing["train_s"] <= timing["run_s"] <= timing["wall_s"] and timing["longest_s"] <= timing["run_s"]
+    from headless.eval.classification import describe_fine_tuning
+
+    line = describe_fine_tuning(timing)
+    assert line.startswith("4 fine-tuning runs in 1 process(es):") and "8 steps" in line
 
 
 def test_cli_xnli_transfer_trains_on_english_without_reporting_it(tiny_bert_dir, xnli_dir, tmp_path, capsys):

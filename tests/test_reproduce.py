@@ -157,13 +157,14 @@ def test_encoder_study_toy_budget_end_to_end(mini_root, tmp_path):
     assert "paired bootstrap" in (tmp_path / "out" / "encoder-report.md").read_text()
 
 
-def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_path):
+def test_multilingual_study_trains_its_tokenizer_and_scores_xnli(mini_root, tmp_path, capsys):
     from headless.lab.reproduce import load_study, run_study
 
     config = _study("multilingual", mini_root, "seq_len=64", "tokenizer_vocab_size=600", "fractions=[1.0]",
                     "xnli_epochs=1", "seeds=[0]", _pretrain())
     result = run_study(config, flavours=("headless",), work_dir=tmp_path / "work", output_dir=tmp_path / "out")
     assert result["report"] is None  # one twin: a piece, no report
+    assert "XNLI: " in capsys.readouterr().out  # where the evaluation's time went (fine_tuning_time)
     piece = json.loads(result["pieces"][0].read_text())
     scores = piece["points"][-1]["variants"]["headless"]["scores"]
     # de (Wikipedia) and fr (the books) are covered by the pretraining mix, ar is not: reported apart

@@ -18,6 +18,7 @@ import logging
 import math
 import pickle
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,8 +316,10 @@ def finetune(
 
     from transformers import set_seed
 
+    started = time.perf_counter()
     set_seed(seed)  # the new head's initialisation and dropout depend on the seed
     model = load_classifier(model_dir, tokenizer, num_labels=num_labels, device=device)
+    load_s, train_s, steps = time.perf_counter() - started, 0.0, 0
     pad_id = pad_token_id(tokenizer)
     forward = _forward_for(model)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
@@ -327,6 +330,7 @@ def finetune(
     history: list[dict] = []
     predictions: list[dict] = []  # per evaluated epoch, like history
     for epoch in range(1, recipe.epochs + 1):
+        epoch_start = time.perf_counter()
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
         bar = tqdm(range(0, len(train), recipe.batch_size), desc=f"{desc} seed {seed} epoch {epoch}",
@@ -351,9 +355,11 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             if not bar.disable and i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if bool(nonfinite):
+        if bool(nonfinite):  # a sync: the epoch's time below is the GPU's too
             raise FinetuneDiverged(f"{desc}: the loss became non-finite in epoch {epoch}; "
                                    "lower --lr (or drop --bf16)")
+        train_s += time.perf_counter() - epoch_start
+        steps += steps_per_epoch
         if recipe.select == "best" or epoch == recipe.epochs:
             predictions.append({name: predict(model, data, batch_size=2 * recipe.batch_size, pad_id=pad_id,
                                               regression=regression, device=device, bf16=bf16)
@@ -366,7 +372,9 @@ def finetune(
     epoch = chosen + 1 if recipe.select == "best" else recipe.epochs
     preds = {name: [float(v) if regression else int(v) for v in values]  # unrounded: ranks decide Spearman
              for name, values in predictions[chosen].items()}
-    return {"scores": history[chosen], "epoch": epoch, "history": history, "predictions": preds}
+    return {"scores": history[chosen], "epoch": epoch, "history": history, "predictions": preds,
+            "timing": {"desc": desc, "seed": seed, "seconds": time.perf_counter() - started, "load_s": load_s,
+                       "train_s": train_s, "steps": steps}}
 
 
 def _finetune_job(job: dict, tolerate_divergence: bool = False) -> dict:
@@ -465,6 +473,34 @@ def finetune_all(jobs: Sequence[dict], *, workers: int = 1, tolerate_divergence:
     finally:
         if shared is None:
             pool.shutdown(wait=True)
+
+
+def fine_tuning_time(runs: Sequence[dict], wall_s: float, workers: int) -> dict:
+    """Where a `finetune_all` call's time went, from its runs' own timings: wall seconds, the runs'
+    seconds added up (loading the model, training steps), the mean training step and the longest
+    run. Evaluation is dominated by fine-tuning, so this says what a faster evaluation must cut."""
+    timed = [r["timing"] for r in runs if "timing" in r]
+    steps = sum(t["steps"] for t in timed)
+    train_s = sum(t["train_s"] for t in timed)
+    longest = max(timed, key=lambda t: t["seconds"], default=None)
+    return {"runs": len(runs), "workers": workers, "wall_s": wall_s,
+            "run_s": sum(t["seconds"] for t in timed), "load_s": sum(t["load_s"] for t in timed),
+            "train_s": train_s, "steps": steps, "ms_per_step": 1000 * train_s / steps if steps else None,
+            "longest_s": longest["seconds"] if longest else None,
+            "longest": f"{longest['desc']} seed {longest['seed']}" if longest else None}
+
+
+def describe_fine_tuning(timing: Mapping) -> str:
+    """One line of `fine_tuning_time`, for a study's log."""
+    line = (f"{timing['runs']} fine-tuning runs in {timing['workers']} process(es): {timing['wall_s']:.0f} s wall, "
+            f"{timing['run_s']:.0f} s of runs ({timing['load_s']:.0f} s loading the model, "
+            f"{timing['train_s']:.0f} s training")
+    if timing.get("ms_per_step"):
+        line += f": {timing['steps']:,} steps, {timing['ms_per_step']:.1f} ms each in its process"
+    line += ")"
+    if timing.get("longest"):
+        line += f"; the longest {timing['longest_s']:.0f} s ({timing['longest']})"
+    return line
 
 
 def _check_labels(data: Encoded, num_labels: int, desc: str) -> None:

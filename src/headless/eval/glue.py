@@ -16,6 +16,7 @@ import logging
 import random
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,7 @@ from headless.eval.classification import (
     Example,
     Recipe,
     encode,
+    fine_tuning_time,
     finetune_all,
     fmt_score,
     load_tokenizer,
@@ -262,7 +264,10 @@ def run_glue(
                       recipe=chosen, seed=seed, device=dev, bf16=bf16, progress=progress, desc=task.name)
                  for seed in seeds]
     # every task and seed at once: `workers` processes
-    done = iter(finetune_all(jobs, workers=workers, tolerate_divergence=tolerate_divergence))
+    started = time.perf_counter()
+    finished = finetune_all(jobs, workers=workers, tolerate_divergence=tolerate_divergence)
+    results["fine_tuning"] = fine_tuning_time(finished, time.perf_counter() - started, workers)
+    done = iter(finished)
     for key, (train, devs) in data.items():
         task = GLUE_TASKS[key]
         runs = [next(done) for _ in seeds]

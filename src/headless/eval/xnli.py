@@ -25,6 +25,7 @@ import logging
 import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from headless.errors import HeadlessError
@@ -32,6 +33,7 @@ from headless.eval.classification import (
     Example,
     Recipe,
     encode,
+    fine_tuning_time,
     finetune_all,
     fmt_score,
     load_tokenizer,
@@ -247,9 +249,11 @@ def run_xnli(
     plan = ([("transfer", seed, None) for seed in seeds] if "transfer" in modes else []) + \
            ([("target", seed, lang) for seed in seeds for lang in report] if "target" in modes else []) + \
            ([("all", seed, ALL) for seed in seeds] if "all" in modes else [])
+    started = time.perf_counter()
     runs = finetune_all([job(train_language, report, seed) if lang is None else
                          job(ALL, report, seed) if lang == ALL else job(lang, [lang], seed)
                          for _, seed, lang in plan], workers=workers)
+    fine_tuning = fine_tuning_time(runs, time.perf_counter() - started, workers)
     by_seed: dict[str, dict[int, dict[str, float]]] = {}  # mode -> seed -> {lang: accuracy}
     preds: dict[str, dict[int, dict[str, list]]] = {}  # mode -> seed -> {lang: predictions}
     for (mode_name, seed, _), run in zip(plan, runs):
@@ -270,7 +274,8 @@ def run_xnli(
                "labels": {lang: list(encoded[lang][1].labels) for lang in report},
                # (mode, seed, fine-tuning language) of the runs whose bf16 run diverged and ran in float32
                "fp32_retries": [[m, seed, lang or train_language] for (m, seed, lang), run in zip(plan, runs)
-                                if "retried_fp32" in run]}
+                                if "retried_fp32" in run],
+               "fine_tuning": fine_tuning}
     for retry in results["fp32_retries"]:
         retry[2] = "all languages" if retry[2] == ALL else retry[2]
     write_results(results, xnli_markdown(results), output_dir, "xnli")

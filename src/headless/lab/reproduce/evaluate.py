@@ -128,6 +128,7 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     at that rate; `glue_avg` averages the tasks' main scores seed by seed.  One `run_glue` call per
     rate covers every task, so each task's data is read and tokenized once per call, not per task.
     Also returns every kept seed's dev predictions (`Predictions`)."""
+    from headless.eval.classification import describe_fine_tuning
     from headless.eval.glue import glue_task
     from headless.eval.tasks import TaskResult, get_task
 
@@ -138,7 +139,10 @@ def glue_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
     keys = [glue_task(t)[0] for t in config.glue_tasks]
 
     def run_glue(model_dir: Path, **options) -> TaskResult:
-        return task.run(model_dir, **options)
+        result = task.run(model_dir, **options)
+        if "fine_tuning" in result.details:
+            print(f"GLUE: {describe_fine_tuning(result.details['fine_tuning'])}", flush=True)
+        return result
 
     def main_scores(result: TaskResult) -> dict[str, list[float]]:
         return {k: list(result.scores[k]) for k in keys if k in result.scores}
@@ -215,6 +219,7 @@ def covered_languages(languages: list[str]) -> list[str]:
 
 def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple[dict[str, list[float]], Predictions]:
     """Accuracy per mode and language, the averages, and each seed's predictions (`Predictions`)."""
+    from headless.eval.classification import describe_fine_tuning
     from headless.eval.tasks import run_task
 
     mode = ",".join(dict.fromkeys(config.xnli_modes))
@@ -222,6 +227,8 @@ def xnli_scores(model_dir: Path, config: StudyConfig, seeds: list[int]) -> tuple
                    epochs=config.xnli_epochs, max_train_examples=config.xnli_max_train_examples,
                    device=config.device, bf16=_bf16(config.device), progress=False, workers=config.eval_workers)
     result = run.details
+    if "fine_tuning" in result:
+        print(f"XNLI: {describe_fine_tuning(result['fine_tuning'])}", flush=True)
     covered = set(covered_languages(config.languages))
     scores: dict[str, list[float]] = {}
     n = len(seeds)
