@@ -16,7 +16,11 @@
 # shares: merge each vanilla with the headless piece in its own campaign folder.
 # A study whose data fits one call (multilingual: .data/multilingual + .data/multilingual-extra.tar.xz,
 # 24 MB) needs no staging: when .data/STUDY was carried, the data is read from it.
-# FLAVOUR=headless|vanilla: one twin instead of both (a seed whose other twin a past session made).
+# FLAVOUR=headless|vanilla: one twin instead of both (a seed whose other twin a past session made);
+# FLAVOUR=hf-head: the HF-head vanilla alone. SEED may be a comma list (1,2): each seed's twins in
+# turn, in the time left of WALL, so that no call idles after a short resumed piece; a twin needs
+# ~530-640 s at the multilingual defaults, so plan whole twins per session (a machine that goes back
+# takes its unfinished run with it).
 # TOKENIZERS=ARCHIVE: the tokenizer(s) a campaign's first pieces trained (HF tokenizers' training is
 # not reproducible), committed with the campaign as docs/results/<campaign>/tokenizers.tar.xz and
 # unpacked into runs/reproduce/STUDY/ first: later seeds and twins, in other sessions, then prepare
@@ -30,7 +34,9 @@ export PYTHONPATH=$([ -d /tmp/site ] && echo /tmp/site:)src
 WALL=${WALL:-540}
 [[ "$WALL" =~ ^[0-9]+$ ]] || { echo "campaign_call.sh: WALL must be whole seconds, got '$WALL'"; exit 2; }
 FLAVOUR=${FLAVOUR:-both}
-case "$FLAVOUR" in both|headless|vanilla) ;; *) echo "campaign_call.sh: FLAVOUR must be both, headless or vanilla, got '$FLAVOUR'"; exit 2;; esac
+case "$FLAVOUR" in both|headless|vanilla|hf-head) ;;
+  *) echo "campaign_call.sh: FLAVOUR must be both, headless, vanilla or hf-head, got '$FLAVOUR'"; exit 2;; esac
+[[ "$SEED" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "campaign_call.sh: SEED must be a seed or a comma list (1,2), got '$SEED'"; exit 2; }
 if [ -n "${TOKENIZERS:-}" ]; then  # into the work directory of scripts/reproduce_gpu.sh
   [ -f "$TOKENIZERS" ] || { echo "campaign_call.sh: TOKENIZERS=$TOKENIZERS is not a file"; exit 2; }
   STUDY_WORK=${WORK_DIR:-runs/reproduce}/$STUDY
@@ -52,14 +58,25 @@ else
   fi
 fi
 REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
-DATA_ROOT=$DATA WALL=$WALL bash "$REPRODUCE" "$STUDY" "$FLAVOUR" "seed=$SEED" "$@"; rc=$?
-if [ "$rc" = 0 ] && [ "${VANILLA_HF:-0}" = 1 ]; then  # the paper's baseline as a third twin, same machine
-  left=$((WALL - (SECONDS - start)))
-  if [ "$left" -ge 60 ]; then
-    RESULTS_TAG=hf-head DATA_ROOT=$DATA WALL=$left bash "$REPRODUCE" "$STUDY" vanilla "seed=$SEED" \
+# the twins of every seed in order, each in the time left of WALL (the first gets all of it)
+runs=()
+for seed in ${SEED//,/ }; do
+  [ "$FLAVOUR" != hf-head ] && runs+=("$seed:$FLAVOUR")
+  { [ "$FLAVOUR" = hf-head ] || [ "${VANILLA_HF:-0}" = 1 ]; } && runs+=("$seed:hf-head")
+done
+for i in "${!runs[@]}"; do
+  seed=${runs[i]%%:*}; what=${runs[i]#*:}; left=$((WALL - (SECONDS - start)))
+  [ "$i" = 0 ] && left=$WALL  # the first always runs: it may be a resumed piece's last minutes
+  if [ "$i" != 0 ] && [ "$left" -lt 60 ]; then
+    echo "campaign_call.sh: ${left}s left of WALL=${WALL}: seed $seed's $what twin(s), and any after them, run in the next call"
+    exit 0
+  fi
+  if [ "$what" = hf-head ]; then  # the paper's baseline: HF's head at every position, its own results folder
+    RESULTS_TAG=hf-head DATA_ROOT=$DATA WALL=$left bash "$REPRODUCE" "$STUDY" vanilla "seed=$seed" \
       "vanilla_pretrain=[objective.loss_implementation=hf]" "$@"; rc=$?
   else
-    echo "campaign_call.sh: ${left}s left of WALL=${WALL}: the HF-head vanilla twin runs in the next call"
+    DATA_ROOT=$DATA WALL=$left bash "$REPRODUCE" "$STUDY" "$what" "seed=$seed" "$@"; rc=$?
   fi
-fi
-exit "$rc"
+  [ "$rc" = 0 ] || exit "$rc"  # stopped at WALL or failed: the next call resumes from here
+done
+exit 0

@@ -10,6 +10,9 @@
 # which keeps the carried tree under the 64 MiB limit.  DATA_ROOT=DIR reads the data from DIR instead:
 # a corpus staged over several calls (`headless stage check`, docs/guide/reproduction.md).  SMOKE=1 first runs the same study at a 10-second budget
 # with small evaluation limits, so that a broken path fails in one minute, not ten.
+# Two runs in one device call (scripts/campaign_call.sh's list of seeds) share the archive: the
+# second unpacks the first's files before adding its own.  HEADLESS_CMD replaces `python3 -m
+# headless` (the tests' stub).
 #
 # WALL=SECONDS stops the piece cleanly before a job's time limit: SIGTERM makes the trainer save a
 # checkpoint, and every checkpoint already evaluated is kept in its run.  Running the same command
@@ -22,9 +25,12 @@ STUDY=${1:?study}; FLAVOUR=${2:?flavour}; shift 2
 WORK=${WORK_DIR:-runs/reproduce}  # the studies' work directory (tokenizers, data, runs)
 NAME=$STUDY${RESULTS_TAG:+-$RESULTS_TAG}  # RESULTS_TAG=hf-head: another vanilla's pieces, kept apart
 RES=${OUT:-results}/$NAME
+if [ -n "${OUT:-}" ] && [ -f "$OUT/$NAME-$FLAVOUR.tgz" ]; then  # an earlier run of this call (another seed): keep its files
+  tar xzf "$OUT/$NAME-$FLAVOUR.tgz" -C "$OUT"
+fi
 mkdir -p "$RES"
 [ -f ".data/$STUDY-extra.tar.xz" ] && tar xJf ".data/$STUDY-extra.tar.xz" -C ".data/$STUDY"
-H="python3 -m headless reproduce $STUDY data_root=${DATA_ROOT:-.data/$STUDY} progress=false"
+H="${HEADLESS_CMD:-python3 -m headless} reproduce $STUDY data_root=${DATA_ROOT:-.data/$STUDY} progress=false"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 if [ "${SMOKE:-0}" = 1 ]; then

@@ -173,7 +173,8 @@ def _campaign_call(tmp_path, parts, env_extra):
     study = env_extra.pop("STUDY", "stage-test")  # a study with no .data/STUDY folder in any checkout
     env = dict(os.environ, STAGE=str(parts), DEST=str(tmp_path / "dest"), REPRODUCE=str(stub),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_extra)
-    done = subprocess.run(["bash", str(root / "scripts" / "campaign_call.sh"), study, "3", "budget_s=9"],
+    seeds = env_extra.pop("SEEDS", "3")
+    done = subprocess.run(["bash", str(root / "scripts" / "campaign_call.sh"), study, seeds, "budget_s=9"],
                           env=env, capture_output=True, text=True, timeout=120)
     calls = log.read_text().splitlines() if log.exists() else []
     log.unlink(missing_ok=True)
@@ -195,7 +196,7 @@ def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left
     assert done.returncode == 124 and len(calls) == 1
     # too little time left: said, and left to the next call
     done, calls = _campaign_call(tmp_path, parts, {"VANILLA_HF": "1", "WALL": "30"})
-    assert done.returncode == 0 and len(calls) == 1 and "runs in the next call" in done.stdout
+    assert done.returncode == 0 and len(calls) == 1 and "run in the next call" in done.stdout
     # without VANILLA_HF: both twins only
     done, calls = _campaign_call(tmp_path, parts, {})
     assert done.returncode == 0 and len(calls) == 1 and calls[0].startswith("WALL=540 ")
@@ -204,7 +205,51 @@ def test_campaign_call_runs_both_twins_then_the_hf_head_vanilla_in_the_time_left
     assert done.returncode == 0 and calls[0] == f"WALL=540 DATA_ROOT={data} stage-test vanilla seed=3 budget_s=9"
     assert "RESULTS_TAG=hf-head stage-test vanilla" in calls[1]
     done, calls = _campaign_call(tmp_path, parts, {"FLAVOUR": "twins"})
-    assert done.returncode == 2 and not calls and "FLAVOUR must be both, headless or vanilla" in done.stdout
+    assert done.returncode == 2 and not calls and "FLAVOUR must be both, headless, vanilla or hf-head" in done.stdout
+
+
+def test_campaign_call_runs_a_list_of_seeds_in_turn(corpus, tmp_path):
+    """SEED as a list: every seed's twins one after the other in the call's time; FLAVOUR=hf-head
+    runs that vanilla alone; a stop ends the list, for the next call to resume."""
+    parts, _ = _split(corpus, tmp_path)
+    data = tmp_path / "dest" / "data"
+    hf = "RESULTS_TAG=hf-head stage-test vanilla seed={} vanilla_pretrain=[objective.loss_implementation=hf] budget_s=9"
+    done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "1,2", "VANILLA_HF": "1", "WALL": "500"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [c.split(" ", 2)[2] for c in calls] == [
+        "stage-test both seed=1 budget_s=9", hf.format(1), "stage-test both seed=2 budget_s=9", hf.format(2)]
+    assert calls[0] == f"WALL=500 DATA_ROOT={data} stage-test both seed=1 budget_s=9"
+    done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "1,2", "FLAVOUR": "hf-head"})
+    assert done.returncode == 0 and [c.split(" ", 2)[2] for c in calls] == [hf.format(1), hf.format(2)]
+    done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "1,2", "STUB_BOTH_RC": "124"})
+    assert done.returncode == 124 and len(calls) == 1  # seed 1 stopped at WALL: seed 2 waits
+    done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "1;2"})
+    assert done.returncode == 2 and not calls and "SEED must be a seed or a comma list" in done.stdout
+
+
+def test_reproduce_gpu_keeps_an_earlier_seed_of_the_same_call(tmp_path):
+    """Two seeds in one device call write the same $OUT/STUDY-FLAVOUR.tgz: the second keeps the first's
+    piece (a stub in place of `python3 -m headless` writes one piece per seed)."""
+    import subprocess
+    import sys
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    stub = tmp_path / "headless.sh"
+    stub.write_text('out=""; seed=""; prev=""\nfor a in "$@"; do [ "$prev" = --output ] && out=$a; '
+                    'case $a in seed=*) seed=${a#seed=};; esac; prev=$a; done\n'
+                    'mkdir -p "$out" && echo "{}" > "$out/stage-test-vanilla-seed$seed.json"\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OUT=str(out), HEADLESS_CMD=f"bash {stub}", WORK_DIR=str(tmp_path / "work"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for seed in (1, 2):
+        done = subprocess.run(["bash", str(root / "scripts" / "reproduce_gpu.sh"), "stage-test", "vanilla",
+                               f"seed={seed}"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    with tarfile.open(out / "stage-test-vanilla.tgz") as tar:
+        names = set(tar.getnames())
+    assert {"stage-test/stage-test-vanilla-seed1.json", "stage-test/stage-test-vanilla-seed2.json"} <= names
 
 
 def test_campaign_call_without_staging_needs_the_study_data_carried(tmp_path):
