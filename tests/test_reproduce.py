@@ -797,3 +797,15 @@ def test_report_says_what_would_settle_the_difference(tmp_path):
     text = (tmp_path / "out" / "decoder-report.md").read_text()
     assert "**LAMBADA accuracy (%), over pretraining seeds**: 3 seeds, difference +0.87" in text
     assert "about **5** seeds per twin would exclude 0" in text
+
+
+def test_a_pieces_mfu_is_the_steady_windows_not_the_last():
+    """A resumed run's last logged window compiles again (the HF-head vanilla of
+    2026-12-06-multilingual-hf-head: 5.0 % there, 11.2 % in every full window)."""
+    from headless.lab.reproduce.piece import steady_mfu
+
+    records = [{"step": 100, "mfu": 0.027}, *({"step": s, "mfu": 0.112} for s in range(200, 4700, 100)),
+               {"step": 4661, "mfu": 0.0505}, {"step": 4661, "loss": 6.4}]  # a validation record: no MFU
+    assert steady_mfu(records, {"mfu_last": 0.0505}) == 0.112
+    assert steady_mfu([{"step": 1, "loss": 2.0}], {"mfu_last": 0.3}) == 0.3  # nothing logged: the summary's
+    assert steady_mfu([], {}) is None
