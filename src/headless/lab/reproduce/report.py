@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from headless.errors import HeadlessError
