@@ -144,7 +144,7 @@ def steady_mfu(records: list[dict], summary: dict) -> float | None:
     """The run's MFU at its steady step: the median over its logged windows. The last window alone
     (`mfu_last`) may be a resumed run's first, compiling again, or a short final one: the HF-head
     vanilla of 2026-12-06-multilingual-hf-head logged 5.0 % there against 11.2 % in every full window."""
-    values = sorted(r["mfu"] for r in records if isinstance(r.get("mfu"), (int, float)))
+    values = [r["mfu"] for r in records if isinstance(r.get("mfu"), (int, float))]
     if not values:
         return summary.get("mfu_last")
     return statistics.median(values)
@@ -369,6 +369,7 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
                 for v, s in point["variants"].items())
                 + (f" (evaluated in {point['eval_wall_s']:.0f} s)" if "eval_wall_s" in point else ""), flush=True)
 
+    records = read_metrics(run_dir)  # the run's log, read once: MFU, curves, plateau
     piece = {
         "format": PIECE_FORMAT, "study": config.study, "flavour": flavour, "seed": config.seed,
         "compare": config.compare, "budget_s": config.budget_s if config.compare == "time" else None,
@@ -386,9 +387,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
             "gpu_s": steps * gpu_per_step if per_step else (summary.get("wall_time_s") or 0.0) * world,
             "wall_time_s": summary.get("wall_time_s"), "epochs": summary.get("tokens", 0) / data.train_tokens,
             "parameters": summary.get("parameters"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
-            "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": steady_mfu(read_metrics(run_dir), summary),
+            "peak_mem_gib": summary.get("peak_mem_gib"), "mfu": steady_mfu(records, summary),
             "final_val_loss": summary.get("final_val_loss"), "device": summary.get("device"),
-            "curves": pretraining_curves(read_metrics(run_dir)), "plateau": run_plateau(read_metrics(run_dir), cfg),
+            "curves": pretraining_curves(records), "plateau": run_plateau(records, cfg),
             "objective_kind": cfg.objective_kind},
         "points": points, "fractions": fractions,
         "study_config": config.to_dict(), "train_config": cfg.to_dict(),
