@@ -551,6 +551,26 @@ def test_report_says_when_the_twins_pretrained_on_different_gpus(tmp_path):
     assert "different GPUs" not in text([None, "GPU-b"], "unknown")  # older pieces did not record it
 
 
+def test_report_says_when_the_twins_hold_different_pretraining_seeds(tmp_path):
+    """Headless seeds 0 and 1 against vanilla seed 0 (a vanilla still to run): the report says which
+    seeds each twin holds, and no longer calls it one pretraining seed per twin."""
+    from headless.lab.reproduce.report import build_report, load_piece, report_markdown, settle_text
+
+    def text(pieces, name):
+        return report_markdown(build_report([load_piece(_write(tmp_path, f"{name}{i}.json", p))
+                                             for i, p in enumerate(pieces)], bootstrap=0))
+
+    uneven = text([_piece("headless", 0), _piece("headless", 1), _piece("vanilla", 0)], "uneven")
+    assert ("**The twins hold different pretraining seeds**: headless seeds 0, 1; vanilla seed 0. " in uneven
+            and "uses those both have (seed 0)" in uneven)
+    assert "different pretraining seeds" not in text([_piece("headless", 0), _piece("vanilla", 0)], "even")
+    assert "uses none: no seed has both twins." in text([_piece("headless", 1), _piece("vanilla", 0)], "apart")
+    entry = {"label": "LAMBADA", "settle": {"pretraining_seeds": 1, "excludes_0": True}}
+    assert "one pretraining seed per twin, so" in settle_text(entry)
+    entry["settle"]["seeds_matched"] = False
+    assert "one pretraining seed both twins have, so" in settle_text(entry)
+
+
 def _gpu_report(tmp_path: Path, name: str, devices: dict[tuple[str, int], tuple[str, str]]):
     """A report over pieces (flavour, seed) -> (GPU model, device UUID), its report.md and summary row."""
     from headless.lab.reproduce.report import load_report, summary_row, write_report

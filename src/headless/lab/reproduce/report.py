@@ -310,7 +310,8 @@ def settle_text(entry: dict) -> str:
                 f"it {verdict}.")
     if not s["excludes_0"] and "seeds_needed_at_least" not in s:
         return ""
-    return (f"**{label}, what would settle it**: one pretraining seed per twin, so the spread between "
+    one = "one pretraining seed per twin" if s.get("seeds_matched", True) else "one pretraining seed both twins have"
+    return (f"**{label}, what would settle it**: {one}, so the spread between "
             f"pretraining runs is unknown and no interval above covers it. "
             + ("The interval over the evaluation data excludes 0; a second and third seed say whether the "
                "difference holds across pretraining runs." if s["excludes_0"] else
@@ -441,7 +442,8 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
             paired = headline_bootstrap(pieces, head, van, metric, higher, bootstrap)
             if paired is not None:
                 entry["paired_bootstrap"] = paired
-            entry["settle"] = settle(entry, seed_differences(pieces, head, van, metric))
+            entry["settle"] = dict(settle(entry, seed_differences(pieces, head, van, metric)),
+                                   seeds_matched=len(set(map(tuple, twin_seeds(pieces).values()))) == 1)
             # the equal-time reading: the twin whose curve runs longer, read at the other's last GPU
             # second (HLM+FT's fine-tuning, or a plan that gave one twin more steps)
             at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
@@ -456,6 +458,28 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
     result["gpu_pairs"] = gpu_pairs(result["pieces"])
     result["unpaired_gpu_seeds"] = [e["seed"] for e in _unpaired(result["gpu_pairs"])]
     return result
+
+
+def twin_seeds(pieces: list[dict]) -> dict[str, list[int]]:
+    """The pretraining seeds each flavour's pieces hold, sorted."""
+    seeds: dict[str, list[int]] = {"headless": [], "vanilla": []}
+    for p in pieces:
+        seeds.setdefault(p["flavour"], []).append(p["seed"])
+    return {flavour: sorted(found) for flavour, found in seeds.items()}
+
+
+def unmatched_seeds_lines(report: dict) -> list[str]:
+    """report.md's paragraph when the twins hold different pretraining seeds (empty otherwise): each
+    twin's scores pool its own seeds, while the comparison over pretraining seeds pairs the common ones."""
+    seeds = twin_seeds(report["pieces"])
+    if not seeds["headless"] or not seeds["vanilla"] or seeds["headless"] == seeds["vanilla"]:
+        return []
+    common = sorted(set(seeds["headless"]) & set(seeds["vanilla"]))
+    return ["", f"**The twins hold different pretraining seeds**: headless {_seeds_text(seeds['headless'])}; "
+            f"vanilla {_seeds_text(seeds['vanilla'])}. Each twin's scores and the paired bootstrap pool that "
+            "twin's own seeds; the comparison over pretraining seeds uses "
+            + (f"those both have ({_seeds_text(common)})." if common else "none: no seed has both twins.")
+            + " Report the common seeds alone for a like-for-like comparison."]
 
 
 def gpu_pairs(pieces: list[dict]) -> list[dict]:
@@ -628,7 +652,7 @@ def report_markdown(report: dict) -> str:
                       f"{v:.0f} s for vanilla, as measured. The \"difference\" column compares unequal budgets; the "
                       f"\"at equal {unit}\" column reads the longer twin's curve at the other's last {words['second']} "
                       "(interpolated between its checkpoints) and is the equal-time reading."]
-    lines += gpu_pairs_lines(report)
+    lines += unmatched_seeds_lines(report) + gpu_pairs_lines(report)
     cuda = report.get("cuda", True)  # peak memory is measured on CUDA only
     lines += ["", "## Pretraining", "", f"| twin | seed | steps | tokens | tokens/s | epochs | {unit} "
               "(planned) | parameters |" + (" peak GiB |" if cuda else "") + " device |",
