@@ -61,7 +61,7 @@ def test_batched_equals_unbatched(model_dir, data_dir):
             pred, pred_norm = predict(lls, ex.choices)
             hits[0] += pred == ex.gold
             hits[1] += pred_norm == ex.gold
-        acc[task] = {"acc": hits[0] / 2, "acc_norm": hits[1] / 2, "num_examples": 2}
+        acc[task] = {"acc": hits[0] / 2, "acc_norm": hits[1] / 2, "num_examples": 2, "skipped_too_long": 0}
     result = evaluate_zeroshot(model_dir, list(TASK_FILES), data_dir=data_dir, limit=2, batch_size=3, device="cpu")
     assert result["tasks"] == acc
 
@@ -107,3 +107,32 @@ def test_bad_inputs(model_dir, tmp_path, capsys):
         assert message in error(base + [str(bad)])
     with pytest.raises(HeadlessError, match="no tasks"):
         evaluate_zeroshot(model_dir, "")
+
+
+def test_a_choice_longer_than_the_window_is_left_out_and_counted(tmp_path, neox_tokenizer_file, caplog):
+    """A 16-position model: the example whose choice takes 40 tokens cannot be scored (lm-eval refuses
+    it); it is left out of the task, counted and logged, and the rest score as they would alone."""
+    from headless.eval.scoring import score_tokens
+
+    short = tiny_decoder(tmp_path / "short", neox_tokenizer_file, seed=1)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(dict(config, max_position_embeddings=16)))
+    fits = {"query": "Question: Is fire hot?", "choices": ["no", "yes"], "gold": 1}
+    too_long = {"query": "Question: Which?", "choices": ["a", " ".join(["word"] * 40)], "gold": 0}
+    task = tmp_path / "mixed.jsonl"
+    task.write_text(json.dumps(fits) + "\n" + json.dumps(too_long) + "\n")
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text(json.dumps(fits) + "\n")
+    with caplog.at_level("WARNING"):
+        mixed = evaluate_zeroshot(short, [str(task)], device="cpu")["tasks"]["mixed"]
+    assert mixed["num_examples"] == 1 and mixed["skipped_too_long"] == 1
+    assert "1 of 2 examples left out" in caplog.text and "window of 16 tokens" in caplog.text
+    reference = evaluate_zeroshot(short, [str(alone)], device="cpu")["tasks"]["alone"]
+    assert {k: mixed[k] for k in ("acc", "acc_norm")} == {k: reference[k] for k in ("acc", "acc_norm")}
+    only_long = tmp_path / "long.jsonl"
+    only_long.write_text(json.dumps(too_long) + "\n")
+    with pytest.raises(HeadlessError, match="every example has a choice longer than the model's window of 16"):
+        evaluate_zeroshot(short, [str(only_long)], device="cpu")
+    model, _, _ = load_causal_lm(short, device="cpu")
+    with pytest.raises(HeadlessError, match="a continuation of 20 tokens is longer than the model's window of 16"):
+        score_tokens(model, [([1, 2], list(range(3, 23)))], window=16)

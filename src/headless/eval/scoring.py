@@ -145,6 +145,9 @@ def score_tokens(
     for ctx, cont in pairs:
         if not cont:
             raise HeadlessError("a continuation encodes to zero tokens: nothing to score")
+        if len(cont) > window:  # its first tokens would have no position left to be predicted from
+            raise HeadlessError(f"a continuation of {len(cont)} tokens is longer than the model's window of "
+                                f"{window}: it cannot be scored (lm-eval refuses it too)")
         tokens = (list(ctx) + list(cont))[-(window + 1):]
         rows.append((tokens[:-1], list(cont)))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))

@@ -12,14 +12,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 from headless.errors import HeadlessError
 from headless.eval.scoring import (
+    encode_pair,
     load_causal_lm,
     markdown_table,
+    max_length,
     read_jsonl,
-    score_continuations,
+    score_tokens,
     write_outputs,
 )
+
+log = logging.getLogger(__name__)
 
 TASK_FILES = {
     "boolq": "boolq.jsonl",
@@ -111,7 +117,10 @@ def evaluate_zeroshot(
     output_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> dict:
-    """{"model", "tasks": {task: {"acc", "acc_norm", "num_examples"}}}; writes zeroshot.{json,md}."""
+    """{"model", "tasks": {task: {"acc", "acc_norm", "num_examples", "skipped_too_long"}}}; writes
+    zeroshot.{json,md}.  An example with a choice longer than the model's window cannot be scored
+    (lm-eval refuses it): it is left out of that task, counted and logged, the same for every model
+    with this tokenizer and window."""
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     if not tasks:
@@ -120,20 +129,30 @@ def evaluate_zeroshot(
         raise HeadlessError(f"--limit must be positive, got {limit}")
     data = {t: read_task(task_path(t, data_dir), limit, answer_prefix) for t in tasks}
     model, tokenizer, dev = load_causal_lm(model_dir, device=device, dtype=dtype)
+    window = max_length(model, tokenizer)
     results = {}
     for task, examples in data.items():
-        requests = [r for ex in examples for r in ex.requests()]
-        scores = iter(score_continuations(model, tokenizer, requests, batch_size=batch_size,
-                                          device=dev, progress=progress))
+        name = Path(task).stem if task not in TASK_FILES else task
+        encoded = [[encode_pair(tokenizer, c, x) for c, x in ex.requests()] for ex in examples]
+        fits = [all(len(cont) <= window for _, cont in pairs) for pairs in encoded]
+        skipped = fits.count(False)
+        if skipped == len(examples):
+            raise HeadlessError(f"zero-shot task {name}: every example has a choice longer than the model's "
+                                f"window of {window} tokens")
+        if skipped:
+            log.warning("zero-shot task %s: %d of %d examples left out, a choice longer than the model's window "
+                        "of %d tokens", name, skipped, len(examples), window)
+        examples = [ex for ex, ok in zip(examples, fits) if ok]
+        pairs = [pair for pairs, ok in zip(encoded, fits) if ok for pair in pairs]
+        scores = iter(score_tokens(model, pairs, batch_size=batch_size, window=window, device=dev,
+                                   progress=progress))
         acc = acc_norm = 0
         for ex in examples:
             pred, pred_norm = predict([next(scores).logprob for _ in ex.choices], ex.choices)
             acc += pred == ex.gold
             acc_norm += pred_norm == ex.gold
         n = len(examples)
-        results[Path(task).stem if task not in TASK_FILES else task] = {
-            "acc": acc / n, "acc_norm": acc_norm / n, "num_examples": n,
-        }
+        results[name] = {"acc": acc / n, "acc_norm": acc_norm / n, "num_examples": n, "skipped_too_long": skipped}
     out = {"model": str(model_dir), "tasks": results}
     if output_dir is not None:
         table = markdown_table(["task", "examples", "acc", "acc_norm"],
