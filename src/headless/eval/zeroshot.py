@@ -8,11 +8,10 @@ the choice's length in characters (so long choices are not penalised for having 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import logging
 
 from headless.errors import HeadlessError
 from headless.eval.scoring import (
