@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_bad_inputs(model_dir, tmp_path, capsys):
         evaluate_zeroshot(model_dir, "")
 
 
-def test_a_choice_longer_than_the_window_is_left_out_and_counted(tmp_path, neox_tokenizer_file, caplog):
+def test_a_choice_longer_than_the_window_is_left_out_and_counted(tmp_path, neox_tokenizer_file):
     """A 16-position model: the example whose choice takes 40 tokens cannot be scored (lm-eval refuses
     it); it is left out of the task, counted and logged, and the rest score as they would alone."""
     from headless.eval.scoring import score_tokens
@@ -123,10 +124,19 @@ def test_a_choice_longer_than_the_window_is_left_out_and_counted(tmp_path, neox_
     task.write_text(json.dumps(fits) + "\n" + json.dumps(too_long) + "\n")
     alone = tmp_path / "alone.jsonl"
     alone.write_text(json.dumps(fits) + "\n")
-    with caplog.at_level("WARNING"):
+    # a handler of our own: the CLI's tests may have stopped `headless.eval` propagating to pytest's
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("headless.eval.zeroshot")
+    logger.addHandler(handler)
+    try:
         mixed = evaluate_zeroshot(short, [str(task)], device="cpu")["tasks"]["mixed"]
+    finally:
+        logger.removeHandler(handler)
     assert mixed["num_examples"] == 1 and mixed["skipped_too_long"] == 1
-    assert "1 of 2 examples left out" in caplog.text and "window of 16 tokens" in caplog.text
+    logged = " ".join(r.getMessage() for r in records)
+    assert "1 of 2 examples left out" in logged and "window of 16 tokens" in logged
     reference = evaluate_zeroshot(short, [str(alone)], device="cpu")["tasks"]["alone"]
     assert {k: mixed[k] for k in ("acc", "acc_norm")} == {k: reference[k] for k in ("acc", "acc_norm")}
     only_long = tmp_path / "long.jsonl"
