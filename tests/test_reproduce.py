@@ -567,8 +567,7 @@ def test_report_says_when_the_twins_hold_different_pretraining_seeds(tmp_path):
     assert "uses none: no seed has both twins." in text([_piece("headless", 1), _piece("vanilla", 0)], "apart")
     entry = {"label": "LAMBADA", "settle": {"pretraining_seeds": 1, "excludes_0": True}}
     assert "one pretraining seed per twin, so" in settle_text(entry)
-    entry["settle"]["seeds_matched"] = False
-    assert "one pretraining seed both twins have, so" in settle_text(entry)
+    assert "one pretraining seed both twins have, so" in settle_text(entry, seeds_matched=False)
 
 
 def _gpu_report(tmp_path: Path, name: str, devices: dict[tuple[str, int], tuple[str, str]]):

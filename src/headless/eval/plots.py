@@ -5,7 +5,6 @@ Both are written atomically next to the JSON they draw; matplotlib (a dependency
 from __future__ import annotations
 
 import textwrap
-
 from pathlib import Path
 from typing import Optional, Sequence
 

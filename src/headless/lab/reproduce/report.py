@@ -294,8 +294,9 @@ def settle(entry: dict, differences: list[float]) -> dict:
     return out
 
 
-def settle_text(entry: dict) -> str:
-    """One sentence for the report from `settle`."""
+def settle_text(entry: dict, seeds_matched: bool = True) -> str:
+    """One sentence for the report from `settle`; `seeds_matched`: both twins hold the same
+    pretraining seeds (`twin_seeds`)."""
     s, label = entry.get("settle"), entry["label"]
     if not s:
         return ""
@@ -310,7 +311,7 @@ def settle_text(entry: dict) -> str:
                 f"it {verdict}.")
     if not s["excludes_0"] and "seeds_needed_at_least" not in s:
         return ""
-    one = "one pretraining seed per twin" if s.get("seeds_matched", True) else "one pretraining seed both twins have"
+    one = "one pretraining seed per twin" if seeds_matched else "one pretraining seed both twins have"
     return (f"**{label}, what would settle it**: {one}, so the spread between "
             f"pretraining runs is unknown and no interval above covers it. "
             + ("The interval over the evaluation data excludes 0; a second and third seed say whether the "
@@ -442,8 +443,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
             paired = headline_bootstrap(pieces, head, van, metric, higher, bootstrap)
             if paired is not None:
                 entry["paired_bootstrap"] = paired
-            entry["settle"] = dict(settle(entry, seed_differences(pieces, head, van, metric)),
-                                   seeds_matched=len(set(map(tuple, twin_seeds(pieces).values()))) == 1)
+            entry["settle"] = settle(entry, seed_differences(pieces, head, van, metric))
             # the equal-time reading: the twin whose curve runs longer, read at the other's last GPU
             # second (HLM+FT's fine-tuning, or a plan that gave one twin more steps)
             at = score_at(curve[head], metric, curve[van][-1]["gpu_s"])
@@ -627,6 +627,8 @@ def report_markdown(report: dict) -> str:
                   "pretraining seed the error leaves out the pretraining run's own variance, so it is a lower bound."
                   + (" Where a paired bootstrap is given (below), *within noise* means its interval includes 0 "
                      "instead." if any(e.get("paired_bootstrap") for e in report["headline"].values()) else "")]
+    seeds = twin_seeds(report["pieces"])
+    seeds_matched = seeds["headless"] == seeds["vanilla"]
     for entry in report["headline"].values():
         b = entry.get("paired_bootstrap")
         if b:
@@ -636,7 +638,7 @@ def report_markdown(report: dict) -> str:
                       f"better in {100 * b['ahead']:.0f} % of the replicates. "
                       + ("The interval excludes 0." if b["low"] > 0 or b["high"] < 0 else
                          "The interval includes 0: the evaluation sets cannot tell the twins apart.")]
-        settled = settle_text(entry)
+        settled = settle_text(entry, seeds_matched)
         if settled:
             lines += ["", settled]
     compared = [e for e in report["headline"].values() if "delta" in e]
