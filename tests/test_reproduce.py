@@ -828,3 +828,22 @@ def test_a_pieces_mfu_is_the_steady_windows_not_the_last():
     assert steady_mfu(records, {"mfu_last": 0.0505}) == 0.112
     assert steady_mfu([{"step": 1, "loss": 2.0}], {"mfu_last": 0.3}) == 0.3  # nothing logged: the summary's
     assert steady_mfu([], {}) is None
+
+
+def test_a_large_decoder_vocabulary_gets_embedding_rows_for_it(shared_data):
+    """Issue #25's 128k pair: the pythia-160m preset's 50,304 rows cannot hold a 128,256-entry BPE.
+    The study sizes the model to its tokenizer (rounded to the preset's multiple); a pretrain=
+    override still wins, and one too small fails before any data work, not on the GPU."""
+    from headless.lab.reproduce import load_study
+    from headless.lab.reproduce.piece import check_settings, train_config
+
+    root = f"data_root={shared_data}"
+    assert check_settings(load_study("decoder", overrides=[root]))["vanilla"].model.vocab_size == 50304
+    for vocab, rows in [(128256, 128256), (100000, 100032)]:
+        configs = check_settings(load_study("decoder", overrides=[root, f"decoder_vocab_size={vocab}"]))
+        assert {f: c.model.vocab_size for f, c in configs.items()} == {"headless": rows, "vanilla": rows}
+    config = load_study("decoder", overrides=["decoder_vocab_size=128256", "pretrain=[model.vocab_size=131072]"])
+    assert train_config(config, "headless", None, Path("run")).model.vocab_size == 131072
+    small = load_study("decoder", overrides=[root, "decoder_vocab_size=128256", "pretrain=[model.vocab_size=50304]"])
+    with pytest.raises(HeadlessError, match="model.vocab_size=50304 is smaller than decoder_vocab_size=128256"):
+        check_settings(small)

@@ -64,7 +64,12 @@ def train_config(config: StudyConfig, flavour: str, dataset: Optional[Path], run
                                 flavour=flavour).model.max_position_embeddings
         if not any(o.startswith("model.max_position_embeddings=") for o in list(config.pretrain) + list(own)):
             data.append(f"model.max_position_embeddings={max(positions, config.seq_len)}")
-    overrides = list(config.pretrain) + list(own) + data + [
+    vocab = []  # the study's own large BPE: the preset's 50,304 rows would not hold it (pretrain= may still say)
+    if config.study == "decoder" and config.decoder_vocab_size:
+        from headless.models import round_up
+        multiple = load_config(config.preset, flavour=flavour).model.pad_vocab_multiple
+        vocab = [f"model.vocab_size={round_up(config.decoder_vocab_size, multiple)}"]
+    overrides = vocab + list(config.pretrain) + list(own) + data + [
         f"run_dir={run_dir}", f"seed={config.seed}", f"device={config.device}",
         f"progress={str(config.progress).lower()}", f"budget.checkpoint_fractions={json.dumps(config.fractions)}",
         "save_every=100000000", "keep_last=1"]
@@ -94,6 +99,10 @@ def check_settings(config: StudyConfig, flavours=FLAVOURS) -> dict:
             configs[flavour] = train_config(config, flavour, None, Path("run"))
         except HeadlessError as err:
             raise HeadlessError(f"the {flavour} twin's pretraining settings: {err}") from None
+        rows = configs[flavour].model.vocab_size  # found on the GPU only after tokenising, otherwise
+        if config.study == "decoder" and config.decoder_vocab_size and rows and rows < config.decoder_vocab_size:
+            raise HeadlessError(f"the {flavour} twin's pretraining settings: model.vocab_size={rows} is smaller "
+                                f"than decoder_vocab_size={config.decoder_vocab_size}")
     return configs
 
 
