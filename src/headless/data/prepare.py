@@ -156,17 +156,17 @@ def _say(message: str, progress: bool) -> None:
 MIN_VALIDATION_SEQUENCES = 32
 
 
-def _warn_small_validation(split: dict[str, Any], seq_len: int) -> None:
+def _warn_small_validation(split: dict[str, Any], seq_len: int, least: int) -> None:
     """A warning (shown with or without progress bars) when the validation split is too small to
-    measure anything: pretraining would still report a validation loss from it."""
+    measure anything: pretraining would still report a validation loss from it.  One line on
+    stderr: a logger.warning as well printed it twice where no logging is configured (the
+    last-resort handler)."""
     have = split["num_sequences"]
-    if have >= MIN_VALIDATION_SEQUENCES:
+    if have >= least:
         return
-    message = (f"warning: the validation split holds {have} sequence(s) of {seq_len} tokens "
-               f"({split['num_documents']} documents); measuring a validation loss needs at least "
-               f"{MIN_VALIDATION_SEQUENCES}: prepare more documents or a larger --validation-fraction")
-    logger.warning(message)
-    print(f"headless: {message}", file=sys.stderr, flush=True)
+    print(f"headless: warning: the validation split holds {have} sequence(s) of {seq_len} tokens "
+          f"({split['num_documents']} documents); measuring a validation loss needs at least "
+          f"{least}: prepare more documents or a larger --validation-fraction", file=sys.stderr, flush=True)
 
 
 def _shards_intact(directory: Path, manifest: dict[str, Any]) -> bool:
@@ -272,13 +272,16 @@ def prepare_dataset(
     split_paragraphs: bool = False,
     shard_tokens: int = 2**28,
     progress: bool = True,
+    min_validation_sequences: int = MIN_VALIDATION_SEQUENCES,
 ) -> dict[str, Any]:
     """Tokenise `inputs` (reader specs; None = the default corpus), pack and write a dataset.
 
     `num_workers` > 1 tokenises in that many processes (default: in-process, multi-threaded).
     Returns the manifest.  Re-running with the same settings finds the finished dataset and does
     nothing; different settings into a prepared directory need `overwrite=True`.  `max_documents`
-    caps the documents read (validation ones from the same inputs included).
+    caps the documents read (validation ones from the same inputs included).  A validation split of
+    fewer than `min_validation_sequences` sequences gets a warning (0: a scoring set of a fixed size,
+    such as the decoder study's per-language held-out sentences, none).
     """
     from headless.data.readers import iter_documents, resolve_inputs
     from headless.data.tokenizers import load_tokenizer, tokenizer_info
@@ -346,7 +349,7 @@ def prepare_dataset(
         if splits["train"]["num_sequences"] == 0:
             raise HeadlessError(f"the corpus has fewer than seq_len={seq_len} tokens; nothing to train on")
         if val_sources or validation_fraction > 0:
-            _warn_small_validation(splits["validation"], seq_len)
+            _warn_small_validation(splits["validation"], seq_len, min_validation_sequences)
         from headless import __version__
 
         manifest = {"format": FORMAT, "seq_len": seq_len, "dtype": dtype.name, "tokenizer": info,

@@ -105,7 +105,8 @@ def language_heldout_sets(config: StudyConfig, dataset: Path) -> dict[str, Path]
             texts = target.parent / f".{target.name}.jsonl"
             texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in sentences), encoding="utf-8")
             prepare_dataset([str(texts)], target, load_tokenizer(str(dataset / "tokenizer")), seq_len=seq_len,
-                            validation_inputs=[str(texts)], progress=False)
+                            validation_inputs=[str(texts)], progress=False,
+                            min_validation_sequences=0)  # XNLI's sentences, ~24 x 2,048 tokens: all there is
             texts.unlink()
         out[lang] = target
     return out
