@@ -847,3 +847,29 @@ def test_a_large_decoder_vocabulary_gets_embedding_rows_for_it(shared_data):
     small = load_study("decoder", overrides=[root, "decoder_vocab_size=128256", "pretrain=[model.vocab_size=50304]"])
     with pytest.raises(HeadlessError, match="model.vocab_size=50304 is smaller than decoder_vocab_size=128256"):
         check_settings(small)
+
+
+@pytest.mark.parametrize("study, extra, tokens", [
+    ("decoder", [], 50277),                                    # the Pythia tokenizer
+    ("decoder", ["decoder_vocab_size=128256"], 128256),        # issue #25's large BPE
+    ("encoder", [], 30522),                                    # BERT uncased
+    ("multilingual", [], 119547),                              # the paper's WordPiece
+    ("multilingual", ["tokenizer_vocab_size=250002",
+                      "vanilla_pretrain=[objective.loss_implementation=hf]"], 250002),
+])
+def test_every_study_twin_builds_at_full_size_for_its_tokenizer(shared_data, study, extra, tokens):
+    """Each twin's model at the study's real shape, on the meta device (no memory, ~1 s): the first
+    128k call met an embedding smaller than its tokenizer only on the GPU, after staging and tokenising."""
+    import torch
+
+    from headless.lab.reproduce import load_study
+    from headless.lab.reproduce.piece import check_settings
+    from headless.models import build_model
+
+    configs = check_settings(load_study(study, overrides=[f"data_root={shared_data}", *extra]))
+    for flavour, cfg in configs.items():
+        with torch.device("meta"):
+            model = build_model(cfg.model, cfg.objective, cfg.loss_kind, tokens)
+        rows = model.hf.get_input_embeddings().weight.shape[0]
+        assert tokens <= rows < tokens + cfg.model.pad_vocab_multiple, (flavour, rows)
+        assert model.has_head == (flavour == "vanilla")
