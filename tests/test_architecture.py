@@ -11,8 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headless"
 
 # in import order: each layer may import itself and those above it in this list
 LAYERS = [
-    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "param_groups", "loss_kinds", "architectures", "fit",
-              "config"]),
+    ("base", ["__init__", "errors", "_lazy", "files", "runtime", "provenance", "param_groups", "loss_kinds",
+              "architectures", "fit", "config"]),
     ("data", ["data"]),
     ("objective/loss", ["objectives", "losses"]),
     ("model", ["attention", "one_lookup", "models"]),
@@ -26,7 +26,7 @@ LAYERS = [
     ("lab: reproduction", ["lab", "lab.reproduce"]),
     ("cli", ["cli", "__main__"]),
 ]
-LIBRARY = ("errors", "_lazy", "files", "runtime", "param_groups", "loss_kinds", "architectures", "fit", "config",
+LIBRARY = ("errors", "_lazy", "files", "runtime", "provenance", "param_groups", "loss_kinds", "architectures", "fit", "config",
            "data", "objectives", "losses", "attention", "one_lookup", "models", "train", "export", "finetune", "model_card",
            "embedding_head", "eval",
            "integrations", "demo")

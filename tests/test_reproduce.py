@@ -873,3 +873,23 @@ def test_every_study_twin_builds_at_full_size_for_its_tokenizer(shared_data, stu
         rows = model.hf.get_input_embeddings().weight.shape[0]
         assert tokens <= rows < tokens + cfg.model.pad_vocab_multiple, (flavour, rows)
         assert model.has_head == (flavour == "vanilla")
+
+
+def test_the_report_names_the_code_of_each_piece(tmp_path):
+    """Pieces record the library's source fingerprint (the GPU copy has no git); the report groups
+    them, and says which pieces predate the record."""
+    from headless.lab.reproduce.report import build_report, load_piece, report_markdown
+
+    pieces = [_piece("headless"), _piece("vanilla"), _piece("headless", seed=1), _piece("vanilla", seed=1)]
+    for piece, source in zip(pieces, ["aaaa", None, "bbbb", "bbbb"]):
+        if source:
+            piece["environment"]["source"] = source
+    loaded = [load_piece(_write(tmp_path, f"{i}.json", p)) for i, p in enumerate(pieces)]
+    text = report_markdown(build_report(loaded, bootstrap=0))
+    assert ("Library code, by source fingerprint (`headless --version`; `scripts/source_commit.py` names its "
+            "commits): `aaaa`: headless seed 0; `bbbb`: headless seed 1, vanilla seed 1; not recorded: vanilla seed 0."
+            ) in text
+    for piece in pieces:
+        piece["environment"].pop("source", None)
+    loaded = [load_piece(_write(tmp_path, f"old{i}.json", p)) for i, p in enumerate(pieces)]
+    assert "source fingerprint" not in report_markdown(build_report(loaded, bootstrap=0))

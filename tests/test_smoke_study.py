@@ -59,6 +59,9 @@ def test_smoke_study_runs_end_to_end_and_says_each_step(study_root, tmp_path, ca
                 or entry["reason"] in text
         assert {p["step"] for p in piece["points"]} == {e["step"] for e in piece["fractions"]}
         assert all("(subset)" in name for name in piece["data"]["inputs"])
+        from headless.provenance import source_fingerprint  # which code made it, since the GPU copy has no git
+
+        assert piece["environment"]["source"] == source_fingerprint()
 
 
 @pytest.mark.parametrize("study", ["encoder", "multilingual", "decoder"])

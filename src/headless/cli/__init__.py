@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from headless import __version__
 
-    parser.add_argument("--version", action="version", version=f"headless {__version__}")
+    from headless.provenance import source_fingerprint
+
+    parser.add_argument("--version", action="version",
+                        version=f"headless {__version__} (source {source_fingerprint()})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

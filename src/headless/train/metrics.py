@@ -115,6 +115,7 @@ def _gpu_uuid(device: torch.device) -> str | None:
 
 def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep_steps, policies=()) -> dict:
     """The run's summary: returned by `pretrain` and written to summary.json / summary.md / curves.png."""
+    from headless.provenance import source_fingerprint
     from headless.train.logging import plot_curves, write_summary
 
     config, env, device, params = run.config, run.env, run.device, run.params
@@ -126,6 +127,7 @@ def summarize(run, state, last_train: dict, last_val: dict, elapsed: float, keep
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         # which GPU: two machines of one model can run the same step apart (docs/guide/reproduction.md)
         "device_uuid": _gpu_uuid(device),
+        "source": source_fingerprint(),  # which library code (headless.provenance)
         "wall_time_s": elapsed, "final_train_loss": last_train.get("loss"),
         "final_val_loss": last_val.get("loss"), "final_val_accuracy": last_val.get("accuracy"),
         "tokens_per_s_last": last_train.get("tokens_per_s"), "mfu_last": last_train.get("mfu"),

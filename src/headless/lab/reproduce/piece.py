@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from headless.errors import HeadlessError
 from headless.files import atomic_write_json, mark, marked_kinds
+from headless.provenance import source_fingerprint
 from headless.lab.reproduce.config import FLAVOURS, StudyConfig, check_epochs
 from headless.lab.reproduce.data import check_inputs, content_fingerprint, fingerprint, prepare_study_data
 from headless.lab.reproduce import evaluate
@@ -403,7 +404,9 @@ def run_piece(config: StudyConfig, flavour: str, *, work_dir: str | Path = "runs
         "points": points, "fractions": fractions,
         "study_config": config.to_dict(), "train_config": cfg.to_dict(),
         "environment": {"host": platform.node(), "python": sys.version.split()[0], "torch": torch.__version__,
-                        "device": summary.get("device"), "device_uuid": summary.get("device_uuid"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                        "device": summary.get("device"), "device_uuid": summary.get("device_uuid"),
+                        "source": source_fingerprint(),  # the library code of this piece (scripts/source_commit.py)
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "command": command,
     }
     if output is not None:

@@ -415,6 +415,19 @@ def piece_plateau(piece: dict) -> dict | None:
     return plateau_exit(train["step"], train["accuracy"], warmup, cfg.get("plateau_patience", 4000))
 
 
+def source_lines(pieces: list[dict]) -> list[str]:
+    """Which library code made each piece (`headless.provenance`), grouped; nothing when no piece
+    recorded it (pieces made before it was recorded)."""
+    if not any(p.get("source") for p in pieces):
+        return []
+    groups: dict[str, list[str]] = {}
+    for p in pieces:
+        groups.setdefault(p.get("source") or "not recorded", []).append(f"{p['flavour']} seed {p['seed']}")
+    return ["", "Library code, by source fingerprint (`headless --version`; `scripts/source_commit.py` names its "
+            "commits): " + "; ".join(f"`{k}`: {', '.join(v)}" if k != "not recorded" else f"{k}: {', '.join(v)}"
+                                     for k, v in groups.items()) + "."]
+
+
 def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
     """The merged report; `bootstrap` replicates of the paired bootstrap (0: none)."""
     check_compatible(pieces)
@@ -431,7 +444,8 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
                           "pretrain": p["pretrain"], "mlm": piece_is_mlm(p), "plateau": piece_plateau(p),
                           "fractions": p.get("fractions"), "device": p["environment"].get("device"),
-                          "device_uuid": p["environment"].get("device_uuid")} for p in pieces],
+                          "device_uuid": p["environment"].get("device_uuid"),
+                          "source": p["environment"].get("source")} for p in pieces],
               "curves": curve, "headline": {}, "bootstrap_replicates": bootstrap}
     for metric, label, higher in HEADLINE[study]["metrics"]:
         entry: dict[str, Any] = {"label": label, "higher_is_better": higher}
@@ -667,6 +681,7 @@ def report_markdown(report: dict) -> str:
                      + (f" {t.get('peak_mem_gib') or 0:.1f} |" if cuda else "") + f" {p.get('device')} |")
     lines += ["", f"{unit}: steps x the seconds per step measured over the run (saves and validation excluded); "
               "in brackets, steps x the planned seconds per step that fixed max_steps."]
+    lines += source_lines(report["pieces"])
     moved = [f"{p['flavour']} seed {p['seed']}: {e['reason']}" for p in report["pieces"]
              for e in (p.get("fractions") or []) if e.get("reason")]
     if moved:
