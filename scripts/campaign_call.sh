@@ -51,6 +51,11 @@ elif [ ! -f "$STAGE/manifest.json" ]; then
 else
   if ls "$STAGE"/*.part >/dev/null 2>&1; then
     python3 -m headless stage pull "$STAGE" "$DEST" || exit $?
+  elif [ ! -d "$DEST" ]; then  # no part carried and nothing staged: not the machine of the last call
+    echo "campaign_call.sh: nothing is staged on this machine and no part was carried: a fresh machine (the last"
+    echo "one went back, with its staged corpus and its runs, after a gap over 30 s between calls); carry every part"
+    echo "again, one per call from the first, and the unfinished twin starts over"
+    exit 0
   fi
   if ! DATA=$(python3 -m headless stage check "$DEST" "$STAGE/manifest.json"); then
     echo "campaign_call.sh: the corpus is not complete yet; carry the parts named above in the next call"

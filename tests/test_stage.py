@@ -287,3 +287,15 @@ def test_campaign_call_unpacks_a_campaigns_tokenizers_before_the_piece(corpus, t
     done, calls = _campaign_call(tmp_path, parts, {"TOKENIZERS": str(tmp_path / "absent.tar.xz"),
                                                    "WORK_DIR": str(work)})
     assert done.returncode == 2 and not calls and "is not a file" in done.stdout
+
+
+def test_campaign_call_on_a_fresh_machine_says_the_staging_starts_over(corpus, tmp_path):
+    """A manifest-only call (resume) on a machine that never staged: the last machine went back; the
+    call says so and that every part must be carried again, and runs nothing."""
+    parts, _ = _split(corpus, tmp_path)
+    only_manifest = tmp_path / "only-manifest"
+    only_manifest.mkdir()
+    shutil.copy(parts / "manifest.json", only_manifest / "manifest.json")
+    done, calls = _campaign_call(tmp_path, only_manifest, {})
+    assert done.returncode == 0 and not calls, done.stdout + done.stderr
+    assert "a fresh machine" in done.stdout and "carry every part" in done.stdout
