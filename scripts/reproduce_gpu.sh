@@ -48,10 +48,25 @@ set -e
 if [ "$rc" = 124 ] || [ "$rc" = 143 ]; then
   echo "stopped at WALL=${WALL}s; $WORK keeps the run and the finished evaluations: run the same command again to continue"
 fi
-for run in "$WORK/$STUDY"/runs/*/; do  # the pretraining runs' own summaries and metrics
-  name=$(basename "$run"); cp "$run/summary.md" "$RES/$name-summary.md" 2>/dev/null || true
-  cp "$run/metrics.jsonl" "$RES/$name-metrics.jsonl" 2>/dev/null || true
-done
+# the pretraining runs of this call's twin(s) and seed(s) (their config.yaml says which; the HF-head
+# vanilla by its loss_implementation): their own summaries and metrics, not every run in $WORK
+python3 - "$WORK/$STUDY/runs" "$RES" "$FLAVOUR" "${RESULTS_TAG:-}" "$@" <<'PY' || echo "the runs' metrics were not copied (above); the pieces are"
+import shutil, sys
+from pathlib import Path
+
+import yaml
+
+runs, res, flavour, tag, args = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+seeds = {a.split("=", 1)[1] for a in args if a.startswith("seed=")} or {"0"}
+flavours = {"headless", "vanilla"} if flavour == "both" else {flavour}
+for config in sorted(runs.glob("*/config.yaml")):
+    cfg = yaml.safe_load(config.read_text()) or {}
+    hf = (cfg.get("objective") or {}).get("loss_implementation") == "hf"
+    if cfg.get("flavour") in flavours and str(cfg.get("seed")) in seeds and hf == (tag == "hf-head"):
+        for name in ("summary.md", "metrics.jsonl"):
+            if (config.parent / name).is_file():
+                shutil.copy(config.parent / name, res / f"{config.parent.name}-{name}")
+PY
 if [ -n "${OUT:-}" ]; then  # on the GPU machine: one archive, since a call brings back at most 8 files
   tar czf "$OUT/$NAME-$FLAVOUR.tgz" -C "$OUT" "$NAME" && rm -r "$RES" && echo "results: $OUT/$NAME-$FLAVOUR.tgz"
 fi

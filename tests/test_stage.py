@@ -252,6 +252,47 @@ def test_reproduce_gpu_keeps_an_earlier_seed_of_the_same_call(tmp_path):
     assert {"stage-test/stage-test-vanilla-seed1.json", "stage-test/stage-test-vanilla-seed2.json"} <= names
 
 
+def test_reproduce_gpu_brings_back_the_runs_of_its_own_twin_and_seed(tmp_path):
+    """Each archive holds the metrics and summaries of the runs its call trained (by their
+    config.yaml: flavour, seed, HF's head or not), not of every run in the work directory."""
+    import subprocess
+    import sys
+    import tarfile
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    runs = tmp_path / "work" / "stage-test" / "runs"
+    for name, flavour, seed, impl in [("headless-seed1-a", "headless", 1, "auto"), ("vanilla-seed1-b", "vanilla", 1, "auto"),
+                                      ("vanilla-seed1-c", "vanilla", 1, "hf"), ("vanilla-seed2-d", "vanilla", 2, "auto")]:
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text(yaml.safe_dump(
+            {"flavour": flavour, "seed": seed, "objective": {"loss_implementation": impl}}))
+        (runs / name / "metrics.jsonl").write_text("{}\n")
+        (runs / name / "summary.md").write_text(name)
+    stub = tmp_path / "headless.sh"
+    stub.write_text("exit 0\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OUT=str(out), HEADLESS_CMD=f"bash {stub}", WORK_DIR=str(tmp_path / "work"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def brought(flavour, seed, **extra):
+        done = subprocess.run(["bash", str(root / "scripts" / "reproduce_gpu.sh"), "stage-test", flavour, f"seed={seed}"],
+                              env=dict(env, **extra), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        archive = next(out.glob("*.tgz"))
+        with tarfile.open(archive) as tar:
+            names = {Path(n).name for n in tar.getnames() if n.endswith("-metrics.jsonl")}
+        archive.unlink()
+        return names
+
+    assert brought("vanilla", 1) == {"vanilla-seed1-b-metrics.jsonl"}
+    assert brought("vanilla", 1, RESULTS_TAG="hf-head") == {"vanilla-seed1-c-metrics.jsonl"}
+    assert brought("both", 1) == {"headless-seed1-a-metrics.jsonl", "vanilla-seed1-b-metrics.jsonl"}
+    assert brought("vanilla", 2) == {"vanilla-seed2-d-metrics.jsonl"}
+
+
 def test_campaign_call_without_staging_needs_the_study_data_carried(tmp_path):
     """No manifest carried: the data must be in .data/STUDY (a study that fits one call); else one
     line and exit 2, before anything runs."""
