@@ -38,7 +38,7 @@ def test_every_architecture_trains_both_twins_and_exports(arch, datasets, tmp_pa
     import transformers as tf
 
     from headless.export import export, load_run_model
-    from headless.models import head_parts
+    from headless.models import head_parts, model_shape
     from headless.train.loop import pretrain
 
     entry = ARCHITECTURES[arch]
@@ -51,6 +51,7 @@ def test_every_architecture_trains_both_twins_and_exports(arch, datasets, tmp_pa
         out = export(run, tmp_path / f"{flavour}-export")
         model = load_run_model(run, None)[1].eval()
         assert model.causal == entry.causal and model.config.model_type == entry.model_type
+        assert model_shape(model) == (config.model.num_layers, config.model.hidden_size)  # the FLOPs estimate's
         assert by_model_type(model.config.model_type) is entry  # what finetune-head and the HF Trainer read
         ids = torch.randint(5, model.config.vocab_size, (2, 16))
         base = tf.AutoModel.from_pretrained(out).eval()

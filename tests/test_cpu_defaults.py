@@ -59,3 +59,23 @@ def test_a_vocabulary_head_that_dominates_the_cpu_step_is_reported_once(fixture_
                          overrides=[*base, "model.vocab_size=50304", f"run_dir={tmp_path / 'headless'}"]))
     pretrain(load_config("tiny-gpt", flavour="vanilla", overrides=[*base, f"run_dir={tmp_path / 'small'}"]))
     assert "vocabulary head" not in capsys.readouterr().out
+
+
+def test_the_flops_estimate_reads_the_built_models_shape_not_the_configs(fixture_datasets, tmp_path):
+    """A model loaded with `model.init_from` (HLM+FT, continued pretraining) keeps the config's default
+    shape in `model.*`: the head warning said "128,256 x 256" for a 64-wide model, and the MFU of such
+    runs used the defaults' layers and width."""
+    import torch
+
+    from headless.models import build_model, model_shape
+    from headless.train.build import head_share
+
+    built = load_config("tiny-gpt", overrides=["model.hidden_size=64", "model.num_layers=3", "model.num_heads=2"])
+    with torch.device("meta"):
+        model = build_model(built.model, built.objective, "ce", 1000)
+    assert model_shape(model) == (3, 64)
+    defaults = load_config("tiny-gpt")  # what an init_from run's config says: another width and depth
+    assert (defaults.model.num_layers, defaults.model.hidden_size) != (3, 64)
+    share, head, backbone = head_share(defaults, model, seq_len=32)
+    assert head == 6 * 64 * model.hf.get_output_embeddings().weight.shape[0]
+    assert share == head_share(built, model, seq_len=32)[0]

@@ -116,6 +116,28 @@ def test_heldout_bits_per_byte_are_the_summed_loss_over_the_scored_texts_bytes(m
     assert r["bits_per_byte"] == pytest.approx(r["cross_entropy"] * r["tokens"] / math.log(2) / text_bytes)
 
 
+def test_heldout_scores_each_sequence_as_the_whole_batch_would(models):
+    """The losses are taken one sequence at a time (a batch's logits at 128k did not fit 24 GB
+    twice over): the same per-token numbers as the whole batch's cross-entropy at once."""
+    import numpy as np
+    import torch
+
+    from headless.data.loader import PackedDataset
+    from headless.eval.heldout import heldout_cross_entropy
+    from headless.eval.scoring import load_causal_lm
+
+    r = heldout_cross_entropy(models["decoder"], models["dataset"], max_sequences=3, batch_size=3, device="cpu")
+    data = PackedDataset(models["dataset"], "validation")
+    batch = torch.from_numpy(np.stack([data[i] for i in range(3)]).astype(np.int64))
+    model, _, _ = load_causal_lm(models["decoder"], device="cpu")
+    with torch.no_grad():
+        logits = model(input_ids=batch).logits
+    whole = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(),
+                                              reduction="none").view(3, -1)
+    assert r["per_sequence"] == pytest.approx(whole.mean(dim=1).tolist(), rel=1e-6)
+    assert r["cross_entropy"] == pytest.approx(float(whole.mean()), rel=1e-6)
+
+
 def test_heldout_skip_scores_the_sequences_after_the_first_n(models, capsys):
     """`--skip` (scripts/hlmft_lr_probe.sh): a setting chosen on sequences a study does not report."""
     from headless.errors import HeadlessError

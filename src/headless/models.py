@@ -530,6 +530,14 @@ def build_model(cfg: ModelConfig, objective: ObjectiveConfig, loss_kind: str, vo
     return LanguageModel(hf, loss_kind, objective, attention_kernel=cfg.attention_kernel)
 
 
+def model_shape(model: nn.Module) -> tuple[int, int]:
+    """(layers, hidden size) of the built model, from its Hugging Face config: the FLOPs estimate's
+    shape.  `model.*` holds it only for a model built from the config; one loaded with
+    `model.init_from` (HLM+FT, continued pretraining) keeps the config's defaults there."""
+    hf = getattr(model, "hf", model)
+    return int(hf.config.num_hidden_layers), int(hf.config.hidden_size)
+
+
 def count_parameters(model: nn.Module) -> dict:
     """Total and non-embedding parameter counts (the latter drives the FLOPs estimate).
 

@@ -167,15 +167,14 @@ def head_share(config: TrainConfig, model, seq_len: int) -> tuple[float, float, 
     """(share, head FLOPs, backbone FLOPs) per input token of a vocabulary head's training step:
     6·D·V per scored position (every CLM position, `mask_prob` of the MLM ones) against the
     backbone's 6·N + attention (`train.logging.flops_per_token`)."""
-    from headless.models import count_parameters
+    from headless.models import count_parameters, model_shape
     from headless.train.logging import flops_per_token
 
-    hidden = config.model.hidden_size
+    layers, hidden = model_shape(model)
     vocab = model.hf.get_output_embeddings().weight.shape[0]
     positions = 1.0 if model.causal else config.objective.mask_prob
     head = 6 * hidden * vocab * positions
-    backbone = flops_per_token(count_parameters(model)["non_embedding"], config.model.num_layers, hidden, seq_len,
-                               0.0, 0)
+    backbone = flops_per_token(count_parameters(model)["non_embedding"], layers, hidden, seq_len, 0.0, 0)
     return head / (head + backbone), head, backbone
 
 
@@ -186,8 +185,8 @@ def warn_head_dominates(config: TrainConfig, model, data: Data, device: torch.de
         return
     share, head, backbone = head_share(config, model, data.train.seq_len)
     if share > HEAD_SHARE_WARNING:
-        vocab = model.hf.get_output_embeddings().weight.shape[0]
-        print(f"warning: the vocabulary head ({vocab:,} x {config.model.hidden_size}) is {share:.0%} of this "
+        vocab, hidden = model.hf.get_output_embeddings().weight.shape
+        print(f"warning: the vocabulary head ({vocab:,} x {hidden}) is {share:.0%} of this "
               f"step's estimated FLOPs ({head / 1e6:,.1f} M per token against {backbone / 1e6:,.1f} M for the "
               f"backbone): on the {device.type} it sets the step time; a smaller tokenizer or the headless "
               "flavour steps faster", flush=True)

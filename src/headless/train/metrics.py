@@ -12,6 +12,7 @@ import time
 import torch
 
 from headless.train import distributed as dist
+from headless.models import model_shape
 from headless.train.logging import RunLogger, flops_per_token, peak_flops
 from headless.train.plateau import PlateauWatch
 
@@ -79,8 +80,9 @@ class Metrics:
         loss = float(stats[0]) / max(num_targets, 1)
         kind = config.loss
         scored = float(result.unique) if kind.scores == "in-batch" else run.data.info.vocab_size
-        fpt = flops_per_token(run.params["non_embedding"], config.model.num_layers, config.model.hidden_size,
-                              run.data.train.seq_len, num_targets / run.tokens_per_step, scored)
+        layers, hidden = model_shape(run.model)  # the built model's: an init_from model's is not in config.model
+        fpt = flops_per_token(run.params["non_embedding"], layers, hidden, run.data.train.seq_len,
+                              num_targets / run.tokens_per_step, scored)
         record = {"loss": loss, "accuracy": float(stats[1]) / max(num_targets, 1),
                   "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(out.grad_norm), "epoch": run.loader.epoch,
                   "tokens_per_s": tps, "tokens": self.counters["tokens"], "targets": num_targets}
