@@ -52,6 +52,8 @@ def test_the_watch_warns_once_and_only_for_a_stall():
     messages = [stalled.update(s, a) for s, a in zip(STEPS, _curve(0.12, None))]
     warnings = [m for m in messages if m]
     assert len(warnings) == 1 and "has not left its plateau" in warnings[0] and "step 4300" in warnings[0]
+    # the watch runs in both twins: the words fit a vanilla run too (they said "a headless twin" to both)
+    assert "headless" not in warnings[0] and "gets a line saying when" in warnings[0]
     learning = PlateauWatch(warmup=300, patience=4000)
     assert not any(learning.update(s, a) for s, a in zip(STEPS, _curve(0.12, 2000)))
     # flagged, then leaves: a second line says so, once

@@ -95,6 +95,7 @@ class PlateauWatch:
             return None
         self.warned = True
         return (f"warning: step {step}: training accuracy {accuracy:.3f} has not left its plateau "
-                f"({info['level']:.3f}) {self.patience} steps after the warm-up (plateau_patience). A headless "
-                "twin stuck here learns nothing its scores can show: try a lower optim.lr or a longer "
-                "optim.warmup_steps (docs/guide/training.md, 'The MLM plateau').")
+                f"({info['level']:.3f}) {self.patience} steps after the warm-up (plateau_patience). A run "
+                "stuck here learns nothing its scores can show: try a lower optim.lr or a longer "
+                "optim.warmup_steps (docs/guide/training.md, 'The MLM plateau'). A run that leaves it "
+                "later gets a line saying when.")
