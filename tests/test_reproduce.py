@@ -382,6 +382,22 @@ def test_crossing_interpolates_in_gpu_time():
     assert crossing(curve([(50, 3.0), (100, 1.0)]), vanilla, "m", False)["fraction"] == pytest.approx(0.75)
 
 
+def test_a_first_checkpoint_after_vanillas_end_is_not_read_as_a_bound():
+    """A CPU rehearsal's HLM+FT made headless's first point come at 1,992 % of vanilla's time: "≤ 1992 %"
+    read as a result; the text says what is and is not known."""
+    from headless.lab.reproduce.report import crossing, crossing_text
+
+    def curve(points):
+        return [{"gpu_s": t, "scores": {"m": {"mean": s}}} for t, s in points]
+
+    vanilla = curve([(5, 1.0), (10, 2.0)])
+    early = crossing(curve([(5, 2.5), (10, 3.0)]), vanilla, "m", True)
+    assert crossing_text(early) == "≤ 50% of vanilla's GPU time (already at the first checkpoint)"
+    late = crossing(curve([(90, 2.5), (179, 3.0)]), vanilla, "m", True)
+    assert crossing_text(late, unit="CPU s") == (
+        "by its first checkpoint, at 900% of vanilla's CPU time; whether before vanilla's end is not measured")
+
+
 def test_cli_refuses_bad_study_settings(capsys):
     from headless.cli import main
 

@@ -609,6 +609,9 @@ def crossing_text(c: dict, noise: bool = False, unit: str = "GPU s") -> str:
     if status == "reached":
         return f"{100 * c['fraction']:.0f}% of vanilla's {time_word}{caveat}"
     if status == "at or before the first checkpoint":
+        if c["fraction_max"] > 1:  # that checkpoint came after vanilla's end: the bound says little
+            return (f"by its first checkpoint, at {100 * c['fraction_max']:.0f}% of vanilla's {time_word}; "
+                    f"whether before vanilla's end is not measured{caveat}")
         return f"≤ {100 * c['fraction_max']:.0f}% of vanilla's {time_word} (already at the first checkpoint{caveat})"
     if status == "not reached":
         return "not reached"
