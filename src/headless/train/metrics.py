@@ -27,6 +27,8 @@ class Metrics:
                                     progress=config.progress, report_to=tuple(config.report_to),
                                     config=config.to_dict())
         self.peak = peak_flops(run.device)
+        # the FLOPs estimate's layers and width, from the built model: an init_from model's are not in config.model
+        self.layers, self.hidden = model_shape(run.model)
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.epoch = run.loader.epoch if start_step else 0
         self.last: dict = {}
@@ -80,8 +82,7 @@ class Metrics:
         loss = float(stats[0]) / max(num_targets, 1)
         kind = config.loss
         scored = float(result.unique) if kind.scores == "in-batch" else run.data.info.vocab_size
-        layers, hidden = model_shape(run.model)  # the built model's: an init_from model's is not in config.model
-        fpt = flops_per_token(run.params["non_embedding"], layers, hidden, run.data.train.seq_len,
+        fpt = flops_per_token(run.params["non_embedding"], self.layers, self.hidden, run.data.train.seq_len,
                               num_targets / run.tokens_per_step, scored)
         record = {"loss": loss, "accuracy": float(stats[1]) / max(num_targets, 1),
                   "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(out.grad_norm), "epoch": run.loader.epoch,
