@@ -510,6 +510,28 @@ def test_one_twin_settings_reach_that_twin_only_and_the_report_names_them(tmp_pa
     assert "vanilla seed 0: `objective.loss_implementation=hf`" in report_markdown(build_report(loaded))
 
 
+def test_report_and_its_summary_row_name_the_vocabulary(tmp_path):
+    """Two decoder campaigns at different vocabularies must not read as one setting in the results
+    tables: the model's size, else (a model sized from its tokenizer) the tokenizer's."""
+    from headless.lab.reproduce.report import build_report, load_piece, report_markdown, summary_row
+
+    pieces = [_piece("headless"), _piece("vanilla")]
+    for p in pieces:
+        p["train_config"] = {"model": {"vocab_size": 128256}, "data": {"tokenizer_vocab_size": None}}
+    report = build_report([load_piece(_write(tmp_path, f"a{i}.json", p)) for i, p in enumerate(pieces)])
+    report["_campaign"] = "c"
+    assert report["vocab_size"] == 128256 and "vocabulary 128,256, fingerprint" in report_markdown(report)
+    assert summary_row(report).startswith("| decoder (V = 128,256) | c |")
+    for p in pieces:
+        p["train_config"] = {"model": {"vocab_size": None}, "data": {"tokenizer_vocab_size": 119547}}
+        p["study_config"] = {"vanilla_pretrain": ["objective.loss_implementation=hf"]}
+    report = build_report([load_piece(_write(tmp_path, f"b{i}.json", p)) for i, p in enumerate(pieces)])
+    report["_campaign"] = "c"
+    assert summary_row(report).startswith("| decoder (V = 119,547; vanilla: `objective.loss_implementation=hf`) |")
+    del report["vocab_size"]  # a report written before the field: its label as it was
+    assert summary_row(report).startswith("| decoder (vanilla: `objective.loss_implementation=hf`) |")
+
+
 def test_report_says_when_the_twins_measured_times_differ(tmp_path):
     from headless.lab.reproduce.report import build_report, load_piece, report_markdown
 

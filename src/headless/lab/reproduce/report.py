@@ -428,6 +428,13 @@ def source_lines(pieces: list[dict]) -> list[str]:
                                      for k, v in groups.items()) + "."]
 
 
+def piece_vocab_size(piece: dict) -> int | None:
+    """The vocabulary the twins trained with: the model's, or (a model sized from its tokenizer) the
+    tokenizer's. One for all of a report's pieces: they share the prepared data (check_compatible)."""
+    cfg = piece.get("train_config") or {}
+    return (cfg.get("model") or {}).get("vocab_size") or (cfg.get("data") or {}).get("tokenizer_vocab_size")
+
+
 def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
     """The merged report; `bootstrap` replicates of the paired bootstrap (0: none)."""
     check_compatible(pieces)
@@ -440,6 +447,7 @@ def build_report(pieces: list[dict], bootstrap: int = 1000) -> dict:
               # "GPU s" only when every twin ran on a GPU; "peak GiB" is a CUDA figure
               "time_unit": time_unit(devices), "cuda": any(d and d not in ("cpu", "mps") for d in devices),
               "budget_s": pieces[0]["budget_s"], "data": pieces[0]["data"],
+              "vocab_size": piece_vocab_size(pieces[0]),
               "pieces": [{"flavour": p["flavour"], "seed": p["seed"], "file": Path(p["_path"]).name,
                           "overrides": p.get("study_config", {}).get(f"{p['flavour']}_pretrain", []),
                           "pretrain": p["pretrain"], "mlm": piece_is_mlm(p), "plateau": piece_plateau(p),
@@ -627,7 +635,8 @@ def report_markdown(report: dict) -> str:
               if report["compare"] == "time" else "equal tokens: the same steps for both twins")
     lines = [f"# Reproduction: {study}", "", f"Comparison: {budget}. Pretraining data: "
              f"{', '.join(report['data']['inputs'])} ({report['data']['train_tokens']:,} tokens per epoch, "
-             f"fingerprint `{report['data']['fingerprint']}`).", "", "## Headline", "",
+             + (f"vocabulary {report['vocab_size']:,}, " if report.get("vocab_size") else "")
+             + f"fingerprint `{report['data']['fingerprint']}`).", "", "## Headline", "",
              f"| metric | headless | vanilla | difference | {unit} (headless / vanilla) | at equal {unit} "
              "| headless reaches vanilla's final score at |", "|---|---|---|---|---|---|---|"]
     for metric, entry in report["headline"].items():
@@ -885,7 +894,10 @@ def summary_row(report: dict) -> str:
     entry = headline.get(metric, {}) if metric else {}
     label = entry.get("label", metric or "–")
     vanilla_own = sorted({o for p in report["pieces"] if p["flavour"] == "vanilla" for o in p.get("overrides") or []})
-    name = study + (f" (vanilla: `{' '.join(vanilla_own)}`)" if vanilla_own else "")
+    # reports made before the vocabulary was recorded summarise as they were written
+    setting = ([f"V = {report['vocab_size']:,}"] if report.get("vocab_size") else []) + (
+        [f"vanilla: `{' '.join(vanilla_own)}`"] if vanilla_own else [])
+    name = study + (f" ({'; '.join(setting)})" if setting else "")
     by = {f: [p for p in report["pieces"] if p["flavour"] == f] for f in ("headless", "vanilla")}
     epochs = " / ".join(f"{statistics.fmean(p['pretrain'].get('epochs', 0) for p in by[f]):.1f}" if by[f] else "–"
                         for f in by)
