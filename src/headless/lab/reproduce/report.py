@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -773,8 +774,8 @@ def plot_report(report: dict, out_dir: Path) -> list[Path]:
         axes[0].set_xlabel(f"{unit_words(report.get('time_unit', 'GPU s'))['seconds']} "
                            "(pretraining, + fine-tuning for HLM+FT)")
         axes[1].set_xlabel("pretraining tokens")
+        axes[0].set_ylabel(textwrap.fill(label, 36))  # one axis, wrapped: long labels were clipped
         for ax in axes:
-            ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0].legend()
         fig.suptitle(f"{report['study']}: {label}")
