@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     sp = sub.add_parser("split", help="cut CORPUS files/folders into parts + manifest.json")
     sp.add_argument("corpus", nargs="+", metavar="CORPUS", help="files or folders (a folder keeps its name)")
     sp.add_argument("--parts-dir", required=True, help="folder for the parts and manifest (e.g. .data/stage)")
-    sp.add_argument("--max-mib", type=float, default=40.0, help="largest part in MiB (default 40)")
+    sp.add_argument("--max-mib", type=float, default=36.0,
+                    help="largest part in MiB (default 36: a device call carries 64 MiB, the repository ~24 of them)")
     sp.add_argument("--base", default=None, help="name files relative to this folder (e.g. ../shared/data)")
     sp.set_defaults(func=_stage_split)
     pl = sub.add_parser("pull", help="on the GPU machine: verify the carried parts and take them into DEST")

@@ -76,7 +76,7 @@ def _part_name(index: int, digest: str, count: int) -> str:
     return f"{index:0{max(3, len(str(count - 1)))}d}-{digest[:12]}.part"
 
 
-def split_corpus(inputs: list, parts_dir: str | os.PathLike, max_mib: float = 40.0,
+def split_corpus(inputs: list, parts_dir: str | os.PathLike, max_mib: float = 36.0,
                  base: str | os.PathLike | None = None) -> dict:
     """Cut `inputs` into parts of at most `max_mib` MiB in PARTS_DIR with their manifest; returns
     the manifest.  PARTS_DIR is written through a temporary sibling (never half-written) and may
