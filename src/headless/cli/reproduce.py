@@ -141,13 +141,16 @@ def _report(args) -> int:
 
 
 def _stage_split(args) -> int:
-    from headless.lab.reproduce.stage import split_corpus
+    from headless.lab.reproduce.stage import carry_warning, split_corpus
 
     manifest = split_corpus(args.corpus, args.parts_dir, args.max_mib, base=args.base)
     print(f"{len(manifest['files'])} files, {manifest['bytes'] / 2**20:.1f} MiB in {len(manifest['parts'])} "
           f"part(s) under {args.parts_dir} (sha256 {manifest['sha256'][:12]}):")
     for part in manifest["parts"]:
         print(f"  {part['name']}  {part['bytes'] / 2**20:.1f} MiB")
+    warning = carry_warning(manifest, args.parts_dir)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"
 RECEIVED = "received.json"  # DEST's record of the parts verified there, with when
 _BLOCK = 1 << 20
 MIB = 1 << 20
+CALL_MIB = 64  # what one call to the lent GPU machine carries: the working tree and the carried paths
 
 
 def _mib(n: int) -> str:
@@ -143,6 +145,39 @@ def split_corpus(inputs: list, parts_dir: str | os.PathLike, max_mib: float = 36
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+# -- what one device call carries ---------------------------------------------------------
+
+def tree_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes of the git working tree holding `path` that a device call carries besides the named
+    paths (tracked files and untracked ones git does not ignore); None outside a git checkout."""
+    try:
+        root = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip()
+        names = subprocess.run(["git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                               capture_output=True, check=True, timeout=60).stdout.split(b"\0")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(f.stat().st_size for n in names if n and (f := Path(root) / os.fsdecode(n)).is_file())
+
+
+def carry_warning(manifest: dict, parts_dir: str | os.PathLike, limit_mib: float = CALL_MIB) -> str | None:
+    """One line when the largest part, its manifest and the checkout's tree exceed one device call
+    (the call is then refused before it starts), with the --max-mib that fits; None when it fits
+    or the tree is unknown.  The tree grows as campaigns are committed: 40 MiB parts fitted a
+    23 MiB tree and were refused at 24 MiB."""
+    tree = tree_bytes(Path(parts_dir).resolve().parent) if Path(parts_dir).exists() else None
+    if tree is None or not manifest["parts"]:
+        return None
+    largest = max(p["bytes"] for p in manifest["parts"])
+    carried = tree + largest + (Path(parts_dir) / MANIFEST).stat().st_size
+    if carried <= limit_mib * MIB:
+        return None
+    room = int((limit_mib * MIB - tree) / MIB) - 1
+    return (f"warning: the largest part ({_mib(largest)}) with this checkout's {_mib(tree)} of tracked files is "
+            f"{_mib(carried)}, more than one device call's {limit_mib:g} MiB: such a call is refused; "
+            + (f"split again with --max-mib {room}" if room > 0 else "the tree alone leaves no room"))
 
 
 # -- manifests ---------------------------------------------------------------------------------
