@@ -81,6 +81,16 @@ def test_probe_trains_only_the_head(neox_data, tmp_path):
     assert torch.equal(probe.gpt_neox.layers[0].mlp.dense_h_to_4h.weight, start.gpt_neox.layers[0].mlp.dense_h_to_4h.weight)
     assert not torch.equal(probe.get_output_embeddings().weight, start.get_output_embeddings().weight)
 
+    # head first, then the whole model: a probed model is fine-tuned from its probed head, as is
+    from headless.finetune import _headless_with_head
+
+    assert _headless_with_head(tmp_path / "probe", tmp_path / "unused") == tmp_path / "probe"
+    finetune_head(tmp_path / "probe", tmp_path / "lpft", data=str(neox_data), tokens=4 * 4 * 64, batch_size=4,
+                  progress=False, run_dir=str(tmp_path / "lpft-run"))
+    lpft = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "lpft")
+    assert not torch.equal(lpft.gpt_neox.layers[0].mlp.dense_h_to_4h.weight,
+                           probe.gpt_neox.layers[0].mlp.dense_h_to_4h.weight)
+
 
 def test_finetune_rejects_encoders_and_other_tokenizers(neox_data, tmp_path, shared_data):
     from headless.finetune import finetune_head
