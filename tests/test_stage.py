@@ -342,7 +342,7 @@ def test_campaign_call_on_a_fresh_machine_says_the_staging_starts_over(corpus, t
     assert "a fresh machine" in done.stdout and "carry every part" in done.stdout
 
 
-def test_split_warns_when_a_part_and_the_checkout_exceed_one_device_call(corpus, tmp_path, capsys):
+def test_split_warns_when_a_part_and_the_checkout_exceed_one_device_call(corpus, tmp_path):
     """A device call carries the working tree with the part: a part that fitted a smaller tree is
     refused there, so `split` says so here, with the --max-mib that fits (and nothing outside git)."""
     import subprocess
@@ -358,7 +358,7 @@ def test_split_warns_when_a_part_and_the_checkout_exceed_one_device_call(corpus,
     assert tree_bytes(parts) == 3 * MIB + len(".data/\n")  # the ignored parts do not count
     assert carry_warning(manifest, parts, limit_mib=64) is None
     warning = carry_warning(manifest, parts, limit_mib=3.02)  # 3 MiB of tree + a 40 kB part: over
-    assert warning.startswith("warning: the largest part (0.0 MiB) with this checkout's 3.0 MiB")
+    assert warning.startswith("warning: the largest part (0.0 MiB) with this checkout's 3.0 MiB of files")
     assert "more than one device call's 3.02 MiB" in warning and "leaves no room" in warning
     assert carry_warning(manifest, parts, limit_mib=5) is None
     big = {"parts": [{"bytes": 4 * MIB}]}  # 3 MiB of tree + a 4 MiB part against 6.5: room for 2

@@ -175,7 +175,7 @@ def carry_warning(manifest: dict, parts_dir: str | os.PathLike, limit_mib: float
     if carried <= limit_mib * MIB:
         return None
     room = int((limit_mib * MIB - tree) / MIB) - 1
-    return (f"warning: the largest part ({_mib(largest)}) with this checkout's {_mib(tree)} of tracked files is "
+    return (f"warning: the largest part ({_mib(largest)}) with this checkout's {_mib(tree)} of files is "
             f"{_mib(carried)}, more than one device call's {limit_mib:g} MiB: such a call is refused; "
             + (f"split again with --max-mib {room}" if room > 0 else "the tree alone leaves no room"))
 
