@@ -20,7 +20,9 @@
 # FLAVOUR=hf-head: the HF-head vanilla alone. SEED may be a comma list (1,2): each seed's twins in
 # turn, in the time left of WALL, so that no call idles after a short resumed piece; a twin needs
 # ~530-640 s at the multilingual defaults, so plan whole twins per session (a machine that goes back
-# takes its unfinished run with it).
+# takes its unfinished run with it). An item SEED:WHAT (WHAT: both, headless, vanilla or hf-head)
+# names its own twin(s): "2:vanilla,1:hf-head,2:hf-head" runs a session's leftover twins of several
+# seeds with one command repeated in every call.
 # TOKENIZERS=ARCHIVE: the tokenizer(s) a campaign's first pieces trained (HF tokenizers' training is
 # not reproducible), committed with the campaign as docs/results/<campaign>/tokenizers.tar.xz and
 # unpacked into runs/reproduce/STUDY/ first: later seeds and twins, in other sessions, then prepare
@@ -36,7 +38,9 @@ WALL=${WALL:-540}
 FLAVOUR=${FLAVOUR:-both}
 case "$FLAVOUR" in both|headless|vanilla|hf-head) ;;
   *) echo "campaign_call.sh: FLAVOUR must be both, headless, vanilla or hf-head, got '$FLAVOUR'"; exit 2;; esac
-[[ "$SEED" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "campaign_call.sh: SEED must be a seed or a comma list (1,2), got '$SEED'"; exit 2; }
+ITEM='[0-9]+(:(both|headless|vanilla|hf-head))?'
+[[ "$SEED" =~ ^$ITEM(,$ITEM)*$ ]] || {
+  echo "campaign_call.sh: SEED must be a seed or a comma list (1,2), each seed optionally with :both, :headless, :vanilla or :hf-head, got '$SEED'"; exit 2; }
 if [ -n "${TOKENIZERS:-}" ]; then  # into the work directory of scripts/reproduce_gpu.sh
   [ -f "$TOKENIZERS" ] || { echo "campaign_call.sh: TOKENIZERS=$TOKENIZERS is not a file"; exit 2; }
   STUDY_WORK=${WORK_DIR:-runs/reproduce}/$STUDY
@@ -66,6 +70,7 @@ REPRODUCE=${REPRODUCE:-scripts/reproduce_gpu.sh}; start=$SECONDS
 # the twins of every seed in order, each in the time left of WALL (the first gets all of it)
 runs=()
 for seed in ${SEED//,/ }; do
+  if [[ "$seed" == *:* ]]; then runs+=("$seed"); continue; fi  # SEED:WHAT, as named
   [ "$FLAVOUR" != hf-head ] && runs+=("$seed:$FLAVOUR")
   { [ "$FLAVOUR" = hf-head ] || [ "${VANILLA_HF:-0}" = 1 ]; } && runs+=("$seed:hf-head")
 done

@@ -225,6 +225,12 @@ def test_campaign_call_runs_a_list_of_seeds_in_turn(corpus, tmp_path):
     assert done.returncode == 124 and len(calls) == 1  # seed 1 stopped at WALL: seed 2 waits
     done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "1;2"})
     assert done.returncode == 2 and not calls and "SEED must be a seed or a comma list" in done.stdout
+    # each item naming its own twin(s): a session's leftovers of several seeds, one command
+    done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "2:vanilla,1:hf-head,2:hf-head"})
+    assert done.returncode == 0 and [c.split(" ", 2)[2] for c in calls] == [
+        "stage-test vanilla seed=2 budget_s=9", hf.format(1), hf.format(2)]
+    done, calls = _campaign_call(tmp_path, parts, {"SEEDS": "2:twins"})
+    assert done.returncode == 2 and not calls and ":hf-head" in done.stdout
 
 
 def test_reproduce_gpu_keeps_an_earlier_seed_of_the_same_call(tmp_path):
