@@ -3,6 +3,7 @@ README's results table is exactly what `headless report --summary` makes of the 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -52,10 +53,8 @@ def results_table(page: Path) -> str:
     return text.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
 
 
-def test_readme_results_come_from_committed_reports():
-    """Regenerate the table from the reports its rows name; any hand-edited number fails here."""
-    from headless.lab.reproduce.report import summary_markdown
-
+def _readme_reports() -> list[Path]:
+    """The reports of the campaigns the README's results table quotes, in its order."""
     table = results_table(ROOT / "README.md")
     rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
     assert rows, "the README's results table is empty"
@@ -65,6 +64,31 @@ def test_readme_results_come_from_committed_reports():
         found = sorted((RESULTS / campaign).glob("*-report.json"))
         assert found, f"the README quotes campaign {campaign!r}, which has no report under docs/results"
         reports += [p for p in found if p not in reports]
+    return reports
+
+
+def test_readme_results_figure_is_current():
+    """docs/results/summary.png plots the README table's differences; the numbers it drew are in
+    its metadata, so a stale figure fails here (pixels are not compared)."""
+    from PIL import Image
+
+    from headless.lab.reproduce.report import summary_points
+
+    figure = RESULTS / "summary.png"
+    reports = _readme_reports()
+    command = "headless report --summary " + " ".join(str(p.relative_to(ROOT)) for p in reports) + f" --plot {figure.relative_to(ROOT)}"
+    assert figure.is_file(), f"no {figure.relative_to(ROOT)}: run `{command}`"
+    drawn = json.loads(Image.open(figure).text.get("Description", "[]"))
+    assert drawn == summary_points(reports), f"{figure.relative_to(ROOT)} is stale: run `{command}`"
+    assert "](docs/results/summary.png)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_results_come_from_committed_reports():
+    """Regenerate the table from the reports its rows name; any hand-edited number fails here."""
+    from headless.lab.reproduce.report import summary_markdown
+
+    table = results_table(ROOT / "README.md")
+    reports = _readme_reports()
     assert table == summary_markdown(reports), (
         "the README's results table differs from `headless report --summary` of its campaigns' reports; "
         "regenerate it:\n" + summary_markdown(reports))
@@ -81,7 +105,7 @@ def test_results_index_lists_every_report():
 
 def test_every_campaign_says_how_it_was_made():
     """A dated folder with its commands, code version and GPU; nothing loose at the top."""
-    loose = [p.name for p in RESULTS.iterdir() if p.is_file() and p.name != "README.md"]
+    loose = [p.name for p in RESULTS.iterdir() if p.is_file() and p.name not in ("README.md", "summary.png")]
     assert not loose, f"results outside a campaign folder: {loose}"
     for campaign in (p for p in RESULTS.iterdir() if p.is_dir()):
         assert re.match(r"\d{4}-\d{2}-\d{2}-", campaign.name), f"{campaign.name}: not a dated campaign folder"
@@ -181,3 +205,9 @@ def test_report_summary_command(capsys, tmp_path):
     assert "--output" in err and len(err.splitlines()) == 1
     assert main(["report", "--summary", str(tmp_path / "none.json")]) == 2
     assert "no such report" in capsys.readouterr().err
+    # --plot: the differences drawn beside the table; only with --summary
+    assert main(["report", "--summary", *reports, "--plot", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 10_000 and "plot written" in capsys.readouterr().err
+    assert main(["report", reports[0], "--output", str(tmp_path / "r"), "--plot", str(tmp_path / "t.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--plot goes with --summary" in err and len(err.splitlines()) == 1 and not (tmp_path / "r").exists()

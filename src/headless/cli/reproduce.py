@@ -57,6 +57,8 @@ def register(subparsers) -> None:
     r.add_argument("--output", help="folder for the report (required unless --summary)")
     r.add_argument("--summary", action="store_true",
                    help="read STUDY-report.json files and print a table of their headline metric")
+    r.add_argument("--plot", metavar="PNG", help="with --summary: also draw the table's differences and their "
+                   "intervals, one panel per metric (the README's results figure)")
     r.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="replicates of the paired bootstrap over evaluation examples and seeds (0: none)")
     r.set_defaults(func=_report)
@@ -125,10 +127,14 @@ def _print_headline(report: dict) -> None:
 
 def _report(args) -> int:
     from headless.errors import HeadlessError
-    from headless.lab.reproduce.report import summary_markdown, write_report
+    from headless.lab.reproduce.report import summary_markdown, summary_plot, write_report
 
+    if args.plot and not args.summary:
+        raise HeadlessError("headless report: --plot goes with --summary (a report's own plots are in its --output)")
     if args.summary:
         print(summary_markdown(args.pieces), end="")
+        if args.plot:
+            print(f"plot written: {summary_plot(args.pieces, args.plot)}", file=sys.stderr)
         return 0
     if args.output is None:
         raise HeadlessError("headless report: --output FOLDER is required (or --summary to tabulate reports)")

@@ -18,11 +18,11 @@ def _figure(rows: int, width: float = 7.0):
     return plt, *plt.subplots(figsize=(width, 1.2 + 0.38 * max(rows, 1)))
 
 
-def _save(plt, fig, path: Path) -> Path:
+def _save(plt, fig, path: Path, metadata: Optional[dict] = None) -> Path:
     from headless.files import atomic_write
 
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", metadata=metadata))
     plt.close(fig)
     return path
 
@@ -56,16 +56,19 @@ def forest_plot(rows: Sequence[tuple[str, float, Optional[float], Optional[float
     return forest_panels([(title, xlabel, rows)], path)
 
 
-def forest_panels(panels: Sequence[tuple[str, str, Sequence[tuple]]], path: str | Path) -> Path:
+def forest_panels(panels: Sequence[tuple[str, str, Sequence[tuple]]], path: str | Path, *,
+                  metadata: Optional[dict] = None, width: float = 7.0) -> Path:
     """Forest plots stacked, one panel per (title, xlabel, rows): differences in different units
-    (points, nats) each get their own x-axis."""
+    (points, nats) each get their own x-axis.  `metadata`: PNG text chunks (e.g. the plotted numbers,
+    so that a test can tell a committed plot from a stale one without comparing pixels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heights = [1.2 + 0.38 * max(len(rows), 1) for _, _, rows in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, sum(heights)), squeeze=False,
+    lines = max((str(r[0]).count("\n") + 1 for _, _, rows in panels for r in rows), default=1)
+    heights = [1.2 + 0.38 * lines * max(len(rows), 1) for _, _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, (title, xlabel, rows) in zip(axes[:, 0], panels):
         ys = list(range(len(rows)))[::-1]
@@ -78,4 +81,4 @@ def forest_panels(panels: Sequence[tuple[str, str, Sequence[tuple]]], path: str 
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set(xlabel=xlabel, title=textwrap.fill(title, 70))  # long metric names stay in the panel
         ax.grid(axis="x", alpha=0.3)
-    return _save(plt, fig, Path(path))
+    return _save(plt, fig, Path(path), metadata)

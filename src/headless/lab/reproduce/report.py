@@ -885,11 +885,10 @@ def load_report(path: str | Path) -> dict:
     return report
 
 
-def summary_row(report: dict) -> str:
-    """One Markdown row: the report's first headline metric that both twins have, at the final
-    checkpoints (read from the report itself, so reports made before a headline metric existed
-    still summarise as they were written)."""
-    study = report["study"]
+def summary_entry(report: dict) -> tuple[str, str, dict]:
+    """(the study with its setting, the metric's label, its headline entry): the report's first
+    headline metric that both twins have, at the final checkpoints (read from the report itself, so
+    reports made before a headline metric existed still summarise as they were written)."""
     headline = report["headline"]
     metric = next((m for m, e in headline.items() if "delta" in e), next(iter(headline), None))
     entry = headline.get(metric, {}) if metric else {}
@@ -898,7 +897,12 @@ def summary_row(report: dict) -> str:
     # reports made before the vocabulary was recorded summarise as they were written
     setting = ([f"V = {report['vocab_size']:,}"] if report.get("vocab_size") else []) + (
         [f"vanilla: `{' '.join(vanilla_own)}`"] if vanilla_own else [])
-    name = study + (f" ({'; '.join(setting)})" if setting else "")
+    return report["study"] + (f" ({'; '.join(setting)})" if setting else ""), label, entry
+
+
+def summary_row(report: dict) -> str:
+    """One Markdown row of `summary_entry`'s metric."""
+    name, label, entry = summary_entry(report)
     by = {f: [p for p in report["pieces"] if p["flavour"] == f] for f in ("headless", "vanilla")}
     epochs = " / ".join(f"{statistics.fmean(p['pretrain'].get('epochs', 0) for p in by[f]):.1f}" if by[f] else "–"
                         for f in by)
@@ -923,3 +927,40 @@ def summary_row(report: dict) -> str:
 def summary_markdown(report_paths: list[str | Path]) -> str:
     """`headless report --summary`: a table, one row per report, in the order given."""
     return SUMMARY_HEADER + "\n" + "\n".join(summary_row(load_report(p)) for p in report_paths) + "\n"
+
+
+def summary_points(report_paths: list[str | Path]) -> list[dict]:
+    """The summary's differences, as plotted by `summary_plot` (and kept in its PNG's metadata)."""
+    points = []
+    for path in report_paths:
+        report = load_report(path)
+        name, label, entry = summary_entry(report)
+        if "delta" not in entry:
+            continue
+        b = entry.get("paired_bootstrap")
+        seeds = [len({q["seed"] for q in report["pieces"] if q["flavour"] == f}) for f in ("headless", "vanilla")]
+        points.append({"campaign": report["_campaign"], "study": name.replace("`", ""), "metric": label,
+                       "seeds": "/".join(map(str, seeds)),
+                       "delta": round(entry["delta"], 4), "low": round(b["low"], 4) if b else None,
+                       "high": round(b["high"], 4) if b else None, "superseded": bool(report.get("_superseded"))})
+    return points
+
+
+def summary_plot(report_paths: list[str | Path], path: str | Path) -> Path:
+    """`headless report --summary ... --plot PNG`: headless − vanilla of every report's summary
+    metric with its 95 % paired bootstrap, one panel per metric (their units differ); a grey
+    whisker crosses 0.  The plotted numbers go into the PNG's "Description" text chunk."""
+    from headless.eval.plots import forest_panels
+
+    points = summary_points(report_paths)
+    if not points:
+        raise HeadlessError("headless report --plot: no report with both twins to plot")
+    panels: dict[str, list[tuple]] = {}
+    for p in points:
+        setting = p["study"].replace("vanilla: objective.loss_implementation=hf", "vanilla: HF's head everywhere")
+        tag = ", superseded" if p["superseded"] else ""
+        panels.setdefault(p["metric"], []).append(
+            (f"{p['campaign']}\n{setting}, seeds {p['seeds']}{tag}", p["delta"], p["low"], p["high"]))
+    return forest_panels([(metric, "headless − vanilla (points; 95 % paired bootstrap)", rows)
+                          for metric, rows in panels.items()], Path(path), width=11.0,
+                         metadata={"Description": json.dumps(points, sort_keys=True)})
