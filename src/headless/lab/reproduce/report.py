@@ -906,7 +906,7 @@ def summary_row(report: dict) -> str:
     by = {f: [p for p in report["pieces"] if p["flavour"] == f] for f in ("headless", "vanilla")}
     epochs = " / ".join(f"{statistics.fmean(p['pretrain'].get('epochs', 0) for p in by[f]):.1f}" if by[f] else "–"
                         for f in by)
-    seeds = " / ".join(str(len({p["seed"] for p in by[f]})) for f in by)
+    seeds = " / ".join(str(len(found)) for found in twin_seeds(report["pieces"]).values())
     if "delta" in entry:
         b = entry.get("paired_bootstrap")
         spread = (f" [{b['low']:+.2f}, {b['high']:+.2f}]" if b else
@@ -938,9 +938,8 @@ def summary_points(report_paths: list[str | Path]) -> list[dict]:
         if "delta" not in entry:
             continue
         b = entry.get("paired_bootstrap")
-        seeds = [len({q["seed"] for q in report["pieces"] if q["flavour"] == f}) for f in ("headless", "vanilla")]
         points.append({"campaign": report["_campaign"], "study": name.replace("`", ""), "metric": label,
-                       "seeds": "/".join(map(str, seeds)),
+                       "seeds": "/".join(str(len(found)) for found in twin_seeds(report["pieces"]).values()),
                        "delta": round(entry["delta"], 4), "low": round(b["low"], 4) if b else None,
                        "high": round(b["high"], 4) if b else None, "superseded": bool(report.get("_superseded"))})
     return points
@@ -957,10 +956,9 @@ def summary_plot(report_paths: list[str | Path], path: str | Path) -> Path:
         raise HeadlessError("headless report --plot: no report with both twins to plot")
     panels: dict[str, list[tuple]] = {}
     for p in points:
-        setting = p["study"].replace("vanilla: objective.loss_implementation=hf", "vanilla: HF's head everywhere")
         tag = ", superseded" if p["superseded"] else ""
         panels.setdefault(p["metric"], []).append(
-            (f"{p['campaign']}\n{setting}, seeds {p['seeds']}{tag}", p["delta"], p["low"], p["high"]))
+            (f"{p['campaign']}\n{p['study']}, seeds {p['seeds']}{tag}", p["delta"], p["low"], p["high"]))
     return forest_panels([(metric, "headless − vanilla (points; 95 % paired bootstrap)", rows)
                           for metric, rows in panels.items()], Path(path), width=11.0,
                          metadata={"Description": json.dumps(points, sort_keys=True)})

@@ -167,7 +167,7 @@ def carry_warning(manifest: dict, parts_dir: str | os.PathLike, limit_mib: float
     (the call is then refused before it starts), with the --max-mib that fits; None when it fits
     or the tree is unknown.  The tree grows as campaigns are committed: 40 MiB parts fitted a
     23 MiB tree and were refused at 24 MiB."""
-    tree = tree_bytes(Path(parts_dir).resolve().parent) if Path(parts_dir).exists() else None
+    tree = tree_bytes(Path(parts_dir).resolve().parent)
     if tree is None or not manifest["parts"]:
         return None
     largest = max(p["bytes"] for p in manifest["parts"])
