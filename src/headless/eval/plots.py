@@ -79,6 +79,6 @@ def forest_panels(panels: Sequence[tuple[str, str, Sequence[tuple]]], path: str 
         ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
         ax.set_yticks(ys, [r[0] for r in rows])
         ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.set(xlabel=xlabel, title=textwrap.fill(title, 70))  # long metric names stay in the panel
+        ax.set(xlabel=xlabel, title=textwrap.fill(title, 55))  # long metric names stay in the panel
         ax.grid(axis="x", alpha=0.3)
     return _save(plt, fig, Path(path), metadata)
